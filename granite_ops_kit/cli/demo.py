@@ -1,0 +1,121 @@
+"""`gkit demo-model` and `gkit demo`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from granite_ops_kit.cli import output
+from granite_ops_kit.cli.options import JSON_OPTION
+from granite_ops_kit.units import format_bytes, parse_bytes
+
+# numpy, tokenizers and the checkpoint writer are imported inside the commands so that
+# `gkit --help` stays fast.
+
+PROGRESS_THRESHOLD = 64 * 2**20  # show a bar for anything over 64 MiB
+
+
+def _write_with_progress(dest: Path, **kwargs):
+    from granite_ops_kit.demo.checkpoint import write_demo_model
+
+    bar = output.progress_bytes("writing weights")
+    task = {}
+
+    def on_start(total: int) -> None:
+        if total > PROGRESS_THRESHOLD:
+            bar.start()
+            task["id"] = bar.add_task("weights", total=total)
+
+    def on_bytes(n: int) -> None:
+        if "id" in task:
+            bar.advance(task["id"], n)
+
+    try:
+        return write_demo_model(dest, on_start=on_start, on_bytes=on_bytes, **kwargs)
+    finally:
+        bar.stop()
+
+
+def demo_model(
+    directory: Path = typer.Argument(..., help="Where to write the checkpoint (created)."),
+    preset: str = typer.Option(
+        "tiny-hybrid",
+        "--preset",
+        "-p",
+        help="tiny-hybrid (a few MB: Mamba, attention, MoE), tiny-dense (all attention), or a "
+        "catalog model at its real shape, e.g. granite-4.0-h-micro (GBs).",
+    ),
+    seed: int = typer.Option(0, "--seed", help="The same seed writes the same bytes."),
+    dtype: str = typer.Option(None, "--dtype", help="bfloat16 (default), float16 or float32."),
+    max_shard_size: str = typer.Option(
+        None,
+        "--max-shard-size",
+        help="Split weights into shards of at most this size (default 5GB), e.g. 2GB, 1MiB.",
+    ),
+    force: bool = typer.Option(False, "--force", help="Replace DIRECTORY if it has files."),
+    json_: bool = JSON_OPTION,
+) -> None:
+    """Write a deterministic Granite 4.0 checkpoint (random weights) in Hugging Face layout.
+
+    The checkpoint has config.json (model_type granitemoehybrid), safetensors weights,
+    tokenizer.json, tokenizer_config.json with a chat template, and generation_config.json;
+    it loads in transformers and in gkit's runtime. Use it to try every gkit step without
+    downloading a real model. Presets: tiny-hybrid, tiny-dense, and the Granite 4.0 catalog.
+    """
+    from granite_ops_kit.demo.checkpoint import DEFAULT_MAX_SHARD_BYTES
+
+    output.use_json(json_)
+    shard = parse_bytes(max_shard_size) if max_shard_size else DEFAULT_MAX_SHARD_BYTES
+    model = _write_with_progress(
+        directory, preset=preset, seed=seed, dtype=dtype, max_shard_bytes=shard, force=force
+    )
+
+    def render(con: Console) -> None:
+        con.print(f"wrote {model.preset} to {model.path}")
+        con.print(
+            f"  {model.parameters:,} parameters, {model.dtype}, "
+            f"{format_bytes(model.weight_bytes)} of weights, seed {model.seed}"
+        )
+        con.print(f"  files: {', '.join(model.files)}")
+
+    output.emit(model.to_json(), render)
+
+
+# What `gkit demo` will run once each capability lands; printed so the user sees the path.
+LATER_STEPS = [
+    ("sign", "sign the model with a generated demo key (OpenSSF Model Signing)"),
+    ("verify", "verify the signature and the default policy"),
+    ("size", "plan GPU memory for 2 GPUs from the Mamba state and KV cache"),
+    ("deploy", "render the Helm chart for 2 GPUs"),
+    ("serve", "serve the model locally and answer one chat request"),
+    ("audit", "export the audit report of every step"),
+]
+
+
+def demo(
+    output_dir: Path = typer.Option(
+        Path("demo-out"), "--output", "-o", help="Where the demo writes its artifacts."
+    ),
+    json_: bool = JSON_OPTION,
+) -> None:
+    """Run the main job end to end on a built-in tiny Granite model.
+
+    Today: writes the demo model. As gkit grows, the same command signs, verifies, sizes,
+    renders the chart, serves and exports the audit report, printing where each artifact is.
+    """
+    from granite_ops_kit.demo.presets import load_preset
+
+    output.use_json(json_)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    model = _write_with_progress(output_dir / "model", preset="tiny-hybrid", seed=0, force=True)
+    steps = [{"step": "demo-model", "status": "done", "artifact": str(model.path)}]
+    steps += [{"step": name, "status": "not built yet", "will": what} for name, what in LATER_STEPS]
+
+    def render(con: Console) -> None:
+        con.print(f"[bold]1. demo model[/]: {model.path} ({load_preset(model.preset).description})")
+        for i, (name, what) in enumerate(LATER_STEPS, start=2):
+            con.print(f"{i}. {name} [dim](not built yet)[/]: will {what}")
+
+    output.emit({"steps": steps, "model": model.to_json()}, render)

@@ -1,0 +1,1 @@
+"""Deterministic Granite-architecture checkpoints for tests, demos, sizing and GPU work."""

@@ -1,0 +1,61 @@
+"""Shared fixtures and the marker rules.
+
+- `gpu` tests run only where torch sees CUDA (the device machine); CI on CPU skips them.
+- `slow` tests run everywhere; the marker lets a developer deselect them with -m "not slow".
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+GKIT = [sys.executable, "-m", "granite_ops_kit"]
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def pytest_collection_modifyitems(config, items):
+    if any("gpu" in item.keywords for item in items) and not _cuda_available():
+        skip = pytest.mark.skip(reason="needs a CUDA GPU (runs on the device machine)")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip)
+
+
+def run_gkit(
+    *args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
+    """Run the real CLI in a subprocess, as a user would."""
+    return subprocess.run(
+        [*GKIT, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_hybrid(tmp_path_factory) -> Path:
+    from granite_ops_kit.demo.checkpoint import write_demo_model
+
+    return write_demo_model(tmp_path_factory.mktemp("models") / "tiny-hybrid", "tiny-hybrid").path
+
+
+@pytest.fixture(scope="session")
+def tiny_dense(tmp_path_factory) -> Path:
+    from granite_ops_kit.demo.checkpoint import write_demo_model
+
+    return write_demo_model(tmp_path_factory.mktemp("models") / "tiny-dense", "tiny-dense").path

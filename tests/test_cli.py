@@ -1,0 +1,102 @@
+"""The command line's contract: help, version, exit codes, JSON errors, import cost."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from granite_ops_kit import __version__
+from granite_ops_kit.cli.planned import PLANNED
+from tests.conftest import run_gkit
+
+GROUPS = [
+    "verify",
+    "sign",
+    "pull",
+    "approve",
+    "audit",
+    "size",
+    "generate",
+    "serve",
+    "build",
+    "deploy",
+    "demo-model",
+    "demo",
+]
+
+
+def test_help_lists_every_command_group():
+    result = run_gkit("--help")
+    assert result.returncode == 0
+    commands = result.stdout.split("Commands:")[1]
+    listed = [line.split()[0] for line in commands.splitlines() if line.strip()]
+    assert listed == GROUPS
+
+
+def test_version():
+    result = run_gkit("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"gkit {__version__}"
+
+
+@pytest.mark.parametrize("group", sorted(PLANNED))
+def test_group_not_built_yet_says_so_and_exits_2(group):
+    result = run_gkit(group, "some-model", "--any-flag")
+    assert result.returncode == 2
+    assert f"'gkit {group}' is not built yet" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_json_error_shape_on_stdout():
+    result = run_gkit("--json", "deploy", "m", "--gpus", "2")
+    assert result.returncode == 2
+    payload = json.loads(result.stdout)
+    assert payload["ok"] is False
+    assert payload["error"]["kind"] == "not_built_yet"
+    assert payload["error"]["exit_code"] == 2
+
+
+def test_unknown_flag_is_a_usage_error_in_one_sentence():
+    result = run_gkit("demo-model", "x", "--no-such-flag")
+    assert result.returncode == 2
+    assert "No such option: --no-such-flag" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unknown_flag_with_json_answers_in_json():
+    result = run_gkit("demo-model", "x", "--bogus", "--json")
+    assert result.returncode == 2
+    assert json.loads(result.stdout)["error"]["kind"] == "usage"
+
+
+def test_help_imports_no_heavy_library():
+    probe = (
+        "import sys\n"
+        "from granite_ops_kit.cli.app import main\n"
+        "code = main(['--help'])\n"
+        "heavy = [m for m in ('torch', 'docker', 'kubernetes', 'sigstore', 'numpy',"
+        " 'transformers') if m in sys.modules]\n"
+        "print('HEAVY=' + ','.join(heavy))\n"
+        "sys.exit(code)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "HEAVY="
+    # The probe is able to see an import: the same check after importing torch finds it.
+    positive = subprocess.run(
+        [sys.executable, "-c", "import sys, torch; print('torch' in sys.modules)"],
+        capture_output=True,
+        text=True,
+    )
+    assert positive.stdout.strip() == "True"
+
+
+def test_demo_model_help_teaches_presets():
+    result = run_gkit("demo-model", "--help")
+    assert result.returncode == 0
+    for word in ("tiny-hybrid", "tiny-dense", "--seed", "--max-shard-size"):
+        assert word in result.stdout
