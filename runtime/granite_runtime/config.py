@@ -1,0 +1,144 @@
+"""A Granite 4.0 `config.json`, read once into a typed, validated shape.
+
+Pure Python (no torch), so the control plane's sizing can read configs without the runtime's
+heavy dependencies.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from granite_runtime.errors import ModelLoadError
+
+# Hub configs say mamba/attention; transformers 5.x save_pretrained writes
+# linear_attention/full_attention (REFERENCE.md section 1). Both mean the same layers.
+LAYER_SPELLINGS = {"mamba": "mamba", "linear_attention": "mamba",
+                   "attention": "attention", "full_attention": "attention"}
+MODEL_TYPES = {"granitemoehybrid"}
+
+
+@dataclass(frozen=True)
+class GraniteConfig:
+    vocab_size: int
+    hidden_size: int
+    layer_types: tuple[str, ...]
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    attention_multiplier: float
+    attention_bias: bool
+    use_rope: bool
+    rope_theta: float
+    max_position_embeddings: int
+    num_experts: int
+    top_k: int
+    expert_size: int
+    shared_size: int
+    mamba_heads: int
+    mamba_head_dim: int
+    mamba_state: int
+    mamba_groups: int
+    mamba_conv: int
+    mamba_chunk: int
+    mamba_conv_bias: bool
+    mamba_proj_bias: bool
+    embedding_multiplier: float
+    residual_multiplier: float
+    logits_scaling: float
+    rms_norm_eps: float
+    tie_word_embeddings: bool
+    torch_dtype: str
+    eos_token_id: int | None
+    time_step_min: float = 0.0
+    time_step_max: float = float("inf")
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layer_types)
+
+    @property
+    def attention_layers(self) -> list[int]:
+        return [i for i, t in enumerate(self.layer_types) if t == "attention"]
+
+    @property
+    def mamba_layers(self) -> list[int]:
+        return [i for i, t in enumerate(self.layer_types) if t == "mamba"]
+
+    @property
+    def mamba_inner(self) -> int:
+        return self.mamba_heads * self.mamba_head_dim
+
+    @property
+    def mamba_conv_dim(self) -> int:
+        return self.mamba_inner + 2 * self.mamba_groups * self.mamba_state
+
+    @classmethod
+    def from_dict(cls, raw: dict, source: str = "config.json") -> GraniteConfig:
+        if raw.get("model_type") not in MODEL_TYPES:
+            raise ModelLoadError(f"{source}: model_type '{raw.get('model_type')}' is not a "
+                                 f"Granite 4.0 model (expected one of {sorted(MODEL_TYPES)}).")
+        try:
+            return cls._parse(raw)
+        except KeyError as missing:
+            raise ModelLoadError(f"{source}: required key {missing} is missing.") from None
+        except (TypeError, ValueError) as bad:
+            raise ModelLoadError(f"{source}: {bad}.") from None
+
+    @classmethod
+    def _parse(cls, raw: dict) -> GraniteConfig:
+        hidden, heads = raw["hidden_size"], raw["num_attention_heads"]
+        types = raw.get("layer_types") or raw.get("layers_block_type")
+        if types is None:
+            raise KeyError("layer_types")
+        unknown = sorted({t for t in types if t not in LAYER_SPELLINGS})
+        if unknown:
+            raise ValueError(f"unknown layer types {unknown}")
+        if len(types) != raw.get("num_hidden_layers", len(types)):
+            raise ValueError("layer_types and num_hidden_layers disagree")
+        limit = raw.get("time_step_limit") or (0.0, float("inf"))
+        config = cls(
+            vocab_size=raw["vocab_size"], hidden_size=hidden,
+            layer_types=tuple(LAYER_SPELLINGS[t] for t in types),
+            num_heads=heads, num_kv_heads=raw.get("num_key_value_heads", heads),
+            head_dim=raw.get("head_dim") or hidden // heads,
+            attention_multiplier=float(raw["attention_multiplier"]),
+            attention_bias=bool(raw.get("attention_bias", False)),
+            use_rope=raw.get("position_embedding_type", "nope") == "rope",
+            rope_theta=float(raw.get("rope_theta", 10000.0)),
+            max_position_embeddings=raw.get("max_position_embeddings", 4096),
+            num_experts=raw.get("num_local_experts", 0) or 0,
+            top_k=raw.get("num_experts_per_tok", 0) or 0,
+            expert_size=raw.get("intermediate_size", 0),
+            shared_size=raw["shared_intermediate_size"],
+            mamba_heads=raw.get("mamba_n_heads", 0), mamba_head_dim=raw.get("mamba_d_head", 0),
+            mamba_state=raw.get("mamba_d_state", 0), mamba_groups=raw.get("mamba_n_groups", 1),
+            mamba_conv=raw.get("mamba_d_conv", 4), mamba_chunk=raw.get("mamba_chunk_size", 256),
+            mamba_conv_bias=bool(raw.get("mamba_conv_bias", True)),
+            mamba_proj_bias=bool(raw.get("mamba_proj_bias", False)),
+            embedding_multiplier=float(raw.get("embedding_multiplier", 1.0)),
+            residual_multiplier=float(raw.get("residual_multiplier", 1.0)),
+            logits_scaling=float(raw.get("logits_scaling", 1.0)),
+            rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
+            tie_word_embeddings=bool(raw.get("tie_word_embeddings", True)),
+            torch_dtype=str(raw.get("torch_dtype") or raw.get("dtype") or "bfloat16"),
+            eos_token_id=raw.get("eos_token_id"),
+            time_step_min=float(limit[0]), time_step_max=float(limit[1]),
+        )
+        if config.mamba_layers and config.mamba_inner != int(raw.get("mamba_expand", 2) * hidden):
+            raise ValueError("mamba_n_heads x mamba_d_head must equal mamba_expand x hidden_size")
+        if config.num_heads % config.num_kv_heads or (
+                config.mamba_layers and config.mamba_heads % config.mamba_groups):
+            raise ValueError("heads must divide evenly into key/value heads and Mamba groups")
+        return config
+
+    @classmethod
+    def from_file(cls, path: Path) -> GraniteConfig:
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ModelLoadError(f"{path}: no config.json in the model directory.") from None
+        except json.JSONDecodeError as bad:
+            raise ModelLoadError(f"{path}: not valid JSON ({bad.msg}, line {bad.lineno}).") from None
+        return cls.from_dict(raw, str(path))

@@ -1,0 +1,217 @@
+"""The blocks of a Granite 4.0 layer: norms, attention, the Mamba-2 mixer, MLP and MoE.
+
+Parameter names match the Hub checkpoints (`mamba.in_proj.weight`,
+`block_sparse_moe.input_linear.weight`, ...) so loading is a plain state-dict assignment.
+Numerics follow transformers' GraniteMoeHybrid (REFERENCE.md section 1): norms in fp32 with
+the weight applied after casting back; attention scaled by attention_multiplier; the router
+softmax over the top-k logits only; the Mamba gate applied before the gated norm.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from granite_runtime import ssd
+from granite_runtime.cache import Batch, HybridCache
+from granite_runtime.config import GraniteConfig
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, size: int, eps: float, groups: int = 1):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.eps, self.groups = eps, groups
+
+    def forward(self, x: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:
+        dtype = x.dtype
+        h = x.float()
+        if gate is not None:
+            h = h * F.silu(gate.float())
+        h = h.unflatten(-1, (self.groups, -1))
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.flatten(-2).to(dtype)
+
+
+class Weight(nn.Module):
+    """A bare weight under a module name, so names match the checkpoint (`x.weight`)."""
+
+    def __init__(self, *shape: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(*shape))
+
+
+class SwiGLU(nn.Module):
+    """Granite's shared MLP: input_linear -> (gate, up) -> silu(gate) * up -> output_linear."""
+
+    def __init__(self, hidden: int, inner: int):
+        super().__init__()
+        self.input_linear = nn.Linear(hidden, 2 * inner, bias=False)
+        self.output_linear = nn.Linear(inner, hidden, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.input_linear(x).chunk(2, dim=-1)
+        return self.output_linear(F.silu(gate) * up)
+
+
+class MoE(nn.Module):
+    def __init__(self, config: GraniteConfig):
+        super().__init__()
+        e, h, i = config.num_experts, config.hidden_size, config.expert_size
+        self.top_k = config.top_k
+        self.router = nn.Module()
+        self.router.layer = nn.Linear(h, e, bias=False)
+        self.input_linear = Weight(e, 2 * i, h)
+        self.output_linear = Weight(e, h, i)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        flat = x.reshape(-1, shape[-1])
+        logits = self.router.layer(flat).float()
+        top_logits, experts = logits.topk(self.top_k, dim=-1)
+        weights = torch.softmax(top_logits, dim=-1).to(flat.dtype)
+        if flat.shape[0] * self.top_k <= 64:
+            out = self._gathered(flat, experts, weights)
+        else:
+            out = self._grouped(flat, experts, weights)
+        return out.view(shape)
+
+    def _gathered(self, flat, experts, weights):
+        """Few tokens (decode): gather each token's k experts and run them as one bmm."""
+        t, k = experts.shape
+        w1 = self.input_linear.weight[experts.reshape(-1)]  # (t*k, 2i, h)
+        w2 = self.output_linear.weight[experts.reshape(-1)]  # (t*k, h, i)
+        xs = flat.repeat_interleave(k, dim=0).unsqueeze(-1)  # (t*k, h, 1)
+        gate, up = torch.bmm(w1, xs).squeeze(-1).chunk(2, dim=-1)
+        y = torch.bmm(w2, (F.silu(gate) * up).unsqueeze(-1)).squeeze(-1)  # (t*k, h)
+        return (y.view(t, k, -1) * weights.unsqueeze(-1)).sum(dim=1)
+
+    def _grouped(self, flat, experts, weights):
+        """Many tokens (prefill): sort token copies by expert and run each expert once."""
+        out = torch.zeros_like(flat)
+        order = experts.reshape(-1).argsort(stable=True)
+        counts = torch.bincount(experts.reshape(-1), minlength=self.input_linear.weight.shape[0])
+        token_of = order // self.top_k
+        start = 0
+        for e, count in enumerate(counts.tolist()):
+            if count == 0:
+                continue
+            idx = order[start:start + count]
+            tokens = token_of[start:start + count]
+            start += count
+            gate, up = F.linear(flat[tokens], self.input_linear.weight[e]).chunk(2, dim=-1)
+            y = F.linear(F.silu(gate) * up, self.output_linear.weight[e])
+            out.index_add_(0, tokens, y * weights.reshape(-1)[idx, None])
+        return out
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    a, b = x.chunk(2, dim=-1)
+    return torch.cat((-b, a), dim=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, config: GraniteConfig, layer: int):
+        super().__init__()
+        hd, bias = config.head_dim, config.attention_bias
+        self.heads, self.kv_heads, self.head_dim = config.num_heads, config.num_kv_heads, hd
+        self.scale = config.attention_multiplier
+        self.q_proj = nn.Linear(config.hidden_size, self.heads * hd, bias=bias)
+        self.k_proj = nn.Linear(config.hidden_size, self.kv_heads * hd, bias=bias)
+        self.v_proj = nn.Linear(config.hidden_size, self.kv_heads * hd, bias=bias)
+        self.o_proj = nn.Linear(self.heads * hd, config.hidden_size, bias=bias)
+        self.rope_theta = config.rope_theta if config.use_rope else None
+        self.layer = layer
+
+    def _rope(self, q, k, positions):
+        inv_freq = 1.0 / (self.rope_theta ** (
+            torch.arange(0, self.head_dim, 2, dtype=torch.float32, device=q.device)
+            / self.head_dim))
+        freqs = positions.float().unsqueeze(-1) * inv_freq  # (B, L, D/2)
+        emb = torch.cat((freqs, freqs), dim=-1).unsqueeze(1)  # (B, 1, L, D)
+        cos, sin = emb.cos().to(q.dtype), emb.sin().to(q.dtype)
+        return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+
+    def forward(self, x: torch.Tensor, batch: Batch, cache: HybridCache) -> torch.Tensor:
+        b, length, _ = x.shape
+        q = self.q_proj(x).view(b, length, self.heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(b, length, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(b, length, self.kv_heads, self.head_dim).transpose(1, 2)
+        positions = batch.starts[:, None] + torch.arange(length, device=x.device)
+        if self.rope_theta is not None:
+            q, k = self._rope(q, k, positions)
+        index = cache.attn_index[self.layer]
+        kc, vc = cache.k[index], cache.v[index]
+        rows = batch.slots[:, None].expand(b, length)
+        kc[rows, :, positions] = k.transpose(1, 2).to(kc.dtype)
+        vc[rows, :, positions] = v.transpose(1, 2).to(vc.dtype)
+        total = max(batch.starts_list) + length
+        if b == 1:  # a view, no copy: the common prefill and batch-1 decode case
+            slot = batch.slots_list[0]
+            keys, values = kc[slot, :, :total].unsqueeze(0), vc[slot, :, :total].unsqueeze(0)
+        else:
+            keys, values = kc[batch.slots, :, :total], vc[batch.slots, :, :total]
+        key_pos = torch.arange(total, device=x.device)
+        mask = key_pos.view(1, 1, 1, total) <= positions.view(b, 1, length, 1)
+        out = F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype),
+                                             attn_mask=mask, scale=self.scale, enable_gqa=True)
+        return self.o_proj(out.transpose(1, 2).reshape(b, length, -1))
+
+
+class Mamba2(nn.Module):
+    def __init__(self, config: GraniteConfig, layer: int):
+        super().__init__()
+        c = config
+        self.heads, self.head_dim, self.groups = c.mamba_heads, c.mamba_head_dim, c.mamba_groups
+        self.state, self.inner, self.conv_dim = c.mamba_state, c.mamba_inner, c.mamba_conv_dim
+        self.chunk, self.layer = c.mamba_chunk, layer
+        self.dt_limit = (c.time_step_min, c.time_step_max)
+        self.in_proj = nn.Linear(c.hidden_size, self.inner + self.conv_dim + self.heads,
+                                 bias=c.mamba_proj_bias)
+        self.conv1d = nn.Conv1d(self.conv_dim, self.conv_dim, c.mamba_conv, groups=self.conv_dim,
+                                bias=c.mamba_conv_bias)
+        self.dt_bias = nn.Parameter(torch.empty(self.heads))
+        self.A_log = nn.Parameter(torch.empty(self.heads))
+        self.D = nn.Parameter(torch.empty(self.heads))
+        self.norm = RMSNorm(self.inner, c.rms_norm_eps, groups=self.groups)
+        self.out_proj = nn.Linear(self.inner, c.hidden_size, bias=c.mamba_proj_bias)
+
+    def _conv(self, xbc: torch.Tensor, batch: Batch, cache: HybridCache) -> torch.Tensor:
+        """Causal depthwise conv continuing from each slot's last d_conv-1 inputs."""
+        index = cache.mamba_index[self.layer]
+        past = cache.conv[index, batch.slots]  # (B, C, K-1)
+        full = torch.cat([past.to(xbc.dtype), xbc.transpose(1, 2)], dim=-1)  # (B, C, K-1+L)
+        cache.conv[index, batch.slots] = full[:, :, -past.shape[-1]:].to(cache.conv.dtype)
+        weight = self.conv1d.weight.squeeze(1)  # (C, K)
+        if xbc.shape[1] == 1:
+            out = (full * weight).sum(-1, keepdim=True)
+            if self.conv1d.bias is not None:
+                out = out + self.conv1d.bias[:, None]
+        else:
+            out = F.conv1d(full, self.conv1d.weight, self.conv1d.bias, groups=self.conv_dim)
+        return F.silu(out).transpose(1, 2)  # (B, L, C)
+
+    def forward(self, x: torch.Tensor, batch: Batch, cache: HybridCache) -> torch.Tensor:
+        b, length, _ = x.shape
+        z, xbc, dt = self.in_proj(x).split([self.inner, self.conv_dim, self.heads], dim=-1)
+        xbc = self._conv(xbc, batch, cache)
+        xs, Bm, Cm = xbc.split([self.inner, self.groups * self.state, self.groups * self.state],
+                               dim=-1)
+        dt = F.softplus(dt.float() + self.dt_bias.float()).clamp(*self.dt_limit)
+        A = -torch.exp(self.A_log.float())
+        index = cache.mamba_index[self.layer]
+        state = cache.ssm[index, batch.slots].float()
+        if length == 1:
+            y, state = ssd.step(xs.view(b, self.heads, self.head_dim), dt.view(b, self.heads), A,
+                                Bm.view(b, self.groups, self.state),
+                                Cm.view(b, self.groups, self.state), self.D, state)
+        else:
+            y, state = ssd.chunked_scan(
+                xs.view(b, length, self.heads, self.head_dim), dt, A,
+                Bm.view(b, length, self.groups, self.state),
+                Cm.view(b, length, self.groups, self.state), self.D, self.chunk, state)
+        cache.ssm[index, batch.slots] = state.to(cache.ssm.dtype)
+        # The gated norm sees the fp32 scan output, as transformers' prefill path does.
+        y = self.norm(y.reshape(b, length, self.inner), gate=z)
+        return self.out_proj(y.to(x.dtype))

@@ -1,0 +1,109 @@
+"""Load a Hugging Face Granite checkpoint: config.json and safetensors, never pickle.
+
+Weights are memory-mapped by safetensors and copied once into the model's dtype and
+device. Every file the index names must resolve inside the model directory: a symlink or a
+`..` that leads elsewhere is refused, so a checkpoint cannot make the loader read other files.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from granite_runtime.config import GraniteConfig
+from granite_runtime.errors import ModelLoadError
+from granite_runtime.model import GraniteForCausalLM
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+          "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".ckpt"}
+
+
+def resolve_dtype(name: str | None, config: GraniteConfig) -> torch.dtype:
+    key = (name or config.torch_dtype).lower().removeprefix("torch.")
+    if key == "auto":
+        key = config.torch_dtype
+    if key not in DTYPES:
+        raise ModelLoadError(f"unknown dtype '{name}'; use float32, bfloat16 or float16.")
+    return DTYPES[key]
+
+
+def _inside(root: Path, name: str) -> Path:
+    path = (root / name).resolve()
+    if not path.is_relative_to(root):
+        raise ModelLoadError(f"{root / name}: points outside the model directory; refused.")
+    return path
+
+
+def weight_files(root: Path) -> list[Path]:
+    """The safetensors files of a checkpoint, from its index when it is sharded."""
+    index = root / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError) as bad:
+            raise ModelLoadError(f"{index}: not a valid safetensors index ({bad}).") from None
+        files = [_inside(root, n) for n in sorted(set(weight_map.values()))]
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise ModelLoadError(f"{root}: shard {missing[0]} named in "
+                                 "model.safetensors.index.json is missing.")
+        return files
+    single = root / "model.safetensors"
+    if single.is_file():
+        return [_inside(root, single.name)]
+    pickles = sorted(p.name for p in root.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise ModelLoadError(f"{root}: only pickle weights ({pickles[0]}); gkit loads "
+                             "safetensors only, since pickle files can run code.")
+    raise ModelLoadError(f"{root}: no model.safetensors or model.safetensors.index.json.")
+
+
+def _read_tensors(files: list[Path], dtype: torch.dtype, device: str) -> dict[str, torch.Tensor]:
+    tensors: dict[str, torch.Tensor] = {}
+    for path in files:
+        try:
+            with safe_open(path, framework="pt", device="cpu") as f:
+                for name in f.keys():  # noqa: SIM118 (safe_open is not a dict)
+                    tensors[name] = f.get_tensor(name).to(device=device, dtype=dtype)
+        except (OSError, RuntimeError, ValueError) as bad:
+            # safetensors raises SafetensorError (a subclass of Exception) with its own text.
+            raise ModelLoadError(f"{path}: not a readable safetensors file ({bad}).") from None
+        except Exception as bad:  # noqa: BLE001 - safetensors' error type is not importable
+            raise ModelLoadError(f"{path}: not a readable safetensors file ({bad}).") from None
+    return tensors
+
+
+def _check_shapes(model: GraniteForCausalLM, tensors: dict[str, torch.Tensor], root: Path):
+    expected = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    missing = sorted(set(expected) - set(tensors))
+    if missing:
+        raise ModelLoadError(f"{root}: tensor {missing[0]} is missing "
+                             f"({len(missing)} missing in all).")
+    for name, tensor in tensors.items():
+        if name in expected and tuple(tensor.shape) != expected[name]:
+            raise ModelLoadError(f"{root}: tensor {name} has shape {tuple(tensor.shape)}, "
+                                 f"the config implies {expected[name]}.")
+
+
+def load_model(path: str | Path, dtype: str | None = None,
+               device: str = "cpu") -> GraniteForCausalLM:
+    """The model with weights loaded, in eval mode, on `device`."""
+    root = Path(path).resolve()
+    if not root.is_dir():
+        raise ModelLoadError(f"{path}: not a model directory.")
+    config = GraniteConfig.from_file(root / "config.json")
+    torch_dtype = resolve_dtype(dtype, config)
+    tensors = _read_tensors(weight_files(root), torch_dtype, device)
+    if config.tie_word_embeddings or "lm_head.weight" not in tensors:
+        tensors["lm_head.weight"] = tensors.get("model.embed_tokens.weight")
+    with torch.device("meta"):
+        model = GraniteForCausalLM(config)
+    tensors = {k: v for k, v in tensors.items() if v is not None}
+    _check_shapes(model, tensors, root)
+    model.load_state_dict({n: tensors[n] for n, _ in model.named_parameters()},
+                          strict=True, assign=True)
+    return model.eval()

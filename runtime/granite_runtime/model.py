@@ -1,0 +1,61 @@
+"""The Granite 4.0 decoder stack (hybrid Mamba-2/attention, dense or MoE) for inference."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from granite_runtime.cache import Batch, HybridCache
+from granite_runtime.config import GraniteConfig
+from granite_runtime.layers import MoE, Attention, Mamba2, RMSNorm, SwiGLU
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: GraniteConfig, index: int):
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.is_mamba = config.layer_types[index] == "mamba"
+        if self.is_mamba:
+            self.mamba = Mamba2(config, index)
+        else:
+            self.self_attn = Attention(config, index)
+        self.shared_mlp = SwiGLU(config.hidden_size, config.shared_size)
+        self.block_sparse_moe = MoE(config) if config.num_experts > 0 else None
+        self.residual_multiplier = config.residual_multiplier
+
+    def forward(self, x: torch.Tensor, batch: Batch, cache: HybridCache) -> torch.Tensor:
+        mixer = self.mamba if self.is_mamba else self.self_attn
+        x = x + mixer(self.input_layernorm(x), batch, cache) * self.residual_multiplier
+        h = self.post_attention_layernorm(x)
+        out = self.shared_mlp(h)
+        if self.block_sparse_moe is not None:
+            out = out + self.block_sparse_moe(h)
+        return x + out * self.residual_multiplier
+
+
+class GraniteModel(nn.Module):
+    def __init__(self, config: GraniteConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+
+class GraniteForCausalLM(nn.Module):
+    def __init__(self, config: GraniteConfig):
+        super().__init__()
+        self.config = config
+        self.model = GraniteModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+
+    def forward(self, tokens: torch.Tensor, batch: Batch, cache: HybridCache,
+                all_logits: bool = False) -> torch.Tensor:
+        """Logits (fp32) for every position if `all_logits`, else for each row's last token."""
+        x = self.model.embed_tokens(tokens) * self.config.embedding_multiplier
+        for layer in self.model.layers:
+            x = layer(x, batch, cache)
+        if not all_logits:
+            x = x[:, -1:]
+        x = self.model.norm(x)
+        return self.lm_head(x).float() / self.config.logits_scaling
