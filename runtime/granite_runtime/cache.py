@@ -29,25 +29,47 @@ class Batch:
 
     @classmethod
     def make(cls, slots: list[int], starts: list[int], device: torch.device | str) -> Batch:
-        return cls(torch.tensor(slots, dtype=torch.long, device=device),
-                   torch.tensor(starts, dtype=torch.long, device=device),
-                   list(slots), list(starts))
+        return cls(
+            torch.tensor(slots, dtype=torch.long, device=device),
+            torch.tensor(starts, dtype=torch.long, device=device),
+            list(slots),
+            list(starts),
+        )
 
 
 class HybridCache:
-    def __init__(self, config: GraniteConfig, num_slots: int, max_len: int,
-                 dtype: torch.dtype, device: torch.device | str,
-                 state_dtype: torch.dtype | None = None):
+    def __init__(
+        self,
+        config: GraniteConfig,
+        num_slots: int,
+        max_len: int,
+        dtype: torch.dtype,
+        device: torch.device | str,
+        state_dtype: torch.dtype | None = None,
+    ):
         self.num_slots, self.max_len = num_slots, max_len
         state_dtype = state_dtype or dtype
         self.mamba_index = {layer: i for i, layer in enumerate(config.mamba_layers)}
         self.attn_index = {layer: i for i, layer in enumerate(config.attention_layers)}
         m, a = len(self.mamba_index), len(self.attn_index)
         # Only d_conv - 1 past columns are needed to continue the convolution.
-        self.conv = torch.zeros(m, num_slots, config.mamba_conv_dim, config.mamba_conv - 1,
-                                dtype=state_dtype, device=device)
-        self.ssm = torch.zeros(m, num_slots, config.mamba_heads, config.mamba_head_dim,
-                               config.mamba_state, dtype=state_dtype, device=device)
+        self.conv = torch.zeros(
+            m,
+            num_slots,
+            config.mamba_conv_dim,
+            config.mamba_conv - 1,
+            dtype=state_dtype,
+            device=device,
+        )
+        self.ssm = torch.zeros(
+            m,
+            num_slots,
+            config.mamba_heads,
+            config.mamba_head_dim,
+            config.mamba_state,
+            dtype=state_dtype,
+            device=device,
+        )
         kv_shape = (a, num_slots, config.num_kv_heads, max_len, config.head_dim)
         self.k = torch.zeros(kv_shape, dtype=dtype, device=device)
         self.v = torch.zeros(kv_shape, dtype=dtype, device=device)

@@ -14,9 +14,26 @@ from granite_runtime.errors import ModelLoadError
 
 # Hub configs say mamba/attention; transformers 5.x save_pretrained writes
 # linear_attention/full_attention (REFERENCE.md section 1). Both mean the same layers.
-LAYER_SPELLINGS = {"mamba": "mamba", "linear_attention": "mamba",
-                   "attention": "attention", "full_attention": "attention"}
+LAYER_SPELLINGS = {
+    "mamba": "mamba",
+    "linear_attention": "mamba",
+    "attention": "attention",
+    "full_attention": "attention",
+}
 MODEL_TYPES = {"granitemoehybrid"}
+
+
+def _float(value) -> float:
+    """A float as configs write it; transformers 5 saves infinity as {"__float__": "Infinity"}."""
+    if isinstance(value, dict) and "__float__" in value:
+        value = value["__float__"]
+    return float(value)
+
+
+def _rope_theta(raw: dict) -> float:
+    """transformers 5 moved rope_theta into rope_parameters; Hub configs keep it at the top."""
+    params = raw.get("rope_parameters") or {}
+    return _float(params.get("rope_theta", raw.get("rope_theta", 10000.0)))
 
 
 @dataclass(frozen=True)
@@ -77,8 +94,10 @@ class GraniteConfig:
     @classmethod
     def from_dict(cls, raw: dict, source: str = "config.json") -> GraniteConfig:
         if raw.get("model_type") not in MODEL_TYPES:
-            raise ModelLoadError(f"{source}: model_type '{raw.get('model_type')}' is not a "
-                                 f"Granite 4.0 model (expected one of {sorted(MODEL_TYPES)}).")
+            raise ModelLoadError(
+                f"{source}: model_type '{raw.get('model_type')}' is not a "
+                f"Granite 4.0 model (expected one of {sorted(MODEL_TYPES)})."
+            )
         try:
             return cls._parse(raw)
         except KeyError as missing:
@@ -99,22 +118,27 @@ class GraniteConfig:
             raise ValueError("layer_types and num_hidden_layers disagree")
         limit = raw.get("time_step_limit") or (0.0, float("inf"))
         config = cls(
-            vocab_size=raw["vocab_size"], hidden_size=hidden,
+            vocab_size=raw["vocab_size"],
+            hidden_size=hidden,
             layer_types=tuple(LAYER_SPELLINGS[t] for t in types),
-            num_heads=heads, num_kv_heads=raw.get("num_key_value_heads", heads),
+            num_heads=heads,
+            num_kv_heads=raw.get("num_key_value_heads", heads),
             head_dim=raw.get("head_dim") or hidden // heads,
             attention_multiplier=float(raw["attention_multiplier"]),
             attention_bias=bool(raw.get("attention_bias", False)),
             use_rope=raw.get("position_embedding_type", "nope") == "rope",
-            rope_theta=float(raw.get("rope_theta", 10000.0)),
+            rope_theta=_rope_theta(raw),
             max_position_embeddings=raw.get("max_position_embeddings", 4096),
             num_experts=raw.get("num_local_experts", 0) or 0,
             top_k=raw.get("num_experts_per_tok", 0) or 0,
             expert_size=raw.get("intermediate_size", 0),
             shared_size=raw["shared_intermediate_size"],
-            mamba_heads=raw.get("mamba_n_heads", 0), mamba_head_dim=raw.get("mamba_d_head", 0),
-            mamba_state=raw.get("mamba_d_state", 0), mamba_groups=raw.get("mamba_n_groups", 1),
-            mamba_conv=raw.get("mamba_d_conv", 4), mamba_chunk=raw.get("mamba_chunk_size", 256),
+            mamba_heads=raw.get("mamba_n_heads", 0),
+            mamba_head_dim=raw.get("mamba_d_head", 0),
+            mamba_state=raw.get("mamba_d_state", 0),
+            mamba_groups=raw.get("mamba_n_groups", 1),
+            mamba_conv=raw.get("mamba_d_conv", 4),
+            mamba_chunk=raw.get("mamba_chunk_size", 256),
             mamba_conv_bias=bool(raw.get("mamba_conv_bias", True)),
             mamba_proj_bias=bool(raw.get("mamba_proj_bias", False)),
             embedding_multiplier=float(raw.get("embedding_multiplier", 1.0)),
@@ -124,12 +148,14 @@ class GraniteConfig:
             tie_word_embeddings=bool(raw.get("tie_word_embeddings", True)),
             torch_dtype=str(raw.get("torch_dtype") or raw.get("dtype") or "bfloat16"),
             eos_token_id=raw.get("eos_token_id"),
-            time_step_min=float(limit[0]), time_step_max=float(limit[1]),
+            time_step_min=float(limit[0]),
+            time_step_max=float(limit[1]),
         )
         if config.mamba_layers and config.mamba_inner != int(raw.get("mamba_expand", 2) * hidden):
             raise ValueError("mamba_n_heads x mamba_d_head must equal mamba_expand x hidden_size")
         if config.num_heads % config.num_kv_heads or (
-                config.mamba_layers and config.mamba_heads % config.mamba_groups):
+            config.mamba_layers and config.mamba_heads % config.mamba_groups
+        ):
             raise ValueError("heads must divide evenly into key/value heads and Mamba groups")
         return config
 
@@ -140,5 +166,6 @@ class GraniteConfig:
         except FileNotFoundError:
             raise ModelLoadError(f"{path}: no config.json in the model directory.") from None
         except json.JSONDecodeError as bad:
-            raise ModelLoadError(f"{path}: not valid JSON ({bad.msg}, line {bad.lineno}).") from None
+            message = f"{path}: not valid JSON ({bad.msg}, line {bad.lineno})."
+            raise ModelLoadError(message) from None
         return cls.from_dict(raw, str(path))

@@ -97,8 +97,8 @@ class MoE(nn.Module):
         for e, count in enumerate(counts.tolist()):
             if count == 0:
                 continue
-            idx = order[start:start + count]
-            tokens = token_of[start:start + count]
+            idx = order[start : start + count]
+            tokens = token_of[start : start + count]
             start += count
             gate, up = F.linear(flat[tokens], self.input_linear.weight[e]).chunk(2, dim=-1)
             y = F.linear(F.silu(gate) * up, self.output_linear.weight[e])
@@ -125,9 +125,13 @@ class Attention(nn.Module):
         self.layer = layer
 
     def _rope(self, q, k, positions):
-        inv_freq = 1.0 / (self.rope_theta ** (
-            torch.arange(0, self.head_dim, 2, dtype=torch.float32, device=q.device)
-            / self.head_dim))
+        inv_freq = 1.0 / (
+            self.rope_theta
+            ** (
+                torch.arange(0, self.head_dim, 2, dtype=torch.float32, device=q.device)
+                / self.head_dim
+            )
+        )
         freqs = positions.float().unsqueeze(-1) * inv_freq  # (B, L, D/2)
         emb = torch.cat((freqs, freqs), dim=-1).unsqueeze(1)  # (B, 1, L, D)
         cos, sin = emb.cos().to(q.dtype), emb.sin().to(q.dtype)
@@ -154,8 +158,14 @@ class Attention(nn.Module):
             keys, values = kc[batch.slots, :, :total], vc[batch.slots, :, :total]
         key_pos = torch.arange(total, device=x.device)
         mask = key_pos.view(1, 1, 1, total) <= positions.view(b, 1, length, 1)
-        out = F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype),
-                                             attn_mask=mask, scale=self.scale, enable_gqa=True)
+        out = F.scaled_dot_product_attention(
+            q,
+            keys.to(q.dtype),
+            values.to(q.dtype),
+            attn_mask=mask,
+            scale=self.scale,
+            enable_gqa=True,
+        )
         return self.o_proj(out.transpose(1, 2).reshape(b, length, -1))
 
 
@@ -167,10 +177,12 @@ class Mamba2(nn.Module):
         self.state, self.inner, self.conv_dim = c.mamba_state, c.mamba_inner, c.mamba_conv_dim
         self.chunk, self.layer = c.mamba_chunk, layer
         self.dt_limit = (c.time_step_min, c.time_step_max)
-        self.in_proj = nn.Linear(c.hidden_size, self.inner + self.conv_dim + self.heads,
-                                 bias=c.mamba_proj_bias)
-        self.conv1d = nn.Conv1d(self.conv_dim, self.conv_dim, c.mamba_conv, groups=self.conv_dim,
-                                bias=c.mamba_conv_bias)
+        self.in_proj = nn.Linear(
+            c.hidden_size, self.inner + self.conv_dim + self.heads, bias=c.mamba_proj_bias
+        )
+        self.conv1d = nn.Conv1d(
+            self.conv_dim, self.conv_dim, c.mamba_conv, groups=self.conv_dim, bias=c.mamba_conv_bias
+        )
         self.dt_bias = nn.Parameter(torch.empty(self.heads))
         self.A_log = nn.Parameter(torch.empty(self.heads))
         self.D = nn.Parameter(torch.empty(self.heads))
@@ -182,7 +194,7 @@ class Mamba2(nn.Module):
         index = cache.mamba_index[self.layer]
         past = cache.conv[index, batch.slots]  # (B, C, K-1)
         full = torch.cat([past.to(xbc.dtype), xbc.transpose(1, 2)], dim=-1)  # (B, C, K-1+L)
-        cache.conv[index, batch.slots] = full[:, :, -past.shape[-1]:].to(cache.conv.dtype)
+        cache.conv[index, batch.slots] = full[:, :, -past.shape[-1] :].to(cache.conv.dtype)
         weight = self.conv1d.weight.squeeze(1)  # (C, K)
         if xbc.shape[1] == 1:
             out = (full * weight).sum(-1, keepdim=True)
@@ -196,21 +208,34 @@ class Mamba2(nn.Module):
         b, length, _ = x.shape
         z, xbc, dt = self.in_proj(x).split([self.inner, self.conv_dim, self.heads], dim=-1)
         xbc = self._conv(xbc, batch, cache)
-        xs, Bm, Cm = xbc.split([self.inner, self.groups * self.state, self.groups * self.state],
-                               dim=-1)
+        xs, Bm, Cm = xbc.split(
+            [self.inner, self.groups * self.state, self.groups * self.state], dim=-1
+        )
         dt = F.softplus(dt.float() + self.dt_bias.float()).clamp(*self.dt_limit)
         A = -torch.exp(self.A_log.float())
         index = cache.mamba_index[self.layer]
         state = cache.ssm[index, batch.slots].float()
         if length == 1:
-            y, state = ssd.step(xs.view(b, self.heads, self.head_dim), dt.view(b, self.heads), A,
-                                Bm.view(b, self.groups, self.state),
-                                Cm.view(b, self.groups, self.state), self.D, state)
+            y, state = ssd.step(
+                xs.view(b, self.heads, self.head_dim),
+                dt.view(b, self.heads),
+                A,
+                Bm.view(b, self.groups, self.state),
+                Cm.view(b, self.groups, self.state),
+                self.D,
+                state,
+            )
         else:
             y, state = ssd.chunked_scan(
-                xs.view(b, length, self.heads, self.head_dim), dt, A,
+                xs.view(b, length, self.heads, self.head_dim),
+                dt,
+                A,
                 Bm.view(b, length, self.groups, self.state),
-                Cm.view(b, length, self.groups, self.state), self.D, self.chunk, state)
+                Cm.view(b, length, self.groups, self.state),
+                self.D,
+                self.chunk,
+                state,
+            )
         cache.ssm[index, batch.slots] = state.to(cache.ssm.dtype)
         # The gated norm sees the fp32 scan output, as transformers' prefill path does.
         y = self.norm(y.reshape(b, length, self.inner), gate=z)

@@ -7,7 +7,7 @@ from torch import nn
 
 from granite_runtime.cache import Batch, HybridCache
 from granite_runtime.config import GraniteConfig
-from granite_runtime.layers import MoE, Attention, Mamba2, RMSNorm, SwiGLU
+from granite_runtime.layers import Attention, Mamba2, MoE, RMSNorm, SwiGLU
 
 
 class DecoderLayer(nn.Module):
@@ -49,8 +49,9 @@ class GraniteForCausalLM(nn.Module):
         self.model = GraniteModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
 
-    def forward(self, tokens: torch.Tensor, batch: Batch, cache: HybridCache,
-                all_logits: bool = False) -> torch.Tensor:
+    def forward(
+        self, tokens: torch.Tensor, batch: Batch, cache: HybridCache, all_logits: bool = False
+    ) -> torch.Tensor:
         """Logits (fp32) for every position if `all_logits`, else for each row's last token."""
         x = self.model.embed_tokens(tokens) * self.config.embedding_multiplier
         for layer in self.model.layers:

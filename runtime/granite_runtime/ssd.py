@@ -34,8 +34,14 @@ def _per_head(t: torch.Tensor, heads: int) -> torch.Tensor:
 
 
 def chunked_scan(
-    x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, Bm: torch.Tensor, Cm: torch.Tensor,
-    D: torch.Tensor, chunk: int, state: torch.Tensor | None = None,
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    Bm: torch.Tensor,
+    Cm: torch.Tensor,
+    D: torch.Tensor,
+    chunk: int,
+    state: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Outputs y (B, L, H, P) and the final state (B, H, P, N), starting from `state`."""
     b, length, h, p = x.shape
@@ -44,8 +50,9 @@ def chunked_scan(
     x32, dt32 = x.float(), dt.float()
     Bh, Ch = _per_head(Bm.float(), h), _per_head(Cm.float(), h)
     if pad:
-        x32, dt32, Bh, Ch = (F.pad(t, (0, 0) * (t.dim() - 2) + (0, pad)) for t in
-                             (x32, dt32, Bh, Ch))
+        x32, dt32, Bh, Ch = (
+            F.pad(t, (0, 0) * (t.dim() - 2) + (0, pad)) for t in (x32, dt32, Bh, Ch)
+        )
     c = x32.shape[1] // chunk
     xc = x32.view(b, c, chunk, h, p)
     dtc = dt32.view(b, c, chunk, h)
@@ -65,8 +72,11 @@ def chunked_scan(
     chunk_states = torch.einsum("bclhn,bhcl,bclhp->bchpn", Bc, to_end, xdt)
 
     # Across chunks: a short sequential recurrence over c chunk boundaries.
-    carry = (torch.zeros(b, h, p, n, dtype=torch.float32, device=x.device) if state is None
-             else state.float())
+    carry = (
+        torch.zeros(b, h, p, n, dtype=torch.float32, device=x.device)
+        if state is None
+        else state.float()
+    )
     chunk_decay = torch.exp(cum[..., -1])  # (b, h, c)
     entering = []
     for i in range(c):
@@ -81,8 +91,13 @@ def chunked_scan(
 
 
 def step(
-    x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, Bm: torch.Tensor, Cm: torch.Tensor,
-    D: torch.Tensor, state: torch.Tensor,
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    Bm: torch.Tensor,
+    Cm: torch.Tensor,
+    D: torch.Tensor,
+    state: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One decode step. x (B, H, P), dt (B, H), Bm/Cm (B, G, N), state (B, H, P, N) fp32."""
     h = x.shape[1]

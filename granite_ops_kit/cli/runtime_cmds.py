@@ -1,0 +1,131 @@
+"""`gkit serve` and `gkit generate`: thin wrappers over the built-in runtime.
+
+The runtime (torch) is imported inside the commands; its errors become gkit's exit codes
+here: a broken checkpoint is a failed check (1), a bad request a usage error (2).
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from granite_ops_kit.cli import output
+from granite_ops_kit.cli.options import JSON_OPTION
+from granite_ops_kit.errors import ModelFormatError, UsageError
+
+
+@contextmanager
+def runtime_errors():
+    """Translate the runtime's exceptions into gkit's error hierarchy."""
+    try:
+        from granite_runtime.errors import ModelLoadError, RequestError
+    except ImportError as missing:
+        raise UsageError(f"the runtime is not installed ({missing.name} is missing); install "
+                         "gkit with the 'runtime' extra: pip install 'granite-ops-kit[runtime]'.")
+    try:
+        yield
+    except ModelLoadError as bad:
+        raise ModelFormatError(str(bad)) from None
+    except RequestError as bad:
+        raise UsageError(bad.message) from None
+
+
+def _model_dir(path: Path) -> Path:
+    if not path.exists():
+        raise UsageError(f"{path}: no such model directory.")
+    if not path.is_dir():
+        raise UsageError(f"{path}: not a directory; give the model's directory.")
+    return path
+
+
+def _default_device(device: str | None) -> str:
+    if device:
+        if device not in {"cpu", "cuda"}:
+            raise UsageError(f"--device must be cpu or cuda, not '{device}'.")
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def serve(
+    model_path: Path = typer.Argument(..., help="A Granite checkpoint directory."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0 in containers)."),
+    port: int = typer.Option(8000, help="TCP port."),
+    device: str = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
+    dtype: str = typer.Option(None, help="float32, bfloat16 or float16 (default: the config's)."),
+    max_num_seqs: int = typer.Option(8, min=1, help="Concurrent sequences (cache slots)."),
+    max_model_len: int = typer.Option(None, min=16, help="Context per sequence (default: "
+                                      "the model's, at most 4096)."),
+    api_key: str = typer.Option(None, envvar="GKIT_API_KEY", help="Require 'Authorization: "
+                                "Bearer KEY' on /v1 (prefer the GKIT_API_KEY variable)."),
+    served_model_name: str = typer.Option(None, help="Model id in the API (default: the "
+                                          "directory name)."),
+) -> None:
+    """Serve a model over the OpenAI API: /v1/models, /v1/completions, /v1/chat/completions
+    (streaming, tools), /health and Prometheus /metrics.
+
+    Stops gracefully on Ctrl-C or SIGTERM: open streams finish first (30 s at most).
+    """
+    with runtime_errors():
+        from granite_runtime.serve import build_service, run_server
+
+        service = build_service(_model_dir(model_path), _default_device(device), dtype,
+                                max_num_seqs, max_model_len, api_key, served_model_name)
+        output.stderr.print(f"serving {service.model_name} on http://{host}:{port} "
+                            f"({service.engine.device}, {service.engine.max_num_seqs} slots x "
+                            f"{service.engine.max_model_len} tokens)")
+        run_server(service, host, port)
+
+
+def generate(
+    model_path: Path = typer.Argument(..., help="A Granite checkpoint directory."),
+    prompt: str = typer.Option(..., "--prompt", "-p", help="The text to continue or answer."),
+    max_tokens: int = typer.Option(64, min=1, help="Tokens to generate at most."),
+    temperature: float = typer.Option(0.0, min=0.0, max=2.0, help="0 is greedy (default)."),
+    top_p: float = typer.Option(1.0, min=0.0, max=1.0),
+    seed: int = typer.Option(None, help="Seed for sampling (temperature > 0)."),
+    chat: bool = typer.Option(True, "--chat/--raw", help="Wrap the prompt in the model's "
+                              "chat template (default) or continue the raw text."),
+    device: str = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
+    dtype: str = typer.Option(None, help="float32, bfloat16 or float16."),
+    json_: bool = JSON_OPTION,
+) -> None:
+    """Generate text from a local model once, without a server."""
+    output.use_json(json_)
+    with runtime_errors():
+        from granite_runtime.engine import Engine
+        from granite_runtime.loader import load_model
+        from granite_runtime.sampling import SamplingParams
+        from granite_runtime.tokenizer import TextCodec
+
+        root = _model_dir(model_path)
+        started = time.perf_counter()
+        model = load_model(root, dtype, _default_device(device))
+        codec = TextCodec.from_dir(root)
+        text = codec.render_chat([{"role": "user", "content": prompt}]) if chat else prompt
+        ids = codec.encode(text)
+        engine = Engine(model, codec, max_num_seqs=1,
+                        max_model_len=min(model.config.max_position_embeddings,
+                                          len(ids) + max_tokens + 1))
+        loaded = time.perf_counter()
+        seq = engine.generate(ids, SamplingParams(temperature=temperature, top_p=top_p,
+                                                  seed=seed, max_tokens=max_tokens))
+        done = time.perf_counter()
+    result = {"text": seq.text, "finish_reason": seq.finish_reason,
+              "usage": {"prompt_tokens": len(ids), "completion_tokens": len(seq.output_ids)},
+              "seconds": {"load": round(loaded - started, 3), "generate": round(done - loaded, 3)}}
+
+    def render(con: Console) -> None:
+        con.print(seq.text, markup=False)
+        output.stderr.print(f"[dim]{len(seq.output_ids)} tokens in {done - loaded:.2f} s, "
+                            f"finish: {seq.finish_reason}[/]")
+
+    output.emit(result, render)
+
+
+__all__ = ["generate", "serve"]

@@ -1,0 +1,233 @@
+"""Continuous batching over fixed cache pools.
+
+Each step: admit waiting requests into free slots, run prefill chunks (at most
+`prefill_chunk` prompt tokens per step, so a long prompt does not stall everyone else),
+then one decode forward for every running sequence, sample, and report text. Requests join
+and leave between steps. Admission control: a prompt that can never fit is refused at
+submit time (413); when every slot is busy, requests wait, and past `max_waiting` new
+ones are refused (429), so overload never turns into an out-of-memory crash.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+
+import torch
+
+from granite_runtime.cache import Batch, HybridCache
+from granite_runtime.errors import RequestError
+from granite_runtime.model import GraniteForCausalLM
+from granite_runtime.sampling import SamplingParams, sample, top_logprobs
+from granite_runtime.sequence import Sequence, Status, TokenEvent
+from granite_runtime.tokenizer import TextCodec
+
+
+class Engine:
+    def __init__(
+        self,
+        model: GraniteForCausalLM,
+        codec: TextCodec,
+        max_num_seqs: int = 8,
+        max_model_len: int = 4096,
+        prefill_chunk: int = 512,
+        max_waiting: int = 256,
+    ):
+        self.model, self.codec = model, codec
+        self.max_num_seqs, self.max_model_len = max_num_seqs, max_model_len
+        self.prefill_chunk, self.max_waiting = prefill_chunk, max_waiting
+        weight = model.lm_head.weight
+        self.device = weight.device
+        self.cache = HybridCache(
+            model.config, max_num_seqs, max_model_len, weight.dtype, weight.device
+        )
+        self.free_slots = list(range(max_num_seqs))[::-1]
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self._lock = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self.accepting = True
+        self.stats = {"prompt_tokens": 0, "generation_tokens": 0, "steps": 0}
+
+    # ---- submitting -------------------------------------------------------------------
+    def submit(self, prompt_ids: list[int], params: SamplingParams, on_event=None) -> Sequence:
+        if not self.accepting:
+            raise RequestError("the server is shutting down.", 503, "service_unavailable")
+        if not prompt_ids:
+            raise RequestError("the prompt is empty.")
+        if len(prompt_ids) >= self.max_model_len:
+            raise RequestError(
+                f"the prompt has {len(prompt_ids)} tokens; this server's context is "
+                f"{self.max_model_len} tokens (--max-model-len).",
+                413,
+                "context_length_exceeded",
+            )
+        vocab = self.model.config.vocab_size
+        if any(not 0 <= t < vocab for t in prompt_ids):
+            raise RequestError(f"the prompt holds a token id outside 0..{vocab - 1}.")
+        seq = Sequence(list(prompt_ids), params, on_event)
+        with self._lock:
+            if len(self.waiting) >= self.max_waiting:
+                busy = f"{len(self.waiting)} requests are already waiting; retry later."
+                raise RequestError(busy, 429, "rate_limit_exceeded")
+            self.waiting.append(seq)
+            self._lock.notify()
+        return seq
+
+    # ---- one step ---------------------------------------------------------------------
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def _admit(self) -> None:
+        with self._lock:
+            while self.waiting and self.free_slots:
+                seq = self.waiting.popleft()
+                if seq.cancelled:
+                    self._finish(seq, "cancelled")
+                    continue
+                seq.slot = self.free_slots.pop()
+                seq.status = Status.RUNNING
+                self.cache.reset(seq.slot)
+                self.running.append(seq)
+
+    @torch.inference_mode()
+    def step(self) -> None:
+        self._admit()
+        for seq in [s for s in self.running if s.cancelled]:
+            self._finish(seq, "cancelled")
+        budget = self.prefill_chunk
+        for seq in [s for s in self.running if s.in_prefill]:
+            if budget <= 0:
+                break
+            budget -= self._prefill_chunk(seq, budget)
+        decoding = [
+            s for s in self.running if not s.in_prefill and s.output_ids and s.finish_reason is None
+        ]
+        if decoding:
+            self._decode(decoding)
+        self.stats["steps"] += 1
+
+    def _prefill_chunk(self, seq: Sequence, budget: int) -> int:
+        start = seq.prefilled
+        chunk = seq.prompt_ids[start : start + min(budget, self.prefill_chunk)]
+        tokens = torch.tensor([chunk], dtype=torch.long, device=self.device)
+        logits = self.model(tokens, Batch.make([seq.slot], [start], self.device), self.cache)
+        seq.prefilled += len(chunk)
+        self.stats["prompt_tokens"] += len(chunk)
+        if not seq.in_prefill:
+            self._accept([seq], logits[:, -1])
+        return len(chunk)
+
+    def _decode(self, seqs: list[Sequence]) -> None:
+        tokens = torch.tensor(
+            [[s.output_ids[-1]] for s in seqs], dtype=torch.long, device=self.device
+        )
+        batch = Batch.make([s.slot for s in seqs], [s.length for s in seqs], self.device)
+        logits = self.model(tokens, batch, self.cache)
+        self._accept(seqs, logits[:, -1])
+
+    def _accept(self, seqs: list[Sequence], logits: torch.Tensor) -> None:
+        chosen = sample(logits, [s.params for s in seqs], [s.generator for s in seqs])
+        now = time.monotonic()
+        for row, (seq, token) in enumerate(zip(seqs, chosen, strict=True)):
+            seq.first_token_at = seq.first_token_at or now
+            seq.output_ids.append(token)
+            self.stats["generation_tokens"] += 1
+            lp = []
+            if seq.params.logprobs is not None:
+                lp = [top_logprobs(logits[row], token, seq.params.logprobs)]
+                seq.logprobs += lp
+            self._report(seq, [token], lp)
+
+    # ---- text, stops and finishing ------------------------------------------------------
+    def _finish_reason(self, seq: Sequence) -> str | None:
+        if not seq.params.ignore_eos and seq.output_ids[-1] in self.codec.stop_token_ids:
+            return "stop"
+        if len(seq.output_ids) >= seq.params.max_tokens:
+            return "length"
+        if len(seq.prompt_ids) + len(seq.output_ids) >= self.max_model_len:
+            return "length"
+        return None
+
+    def _report(self, seq: Sequence, new_ids: list[int], lp) -> None:
+        reason = self._finish_reason(seq)
+        ids = seq.output_ids[:-1] if reason == "stop" else seq.output_ids
+        text = self.codec.decode(ids)
+        hold = 0
+        for stop in seq.params.stop:
+            cut = text.find(stop)
+            if cut >= 0:
+                text, reason = text[:cut], "stop"
+                break
+            hold = max(hold, len(stop) - 1)
+        if reason is None:
+            # Hold back what may be the start of a stop string or an unfinished character.
+            safe = len(text) - hold
+            while safe > seq.emitted and text[safe - 1] == "\ufffd":
+                safe -= 1
+        else:
+            safe = len(text)
+        safe = max(safe, seq.emitted)
+        seq.text = text
+        delta, seq.emitted = text[seq.emitted : safe], safe
+        if reason is not None:
+            self._finish(seq, reason, TokenEvent(delta, new_ids, lp, reason))
+        elif seq.on_event:
+            seq.on_event(seq, TokenEvent(delta, new_ids, lp))
+
+    def _finish(self, seq: Sequence, reason: str, event: TokenEvent | None = None) -> None:
+        seq.finish_reason, seq.status = reason, Status.FINISHED
+        with self._lock:
+            if seq in self.running:
+                self.running.remove(seq)
+                self.free_slots.append(seq.slot)
+            self._lock.notify_all()
+        if seq.on_event:
+            seq.on_event(seq, event or TokenEvent("", [], [], reason))
+
+    # ---- the loop -----------------------------------------------------------------------
+    def generate(self, prompt_ids: list[int], params: SamplingParams) -> Sequence:
+        """Run one request to completion on the calling thread (CLI, tests)."""
+        seq = self.submit(prompt_ids, params)
+        while seq.status is not Status.FINISHED:
+            self.step()
+        return seq
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="gkit-engine", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                while not self.has_work() and not self._stopping:
+                    self._lock.wait()
+                if self._stopping and not self.has_work():
+                    return
+            try:
+                self.step()
+            except Exception as bad:  # fail the requests, keep serving
+                self._fail_all(f"internal error in the engine: {bad}")
+
+    def _fail_all(self, message: str) -> None:
+        for seq in list(self.running) + list(self.waiting):
+            with self._lock:
+                if seq in self.waiting:
+                    self.waiting.remove(seq)
+            self._finish(seq, "error", TokenEvent("", [], [], "error", message))
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Refuse new work, let running requests finish, then end the loop."""
+        self.accepting = False
+        with self._lock:
+            self._stopping = True
+            self._lock.notify_all()
+        if self._thread:
+            self._thread.join(timeout)
+
+    def cache_usage(self) -> float:
+        """Fraction of KV token capacity held by running sequences."""
+        used = sum(s.length for s in self.running)
+        return used / (self.max_num_seqs * self.max_model_len)

@@ -1,0 +1,47 @@
+"""Prometheus metrics for one server: requests, tokens, queue, time to first token, cache use."""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+
+class Metrics:
+    def __init__(self, engine) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "gkit_requests",
+            "HTTP requests by endpoint and status",
+            ["endpoint", "status"],
+            registry=r,
+        )
+        self.prompt_tokens = Counter("gkit_prompt_tokens", "Prompt tokens processed", registry=r)
+        self.generation_tokens = Counter("gkit_generation_tokens", "Tokens generated", registry=r)
+        self.ttft = Histogram(
+            "gkit_time_to_first_token_seconds",
+            "Arrival to first token",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
+        Gauge("gkit_queue_length", "Requests waiting for a slot", registry=r).set_function(
+            lambda: len(engine.waiting)
+        )
+        Gauge("gkit_running_sequences", "Sequences holding a slot", registry=r).set_function(
+            lambda: len(engine.running)
+        )
+        Gauge(
+            "gkit_cache_usage_ratio", "Fraction of KV token capacity in use", registry=r
+        ).set_function(engine.cache_usage)
+        Gauge("gkit_cache_slots_total", "Sequence slots allocated", registry=r).set(
+            engine.max_num_seqs
+        )
+
+    def render(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,43 @@
+"""Start the server: load the model, size the pools, run uvicorn with a graceful shutdown."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from granite_runtime.engine import Engine
+from granite_runtime.loader import load_model
+from granite_runtime.server import Service, create_app
+from granite_runtime.tokenizer import TextCodec
+
+log = logging.getLogger("granite_runtime")
+
+
+def build_service(
+    model_path: str | Path,
+    device: str = "cpu",
+    dtype: str | None = None,
+    max_num_seqs: int = 8,
+    max_model_len: int | None = None,
+    api_key: str | None = None,
+    served_name: str | None = None,
+) -> Service:
+    root = Path(model_path).resolve()
+    model = load_model(root, dtype, device)
+    codec = TextCodec.from_dir(root)
+    max_len = max_model_len or min(model.config.max_position_embeddings, 4096)
+    engine = Engine(model, codec, max_num_seqs=max_num_seqs, max_model_len=max_len)
+    return Service(engine, served_name or root.name, api_key)
+
+
+def run_server(
+    service: Service, host: str = "127.0.0.1", port: int = 8000, graceful_seconds: int = 30
+) -> None:
+    """Blocks until SIGINT/SIGTERM; open streams get `graceful_seconds` to finish."""
+    import uvicorn
+
+    app = create_app(service)
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level="info", timeout_graceful_shutdown=graceful_seconds
+    )
+    uvicorn.Server(config).run()
