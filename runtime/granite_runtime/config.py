@@ -148,8 +148,8 @@ class GraniteConfig:
             tie_word_embeddings=bool(raw.get("tie_word_embeddings", True)),
             torch_dtype=str(raw.get("torch_dtype") or raw.get("dtype") or "bfloat16"),
             eos_token_id=raw.get("eos_token_id"),
-            time_step_min=float(limit[0]),
-            time_step_max=float(limit[1]),
+            time_step_min=_float(limit[0]),
+            time_step_max=_float(limit[1]),
         )
         if config.mamba_layers and config.mamba_inner != int(raw.get("mamba_expand", 2) * hidden):
             raise ValueError("mamba_n_heads x mamba_d_head must equal mamba_expand x hidden_size")
