@@ -119,10 +119,15 @@ def write_demo_model(
     dtype: str | None = None,
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
     force: bool = False,
+    overrides: dict | None = None,
     on_start: Callable[[int], None] | None = None,
     on_bytes: Callable[[int], None] | None = None,
 ) -> DemoModel:
-    """Write the preset's checkpoint to `dest`; `on_start(total_bytes)` then `on_bytes(n)`."""
+    """Write the preset's checkpoint to `dest`; `on_start(total_bytes)` then `on_bytes(n)`.
+
+    `overrides` replaces config keys (tests use it for shapes no preset has, such as
+    n_groups > 1); the weights follow the overridden shape.
+    """
     spec = load_preset(preset)
     dtype = dtype or spec.dtype
     if dtype not in DTYPES:
@@ -132,7 +137,7 @@ def write_demo_model(
 
     tok_json = tok.tokenizer_json(min(spec.config["vocab_size"], tok.MAX_VOCAB))
     ids = tok.special_token_ids(tok_json)
-    config = {**spec.config, "torch_dtype": dtype}
+    config = {**spec.config, **(overrides or {}), "torch_dtype": dtype}
     # The demo tokenizer is not Granite's 100k one: point the config's special ids at ours.
     config.update(
         bos_token_id=ids[tok.END_OF_TEXT],

@@ -269,10 +269,13 @@ def create_app(service: Service) -> FastAPI:
 
 
 def _routes(app: FastAPI, service: Service, metrics: Metrics) -> None:
+    known = {"/health", "/metrics", "/v1/models", "/v1/completions", "/v1/chat/completions"}
+
     @app.middleware("http")
     async def count(request: Request, call_next):
         response = await call_next(request)
-        metrics.requests.labels(request.url.path, str(response.status_code)).inc()
+        path = request.url.path if request.url.path in known else "other"  # bounded labels
+        metrics.requests.labels(path, str(response.status_code)).inc()
         return response
 
     @app.get("/health")
