@@ -1,0 +1,138 @@
+"""Load and failure behaviour of a real server: many clients, bad clients, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import signal
+import threading
+import time
+import urllib.request
+
+import openai
+import pytest
+from openai import AsyncOpenAI, OpenAI
+
+from tests.server_process import ServerProcess
+
+KEY = "load-key"
+
+
+@pytest.fixture(scope="module")
+def server(tiny_hybrid):
+    proc = ServerProcess(tiny_hybrid, "--max-num-seqs", "16", "--max-model-len", "512",
+                         api_key=KEY)
+    yield proc
+    proc.stop()
+
+
+def _metric(server, name: str) -> float:
+    with urllib.request.urlopen(server.base + "/metrics") as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[-1])
+    raise AssertionError(f"no metric {name}")
+
+
+@pytest.mark.slow
+def test_64_concurrent_streaming_clients_complete_with_the_right_lengths(server):
+    async def one(client: AsyncOpenAI, i: int) -> tuple[int, str | None, int]:
+        stream = await client.chat.completions.create(
+            model="tiny-hybrid", max_tokens=8 + i % 9, stream=True,
+            stream_options={"include_usage": True}, extra_body={"ignore_eos": True},
+            messages=[{"role": "user", "content": f"client {i}: say something"}])
+        reason, tokens = None, -1
+        async for chunk in stream:
+            if chunk.choices and chunk.choices[0].finish_reason:
+                reason = chunk.choices[0].finish_reason
+            if chunk.usage:
+                tokens = chunk.usage.completion_tokens
+        return i, reason, tokens
+
+    async def all_clients():
+        client = AsyncOpenAI(base_url=server.base + "/v1", api_key=KEY, max_retries=0,
+                             timeout=300)
+        return await asyncio.wait_for(asyncio.gather(*(one(client, i) for i in range(64))), 300)
+
+    results = asyncio.run(all_clients())
+    assert len(results) == 64
+    for i, reason, tokens in results:
+        assert (reason, tokens) == ("length", 8 + i % 9), i
+    assert _metric(server, "gkit_running_sequences") == 0
+    assert _metric(server, "gkit_queue_length") == 0
+
+
+def test_client_that_disconnects_mid_stream_frees_its_slot(server):
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    body = json.dumps({"model": "tiny-hybrid", "prompt": "go", "max_tokens": 400,
+                       "stream": True, "ignore_eos": True})
+    conn.request("POST", "/v1/completions", body, {"Authorization": f"Bearer {KEY}",
+                                                   "Content-Type": "application/json"})
+    response = conn.getresponse()
+    assert response.status == 200
+    first = response.readline()
+    assert first.startswith(b"data: ")
+    conn.sock.shutdown(2)
+    conn.close()
+    deadline = time.monotonic() + 20
+    while _metric(server, "gkit_running_sequences") > 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _metric(server, "gkit_running_sequences") == 0
+    # ... and the server keeps serving.
+    client = OpenAI(base_url=server.base + "/v1", api_key=KEY, max_retries=0)
+    r = client.completions.create(model="tiny-hybrid", prompt="still there?", max_tokens=3,
+                                  extra_body={"ignore_eos": True})
+    assert r.usage.completion_tokens == 3
+
+
+def test_bad_requests_during_load_get_their_errors_and_serving_continues(server):
+    client = OpenAI(base_url=server.base + "/v1", api_key=KEY, max_retries=0)
+    results: list[int] = []
+
+    def good():
+        r = client.completions.create(model="tiny-hybrid", prompt="busy", max_tokens=30,
+                                      extra_body={"ignore_eos": True})
+        results.append(r.usage.completion_tokens)
+
+    threads = [threading.Thread(target=good) for _ in range(6)]
+    for t in threads:
+        t.start()
+    errors = {}
+    for name, call in {
+        "oversized": lambda: client.completions.create(model="tiny-hybrid", prompt=[1] * 600),
+        "unknown model": lambda: client.completions.create(model="x", prompt="a"),
+        "wrong key": lambda: OpenAI(base_url=server.base + "/v1", api_key="bad",
+                                    max_retries=0).completions.create(model="tiny-hybrid",
+                                                                      prompt="a"),
+    }.items():
+        with pytest.raises(openai.APIStatusError) as caught:
+            call()
+        errors[name] = caught.value.status_code
+    for t in threads:
+        t.join(120)
+    assert errors == {"oversized": 413, "unknown model": 404, "wrong key": 401}
+    assert results == [30] * 6
+
+
+def test_graceful_shutdown_finishes_open_streams(tiny_hybrid):
+    proc = ServerProcess(tiny_hybrid, "--max-model-len", "512")
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", proc.port, timeout=60)
+        conn.request("POST", "/v1/completions", json.dumps({
+            "prompt": "long story", "max_tokens": 150, "stream": True, "ignore_eos": True}),
+            {"Content-Type": "application/json"})
+        response = conn.getresponse()
+        first = response.readline()
+        assert first.startswith(b"data: ")
+        proc.proc.send_signal(signal.SIGTERM)
+        rest = response.read().decode()
+        events = [ln[6:] for ln in (first.decode() + rest).splitlines() if ln.startswith("data: ")]
+        assert events[-1] == "[DONE]"
+        text_chunks = [json.loads(e) for e in events[:-1]]
+        assert text_chunks[-1]["choices"][0]["finish_reason"] == "length"
+        # uvicorn re-raises SIGTERM once it has shut down cleanly, as Unix servers do.
+        assert proc.proc.wait(30) in (0, -signal.SIGTERM)
+        assert "Finished server process" in proc.output()
+    finally:
+        proc.stop()
