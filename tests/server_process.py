@@ -20,8 +20,18 @@ class ServerProcess:
     def __init__(self, model: Path, *args: str, api_key: str | None = None):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "granite_ops_kit", "serve", str(model), "--port",
-               str(self.port), "--device", "cpu", *args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "granite_ops_kit",
+            "serve",
+            str(model),
+            "--port",
+            str(self.port),
+            "--device",
+            "cpu",
+            *args,
+        ]
         if api_key:
             cmd += ["--api-key", api_key]
         self.log = open(Path(model).parent / f"serve-{self.port}.log", "w+")  # noqa: SIM115

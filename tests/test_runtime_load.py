@@ -21,8 +21,7 @@ KEY = "load-key"
 
 @pytest.fixture(scope="module")
 def server(tiny_hybrid):
-    proc = ServerProcess(tiny_hybrid, "--max-num-seqs", "16", "--max-model-len", "512",
-                         api_key=KEY)
+    proc = ServerProcess(tiny_hybrid, "--max-num-seqs", "16", "--max-model-len", "512", api_key=KEY)
     yield proc
     proc.stop()
 
@@ -39,9 +38,13 @@ def _metric(server, name: str) -> float:
 def test_64_concurrent_streaming_clients_complete_with_the_right_lengths(server):
     async def one(client: AsyncOpenAI, i: int) -> tuple[int, str | None, int]:
         stream = await client.chat.completions.create(
-            model="tiny-hybrid", max_tokens=8 + i % 9, stream=True,
-            stream_options={"include_usage": True}, extra_body={"ignore_eos": True},
-            messages=[{"role": "user", "content": f"client {i}: say something"}])
+            model="tiny-hybrid",
+            max_tokens=8 + i % 9,
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_body={"ignore_eos": True},
+            messages=[{"role": "user", "content": f"client {i}: say something"}],
+        )
         reason, tokens = None, -1
         async for chunk in stream:
             if chunk.choices and chunk.choices[0].finish_reason:
@@ -51,8 +54,7 @@ def test_64_concurrent_streaming_clients_complete_with_the_right_lengths(server)
         return i, reason, tokens
 
     async def all_clients():
-        client = AsyncOpenAI(base_url=server.base + "/v1", api_key=KEY, max_retries=0,
-                             timeout=300)
+        client = AsyncOpenAI(base_url=server.base + "/v1", api_key=KEY, max_retries=0, timeout=300)
         return await asyncio.wait_for(asyncio.gather(*(one(client, i) for i in range(64))), 300)
 
     results = asyncio.run(all_clients())
@@ -65,10 +67,21 @@ def test_64_concurrent_streaming_clients_complete_with_the_right_lengths(server)
 
 def test_client_that_disconnects_mid_stream_frees_its_slot(server):
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
-    body = json.dumps({"model": "tiny-hybrid", "prompt": "go", "max_tokens": 400,
-                       "stream": True, "ignore_eos": True})
-    conn.request("POST", "/v1/completions", body, {"Authorization": f"Bearer {KEY}",
-                                                   "Content-Type": "application/json"})
+    body = json.dumps(
+        {
+            "model": "tiny-hybrid",
+            "prompt": "go",
+            "max_tokens": 400,
+            "stream": True,
+            "ignore_eos": True,
+        }
+    )
+    conn.request(
+        "POST",
+        "/v1/completions",
+        body,
+        {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"},
+    )
     response = conn.getresponse()
     assert response.status == 200
     first = response.readline()
@@ -81,8 +94,9 @@ def test_client_that_disconnects_mid_stream_frees_its_slot(server):
     assert _metric(server, "gkit_running_sequences") == 0
     # ... and the server keeps serving.
     client = OpenAI(base_url=server.base + "/v1", api_key=KEY, max_retries=0)
-    r = client.completions.create(model="tiny-hybrid", prompt="still there?", max_tokens=3,
-                                  extra_body={"ignore_eos": True})
+    r = client.completions.create(
+        model="tiny-hybrid", prompt="still there?", max_tokens=3, extra_body={"ignore_eos": True}
+    )
     assert r.usage.completion_tokens == 3
 
 
@@ -91,8 +105,9 @@ def test_bad_requests_during_load_get_their_errors_and_serving_continues(server)
     results: list[int] = []
 
     def good():
-        r = client.completions.create(model="tiny-hybrid", prompt="busy", max_tokens=30,
-                                      extra_body={"ignore_eos": True})
+        r = client.completions.create(
+            model="tiny-hybrid", prompt="busy", max_tokens=30, extra_body={"ignore_eos": True}
+        )
         results.append(r.usage.completion_tokens)
 
     threads = [threading.Thread(target=good) for _ in range(6)]
@@ -102,9 +117,9 @@ def test_bad_requests_during_load_get_their_errors_and_serving_continues(server)
     for name, call in {
         "oversized": lambda: client.completions.create(model="tiny-hybrid", prompt=[1] * 600),
         "unknown model": lambda: client.completions.create(model="x", prompt="a"),
-        "wrong key": lambda: OpenAI(base_url=server.base + "/v1", api_key="bad",
-                                    max_retries=0).completions.create(model="tiny-hybrid",
-                                                                      prompt="a"),
+        "wrong key": lambda: OpenAI(
+            base_url=server.base + "/v1", api_key="bad", max_retries=0
+        ).completions.create(model="tiny-hybrid", prompt="a"),
     }.items():
         with pytest.raises(openai.APIStatusError) as caught:
             call()
@@ -119,9 +134,14 @@ def test_graceful_shutdown_finishes_open_streams(tiny_hybrid):
     proc = ServerProcess(tiny_hybrid, "--max-model-len", "512")
     try:
         conn = http.client.HTTPConnection("127.0.0.1", proc.port, timeout=60)
-        conn.request("POST", "/v1/completions", json.dumps({
-            "prompt": "long story", "max_tokens": 150, "stream": True, "ignore_eos": True}),
-            {"Content-Type": "application/json"})
+        conn.request(
+            "POST",
+            "/v1/completions",
+            json.dumps(
+                {"prompt": "long story", "max_tokens": 150, "stream": True, "ignore_eos": True}
+            ),
+            {"Content-Type": "application/json"},
+        )
         response = conn.getresponse()
         first = response.readline()
         assert first.startswith(b"data: ")

@@ -26,23 +26,44 @@ GREEDY = SamplingParams(temperature=0.0, max_tokens=64, ignore_eos=True, logprob
 def moe_groups(tmp_path_factory):
     """MoE with three attention layers and two Mamba groups: shapes no preset has."""
     pattern = ["attention", "mamba", "mamba", "attention", "mamba", "attention"]
-    return write_demo_model(tmp_path_factory.mktemp("m") / "moe-groups", "tiny-hybrid",
-                            overrides={"mamba_n_groups": 2, "layer_types": pattern,
-                                       "num_hidden_layers": len(pattern),
-                                       "num_key_value_heads": 1}).path
+    return write_demo_model(
+        tmp_path_factory.mktemp("m") / "moe-groups",
+        "tiny-hybrid",
+        overrides={
+            "mamba_n_groups": 2,
+            "layer_types": pattern,
+            "num_hidden_layers": len(pattern),
+            "num_key_value_heads": 1,
+        },
+    ).path
 
 
 @pytest.fixture(scope="module")
 def saved_by_transformers(tmp_path_factory):
     """A checkpoint that transformers initialised and wrote itself (its own spellings)."""
     config = GraniteMoeHybridConfig(
-        vocab_size=512, hidden_size=96, num_hidden_layers=4, num_attention_heads=6,
-        num_key_value_heads=2, intermediate_size=48, shared_intermediate_size=64,
-        num_local_experts=4, num_experts_per_tok=2, mamba_n_heads=6, mamba_d_head=32,
-        mamba_d_state=16, mamba_chunk_size=16, mamba_n_groups=2, attention_multiplier=1 / 16,
-        embedding_multiplier=6.0, residual_multiplier=0.5, logits_scaling=2.0,
-        layer_types=["mamba", "attention", "mamba", "mamba"], tie_word_embeddings=True,
-        initializer_range=0.1)
+        vocab_size=512,
+        hidden_size=96,
+        num_hidden_layers=4,
+        num_attention_heads=6,
+        num_key_value_heads=2,
+        intermediate_size=48,
+        shared_intermediate_size=64,
+        num_local_experts=4,
+        num_experts_per_tok=2,
+        mamba_n_heads=6,
+        mamba_d_head=32,
+        mamba_d_state=16,
+        mamba_chunk_size=16,
+        mamba_n_groups=2,
+        attention_multiplier=1 / 16,
+        embedding_multiplier=6.0,
+        residual_multiplier=0.5,
+        logits_scaling=2.0,
+        layer_types=["mamba", "attention", "mamba", "mamba"],
+        tie_word_embeddings=True,
+        initializer_range=0.1,
+    )
     torch.manual_seed(0)
     model = GraniteMoeHybridForCausalLM(config)
     path = tmp_path_factory.mktemp("m") / "saved"
@@ -92,8 +113,9 @@ def test_prefill_then_one_token_at_a_time_equals_full_forward(fixture, request):
     with torch.no_grad():
         parts = [model(ids[:, :37], Batch.make([1], [0], "cpu"), cache, all_logits=True)]
         for t in range(37, ids.shape[1]):
-            parts.append(model(ids[:, t:t + 1], Batch.make([1], [t], "cpu"), cache,
-                               all_logits=True))
+            parts.append(
+                model(ids[:, t : t + 1], Batch.make([1], [t], "cpu"), cache, all_logits=True)
+            )
     stepped = torch.cat(parts, dim=1)
     for position in range(ids.shape[1]):
         assert _rel(stepped[0, position], full[0, position]) < TOLERANCE, position
@@ -107,8 +129,11 @@ def test_greedy_64_tokens_identical_to_transformers(fixture, request):
     engine = Engine(model, codec, max_num_seqs=1, max_model_len=128, prefill_chunk=8)
     ours = engine.generate(ids[0].tolist(), GREEDY).output_ids
     with torch.no_grad():
-        theirs = _reference(path).generate(ids, max_new_tokens=64, min_new_tokens=64,
-                                           do_sample=False)[0, 20:].tolist()
+        theirs = (
+            _reference(path)
+            .generate(ids, max_new_tokens=64, min_new_tokens=64, do_sample=False)[0, 20:]
+            .tolist()
+        )
     assert len(ours) == 64
     assert ours == theirs
     assert len(set(ours)) > 4  # the test model's greedy output varies

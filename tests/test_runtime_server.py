@@ -17,8 +17,7 @@ KEY = "test-key-123"
 
 @pytest.fixture(scope="module")
 def server(tiny_hybrid):
-    proc = ServerProcess(tiny_hybrid, "--max-num-seqs", "8", "--max-model-len", "256",
-                         api_key=KEY)
+    proc = ServerProcess(tiny_hybrid, "--max-num-seqs", "8", "--max-model-len", "256", api_key=KEY)
     yield proc
     proc.stop()
 
@@ -34,17 +33,26 @@ def test_models_lists_the_served_model(client):
 
 
 def test_completion_with_text_prompt_and_logprobs(client):
-    r = client.completions.create(model="tiny-hybrid", prompt="The weather in Boston is",
-                                  max_tokens=12, temperature=0, logprobs=3,
-                                  extra_body={"ignore_eos": True})
+    r = client.completions.create(
+        model="tiny-hybrid",
+        prompt="The weather in Boston is",
+        max_tokens=12,
+        temperature=0,
+        logprobs=3,
+        extra_body={"ignore_eos": True},
+    )
     choice = r.choices[0]
     assert r.usage.completion_tokens == 12 and choice.finish_reason == "length"
     assert len(choice.logprobs.token_logprobs) == 12
     assert all(lp <= 0 for lp in choice.logprobs.token_logprobs)
     assert all(len(top) == 3 for top in choice.logprobs.top_logprobs)
-    again = client.completions.create(model="tiny-hybrid", prompt="The weather in Boston is",
-                                      max_tokens=12, temperature=0,
-                                      extra_body={"ignore_eos": True})
+    again = client.completions.create(
+        model="tiny-hybrid",
+        prompt="The weather in Boston is",
+        max_tokens=12,
+        temperature=0,
+        extra_body={"ignore_eos": True},
+    )
     assert again.choices[0].text == choice.text  # greedy is deterministic
 
 
@@ -52,39 +60,66 @@ def test_token_id_prompt_equals_text_prompt(client, tiny_hybrid):
     from granite_runtime.tokenizer import TextCodec
 
     ids = TextCodec.from_dir(tiny_hybrid).encode("Hello, world")
-    by_ids = client.completions.create(model="tiny-hybrid", prompt=ids, max_tokens=8,
-                                       temperature=0, extra_body={"ignore_eos": True})
-    by_text = client.completions.create(model="tiny-hybrid", prompt="Hello, world",
-                                        max_tokens=8, temperature=0,
-                                        extra_body={"ignore_eos": True})
+    by_ids = client.completions.create(
+        model="tiny-hybrid",
+        prompt=ids,
+        max_tokens=8,
+        temperature=0,
+        extra_body={"ignore_eos": True},
+    )
+    by_text = client.completions.create(
+        model="tiny-hybrid",
+        prompt="Hello, world",
+        max_tokens=8,
+        temperature=0,
+        extra_body={"ignore_eos": True},
+    )
     assert by_ids.usage.prompt_tokens == len(ids)
     assert by_ids.choices[0].text == by_text.choices[0].text
 
 
 def test_seeded_sampling_is_reproducible(client):
     def run(seed):
-        return client.completions.create(model="tiny-hybrid", prompt="Once", max_tokens=16,
-                                         temperature=1.0, top_p=0.9, seed=seed,
-                                         extra_body={"ignore_eos": True}).choices[0].text
+        return (
+            client.completions.create(
+                model="tiny-hybrid",
+                prompt="Once",
+                max_tokens=16,
+                temperature=1.0,
+                top_p=0.9,
+                seed=seed,
+                extra_body={"ignore_eos": True},
+            )
+            .choices[0]
+            .text
+        )
 
     assert run(7) == run(7)
     assert len({run(s) for s in range(4)}) > 1
 
 
 def test_chat_completion_and_usage(client):
-    r = client.chat.completions.create(model="tiny-hybrid", max_tokens=10,
-                                       messages=[{"role": "user", "content": "Hi"}])
+    r = client.chat.completions.create(
+        model="tiny-hybrid", max_tokens=10, messages=[{"role": "user", "content": "Hi"}]
+    )
     assert r.choices[0].message.role == "assistant"
     assert r.usage.prompt_tokens > 5 and 1 <= r.usage.completion_tokens <= 10
 
 
 def test_chat_streaming_matches_non_streaming(client):
-    kwargs = dict(model="tiny-hybrid", max_tokens=20, temperature=0,
-                  messages=[{"role": "user", "content": "Tell me a story"}],
-                  extra_body={"ignore_eos": True})
+    kwargs = dict(
+        model="tiny-hybrid",
+        max_tokens=20,
+        temperature=0,
+        messages=[{"role": "user", "content": "Tell me a story"}],
+        extra_body={"ignore_eos": True},
+    )
     whole = client.chat.completions.create(**kwargs).choices[0].message.content
-    chunks = list(client.chat.completions.create(stream=True, stream_options={
-        "include_usage": True}, **kwargs))
+    chunks = list(
+        client.chat.completions.create(
+            stream=True, stream_options={"include_usage": True}, **kwargs
+        )
+    )
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == whole
     assert chunks[-1].usage.completion_tokens == 20
@@ -92,34 +127,67 @@ def test_chat_streaming_matches_non_streaming(client):
 
 
 def test_completion_streaming(client):
-    parts = list(client.completions.create(model="tiny-hybrid", prompt="Count:", max_tokens=9,
-                                           temperature=0, stream=True,
-                                           extra_body={"ignore_eos": True}))
+    parts = list(
+        client.completions.create(
+            model="tiny-hybrid",
+            prompt="Count:",
+            max_tokens=9,
+            temperature=0,
+            stream=True,
+            extra_body={"ignore_eos": True},
+        )
+    )
     assert parts[-1].choices[0].finish_reason == "length"
-    whole = client.completions.create(model="tiny-hybrid", prompt="Count:", max_tokens=9,
-                                      temperature=0, extra_body={"ignore_eos": True})
+    whole = client.completions.create(
+        model="tiny-hybrid",
+        prompt="Count:",
+        max_tokens=9,
+        temperature=0,
+        extra_body={"ignore_eos": True},
+    )
     assert "".join(p.choices[0].text for p in parts) == whole.choices[0].text
 
 
 def test_stop_string_truncates(client):
-    base = client.completions.create(model="tiny-hybrid", prompt="abc", max_tokens=30,
-                                     temperature=0, extra_body={"ignore_eos": True})
+    base = client.completions.create(
+        model="tiny-hybrid",
+        prompt="abc",
+        max_tokens=30,
+        temperature=0,
+        extra_body={"ignore_eos": True},
+    )
     text = base.choices[0].text
     stop = text[10:13]
     assert len(stop) == 3
-    cut = client.completions.create(model="tiny-hybrid", prompt="abc", max_tokens=30,
-                                    temperature=0, stop=[stop], extra_body={"ignore_eos": True})
-    assert cut.choices[0].text == text[:text.find(stop)]
+    cut = client.completions.create(
+        model="tiny-hybrid",
+        prompt="abc",
+        max_tokens=30,
+        temperature=0,
+        stop=[stop],
+        extra_body={"ignore_eos": True},
+    )
+    assert cut.choices[0].text == text[: text.find(stop)]
     assert cut.choices[0].finish_reason == "stop"
 
 
-@pytest.mark.parametrize("kwargs,status,code", [
-    ({"model": "granite-99"}, 404, "model_not_found"),
-    ({"model": "tiny-hybrid", "max_tokens": 0}, 400, "invalid_value"),
-    ({"model": "tiny-hybrid", "temperature": 5}, 400, "invalid_value"),
-    ({"model": "tiny-hybrid", "tool_choice": "required",
-      "tools": [{"type": "function", "function": {"name": "f"}}]}, 400, "unsupported_value"),
-])
+@pytest.mark.parametrize(
+    "kwargs,status,code",
+    [
+        ({"model": "granite-99"}, 404, "model_not_found"),
+        ({"model": "tiny-hybrid", "max_tokens": 0}, 400, "invalid_value"),
+        ({"model": "tiny-hybrid", "temperature": 5}, 400, "invalid_value"),
+        (
+            {
+                "model": "tiny-hybrid",
+                "tool_choice": "required",
+                "tools": [{"type": "function", "function": {"name": "f"}}],
+            },
+            400,
+            "unsupported_value",
+        ),
+    ],
+)
 def test_errors_in_openai_shape(client, kwargs, status, code):
     with pytest.raises(openai.APIStatusError) as caught:
         client.chat.completions.create(messages=[{"role": "user", "content": "x"}], **kwargs)
@@ -142,8 +210,12 @@ def test_wrong_api_key_is_401(server):
 
 
 def _post(server, path: str, data: bytes) -> tuple[int, dict]:
-    req = urllib.request.Request(server.base + path, data=data, method="POST", headers={
-        "Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+    req = urllib.request.Request(
+        server.base + path,
+        data=data,
+        method="POST",
+        headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"},
+    )
     try:
         with urllib.request.urlopen(req, timeout=30) as r:
             return r.status, json.loads(r.read())
@@ -167,8 +239,13 @@ def test_health_and_metrics(server, client):
         assert json.loads(r.read()) == {"status": "ok"}
     with urllib.request.urlopen(server.base + "/metrics") as r:
         text = r.read().decode()
-    for name in ("gkit_requests_total", "gkit_prompt_tokens_total", "gkit_queue_length",
-                 "gkit_time_to_first_token_seconds_count", "gkit_cache_usage_ratio"):
+    for name in (
+        "gkit_requests_total",
+        "gkit_prompt_tokens_total",
+        "gkit_queue_length",
+        "gkit_time_to_first_token_seconds_count",
+        "gkit_cache_usage_ratio",
+    ):
         assert name in text
     line = next(ln for ln in text.splitlines() if ln.startswith("gkit_generation_tokens_total"))
     assert float(line.split()[-1]) >= 2

@@ -24,8 +24,10 @@ def runtime_errors():
     try:
         from granite_runtime.errors import ModelLoadError, RequestError
     except ImportError as missing:
-        raise UsageError(f"the runtime is not installed ({missing.name} is missing); install "
-                         "gkit with the 'runtime' extra: pip install 'granite-ops-kit[runtime]'.")
+        raise UsageError(
+            f"the runtime is not installed ({missing.name} is missing); install "
+            "gkit with the 'runtime' extra: pip install 'granite-ops-kit[runtime]'."
+        ) from None
     try:
         yield
     except ModelLoadError as bad:
@@ -59,12 +61,17 @@ def serve(
     device: str = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
     dtype: str = typer.Option(None, help="float32, bfloat16 or float16 (default: the config's)."),
     max_num_seqs: int = typer.Option(8, min=1, help="Concurrent sequences (cache slots)."),
-    max_model_len: int = typer.Option(None, min=16, help="Context per sequence (default: "
-                                      "the model's, at most 4096)."),
-    api_key: str = typer.Option(None, envvar="GKIT_API_KEY", help="Require 'Authorization: "
-                                "Bearer KEY' on /v1 (prefer the GKIT_API_KEY variable)."),
-    served_model_name: str = typer.Option(None, help="Model id in the API (default: the "
-                                          "directory name)."),
+    max_model_len: int = typer.Option(
+        None, min=16, help="Context per sequence (default: the model's, at most 4096)."
+    ),
+    api_key: str = typer.Option(
+        None,
+        envvar="GKIT_API_KEY",
+        help="Require 'Authorization: Bearer KEY' on /v1 (prefer the GKIT_API_KEY variable).",
+    ),
+    served_model_name: str = typer.Option(
+        None, help="Model id in the API (default: the directory name)."
+    ),
 ) -> None:
     """Serve a model over the OpenAI API: /v1/models, /v1/completions, /v1/chat/completions
     (streaming, tools), /health and Prometheus /metrics.
@@ -74,11 +81,20 @@ def serve(
     with runtime_errors():
         from granite_runtime.serve import build_service, run_server
 
-        service = build_service(_model_dir(model_path), _default_device(device), dtype,
-                                max_num_seqs, max_model_len, api_key, served_model_name)
-        output.stderr.print(f"serving {service.model_name} on http://{host}:{port} "
-                            f"({service.engine.device}, {service.engine.max_num_seqs} slots x "
-                            f"{service.engine.max_model_len} tokens)")
+        service = build_service(
+            _model_dir(model_path),
+            _default_device(device),
+            dtype,
+            max_num_seqs,
+            max_model_len,
+            api_key,
+            served_model_name,
+        )
+        output.stderr.print(
+            f"serving {service.model_name} on http://{host}:{port} "
+            f"({service.engine.device}, {service.engine.max_num_seqs} slots x "
+            f"{service.engine.max_model_len} tokens)"
+        )
         run_server(service, host, port)
 
 
@@ -89,8 +105,11 @@ def generate(
     temperature: float = typer.Option(0.0, min=0.0, max=2.0, help="0 is greedy (default)."),
     top_p: float = typer.Option(1.0, min=0.0, max=1.0),
     seed: int = typer.Option(None, help="Seed for sampling (temperature > 0)."),
-    chat: bool = typer.Option(True, "--chat/--raw", help="Wrap the prompt in the model's "
-                              "chat template (default) or continue the raw text."),
+    chat: bool = typer.Option(
+        True,
+        "--chat/--raw",
+        help="Wrap the prompt in the model's chat template (default) or continue the raw text.",
+    ),
     device: str = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
     dtype: str = typer.Option(None, help="float32, bfloat16 or float16."),
     json_: bool = JSON_OPTION,
@@ -109,21 +128,31 @@ def generate(
         codec = TextCodec.from_dir(root)
         text = codec.render_chat([{"role": "user", "content": prompt}]) if chat else prompt
         ids = codec.encode(text)
-        engine = Engine(model, codec, max_num_seqs=1,
-                        max_model_len=min(model.config.max_position_embeddings,
-                                          len(ids) + max_tokens + 1))
+        engine = Engine(
+            model,
+            codec,
+            max_num_seqs=1,
+            max_model_len=min(model.config.max_position_embeddings, len(ids) + max_tokens + 1),
+        )
         loaded = time.perf_counter()
-        seq = engine.generate(ids, SamplingParams(temperature=temperature, top_p=top_p,
-                                                  seed=seed, max_tokens=max_tokens))
+        seq = engine.generate(
+            ids,
+            SamplingParams(temperature=temperature, top_p=top_p, seed=seed, max_tokens=max_tokens),
+        )
         done = time.perf_counter()
-    result = {"text": seq.text, "finish_reason": seq.finish_reason,
-              "usage": {"prompt_tokens": len(ids), "completion_tokens": len(seq.output_ids)},
-              "seconds": {"load": round(loaded - started, 3), "generate": round(done - loaded, 3)}}
+    result = {
+        "text": seq.text,
+        "finish_reason": seq.finish_reason,
+        "usage": {"prompt_tokens": len(ids), "completion_tokens": len(seq.output_ids)},
+        "seconds": {"load": round(loaded - started, 3), "generate": round(done - loaded, 3)},
+    }
 
     def render(con: Console) -> None:
         con.print(seq.text, markup=False)
-        output.stderr.print(f"[dim]{len(seq.output_ids)} tokens in {done - loaded:.2f} s, "
-                            f"finish: {seq.finish_reason}[/]")
+        output.stderr.print(
+            f"[dim]{len(seq.output_ids)} tokens in {done - loaded:.2f} s, "
+            f"finish: {seq.finish_reason}[/]"
+        )
 
     output.emit(result, render)
 
