@@ -27,6 +27,14 @@ class Batch:
     slots_list: list[int]
     starts_list: list[int]
 
+    @property
+    def rows(self) -> slice | torch.Tensor:
+        """Index of the rows' slots: a slice (a view, no gather) when they are consecutive."""
+        first = self.slots_list[0]
+        if self.slots_list == list(range(first, first + len(self.slots_list))):
+            return slice(first, first + len(self.slots_list))
+        return self.slots
+
     @classmethod
     def make(cls, slots: list[int], starts: list[int], device: torch.device | str) -> Batch:
         return cls(

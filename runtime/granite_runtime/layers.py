@@ -29,9 +29,12 @@ class RMSNorm(nn.Module):
         h = x.float()
         if gate is not None:
             h = h * F.silu(gate.float())
-        h = h.unflatten(-1, (self.groups, -1))
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * h.flatten(-2).to(dtype)
+        if self.groups == 1:
+            h = F.rms_norm(h, (h.shape[-1],), eps=self.eps)
+        else:
+            h = F.rms_norm(h.unflatten(-1, (self.groups, -1)), (h.shape[-1] // self.groups,),
+                           eps=self.eps).flatten(-2)
+        return self.weight * h.to(dtype)
 
 
 class Weight(nn.Module):
@@ -147,17 +150,21 @@ class Attention(nn.Module):
             q, k = self._rope(q, k, positions)
         index = cache.attn_index[self.layer]
         kc, vc = cache.k[index], cache.v[index]
-        rows = batch.slots[:, None].expand(b, length)
-        kc[rows, :, positions] = k.transpose(1, 2).to(kc.dtype)
-        vc[rows, :, positions] = v.transpose(1, 2).to(vc.dtype)
         total = max(batch.starts_list) + length
-        if b == 1:  # a view, no copy: the common prefill and batch-1 decode case
-            slot = batch.slots_list[0]
+        if b == 1:  # views, no gather: the common prefill and batch-1 decode case
+            slot, start = batch.slots_list[0], batch.starts_list[0]
+            kc[slot, :, start:start + length] = k[0]
+            vc[slot, :, start:start + length] = v[0]
             keys, values = kc[slot, :, :total].unsqueeze(0), vc[slot, :, :total].unsqueeze(0)
         else:
+            rows = batch.slots[:, None].expand(b, length)
+            kc[rows, :, positions] = k.transpose(1, 2).to(kc.dtype)
+            vc[rows, :, positions] = v.transpose(1, 2).to(vc.dtype)
             keys, values = kc[batch.slots, :, :total], vc[batch.slots, :, :total]
-        key_pos = torch.arange(total, device=x.device)
-        mask = key_pos.view(1, 1, 1, total) <= positions.view(b, 1, length, 1)
+        mask = None  # one query per row attending to every written key needs no mask
+        if length > 1 or b > 1:
+            key_pos = torch.arange(total, device=x.device)
+            mask = key_pos.view(1, 1, 1, total) <= positions.view(b, 1, length, 1)
         out = F.scaled_dot_product_attention(
             q,
             keys.to(q.dtype),
@@ -189,13 +196,20 @@ class Mamba2(nn.Module):
         self.norm = RMSNorm(self.inner, c.rms_norm_eps, groups=self.groups)
         self.out_proj = nn.Linear(self.inner, c.hidden_size, bias=c.mamba_proj_bias)
 
+    def _constants(self) -> tuple[torch.Tensor, ...]:
+        """fp32 A, D, dt_bias and the (C, K) conv weight, derived once from the loaded weights."""
+        if getattr(self, "_const", None) is None or self._const[0].device != self.A_log.device:
+            self._const = (-torch.exp(self.A_log.float()), self.D.float(), self.dt_bias.float(),
+                           self.conv1d.weight.squeeze(1))
+        return self._const
+
     def _conv(self, xbc: torch.Tensor, batch: Batch, cache: HybridCache) -> torch.Tensor:
         """Causal depthwise conv continuing from each slot's last d_conv-1 inputs."""
-        index = cache.mamba_index[self.layer]
-        past = cache.conv[index, batch.slots]  # (B, C, K-1)
+        index, rows = cache.mamba_index[self.layer], batch.rows
+        past = cache.conv[index, rows]  # (B, C, K-1); a view when slots are consecutive
         full = torch.cat([past.to(xbc.dtype), xbc.transpose(1, 2)], dim=-1)  # (B, C, K-1+L)
-        cache.conv[index, batch.slots] = full[:, :, -past.shape[-1] :].to(cache.conv.dtype)
-        weight = self.conv1d.weight.squeeze(1)  # (C, K)
+        cache.conv[index, rows] = full[:, :, -past.shape[-1] :].to(cache.conv.dtype)
+        weight = self._constants()[3]  # (C, K)
         if xbc.shape[1] == 1:
             out = (full * weight).sum(-1, keepdim=True)
             if self.conv1d.bias is not None:
@@ -211,32 +225,28 @@ class Mamba2(nn.Module):
         xs, Bm, Cm = xbc.split(
             [self.inner, self.groups * self.state, self.groups * self.state], dim=-1
         )
-        dt = F.softplus(dt.float() + self.dt_bias.float()).clamp(*self.dt_limit)
-        A = -torch.exp(self.A_log.float())
-        index = cache.mamba_index[self.layer]
-        state = cache.ssm[index, batch.slots].float()
+        A, D, dt_bias, _ = self._constants()
+        dt = F.softplus(dt.float() + dt_bias)
+        if self.dt_limit != (0.0, float("inf")):  # softplus is already >= 0
+            dt = dt.clamp(*self.dt_limit)
+        index, rows = cache.mamba_index[self.layer], batch.rows
+        held = cache.ssm[index, rows]  # a view when the rows' slots are consecutive
+        in_place = isinstance(rows, slice) and held.dtype == torch.float32
         if length == 1:
             y, state = ssd.step(
-                xs.view(b, self.heads, self.head_dim),
-                dt.view(b, self.heads),
-                A,
-                Bm.view(b, self.groups, self.state),
-                Cm.view(b, self.groups, self.state),
-                self.D,
-                state,
+                xs.view(b, self.heads, self.head_dim), dt.view(b, self.heads), A,
+                Bm.view(b, self.groups, self.state), Cm.view(b, self.groups, self.state), D,
+                held, inplace=in_place,
             )
         else:
             y, state = ssd.chunked_scan(
-                xs.view(b, length, self.heads, self.head_dim),
-                dt,
-                A,
+                xs.view(b, length, self.heads, self.head_dim), dt, A,
                 Bm.view(b, length, self.groups, self.state),
-                Cm.view(b, length, self.groups, self.state),
-                self.D,
-                self.chunk,
-                state,
+                Cm.view(b, length, self.groups, self.state), D, self.chunk, held,
             )
-        cache.ssm[index, batch.slots] = state.to(cache.ssm.dtype)
+            in_place = False
+        if not in_place:
+            cache.ssm[index, rows] = state.to(cache.ssm.dtype)
         # The gated norm sees the fp32 scan output, as transformers' prefill path does.
         y = self.norm(y.reshape(b, length, self.inner), gate=z)
         return self.out_proj(y.to(x.dtype))

@@ -26,12 +26,13 @@ class DecoderLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, batch: Batch, cache: HybridCache) -> torch.Tensor:
         mixer = self.mamba if self.is_mamba else self.self_attn
-        x = x + mixer(self.input_layernorm(x), batch, cache) * self.residual_multiplier
+        r = self.residual_multiplier
+        x = torch.add(x, mixer(self.input_layernorm(x), batch, cache), alpha=r)
         h = self.post_attention_layernorm(x)
         out = self.shared_mlp(h)
         if self.block_sparse_moe is not None:
             out = out + self.block_sparse_moe(h)
-        return x + out * self.residual_multiplier
+        return torch.add(x, out, alpha=r)
 
 
 class GraniteModel(nn.Module):

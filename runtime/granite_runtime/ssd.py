@@ -91,20 +91,28 @@ def chunked_scan(
 
 
 def step(
-    x: torch.Tensor,
-    dt: torch.Tensor,
-    A: torch.Tensor,
-    Bm: torch.Tensor,
-    Cm: torch.Tensor,
-    D: torch.Tensor,
-    state: torch.Tensor,
+    x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, Bm: torch.Tensor, Cm: torch.Tensor,
+    D: torch.Tensor, state: torch.Tensor, inplace: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One decode step. x (B, H, P), dt (B, H), Bm/Cm (B, G, N), state (B, H, P, N) fp32."""
-    h = x.shape[1]
-    Bh, Ch = _per_head(Bm.float(), h), _per_head(Cm.float(), h)
-    dt32 = dt.float()
-    decay = torch.exp(dt32 * A.float())  # (B, H)
-    x32 = x.float()
-    state = state * decay[..., None, None] + (dt32[..., None] * x32).unsqueeze(-1) * Bh.unsqueeze(2)
-    y = torch.einsum("bhpn,bhn->bhp", state, Ch) + x32 * D.float().view(1, h, 1)
-    return y, state
+    """One decode step. x (B, H, P), dt (B, H), Bm/Cm (B, G, N), state (B, H, P, N).
+
+    Heads are viewed as (G, H/G) so each group's B and C broadcast over its heads without
+    being copied H/G times. With `inplace`, `state` (fp32) is updated where it lies, which
+    saves the decode step two passes over the largest tensor it touches.
+    """
+    b, h, p = x.shape
+    g, n = Bm.shape[1], Bm.shape[2]
+    xg = x.float().view(b, g, h // g, p)
+    dtg = dt.float().view(b, g, h // g)
+    decay = torch.exp(dtg * A.float().view(g, h // g))[..., None, None]  # (b, g, h/g, 1, 1)
+    dtx = (dtg.unsqueeze(-1) * xg).unsqueeze(-1)  # (b, g, h/g, p, 1)
+    Bg = Bm.float().view(b, g, 1, 1, n)
+    if inplace:
+        new = state.view(b, g, h // g, p, n)
+        new.mul_(decay).addcmul_(dtx, Bg)
+    else:
+        new = torch.addcmul(state.float().view(b, g, h // g, p, n) * decay, dtx, Bg)
+    # One (H/G * P, N) x (N,) product per (batch, group): a few large gemvs, not many tiny ones.
+    y = torch.bmm(new.view(b * g, (h // g) * p, n), Cm.float().reshape(b * g, n, 1))
+    y = y.view(b, g, h // g, p) + xg * D.float().view(g, h // g, 1)
+    return y.view(b, h, p), new.view(b, h, p, n)
