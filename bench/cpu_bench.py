@@ -41,8 +41,13 @@ class Gkit:
 
     @torch.inference_mode()
     def run(self, prompt: torch.Tensor, new_tokens: int) -> tuple[float, float]:
-        cache = HybridCache(self.model.config, 1, prompt.shape[1] + new_tokens + 1,
-                            self.model.model.embed_tokens.weight.dtype, "cpu")
+        cache = HybridCache(
+            self.model.config,
+            1,
+            prompt.shape[1] + new_tokens + 1,
+            self.model.model.embed_tokens.weight.dtype,
+            "cpu",
+        )
         start = time.perf_counter()
         logits = self.model(prompt, Batch.make([0], [0], "cpu"), cache)
         prefill = time.perf_counter() - start
@@ -59,7 +64,8 @@ class Transformers:
         from transformers import GraniteMoeHybridForCausalLM
 
         self.model = GraniteMoeHybridForCausalLM.from_pretrained(
-            path, dtype=getattr(torch, dtype)).eval()
+            path, dtype=getattr(torch, dtype)
+        ).eval()
 
     @torch.inference_mode()
     def run(self, prompt: torch.Tensor, new_tokens: int) -> tuple[float, float]:
@@ -86,8 +92,9 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     path = _checkpoint(args.preset, Path(args.models))
-    prompt = torch.randint(0, 900, (1, args.prompt_tokens),
-                           generator=torch.Generator().manual_seed(0))
+    prompt = torch.randint(
+        0, 900, (1, args.prompt_tokens), generator=torch.Generator().manual_seed(0)
+    )
     engines = {"gkit": Gkit(path, args.dtype), "transformers": Transformers(path, args.dtype)}
     samples: dict[str, list[tuple[float, float]]] = {name: [] for name in engines}
     for engine in engines.values():
@@ -95,20 +102,27 @@ def main() -> None:
     for _ in range(args.rounds):
         for name, engine in engines.items():
             samples[name].append(engine.run(prompt, args.new_tokens))
-    rows = {name: {
-        "prefill_tok_s": args.prompt_tokens / statistics.median(p for p, _ in runs),
-        "decode_tok_s": args.new_tokens / statistics.median(d for _, d in runs)}
-        for name, runs in samples.items()}
+    rows = {
+        name: {
+            "prefill_tok_s": args.prompt_tokens / statistics.median(p for p, _ in runs),
+            "decode_tok_s": args.new_tokens / statistics.median(d for _, d in runs),
+        }
+        for name, runs in samples.items()
+    }
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"{args.preset} {args.dtype}, {args.threads} threads, prompt {args.prompt_tokens}, "
-          f"decode {args.new_tokens} tokens at batch 1, median of {args.rounds} alternating "
-          f"rounds (peak RSS of the whole run {peak:.0f} MiB)")
+    print(
+        f"{args.preset} {args.dtype}, {args.threads} threads, prompt {args.prompt_tokens}, "
+        f"decode {args.new_tokens} tokens at batch 1, median of {args.rounds} alternating "
+        f"rounds (peak RSS of the whole run {peak:.0f} MiB)"
+    )
     print(f"{'engine':<16}{'prefill tok/s':>15}{'decode tok/s':>15}")
     for name, r in rows.items():
         print(f"{name:<16}{r['prefill_tok_s']:>15.1f}{r['decode_tok_s']:>15.2f}")
     g, t = rows["gkit"], rows["transformers"]
-    print(f"{'gkit / transf.':<16}{g['prefill_tok_s'] / t['prefill_tok_s']:>14.2f}x"
-          f"{g['decode_tok_s'] / t['decode_tok_s']:>14.2f}x")
+    print(
+        f"{'gkit / transf.':<16}{g['prefill_tok_s'] / t['prefill_tok_s']:>14.2f}x"
+        f"{g['decode_tok_s'] / t['decode_tok_s']:>14.2f}x"
+    )
     print(json.dumps({"preset": args.preset, "dtype": args.dtype, "results": rows}))
 
 

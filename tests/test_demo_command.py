@@ -12,8 +12,11 @@ def test_demo_writes_the_model_and_lists_later_steps(tmp_path):
     steps = {s["step"]: s for s in payload["steps"]}
     assert steps["demo-model"]["status"] == "done"
     assert (tmp_path / "out" / "model" / "model.safetensors").is_file()
-    assert {"sign", "verify", "size", "deploy", "serve", "audit"} <= set(steps)
+    assert steps["serve"]["status"] == "done"
+    assert steps["serve"]["usage"]["completion_tokens"] >= 1
+    assert isinstance(steps["serve"]["answer"], str)
+    assert {"sign", "verify", "size", "deploy", "audit"} <= set(steps)
     # Running it again replaces its own model rather than failing.
     again = run_gkit("demo", "--output", str(tmp_path / "out"))
     assert again.returncode == 0, again.stderr
-    assert "demo model" in again.stdout and "not built yet" in again.stdout
+    assert "demo model" in again.stdout and "answered one chat request" in again.stdout

@@ -89,9 +89,9 @@ LATER_STEPS = [
     ("verify", "verify the signature and the default policy"),
     ("size", "plan GPU memory for 2 GPUs from the Mamba state and KV cache"),
     ("deploy", "render the Helm chart for 2 GPUs"),
-    ("serve", "serve the model locally and answer one chat request"),
     ("audit", "export the audit report of every step"),
 ]
+QUESTION = "What does a platform team check before it serves a model?"
 
 
 def demo(
@@ -102,20 +102,42 @@ def demo(
 ) -> None:
     """Run the main job end to end on a built-in tiny Granite model.
 
-    Today: writes the demo model. As gkit grows, the same command signs, verifies, sizes,
-    renders the chart, serves and exports the audit report, printing where each artifact is.
+    Today: writes the demo model, serves it locally with the built-in runtime and asks it
+    one chat question. As gkit grows, the same command signs, verifies, sizes, renders the
+    chart and exports the audit report, printing where each artifact is.
     """
+    from granite_ops_kit.cli.runtime_cmds import runtime_errors
+    from granite_ops_kit.demo.local_chat import ask_once
     from granite_ops_kit.demo.presets import load_preset
 
     output.use_json(json_)
     output_dir.mkdir(parents=True, exist_ok=True)
     model = _write_with_progress(output_dir / "model", preset="tiny-hybrid", seed=0, force=True)
-    steps = [{"step": "demo-model", "status": "done", "artifact": str(model.path)}]
+    with runtime_errors():
+        chat = ask_once(model.path, QUESTION)
+    reply = chat["response"]["choices"][0]["message"]["content"]
+    steps = [
+        {"step": "demo-model", "status": "done", "artifact": str(model.path)},
+        {
+            "step": "serve",
+            "status": "done",
+            "url": chat["url"],
+            "question": QUESTION,
+            "answer": reply,
+            "usage": chat["response"]["usage"],
+            "seconds": chat["seconds"],
+        },
+    ]
     steps += [{"step": name, "status": "not built yet", "will": what} for name, what in LATER_STEPS]
 
     def render(con: Console) -> None:
         con.print(f"[bold]1. demo model[/]: {model.path} ({load_preset(model.preset).description})")
-        for i, (name, what) in enumerate(LATER_STEPS, start=2):
+        con.print(
+            f"[bold]2. serve[/]: answered one chat request at {chat['url']} in {chat['seconds']} s"
+        )
+        con.print(f"   user: {QUESTION}", markup=False)
+        con.print(f"   assistant (random weights, so not meaningful): {reply!r}", markup=False)
+        for i, (name, what) in enumerate(LATER_STEPS, start=3):
             con.print(f"{i}. {name} [dim](not built yet)[/]: will {what}")
 
     output.emit({"steps": steps, "model": model.to_json()}, render)

@@ -45,8 +45,11 @@ def prepack_linears(model: nn.Module) -> int:
     swapped = 0
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
-            if not (isinstance(child, nn.Linear) and child.weight.device.type == "cpu"
-                    and child.weight.dtype == torch.float32):
+            if not (
+                isinstance(child, nn.Linear)
+                and child.weight.device.type == "cpu"
+                and child.weight.dtype == torch.float32
+            ):
                 continue
             try:
                 with torch.no_grad():

@@ -32,8 +32,9 @@ class RMSNorm(nn.Module):
         if self.groups == 1:
             h = F.rms_norm(h, (h.shape[-1],), eps=self.eps)
         else:
-            h = F.rms_norm(h.unflatten(-1, (self.groups, -1)), (h.shape[-1] // self.groups,),
-                           eps=self.eps).flatten(-2)
+            h = F.rms_norm(
+                h.unflatten(-1, (self.groups, -1)), (h.shape[-1] // self.groups,), eps=self.eps
+            ).flatten(-2)
         return self.weight * h.to(dtype)
 
 
@@ -153,8 +154,8 @@ class Attention(nn.Module):
         total = max(batch.starts_list) + length
         if b == 1:  # views, no gather: the common prefill and batch-1 decode case
             slot, start = batch.slots_list[0], batch.starts_list[0]
-            kc[slot, :, start:start + length] = k[0]
-            vc[slot, :, start:start + length] = v[0]
+            kc[slot, :, start : start + length] = k[0]
+            vc[slot, :, start : start + length] = v[0]
             keys, values = kc[slot, :, :total].unsqueeze(0), vc[slot, :, :total].unsqueeze(0)
         else:
             rows = batch.slots[:, None].expand(b, length)
@@ -199,8 +200,12 @@ class Mamba2(nn.Module):
     def _constants(self) -> tuple[torch.Tensor, ...]:
         """fp32 A, D, dt_bias and the (C, K) conv weight, derived once from the loaded weights."""
         if getattr(self, "_const", None) is None or self._const[0].device != self.A_log.device:
-            self._const = (-torch.exp(self.A_log.float()), self.D.float(), self.dt_bias.float(),
-                           self.conv1d.weight.squeeze(1))
+            self._const = (
+                -torch.exp(self.A_log.float()),
+                self.D.float(),
+                self.dt_bias.float(),
+                self.conv1d.weight.squeeze(1),
+            )
         return self._const
 
     def _conv(self, xbc: torch.Tensor, batch: Batch, cache: HybridCache) -> torch.Tensor:
@@ -234,15 +239,25 @@ class Mamba2(nn.Module):
         in_place = isinstance(rows, slice) and held.dtype == torch.float32
         if length == 1:
             y, state = ssd.step(
-                xs.view(b, self.heads, self.head_dim), dt.view(b, self.heads), A,
-                Bm.view(b, self.groups, self.state), Cm.view(b, self.groups, self.state), D,
-                held, inplace=in_place,
+                xs.view(b, self.heads, self.head_dim),
+                dt.view(b, self.heads),
+                A,
+                Bm.view(b, self.groups, self.state),
+                Cm.view(b, self.groups, self.state),
+                D,
+                held,
+                inplace=in_place,
             )
         else:
             y, state = ssd.chunked_scan(
-                xs.view(b, length, self.heads, self.head_dim), dt, A,
+                xs.view(b, length, self.heads, self.head_dim),
+                dt,
+                A,
                 Bm.view(b, length, self.groups, self.state),
-                Cm.view(b, length, self.groups, self.state), D, self.chunk, held,
+                Cm.view(b, length, self.groups, self.state),
+                D,
+                self.chunk,
+                held,
             )
             in_place = False
         if not in_place:

@@ -91,8 +91,14 @@ def chunked_scan(
 
 
 def step(
-    x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, Bm: torch.Tensor, Cm: torch.Tensor,
-    D: torch.Tensor, state: torch.Tensor, inplace: bool = False,
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    Bm: torch.Tensor,
+    Cm: torch.Tensor,
+    D: torch.Tensor,
+    state: torch.Tensor,
+    inplace: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One decode step. x (B, H, P), dt (B, H), Bm/Cm (B, G, N), state (B, H, P, N).
 
