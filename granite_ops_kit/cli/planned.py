@@ -18,8 +18,6 @@ PLANNED: dict[str, str] = {
     "approve": "Record an approval of a model or deployment by a named role.",
     "audit": "Inspect, verify, checkpoint and export the tamper-evident audit log.",
     "size": "Plan GPU memory: weights, KV cache and Mamba state; sessions and context that fit.",
-    "generate": "Generate text from a local model once, without a server.",
-    "serve": "Serve a model over the OpenAI API with the built-in hybrid runtime.",
     "build": "Build a non-root container image of the runtime and the model.",
     "deploy": "Deploy a verified model: Helm chart, Kubernetes or Docker, sized for N GPUs.",
 }
