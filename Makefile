@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml scripts/install-system-packages.sh
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH)
-	$(BIN)/pip install --quiet -e '.[runtime,dev]'
+	$(BIN)/pip install --quiet -e '.[runtime,plot,dev]'
 	touch $(STAMP)
 
 system-packages:

@@ -17,7 +17,6 @@ PLANNED: dict[str, str] = {
     "pull": "Download a model from the Hugging Face Hub at a pinned commit, then verify it.",
     "approve": "Record an approval of a model or deployment by a named role.",
     "audit": "Inspect, verify, checkpoint and export the tamper-evident audit log.",
-    "size": "Plan GPU memory: weights, KV cache and Mamba state; sessions and context that fit.",
     "build": "Build a non-root container image of the runtime and the model.",
     "deploy": "Deploy a verified model: Helm chart, Kubernetes or Docker, sized for N GPUs.",
 }

@@ -91,3 +91,98 @@ def pool_plan(
         num_slots * max_len * kv_bytes_per_token(c, kv_dtype),
         num_slots * state_bytes_per_sequence(c, state_dtype),
     )
+
+
+# ---- tensor parallelism and quantized weights -------------------------------------------
+# Under tensor parallelism over `tp` GPUs, gkit (like vLLM) shards attention heads, Mamba
+# heads, MLP and expert columns and the vocabulary; it replicates norms and the MoE router,
+# key/value heads when there are fewer than `tp`, and the Mamba B/C projections when there
+# are fewer groups than `tp`.
+
+
+def _per_gpu(count: int, tp: int) -> float:
+    """How many of `count` heads or groups one GPU holds: a share, or all when too few."""
+    return count / tp if count >= tp and count % tp == 0 else count
+
+
+def weight_bytes_per_gpu(
+    c: GraniteConfig, bits_per_weight: float, tp: int = 1, norm_bytes: int = 2
+) -> int:
+    """Weights on one GPU; matrices at `bits_per_weight`, 1-D tensors at `norm_bytes`."""
+    h, mat = c.hidden_size, bits_per_weight / 8
+    vocab = c.vocab_size * h * (1 if c.tie_word_embeddings else 2) / tp
+    kv = _per_gpu(c.num_kv_heads, tp)
+    attn = h * c.head_dim * (2 * c.num_heads / tp + 2 * kv)
+    groups = _per_gpu(c.mamba_groups, tp)
+    bc = 2 * groups * c.mamba_state
+    inner = c.mamba_inner / tp
+    mamba = h * (2 * inner + bc + c.mamba_heads / tp) + inner * h
+    mamba_small = (inner + bc) * (c.mamba_conv + c.mamba_conv_bias) + 3 * c.mamba_heads / tp
+    mamba_small += inner  # the gated norm's weight
+    mlp = 3 * h * c.shared_size / tp + c.num_experts * 3 * h * c.expert_size / tp
+    router = c.num_experts * h
+    matrices = (
+        vocab + len(c.attention_layers) * attn + len(c.mamba_layers) * mamba + c.num_layers * mlp
+    )
+    small = len(c.mamba_layers) * mamba_small + c.num_layers * (2 * h + router) + h
+    return int(matrices * mat + small * norm_bytes)
+
+
+def kv_bytes_per_token_per_gpu(c: GraniteConfig, kv_dtype: str = "bfloat16", tp: int = 1) -> float:
+    return (
+        2
+        * len(c.attention_layers)
+        * _per_gpu(c.num_kv_heads, tp)
+        * c.head_dim
+        * dtype_bytes(kv_dtype)
+    )
+
+
+def state_bytes_per_sequence_per_gpu(
+    c: GraniteConfig,
+    state_dtype: str = "bfloat16",
+    tp: int = 1,
+    conv_columns: int | None = None,
+    conv_dtype: str | None = None,
+) -> float:
+    """Mamba state on one GPU; the conv state may be kept in another dtype (vLLM does)."""
+    cols = c.mamba_conv - 1 if conv_columns is None else conv_columns
+    channels = c.mamba_inner / tp + 2 * _per_gpu(c.mamba_groups, tp) * c.mamba_state
+    conv = channels * cols * dtype_bytes(conv_dtype or state_dtype)
+    ssm = c.mamba_heads / tp * c.mamba_head_dim * c.mamba_state * dtype_bytes(state_dtype)
+    return len(c.mamba_layers) * (conv + ssm)
+
+
+def activation_bytes(
+    c: GraniteConfig,
+    chunk_tokens: int,
+    decode_batch: int,
+    dtype: str = "bfloat16",
+    tp: int = 1,
+    scan_workspace: bool = True,
+) -> int:
+    """Workspace of the largest step: a prefill chunk or a decode batch, whichever is larger.
+
+    Counts the tensors alive at the peak of gkit's forward: the residual stream and its
+    norm, the largest projection output, and for Mamba layers the fp32 SSD scan workspace
+    (per-head B and C, and two (heads x chunks x Q x Q) score tensors); plus fp32 logits for
+    one row per sequence. Engines with fused scan kernels pass `scan_workspace=False`.
+    """
+    t = max(chunk_tokens, decode_batch)
+    d = dtype_bytes(dtype)
+    h = c.hidden_size
+    proj = (2 * c.mamba_inner + 2 * c.mamba_groups * c.mamba_state + c.mamba_heads) / tp
+    mlp = 2 * max(c.shared_size, c.expert_size * max(c.top_k, 1)) / tp
+    widest = max(proj, mlp, (c.num_heads + 2 * c.num_kv_heads) * c.head_dim / tp)
+    stream = t * (3 * h + 2 * widest) * d
+    scan = 0.0
+    if c.mamba_layers and scan_workspace:
+        q = min(c.mamba_chunk, chunk_tokens)
+        chunks = -(-chunk_tokens // q)
+        heads = c.mamba_heads / tp
+        scan = 4 * (
+            3 * chunk_tokens * heads * (c.mamba_state + c.mamba_head_dim)
+            + 2 * heads * chunks * q * q
+        )
+    logits = decode_batch * c.vocab_size / tp * 4
+    return int(stream + scan + logits)

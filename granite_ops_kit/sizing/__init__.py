@@ -1,0 +1,1 @@
+"""Capacity planning: how many sessions of what context fit on which GPUs, with which engine."""
