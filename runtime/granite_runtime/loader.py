@@ -8,6 +8,7 @@ device. Every file the index names must resolve inside the model directory: a sy
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -71,16 +72,54 @@ def weight_files(root: Path) -> list[Path]:
     raise ModelLoadError(f"{root}: no model.safetensors or model.safetensors.index.json.")
 
 
-def _read_tensors(files: list[Path], dtype: torch.dtype, device: str) -> dict[str, torch.Tensor]:
-    tensors: dict[str, torch.Tensor] = {}
+ALIGN = 256  # bytes; each weight starts on a boundary GEMM kernels like
+
+
+def _headers(files: list[Path]) -> dict[str, tuple[Path, tuple[int, ...]]]:
+    """Every tensor's file and shape, read from the headers only."""
+    found: dict[str, tuple[Path, tuple[int, ...]]] = {}
     for path in files:
         try:
             with safe_open(path, framework="pt", device="cpu") as f:
                 for name in f.keys():  # noqa: SIM118 (safe_open is not a dict)
-                    tensors[name] = f.get_tensor(name).to(device=device, dtype=dtype)
+                    found[name] = (path, tuple(f.get_slice(name).get_shape()))
         except Exception as bad:  # safetensors' own error type is not public
             raise ModelLoadError(f"{path}: not a readable safetensors file ({bad}).") from None
-    return tensors
+    return found
+
+
+def _read_tensors(files: list[Path], dtype: torch.dtype, device: str) -> dict[str, torch.Tensor]:
+    """All weights; on a GPU as views into one buffer.
+
+    One allocation instead of hundreds: the GPU caching allocator rounds each large block up
+    to 2 MiB, which for a 3B model wastes about 2% of memory and would make the memory
+    model's prediction of the weights inexact. On the CPU the tensors stay separate (the
+    engine repacks them for oneDNN anyway).
+    """
+    headers = _headers(files)
+    flat, offsets = None, {}
+    if torch.device(device).type != "cpu":
+        step = ALIGN // torch.empty((), dtype=dtype).element_size()
+        total = 0
+        for name, (_, shape) in headers.items():
+            offsets[name] = total
+            total += -(-math.prod(shape) // step) * step
+        flat = torch.empty(total, dtype=dtype, device=device)
+    out: dict[str, torch.Tensor] = {}
+    for path in files:
+        try:
+            with safe_open(path, framework="pt", device="cpu") as f:
+                for name in f.keys():  # noqa: SIM118 (safe_open is not a dict)
+                    tensor = f.get_tensor(name)
+                    if flat is None:
+                        out[name] = tensor.to(dtype)
+                        continue
+                    shape = headers[name][1]
+                    view = flat[offsets[name] : offsets[name] + math.prod(shape)].view(shape)
+                    out[name] = view.copy_(tensor)
+        except Exception as bad:  # safetensors' own error type is not public
+            raise ModelLoadError(f"{path}: not a readable safetensors file ({bad}).") from None
+    return out
 
 
 def _check_shapes(model: GraniteForCausalLM, tensors: dict[str, torch.Tensor], root: Path):

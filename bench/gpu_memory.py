@@ -1,0 +1,143 @@
+"""Validate `gkit size --engine gkit` against measured GPU memory (run on the device).
+
+For each model (real shapes, random weights written by the demo-model writer) and each
+(context, concurrency) point: load the runtime on one GPU, allocate its pools, run the
+largest steps (a 512-token prefill chunk, then one decode step over every slot), and compare
+torch.cuda.max_memory_reserved() with the memory model's prediction. Then load the same
+checkpoint in transformers and compare its weights and cache with our formulas (transformers
+keeps d_conv = 4 conv columns).
+
+    python3 bench/gpu_memory.py [--models h-micro,h-tiny] [--root /tmp/gkit-models]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from granite_ops_kit.demo.checkpoint import write_demo_model
+from granite_ops_kit.sizing import engines
+from granite_runtime import memory
+from granite_runtime.cache import Batch, HybridCache
+from granite_runtime.config import GraniteConfig
+from granite_runtime.loader import load_model
+
+POINTS = [(4096, 32), (32768, 8), (131072, 4)]
+MIB = 2**20
+
+
+def _fresh() -> None:
+    gc.collect()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+
+
+def checkpoint(name: str, root: Path) -> Path:
+    path = root / name
+    if not (path / "config.json").exists():
+        root.mkdir(parents=True, exist_ok=True)
+        t = time.perf_counter()
+        write_demo_model(path, name)
+        print(f"wrote {name} in {time.perf_counter() - t:.0f} s", flush=True)
+    return path
+
+
+@torch.inference_mode()
+def gkit_rows(path: Path) -> list[dict]:
+    _fresh()
+    model = load_model(path, "bfloat16", "cuda")
+    c = model.config
+    rows = []
+    for context, sessions in POINTS:
+        cache = HybridCache(c, sessions, context, torch.bfloat16, "cuda")
+        prompt = torch.randint(0, 900, (1, 512), device="cuda")
+        model(prompt, Batch.make([0], [0], "cuda"), cache)
+        tokens = torch.randint(0, 900, (sessions, 1), device="cuda")
+        model(tokens, Batch.make(list(range(sessions)), [512] * sessions, "cuda"), cache)
+        torch.cuda.synchronize()
+        measured = torch.cuda.max_memory_reserved()
+        f = engines.gkit(c, engines.Workload(context, sessions), 1)
+        rows.append(
+            {
+                "context": context,
+                "sessions": sessions,
+                "predicted": f.torch_reserved,
+                "measured": measured,
+                "error": measured / f.torch_reserved - 1,
+                "weights": f.weights,
+                "pools": f.kv_cache + f.state_cache,
+                "activations_predicted": f.activations,
+            }
+        )
+        del cache
+        gc.collect()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    del model
+    return rows
+
+
+@torch.inference_mode()
+def transformers_rows(path: Path, points=((4096, 1), (2048, 2))) -> list[dict]:
+    from transformers import GraniteMoeHybridForCausalLM
+
+    _fresh()
+    model = GraniteMoeHybridForCausalLM.from_pretrained(path, dtype=torch.bfloat16).cuda().eval()
+    c = GraniteConfig.from_file(path / "config.json")
+    weights = torch.cuda.memory_allocated()
+    rows = [{"what": "weights", "predicted": memory.parameter_count(c) * 2, "measured": weights}]
+    for context, batch in points:
+        ids = torch.randint(0, 900, (batch, context), device="cuda")
+        out = model(ids, use_cache=True, logits_to_keep=1)
+        cache_bytes = torch.cuda.memory_allocated() - weights - out.logits.numel() * 4
+        predicted = batch * (
+            context * memory.kv_bytes_per_token(c)
+            + memory.state_bytes_per_sequence(c, conv_columns=c.mamba_conv)
+        )
+        rows.append(
+            {"what": f"cache {batch}x{context}", "predicted": predicted, "measured": cache_bytes}
+        )
+        del out
+        _fresh()
+    del model
+    for row in rows:
+        row["error"] = row["measured"] / row["predicted"] - 1
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="granite-4.0-h-micro,granite-4.0-h-tiny")
+    ap.add_argument("--root", default="/tmp/gkit-models")
+    args = ap.parse_args()
+    print(f"card: {torch.cuda.get_device_name()}, torch {torch.__version__}")
+    report = {}
+    for name in args.models.split(","):
+        path = checkpoint(name, Path(args.root))
+        report[name] = {"gkit": gkit_rows(path), "transformers": transformers_rows(path)}
+        print(f"\n{name}: gkit runtime, torch.cuda.max_memory_reserved() vs gkit size")
+        print(
+            f"{'context':>8} {'sessions':>8} {'predicted MiB':>14} {'measured MiB':>13} "
+            f"{'error':>7}"
+        )
+        for r in report[name]["gkit"]:
+            print(
+                f"{r['context']:>8} {r['sessions']:>8} {r['predicted'] / MIB:>14.0f} "
+                f"{r['measured'] / MIB:>13.0f} {r['error']:>+7.2%}"
+            )
+        print(f"{name}: transformers, measured vs our formulas")
+        for r in report[name]["transformers"]:
+            print(
+                f"{r['what']:>16} {r['predicted'] / MIB:>14.0f} {r['measured'] / MIB:>13.0f} "
+                f"{r['error']:>+7.2%}"
+            )
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
