@@ -48,12 +48,12 @@ def checkpoint(name: str, root: Path) -> Path:
 
 
 @torch.inference_mode()
-def gkit_rows(path: Path) -> list[dict]:
+def gkit_rows(path: Path, points: list[tuple[int, int]]) -> list[dict]:
     _fresh()
     model = load_model(path, "bfloat16", "cuda")
     c = model.config
     rows = []
-    for context, sessions in POINTS:
+    for context, sessions in points:
         cache = HybridCache(c, sessions, context, torch.bfloat16, "cuda")
         prompt = torch.randint(0, 900, (1, 512), device="cuda")
         model(prompt, Batch.make([0], [0], "cuda"), cache)
@@ -83,7 +83,7 @@ def gkit_rows(path: Path) -> list[dict]:
 
 
 @torch.inference_mode()
-def transformers_rows(path: Path, points=((4096, 1), (2048, 2))) -> list[dict]:
+def transformers_rows(path: Path, points: list[tuple[int, int]]) -> list[dict]:
     from transformers import GraniteMoeHybridForCausalLM
 
     _fresh()
@@ -114,12 +114,25 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="granite-4.0-h-micro,granite-4.0-h-tiny")
     ap.add_argument("--root", default="/tmp/gkit-models")
+    ap.add_argument(
+        "--points",
+        default=",".join(f"{c}x{n}" for c, n in POINTS),
+        help="context x sessions for gkit, e.g. 4096x32,32768x8",
+    )
+    ap.add_argument(
+        "--hf-points", default="4096x1,2048x2", help="context x batch for transformers' cache"
+    )
     args = ap.parse_args()
+    points = [tuple(int(v) for v in p.split("x")) for p in args.points.split(",")]
+    hf_points = [tuple(int(v) for v in p.split("x")) for p in args.hf_points.split(",")]
     print(f"card: {torch.cuda.get_device_name()}, torch {torch.__version__}")
     report = {}
     for name in args.models.split(","):
         path = checkpoint(name, Path(args.root))
-        report[name] = {"gkit": gkit_rows(path), "transformers": transformers_rows(path)}
+        report[name] = {
+            "gkit": gkit_rows(path, points),
+            "transformers": transformers_rows(path, hf_points),
+        }
         print(f"\n{name}: gkit runtime, torch.cuda.max_memory_reserved() vs gkit size")
         print(
             f"{'context':>8} {'sessions':>8} {'predicted MiB':>14} {'measured MiB':>13} "

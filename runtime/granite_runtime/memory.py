@@ -153,20 +153,18 @@ def state_bytes_per_sequence_per_gpu(
     return len(c.mamba_layers) * (conv + ssm)
 
 
-def activation_bytes(
-    c: GraniteConfig,
-    chunk_tokens: int,
-    decode_batch: int,
-    dtype: str = "bfloat16",
-    tp: int = 1,
-    scan_workspace: bool = True,
-) -> int:
+def activation_bytes(c: GraniteConfig, chunk_tokens: int, decode_batch: int,
+                     dtype: str = "bfloat16", tp: int = 1, scan_workspace: bool = True) -> int:
     """Workspace of the largest step: a prefill chunk or a decode batch, whichever is larger.
 
-    Counts the tensors alive at the peak of gkit's forward: the residual stream and its
-    norm, the largest projection output, and for Mamba layers the fp32 SSD scan workspace
-    (per-head B and C, and two (heads x chunks x Q x Q) score tensors); plus fp32 logits for
-    one row per sequence. Engines with fused scan kernels pass `scan_workspace=False`.
+    Counts the tensors alive at the peak of gkit's forward (layers.py, ssd.py): the residual
+    stream and its norm, the widest projection output, fp32 logits for one row per sequence,
+    and for Mamba layers
+    - prefill: the fp32 SSD scan workspace: per-head x, B and C, and five
+      (heads x chunks x Q x Q) tensors (segment sums, their exp, scores, masked scores);
+    - decode: two fp32 copies of one layer's SSM state per sequence (the state read from a
+      bf16 pool and the new state) when the pool is not fp32.
+    Engines with fused scan kernels pass `scan_workspace=False`.
     """
     t = max(chunk_tokens, decode_batch)
     d = dtype_bytes(dtype)
@@ -175,14 +173,14 @@ def activation_bytes(
     mlp = 2 * max(c.shared_size, c.expert_size * max(c.top_k, 1)) / tp
     widest = max(proj, mlp, (c.num_heads + 2 * c.num_kv_heads) * c.head_dim / tp)
     stream = t * (3 * h + 2 * widest) * d
-    scan = 0.0
+    heads = c.mamba_heads / tp
+    prefill = decode = 0.0
     if c.mamba_layers and scan_workspace:
         q = min(c.mamba_chunk, chunk_tokens)
         chunks = -(-chunk_tokens // q)
-        heads = c.mamba_heads / tp
-        scan = 4 * (
-            3 * chunk_tokens * heads * (c.mamba_state + c.mamba_head_dim)
-            + 2 * heads * chunks * q * q
-        )
+        prefill = 4 * (3 * chunk_tokens * heads * (c.mamba_state + c.mamba_head_dim)
+                       + 5 * heads * chunks * q * q)
+        if d != 4:
+            decode = 2 * decode_batch * heads * c.mamba_head_dim * c.mamba_state * 4
     logits = decode_batch * c.vocab_size / tp * 4
-    return int(stream + scan + logits)
+    return int(stream + max(prefill, decode) + logits)
