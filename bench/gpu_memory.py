@@ -98,7 +98,8 @@ def transformers_rows(path: Path, points: list[tuple[int, int]]) -> list[dict]:
         # transformers keeps d_conv = 4 conv columns (bf16) and, on its PyTorch path, the SSM
         # state in fp32 (found on the device, 2026-11-28).
         state = memory.state_bytes_per_sequence_per_gpu(
-            c, "float32", conv_columns=c.mamba_conv, conv_dtype="bfloat16")
+            c, "float32", conv_columns=c.mamba_conv, conv_dtype="bfloat16"
+        )
         predicted = batch * (context * memory.kv_bytes_per_token(c) + state)
         rows.append(
             {"what": f"cache {batch}x{context}", "predicted": predicted, "measured": cache_bytes}

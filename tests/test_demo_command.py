@@ -15,7 +15,8 @@ def test_demo_writes_the_model_and_lists_later_steps(tmp_path):
     assert steps["serve"]["status"] == "done"
     assert steps["serve"]["usage"]["completion_tokens"] >= 1
     assert isinstance(steps["serve"]["answer"], str)
-    assert {"sign", "verify", "size", "deploy", "audit"} <= set(steps)
+    assert steps["size"]["fits"] is True and steps["size"]["gpus"] == 2
+    assert {"sign", "verify", "deploy", "audit"} <= set(steps)
     # Running it again replaces its own model rather than failing.
     again = run_gkit("demo", "--output", str(tmp_path / "out"))
     assert again.returncode == 0, again.stderr

@@ -87,11 +87,21 @@ def demo_model(
 LATER_STEPS = [
     ("sign", "sign the model with a generated demo key (OpenSSF Model Signing)"),
     ("verify", "verify the signature and the default policy"),
-    ("size", "plan GPU memory for 2 GPUs from the Mamba state and KV cache"),
     ("deploy", "render the Helm chart for 2 GPUs"),
     ("audit", "export the audit report of every step"),
 ]
 QUESTION = "What does a platform team check before it serves a model?"
+
+
+def _size_for_two_gpus(model_path: Path) -> dict:
+    from granite_ops_kit.sizing.engines import Workload
+    from granite_ops_kit.sizing.gpus import find_gpu
+    from granite_ops_kit.sizing.plan import Request, make_plan
+    from granite_ops_kit.sizing.source import resolve
+
+    return make_plan(
+        Request(resolve(str(model_path)), find_gpu("h100-80gb"), 2, "gkit", Workload(4096, 8))
+    )
 
 
 def demo(
@@ -102,9 +112,9 @@ def demo(
 ) -> None:
     """Run the main job end to end on a built-in tiny Granite model.
 
-    Today: writes the demo model, serves it locally with the built-in runtime and asks it
-    one chat question. As gkit grows, the same command signs, verifies, sizes, renders the
-    chart and exports the audit report, printing where each artifact is.
+    Today: writes the demo model, plans its memory on 2 GPUs, serves it locally with the
+    built-in runtime and asks it one chat question. As gkit grows, the same command signs,
+    verifies, renders the chart and exports the audit report, printing where each artifact is.
     """
     from granite_ops_kit.cli.runtime_cmds import runtime_errors
     from granite_ops_kit.demo.local_chat import ask_once
@@ -113,11 +123,20 @@ def demo(
     output.use_json(json_)
     output_dir.mkdir(parents=True, exist_ok=True)
     model = _write_with_progress(output_dir / "model", preset="tiny-hybrid", seed=0, force=True)
+    plan = _size_for_two_gpus(model.path)
     with runtime_errors():
         chat = ask_once(model.path, QUESTION)
     reply = chat["response"]["choices"][0]["message"]["content"]
     steps = [
         {"step": "demo-model", "status": "done", "artifact": str(model.path)},
+        {
+            "step": "size",
+            "status": "done",
+            "fits": plan["fits"],
+            "gpus": plan["gpus"],
+            "per_gpu_bytes": plan["per_gpu"]["total"],
+            "max_sessions_at_context": plan["max_sessions_at_context"],
+        },
         {
             "step": "serve",
             "status": "done",
@@ -133,11 +152,16 @@ def demo(
     def render(con: Console) -> None:
         con.print(f"[bold]1. demo model[/]: {model.path} ({load_preset(model.preset).description})")
         con.print(
-            f"[bold]2. serve[/]: answered one chat request at {chat['url']} in {chat['seconds']} s"
+            f"[bold]2. size[/]: 8 sessions x 4,096 tokens on 2 x H100 80GB need "
+            f"{format_bytes(plan['per_gpu']['total'])} per GPU; up to "
+            f"{plan['max_sessions_at_context']:,} sessions fit"
+        )
+        con.print(
+            f"[bold]3. serve[/]: answered one chat request at {chat['url']} in {chat['seconds']} s"
         )
         con.print(f"   user: {QUESTION}", markup=False)
         con.print(f"   assistant (random weights, so not meaningful): {reply!r}", markup=False)
-        for i, (name, what) in enumerate(LATER_STEPS, start=3):
+        for i, (name, what) in enumerate(LATER_STEPS, start=4):
             con.print(f"{i}. {name} [dim](not built yet)[/]: will {what}")
 
     output.emit({"steps": steps, "model": model.to_json()}, render)

@@ -153,8 +153,14 @@ def state_bytes_per_sequence_per_gpu(
     return len(c.mamba_layers) * (conv + ssm)
 
 
-def activation_bytes(c: GraniteConfig, chunk_tokens: int, decode_batch: int,
-                     dtype: str = "bfloat16", tp: int = 1, scan_workspace: bool = True) -> int:
+def activation_bytes(
+    c: GraniteConfig,
+    chunk_tokens: int,
+    decode_batch: int,
+    dtype: str = "bfloat16",
+    tp: int = 1,
+    scan_workspace: bool = True,
+) -> int:
     """Workspace of the largest step: a prefill chunk or a decode batch, whichever is larger.
 
     Counts the tensors alive at the peak of gkit's forward (layers.py, ssd.py): the residual
@@ -178,8 +184,10 @@ def activation_bytes(c: GraniteConfig, chunk_tokens: int, decode_batch: int,
     if c.mamba_layers and scan_workspace:
         q = min(c.mamba_chunk, chunk_tokens)
         chunks = -(-chunk_tokens // q)
-        prefill = 4 * (3 * chunk_tokens * heads * (c.mamba_state + c.mamba_head_dim)
-                       + 5 * heads * chunks * q * q)
+        prefill = 4 * (
+            3 * chunk_tokens * heads * (c.mamba_state + c.mamba_head_dim)
+            + 5 * heads * chunks * q * q
+        )
         if d != 4:
             decode = 2 * decode_batch * heads * c.mamba_head_dim * c.mamba_state * 4
     logits = decode_batch * c.vocab_size / tp * 4
