@@ -59,3 +59,20 @@ def tiny_dense(tmp_path_factory) -> Path:
     from granite_ops_kit.demo.checkpoint import write_demo_model
 
     return write_demo_model(tmp_path_factory.mktemp("models") / "tiny-dense", "tiny-dense").path
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory):
+    from tests.postgres_server import PostgresServer
+
+    server = PostgresServer(tmp_path_factory.mktemp("pg"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def audit_url(request, tmp_path) -> str:
+    """A fresh, empty audit database on each backend."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'audit.db'}"
+    return request.getfixturevalue("postgres").new_database()

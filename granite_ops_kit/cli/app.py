@@ -11,7 +11,7 @@ import sys
 import typer
 
 from granite_ops_kit import __version__
-from granite_ops_kit.cli import demo, output, planned, runtime_cmds, size_cmd
+from granite_ops_kit.cli import audit_cmd, demo, output, planned, runtime_cmds, size_cmd
 from granite_ops_kit.errors import EXIT_USAGE, GkitError, UsageError
 
 app = typer.Typer(
@@ -47,7 +47,8 @@ def _global(
 
 
 # Order here is the order in `gkit --help`: the pipeline, then the tools around it.
-planned.register(app, ["verify", "sign", "pull", "approve", "audit"])
+planned.register(app, ["verify", "sign", "pull", "approve"])
+app.add_typer(audit_cmd.app, name="audit")
 app.command("size")(size_cmd.size)
 app.command("generate")(runtime_cmds.generate)
 app.command("serve")(runtime_cmds.serve)

@@ -1,0 +1,112 @@
+"""Signed checkpoints of the audit log in the C2SP signed-note format, with Ed25519.
+
+A checkpoint body is `<origin>\\n<tree size>\\n<base64 RFC 6962 root>\\n`; the note adds a
+blank line and one signature line `— <key name> <base64(4-byte key id || signature)>`.
+The key id is the first 4 bytes of SHA-256(key name || "\\n" || 0x01 || raw public key), as
+C2SP specifies for Ed25519. An auditor can check one with openssl alone (docs/audit.md).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from granite_ops_kit.audit import merkle
+from granite_ops_kit.errors import UsageError
+
+EM_DASH = "\u2014"
+ED25519 = b"\x01"
+
+
+@dataclass(frozen=True)
+class Note:
+    origin: str
+    size: int
+    root_b64: str
+    key_name: str
+    signature: bytes  # 64 bytes, without the key id
+    body: str
+
+
+def key_id(name: str, public: Ed25519PublicKey) -> bytes:
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(name.encode() + b"\n" + ED25519 + raw).digest()[:4]
+
+
+def load_or_create_key(path: Path) -> Ed25519PrivateKey:
+    """The signing key, created (mode 0600) on first use; never logged or recorded."""
+    if path.exists():
+        try:
+            key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        except ValueError as bad:
+            raise UsageError(f"{path}: not a PEM private key ({bad}).") from None
+        if not isinstance(key, Ed25519PrivateKey):
+            raise UsageError(f"{path}: the audit signing key must be Ed25519.")
+        return key
+    key = Ed25519PrivateKey.generate()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(pem)
+    return key
+
+
+def public_pem(key: Ed25519PrivateKey) -> str:
+    return (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+
+
+def sign(origin: str, leaves: list[bytes], key: Ed25519PrivateKey, key_name: str) -> str:
+    body = f"{origin}\n{len(leaves)}\n{base64.b64encode(merkle.root(leaves)).decode()}\n"
+    signature = key.sign(body.encode())
+    blob = base64.b64encode(key_id(key_name, key.public_key()) + signature).decode()
+    return f"{body}\n{EM_DASH} {key_name} {blob}\n"
+
+
+def parse_note(note: str) -> Note | None:
+    body, sep, sigs = note.partition("\n\n")
+    lines = body.split("\n")
+    if not sep or len(lines) < 3:
+        return None
+    try:
+        size = int(lines[1])
+        dash, name, blob = sigs.strip().split("\n")[0].split(" ")
+        raw = base64.b64decode(blob, validate=True)
+    except ValueError:
+        return None
+    if dash != EM_DASH or len(raw) != 68:
+        return None
+    return Note(lines[0], size, lines[2], name, raw[4:], body + "\n")
+
+
+def verify_note(note: str, public_key_pem: str) -> bool:
+    parsed = parse_note(note)
+    if parsed is None:
+        return False
+    try:
+        public = serialization.load_pem_public_key(public_key_pem.encode())
+    except ValueError:
+        return False
+    if not isinstance(public, Ed25519PublicKey):
+        return False
+    blob = base64.b64decode(note.partition("\n\n")[2].strip().split(" ")[2])
+    if blob[:4] != key_id(parsed.key_name, public):
+        return False
+    try:
+        public.verify(parsed.signature, parsed.body.encode())
+    except InvalidSignature:
+        return False
+    return True

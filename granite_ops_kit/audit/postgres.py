@@ -1,0 +1,66 @@
+"""The PostgreSQL backend: the same table and the same chaining rule as SQLite.
+
+Many hosts and pods append to one log; a transaction-scoped advisory lock serialises the
+read-head-then-insert step, and `prev_hash UNIQUE` would refuse a fork even without it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+from granite_ops_kit.audit import records
+from granite_ops_kit.audit.store import SCHEMA_SQL, Query, _row, _where
+from granite_ops_kit.errors import UsageError
+
+LOCK_KEY = 0x676B6974  # "gkit"
+
+
+class PostgresStore:
+    def __init__(self, url: str):
+        try:
+            import psycopg
+        except ImportError:
+            raise UsageError(
+                "a postgresql:// audit database needs psycopg: pip install 'psycopg[binary]'."
+            ) from None
+        self.url = url.split("@")[-1]  # never keep credentials in what we print
+        try:
+            self.db = psycopg.connect(url, autocommit=False)
+        except psycopg.OperationalError as bad:
+            raise UsageError(
+                f"cannot connect to the audit database at {self.url}: "
+                f"{str(bad).strip().splitlines()[0]}"
+            ) from None
+        with self.db.transaction():
+            self.db.execute(SCHEMA_SQL.replace("INTEGER PRIMARY KEY", "BIGINT PRIMARY KEY"))
+
+    def append(self, event: records.Event) -> dict:
+        with self.db.transaction():
+            self.db.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
+            head = self.db.execute(
+                "SELECT seq, hash FROM audit_records ORDER BY seq DESC LIMIT 1"
+            ).fetchone()
+            seq, prev = (head[0] + 1, head[1]) if head else (1, records.GENESIS)
+            record = records.seal(event, seq, prev)
+            self.db.execute(
+                "INSERT INTO audit_records VALUES (%s, %s, %s, %s, %s, %s, %s, %s)", _row(record)
+            )
+        return record
+
+    def records(self, query: Query = Query()) -> Iterator[dict]:
+        where, args = _where(query)
+        with self.db.transaction():
+            cursor = self.db.execute(
+                f"SELECT record FROM audit_records{where.replace('?', '%s')} ORDER BY seq", args
+            )
+            rows = cursor.fetchall()
+        for (text,) in rows:
+            yield json.loads(text)
+
+    def count(self) -> int:
+        with self.db.transaction():
+            return self.db.execute("SELECT count(*) FROM audit_records").fetchone()[0]
+
+    def close(self) -> None:
+        self.db.close()

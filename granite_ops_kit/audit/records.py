@@ -1,0 +1,113 @@
+"""Audit records: what happened, to what, by whom, with which evidence, hashed canonically.
+
+A record's hash is SHA-256 over its RFC 8785 canonical JSON without the `hash` field, and
+every record carries the hash of the one before it, so editing, removing, reordering or
+inserting any record breaks the chain at a place `gkit audit verify` can name.
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import json
+import socket
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from functools import lru_cache
+from pathlib import Path
+
+import rfc8785
+
+from granite_ops_kit import __version__
+
+SCHEMA = "gkit.audit/v1"
+GENESIS = "0" * 64
+# Keys whose values must never reach the log, whatever an event's author passes.
+SECRET_KEYS = ("token", "password", "secret", "api_key", "apikey", "private_key", "authorization")
+
+
+@dataclass
+class Subject:
+    name: str
+    revision: str | None = None
+    digest: str | None = None
+
+
+@dataclass
+class Event:
+    """What a command reports; the store turns it into a chained Record."""
+
+    event: str
+    subject: Subject
+    outcome: str  # "success", "failure" or "denied"
+    reason: str = ""
+    policy_id: str | None = None
+    policy_hash: str | None = None
+    evidence: dict[str, str] = field(default_factory=dict)  # name -> "sha256:..."
+    details: dict = field(default_factory=dict)
+    actor: str = field(default_factory=lambda: _actor())
+    host: str = field(default_factory=socket.gethostname)
+    tool_version: str = __version__
+
+
+def _actor() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+CONTROLS_FILE = Path(__file__).resolve().parents[2] / "policies" / "iso42001-controls.json"
+
+
+@lru_cache(maxsize=1)
+def _controls() -> dict[str, list[str]]:
+    return json.loads(CONTROLS_FILE.read_text("utf-8"))["events"]
+
+
+def controls_for(event: str) -> list[str]:
+    """The ISO/IEC 42001 clauses and Annex A controls an event evidences (policies/ data)."""
+    return _controls().get(event, [])
+
+
+def scrub(value):
+    """Replace the values of secret-looking keys, at any depth, with a marker."""
+    if isinstance(value, dict):
+        return {
+            k: ("[redacted]" if any(s in k.lower() for s in SECRET_KEYS) else scrub(v))
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [scrub(v) for v in value]
+    return value
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def body(event: Event, seq: int, prev_hash: str, time: str) -> dict:
+    """The record without its hash: the exact object that is hashed."""
+    data = asdict(event)
+    return {
+        "schema": SCHEMA,
+        "seq": seq,
+        "time": time,
+        "prev_hash": prev_hash,
+        **scrub(data),
+        "controls": controls_for(event.event),
+    }
+
+
+def canonical(record: dict) -> bytes:
+    return rfc8785.dumps({k: v for k, v in record.items() if k != "hash"})
+
+
+def record_hash(record: dict) -> str:
+    return hashlib.sha256(canonical(record)).hexdigest()
+
+
+def seal(event: Event, seq: int, prev_hash: str) -> dict:
+    record = body(event, seq, prev_hash, now())
+    record["hash"] = record_hash(record)
+    return record

@@ -1,0 +1,140 @@
+"""The audit store: one interface, two backends (SQLite by default, PostgreSQL for teams).
+
+Appending reads the chain's head and inserts the next record inside one write transaction
+(SQLite `BEGIN IMMEDIATE`, PostgreSQL a transaction-scoped advisory lock), and `prev_hash`
+is UNIQUE, so concurrent writers queue rather than fork the chain. A record is durable once
+`append` returns (SQLite WAL with synchronous=FULL; PostgreSQL commit).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from granite_ops_kit.audit import records
+from granite_ops_kit.errors import UsageError
+
+ENV = "GKIT_AUDIT_DB"
+
+
+@dataclass(frozen=True)
+class Query:
+    since: str | None = None  # ISO 8601 UTC, inclusive
+    until: str | None = None  # exclusive
+    event: str | None = None
+    subject: str | None = None
+    outcome: str | None = None
+
+
+class AuditStore(Protocol):
+    url: str
+
+    def append(self, event: records.Event) -> dict: ...
+    def records(self, query: Query = Query()) -> Iterator[dict]: ...
+    def count(self) -> int: ...
+    def close(self) -> None: ...
+
+
+def default_url() -> str:
+    from platformdirs import user_data_dir
+
+    return os.environ.get(ENV) or f"sqlite:///{Path(user_data_dir('gkit')) / 'audit.db'}"
+
+
+def open_store(url: str | None = None) -> AuditStore:
+    url = url or default_url()
+    if url.startswith(("postgresql://", "postgres://")):
+        from granite_ops_kit.audit.postgres import PostgresStore
+
+        return PostgresStore(url)
+    if url.startswith("sqlite:///"):
+        return SQLiteStore(Path(url.removeprefix("sqlite:///")))
+    raise UsageError(f"audit database '{url}' is neither sqlite:///PATH nor postgresql://...")
+
+
+def _where(query: Query) -> tuple[str, list]:
+    clauses, args = [], []
+    for column, op, value in (
+        ("time", ">=", query.since),
+        ("time", "<", query.until),
+        ("event", "=", query.event),
+        ("subject", "=", query.subject),
+        ("outcome", "=", query.outcome),
+    ):
+        if value is not None:
+            clauses.append(f"{column} {op} ?")
+            args.append(value)
+    return (" WHERE " + " AND ".join(clauses)) if clauses else "", args
+
+
+SCHEMA_SQL = """
+CREATE TABLE IF NOT EXISTS audit_records (
+    seq INTEGER PRIMARY KEY,
+    time TEXT NOT NULL,
+    event TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    prev_hash TEXT NOT NULL UNIQUE,
+    hash TEXT NOT NULL UNIQUE,
+    record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_time ON audit_records (time);
+"""
+
+
+class SQLiteStore:
+    def __init__(self, path: Path):
+        self.url = f"sqlite:///{path}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(path, timeout=60, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.executescript(SCHEMA_SQL)
+
+    def append(self, event: records.Event) -> dict:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            head = self.db.execute(
+                "SELECT seq, hash FROM audit_records ORDER BY seq DESC LIMIT 1"
+            ).fetchone()
+            seq, prev = (head[0] + 1, head[1]) if head else (1, records.GENESIS)
+            record = records.seal(event, seq, prev)
+            self.db.execute(
+                "INSERT INTO audit_records VALUES (?, ?, ?, ?, ?, ?, ?, ?)", _row(record)
+            )
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        return record
+
+    def records(self, query: Query = Query()) -> Iterator[dict]:
+        where, args = _where(query)
+        for (text,) in self.db.execute(
+            f"SELECT record FROM audit_records{where} ORDER BY seq", args
+        ):
+            yield json.loads(text)
+
+    def count(self) -> int:
+        return self.db.execute("SELECT count(*) FROM audit_records").fetchone()[0]
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def _row(record: dict) -> tuple:
+    return (
+        record["seq"],
+        record["time"],
+        record["event"],
+        record["subject"]["name"],
+        record["outcome"],
+        record["prev_hash"],
+        record["hash"],
+        json.dumps(record, sort_keys=True),
+    )

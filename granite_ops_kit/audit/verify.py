@@ -1,0 +1,95 @@
+"""Check an audit log: every record's hash, every link, every checkpoint's root and signature.
+
+The first problem found is named by record number, with what it means (edited, removed,
+inserted or reordered), so an auditor knows where to look.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from granite_ops_kit.audit import checkpoint, merkle, records
+from granite_ops_kit.audit.records import GENESIS
+
+CHECKPOINT_EVENT = "audit.checkpointed"
+
+
+@dataclass
+class Verdict:
+    ok: bool
+    records: int = 0
+    checkpoints: int = 0
+    head: str = GENESIS
+    problem: str | None = None
+    bad_seq: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return self.__dict__.copy()
+
+
+def _check_record(record: dict, expected_seq: int, prev: str) -> str | None:
+    seq = record.get("seq")
+    if records.record_hash(record) != record.get("hash"):
+        return f"record {seq}: its contents do not match its hash (the record was edited)"
+    if seq != expected_seq:
+        return (
+            f"record {seq}: expected record {expected_seq} here (a record was removed, "
+            "inserted or reordered)"
+        )
+    if record.get("prev_hash") != prev:
+        return (
+            f"record {seq}: prev_hash does not match record {expected_seq - 1}'s hash "
+            "(a record was removed, inserted or reordered before it)"
+        )
+    return None
+
+
+def _check_checkpoint(record: dict, leaves: list[bytes], public_keys: dict) -> str | None:
+    details = record.get("details", {})
+    size, note = details.get("size"), details.get("note", "")
+    if not isinstance(size, int) or size > len(leaves):
+        return f"record {record['seq']}: checkpoint covers {size} records, the log has fewer"
+    expected = base64.b64encode(merkle.root(leaves[:size])).decode()
+    parsed = checkpoint.parse_note(note)
+    if parsed is None or parsed.size != size or parsed.root_b64 != expected:
+        return (
+            f"record {record['seq']}: checkpoint root does not match records 1..{size} "
+            "(a record covered by the checkpoint was changed, or the checkpoint was)"
+        )
+    key = public_keys.get(parsed.key_name) or details.get("public_key")
+    if not key or not checkpoint.verify_note(note, key):
+        return f"record {record['seq']}: checkpoint signature does not verify"
+    return None
+
+
+def verify(
+    log: Iterable[dict], public_keys: dict[str, str] | None = None, min_size: int = 0
+) -> Verdict:
+    """Walk the log in order. `public_keys` (key name -> PEM) pins the checkpoint signers;
+    `min_size` is the tree size of the newest checkpoint the auditor already holds, which
+    catches records removed from the end of the log."""
+    public_keys = public_keys or {}
+    verdict, leaves, prev = Verdict(ok=True), [], records.GENESIS
+    for expected, record in enumerate(log, start=1):
+        problem = _check_record(record, expected, prev)
+        if problem is None and record.get("event") == CHECKPOINT_EVENT:
+            problem = _check_checkpoint(record, leaves, public_keys)
+            verdict.checkpoints += 1
+        if problem:
+            verdict.ok, verdict.problem, verdict.bad_seq = False, problem, record.get("seq")
+            return verdict
+        leaves.append(bytes.fromhex(record["hash"]))
+        prev = record["hash"]
+        verdict.records = expected
+    verdict.head = prev
+    if verdict.records < min_size:
+        verdict.ok = False
+        verdict.problem = (
+            f"the log has {verdict.records} records but a checkpoint covered "
+            f"{min_size}: records {verdict.records + 1}..{min_size} were removed"
+        )
+        verdict.bad_seq = verdict.records + 1
+    return verdict

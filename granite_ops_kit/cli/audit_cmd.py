@@ -1,0 +1,152 @@
+"""`gkit audit`: read, verify and checkpoint the tamper-evident audit log."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from granite_ops_kit.cli import output
+from granite_ops_kit.cli.options import JSON_OPTION
+from granite_ops_kit.errors import AuditChainBroken, NotBuiltYet
+
+app = typer.Typer(
+    help="Read, verify, checkpoint and export the tamper-evident audit log.", no_args_is_help=True
+)
+DB_OPTION = typer.Option(
+    None,
+    "--audit-db",
+    envvar="GKIT_AUDIT_DB",
+    help="sqlite:///PATH (default: in your data directory) or "
+    "postgresql://... (also GKIT_AUDIT_DB).",
+)
+
+
+def _store(url: str | None):
+    from granite_ops_kit.audit.store import open_store
+
+    return open_store(url)
+
+
+@app.command("log")
+def log(
+    since: str = typer.Option(None, help="From this UTC time (ISO 8601), inclusive."),
+    until: str = typer.Option(None, help="Up to this UTC time, exclusive."),
+    event: str = typer.Option(None, help="Only this event, e.g. artifact.verified."),
+    subject: str = typer.Option(None, help="Only records about this subject name."),
+    outcome: str = typer.Option(None, help="success, failure or denied."),
+    audit_db: str = DB_OPTION,
+    json_: bool = JSON_OPTION,
+) -> None:
+    """List audit records, oldest first, with filters."""
+    from granite_ops_kit.audit.store import Query
+
+    output.use_json(json_)
+    store = _store(audit_db)
+    try:
+        rows = list(store.records(Query(since, until, event, subject, outcome)))
+    finally:
+        store.close()
+
+    def render(con: Console) -> None:
+        table = Table("seq", "time (UTC)", "event", "subject", "outcome", "actor", "reason")
+        for r in rows:
+            style = "red" if r["outcome"] != "success" else None
+            table.add_row(
+                str(r["seq"]),
+                r["time"],
+                r["event"],
+                r["subject"]["name"],
+                r["outcome"],
+                r["actor"],
+                r["reason"],
+                style=style,
+            )
+        con.print(table)
+
+    output.emit({"records": rows, "count": len(rows)}, render)
+
+
+@app.command("verify")
+def verify(
+    public_key: list[Path] = typer.Option(
+        None,
+        "--public-key",
+        help="PEM of a trusted checkpoint signer (repeatable); pins the signers.",
+    ),
+    min_size: int = typer.Option(
+        0,
+        help="Size of the newest checkpoint you already hold: "
+        "catches records removed from the end.",
+    ),
+    audit_db: str = DB_OPTION,
+    json_: bool = JSON_OPTION,
+) -> None:
+    """Check every record's hash and link and every checkpoint; exit 1 naming the first
+    bad record."""
+    from granite_ops_kit.audit.service import verify_store
+
+    output.use_json(json_)
+    keys = {}
+    for path in public_key or []:
+        keys.update(_named_key(path))
+    store = _store(audit_db)
+    try:
+        verdict = verify_store(store, keys or None, min_size)
+    finally:
+        store.close()
+    if not verdict.ok:
+        raise AuditChainBroken(f"{store.url}: {verdict.problem}.", details=verdict.to_json())
+    output.emit(
+        verdict.to_json(),
+        lambda con: con.print(
+            f"audit log OK: {verdict.records} records, {verdict.checkpoints} checkpoints, "
+            f"head {verdict.head[:16]}…"
+        ),
+    )
+
+
+def _named_key(path: Path) -> dict[str, str]:
+    """A PEM file whose first line may be '# key-name'; else the key is trusted for any name."""
+    text = path.read_text()
+    first = text.splitlines()[0] if text else ""
+    name = first[1:].strip() if first.startswith("#") else "*"
+    return {name: text}
+
+
+@app.command("checkpoint")
+def checkpoint_cmd(
+    key: Path = typer.Option(
+        None, help="Ed25519 signing key (PEM); created on first use in your data directory."
+    ),
+    origin: str = typer.Option(None, help="Log origin line (default gkit-audit/HOST)."),
+    audit_db: str = DB_OPTION,
+    json_: bool = JSON_OPTION,
+) -> None:
+    """Sign the RFC 6962 Merkle root of the log (C2SP signed note, Ed25519)."""
+    from granite_ops_kit.audit.service import sign_checkpoint
+
+    output.use_json(json_)
+    store = _store(audit_db)
+    try:
+        record = sign_checkpoint(store, key, origin)
+    finally:
+        store.close()
+    d = record["details"]
+    output.emit(
+        {"record": record},
+        lambda con: con.print(
+            f"checkpoint of {d['size']} records signed as record {record['seq']}\n{d['note']}"
+        ),
+    )
+
+
+@app.command("export", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def export(ctx: typer.Context) -> None:
+    """[not built yet] Export records for an auditor: jsonl, csv, html, cyclonedx, evidence."""
+    raise NotBuiltYet(
+        "'gkit audit export' is not built yet; 'gkit audit log --json' prints "
+        "the records meanwhile."
+    )

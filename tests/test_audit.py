@@ -1,0 +1,223 @@
+"""The audit log on both backends: chaining, filters, scrubbing, tampering, checkpoints."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import itertools
+import json
+import multiprocessing
+import subprocess
+
+import pytest
+
+from granite_ops_kit.audit import checkpoint, merkle
+from granite_ops_kit.audit.records import GENESIS, Event, Subject
+from granite_ops_kit.audit.service import sign_checkpoint, verify_store
+from granite_ops_kit.audit.store import Query, open_store
+from tests.conftest import run_gkit
+
+
+def _event(i: int, outcome: str = "success", event: str = "artifact.verified") -> Event:
+    return Event(
+        event,
+        Subject(f"model-{i % 3}", "abc123", f"sha256:{i:064x}"),
+        outcome,
+        reason=f"step {i}",
+        evidence={"model.sig": "sha256:" + "0" * 64},
+    )
+
+
+def _fill(url: str, n: int):
+    store = open_store(url)
+    for i in range(n):
+        store.append(_event(i, "failure" if i % 4 == 3 else "success"))
+    return store
+
+
+def _sql(store, text: str, *args) -> None:
+    """Tamper with the database directly, as an attacker with write access would."""
+    if store.url.startswith("sqlite"):
+        store.db.execute(text, args)
+    else:
+        with store.db.transaction():
+            store.db.execute(text.replace("?", "%s"), args)
+
+
+def test_records_chain_and_verify(audit_url):
+    store = _fill(audit_url, 10)
+    rows = list(store.records())
+    assert [r["seq"] for r in rows] == list(range(1, 11))
+    assert rows[0]["prev_hash"] == GENESIS
+    assert all(b["prev_hash"] == a["hash"] for a, b in itertools.pairwise(rows))
+    assert rows[0]["controls"] == ["A.10.3", "A.6.2.4", "A.6.2.5", "A.6.2.8"]
+    assert rows[0]["time"].endswith("Z") and rows[0]["schema"] == "gkit.audit/v1"
+    verdict = verify_store(store)
+    assert verdict.ok and verdict.records == 10 and verdict.head == rows[-1]["hash"]
+
+
+def test_filters(audit_url):
+    store = _fill(audit_url, 12)
+    assert len(list(store.records(Query(outcome="failure")))) == 3
+    assert len(list(store.records(Query(subject="model-1")))) == 4
+    middle = list(store.records())[5]["time"]
+    assert len(list(store.records(Query(since=middle)))) == 7
+    assert len(list(store.records(Query(until=middle)))) == 5
+
+
+def test_secrets_never_reach_the_log(audit_url):
+    store = open_store(audit_url)
+    store.append(
+        Event(
+            "artifact.pulled",
+            Subject("m"),
+            "success",
+            details={"hf_token": "hf_SECRET", "nested": {"password": "p4ss"}},
+        )
+    )
+    text = json.dumps(list(store.records()))
+    assert "hf_SECRET" not in text and "p4ss" not in text and "[redacted]" in text
+
+
+@pytest.mark.parametrize(
+    "tamper,seq,words",
+    [
+        ("edit", 4, "was edited"),
+        ("delete", 5, "removed, inserted or reordered"),
+        ("reorder", 3, "removed, inserted or reordered"),
+        ("insert", 4, "removed, inserted or reordered"),
+    ],
+)
+def test_tampering_is_named(audit_url, tamper, seq, words):
+    store = _fill(audit_url, 8)
+    rows = {r["seq"]: r for r in store.records()}
+    if tamper == "edit":
+        forged = dict(rows[4], outcome="success" if rows[4]["outcome"] == "failure" else "failure")
+        _sql(store, "UPDATE audit_records SET record = ? WHERE seq = 4", json.dumps(forged))
+    elif tamper == "delete":
+        _sql(store, "DELETE FROM audit_records WHERE seq = 4")
+    elif tamper == "reorder":  # swap the contents of records 3 and 4
+        _sql(store, "UPDATE audit_records SET record = ? WHERE seq = 3", json.dumps(rows[4]))
+        _sql(store, "UPDATE audit_records SET record = ? WHERE seq = 4", json.dumps(rows[3]))
+    else:  # insert a well-formed record after 3, renumbering the rest
+        from granite_ops_kit.audit.records import record_hash
+
+        fake = dict(rows[3], seq=4, reason="inserted")
+        fake["hash"] = record_hash(fake)
+        later = [dict(rows[s], seq=s + 1) for s in range(4, 9)]
+        _sql(store, "DELETE FROM audit_records WHERE seq >= 4")
+        for r in [fake, *later]:
+            _sql(
+                store,
+                "INSERT INTO audit_records VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                r["seq"],
+                r["time"],
+                r["event"],
+                r["subject"]["name"],
+                r["outcome"],
+                r["seq"] * "x",
+                r["hash"] + str(r["seq"]),
+                json.dumps(r),
+            )
+    result = run_gkit("audit", "verify", "--audit-db", audit_url)
+    assert result.returncode == 1
+    assert f"record {seq}" in result.stderr and words in result.stderr
+    assert result.stderr.count("\n") == 1  # one sentence
+
+
+def test_checkpoint_signs_the_merkle_root_and_catches_edits_and_truncation(audit_url, tmp_path):
+    store = _fill(audit_url, 6)
+    record = sign_checkpoint(store, tmp_path / "key.pem", "test-log")
+    d = record["details"]
+    leaves = [bytes.fromhex(r["hash"]) for r in list(store.records())[:6]]
+    assert d["size"] == 6 and d["root"] == base64.b64encode(merkle.root(leaves)).decode()
+    assert checkpoint.verify_note(d["note"], d["public_key"])
+    store.append(_event(99))
+    assert verify_store(store).ok
+    # Editing the checkpoint's note (and re-hashing the record to hide it) is still caught.
+    forged = dict(record)
+    forged["details"] = dict(d, note=d["note"].replace("\n6\n", "\n5\n"))
+    from granite_ops_kit.audit.records import record_hash
+
+    forged["hash"] = record_hash(forged)
+    _sql(store, "UPDATE audit_records SET record = ? WHERE seq = 7", json.dumps(forged))
+    verdict = verify_store(store)
+    assert not verdict.ok and verdict.bad_seq == 7
+    # Records removed from the end show against the size of a checkpoint the auditor holds.
+    _sql(store, "DELETE FROM audit_records WHERE seq >= 7")
+    verdict = verify_store(store, min_size=8)
+    assert not verdict.ok and verdict.bad_seq == 7 and "7..8 were removed" in verdict.problem
+
+
+def test_checkpoint_signature_is_pinned_to_given_keys(audit_url, tmp_path):
+    store = _fill(audit_url, 3)
+    sign_checkpoint(store, tmp_path / "key.pem", "log-a")
+    other = checkpoint.load_or_create_key(tmp_path / "other.pem")
+    assert verify_store(
+        store, {"log-a": checkpoint.public_pem(checkpoint.load_or_create_key(tmp_path / "key.pem"))}
+    ).ok
+    verdict = verify_store(store, {"log-a": checkpoint.public_pem(other)})
+    assert not verdict.ok and "signature does not verify" in verdict.problem
+
+
+def _recursive_mth(leaves: list[bytes]) -> bytes:
+    if len(leaves) == 1:
+        return merkle.leaf_hash(leaves[0])
+    k = 1
+    while k * 2 < len(leaves):
+        k *= 2
+    return merkle.node_hash(_recursive_mth(leaves[:k]), _recursive_mth(leaves[k:]))
+
+
+def test_merkle_root_is_rfc6962():
+    leaves = [hashlib.sha256(bytes([i])).digest() for i in range(33)]
+    for n in range(1, 34):
+        assert merkle.root(leaves[:n]) == _recursive_mth(leaves[:n]), n
+
+
+def test_an_auditor_can_verify_a_checkpoint_with_openssl(tmp_path):
+    key = checkpoint.load_or_create_key(tmp_path / "k.pem")
+    note = checkpoint.sign("example/log", [b"\x01" * 32, b"\x02" * 32], key, "example/log")
+    body, _, sig_line = note.partition("\n\n")
+    (tmp_path / "body.txt").write_text(body + "\n")
+    (tmp_path / "sig.bin").write_bytes(base64.b64decode(sig_line.split(" ")[2])[4:])
+    (tmp_path / "pub.pem").write_text(checkpoint.public_pem(key))
+    cmd = [
+        "openssl",
+        "pkeyutl",
+        "-verify",
+        "-pubin",
+        "-inkey",
+        str(tmp_path / "pub.pem"),
+        "-rawin",
+        "-in",
+        str(tmp_path / "body.txt"),
+        "-sigfile",
+        str(tmp_path / "sig.bin"),
+    ]
+    assert subprocess.run(cmd, capture_output=True, text=True).returncode == 0
+    (tmp_path / "body.txt").write_text(body.replace("\n2\n", "\n3\n") + "\n")
+    assert subprocess.run(cmd, capture_output=True, text=True).returncode != 0
+
+
+def _writer(url: str, worker: int, count: int) -> None:
+    store = open_store(url)
+    for i in range(count):
+        store.append(_event(worker * 1000 + i))
+    store.close()
+
+
+@pytest.mark.slow
+def test_eight_concurrent_writers_keep_one_chain(audit_url):
+    open_store(audit_url).close()  # create the schema once
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(audit_url, w, 500)) for w in range(8)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(600)
+    assert [p.exitcode for p in procs] == [0] * 8
+    store = open_store(audit_url)
+    assert store.count() == 4000
+    verdict = verify_store(store)
+    assert verdict.ok and verdict.records == 4000
