@@ -10,7 +10,7 @@ import json
 from collections.abc import Iterator
 
 from granite_ops_kit.audit import records
-from granite_ops_kit.audit.store import SCHEMA_SQL, Query, _row, _where
+from granite_ops_kit.audit.store import SCHEMA_SQL, Query, _where, append_at_head
 from granite_ops_kit.errors import UsageError
 
 LOCK_KEY = 0x676B6974  # "gkit"
@@ -38,15 +38,7 @@ class PostgresStore:
     def append(self, event: records.Event) -> dict:
         with self.db.transaction():
             self.db.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
-            head = self.db.execute(
-                "SELECT seq, hash FROM audit_records ORDER BY seq DESC LIMIT 1"
-            ).fetchone()
-            seq, prev = (head[0] + 1, head[1]) if head else (1, records.GENESIS)
-            record = records.seal(event, seq, prev)
-            self.db.execute(
-                "INSERT INTO audit_records VALUES (%s, %s, %s, %s, %s, %s, %s, %s)", _row(record)
-            )
-        return record
+            return append_at_head(self.db.execute, event, "%s")
 
     def records(self, query: Query = Query()) -> Iterator[dict]:
         where, args = _where(query)

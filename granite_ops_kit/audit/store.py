@@ -99,14 +99,7 @@ class SQLiteStore:
     def append(self, event: records.Event) -> dict:
         self.db.execute("BEGIN IMMEDIATE")
         try:
-            head = self.db.execute(
-                "SELECT seq, hash FROM audit_records ORDER BY seq DESC LIMIT 1"
-            ).fetchone()
-            seq, prev = (head[0] + 1, head[1]) if head else (1, records.GENESIS)
-            record = records.seal(event, seq, prev)
-            self.db.execute(
-                "INSERT INTO audit_records VALUES (?, ?, ?, ?, ?, ?, ?, ?)", _row(record)
-            )
+            record = append_at_head(self.db.execute, event, "?")
             self.db.execute("COMMIT")
         except BaseException:
             self.db.execute("ROLLBACK")
@@ -125,6 +118,15 @@ class SQLiteStore:
 
     def close(self) -> None:
         self.db.close()
+
+
+def append_at_head(execute, event: records.Event, mark: str) -> dict:
+    """Read the chain's head and insert the next record; the caller holds the write lock."""
+    head = execute("SELECT seq, hash FROM audit_records ORDER BY seq DESC LIMIT 1").fetchone()
+    seq, prev = (head[0] + 1, head[1]) if head else (1, records.GENESIS)
+    record = records.seal(event, seq, prev)
+    execute(f"INSERT INTO audit_records VALUES ({', '.join([mark] * 8)})", _row(record))
+    return record
 
 
 def _row(record: dict) -> tuple:

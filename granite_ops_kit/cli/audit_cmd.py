@@ -25,9 +25,12 @@ DB_OPTION = typer.Option(
 
 
 def _store(url: str | None):
+    """The store, as a context manager that closes it."""
+    from contextlib import closing
+
     from granite_ops_kit.audit.store import open_store
 
-    return open_store(url)
+    return closing(open_store(url))
 
 
 @app.command("log")
@@ -44,11 +47,8 @@ def log(
     from granite_ops_kit.audit.store import Query
 
     output.use_json(json_)
-    store = _store(audit_db)
-    try:
+    with _store(audit_db) as store:
         rows = list(store.records(Query(since, until, event, subject, outcome)))
-    finally:
-        store.close()
 
     def render(con: Console) -> None:
         table = Table("seq", "time (UTC)", "event", "subject", "outcome", "actor", "reason")
@@ -92,11 +92,8 @@ def verify(
     keys = {}
     for path in public_key or []:
         keys.update(_named_key(path))
-    store = _store(audit_db)
-    try:
+    with _store(audit_db) as store:
         verdict = verify_store(store, keys or None, min_size)
-    finally:
-        store.close()
     if not verdict.ok:
         raise AuditChainBroken(f"{store.url}: {verdict.problem}.", details=verdict.to_json())
     output.emit(
@@ -129,11 +126,8 @@ def checkpoint_cmd(
     from granite_ops_kit.audit.service import sign_checkpoint
 
     output.use_json(json_)
-    store = _store(audit_db)
-    try:
+    with _store(audit_db) as store:
         record = sign_checkpoint(store, key, origin)
-    finally:
-        store.close()
     d = record["details"]
     output.emit(
         {"record": record},
