@@ -5,7 +5,7 @@ set -euo pipefail
 
 need=()
 command -v pg_ctl >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || need+=(postgresql)
-command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
+command -v dockerd >/dev/null 2>&1 || need+=(docker.io)  # the tests start it only with --bridge=none
 
 if [ ${#need[@]} -eq 0 ]; then
     echo "system packages: all present"
