@@ -1,0 +1,138 @@
+"""GPU speed of the runtime against transformers, same random weights (run on the device).
+
+Today's runtime runs its plain PyTorch path on CUDA (no Triton kernels or CUDA graphs yet),
+so this is the baseline issue 6 starts from. For each model: the device-to-device copy
+bandwidth measured in the same run, prefill tok/s of one prompt, decode tok/s at several
+batch sizes, and decode's fraction of the memory roofline (bytes a step must read - weights,
+KV, state read and written - over the copy bandwidth); then transformers' decode at batch 1.
+
+    python3 bench/gpu_bench.py [--models granite-4.0-h-micro] [--prompt 4096]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from granite_ops_kit.demo.checkpoint import write_demo_model
+from granite_runtime import memory
+from granite_runtime.cache import Batch, HybridCache
+from granite_runtime.loader import load_model
+
+
+def copy_bandwidth(gib: float = 2.0) -> float:
+    """GB/s of a device-to-device copy, counting bytes read and written."""
+    a = torch.empty(int(gib * 2**30), dtype=torch.uint8, device="cuda")
+    b = torch.empty_like(a)
+    for _ in range(3):
+        b.copy_(a)
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(10):
+        b.copy_(a)
+    torch.cuda.synchronize()
+    return 2 * a.numel() * 10 / (time.perf_counter() - t) / 1e9
+
+
+def _timed(fn, repeat: int) -> float:
+    fn()
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t) / repeat
+
+
+@torch.inference_mode()
+def gkit(path: Path, prompt_len: int, batches: list[int], bandwidth: float) -> dict:
+    model = load_model(path, "bfloat16", "cuda")
+    c = model.config
+    out = {}
+    cache = HybridCache(c, 1, prompt_len + 8, torch.bfloat16, "cuda")
+    prompt = torch.randint(0, 900, (1, prompt_len), device="cuda")
+    secs = _timed(lambda: model(prompt, Batch.make([0], [0], "cuda"), cache), 2)
+    out["prefill_tok_s"] = prompt_len / secs
+    out["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    weights = memory.parameter_count(c) * 2
+    for b in batches:
+        cache = HybridCache(c, b, 1024, torch.bfloat16, "cuda")
+        tokens = torch.randint(0, 900, (b, 1), device="cuda")
+        batch = Batch.make(list(range(b)), [512] * b, "cuda")
+        step = _timed(
+            lambda batch=batch, cache=cache, tokens=tokens: model(tokens, batch, cache), 20
+        )
+        moved = weights + b * (
+            512 * memory.kv_bytes_per_token(c) + 2 * memory.state_bytes_per_sequence(c)
+        )
+        out[f"decode_b{b}"] = {
+            "tok_s": b / step,
+            "step_ms": step * 1e3,
+            "roofline_fraction": moved / step / 1e9 / bandwidth,
+        }
+    return out  # the model and caches are freed with this frame
+
+
+@torch.inference_mode()
+def transformers_decode(path: Path) -> float:
+    from transformers import GraniteMoeHybridForCausalLM
+
+    model = GraniteMoeHybridForCausalLM.from_pretrained(path, dtype=torch.bfloat16).cuda().eval()
+    ids = torch.randint(0, 900, (1, 512), device="cuda")
+    out = model(ids, use_cache=True)
+    cache = getattr(out, "cache", None) or out.past_key_values
+    token = out.logits[:, -1:].argmax(-1)
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(16):
+        out = model(token, cache=cache, use_cache=True)
+        token = out.logits[:, -1:].argmax(-1)
+    torch.cuda.synchronize()
+    del model
+    torch.cuda.empty_cache()
+    return 16 / (time.perf_counter() - t)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="granite-4.0-h-micro")
+    ap.add_argument("--root", default="/tmp/gkit-models")
+    ap.add_argument("--prompt", type=int, default=4096)
+    ap.add_argument("--batches", default="1,8,64")
+    args = ap.parse_args()
+    bandwidth = copy_bandwidth()
+    print(f"card: {torch.cuda.get_device_name()}, copy bandwidth {bandwidth:.0f} GB/s")
+    report = {"card": torch.cuda.get_device_name(), "copy_gb_s": bandwidth}
+    for name in args.models.split(","):
+        path = Path(args.root) / name
+        if not (path / "config.json").exists():
+            Path(args.root).mkdir(parents=True, exist_ok=True)
+            write_demo_model(path, name)
+        r = gkit(path, args.prompt, [int(b) for b in args.batches.split(",")], bandwidth)
+        torch.cuda.empty_cache()
+        r["transformers_decode_b1_tok_s"] = transformers_decode(path)
+        report[name] = r
+        print(
+            f"{name}: prefill {args.prompt} tokens {r['prefill_tok_s']:,.0f} tok/s "
+            f"(peak {r['peak_gib']:.1f} GiB)"
+        )
+        for key, v in r.items():
+            if key.startswith("decode_b"):
+                print(
+                    f"  {key}: {v['tok_s']:,.1f} tok/s, {v['step_ms']:.1f} ms/step, "
+                    f"{v['roofline_fraction']:.1%} of the memory roofline"
+                )
+        print(
+            f"  transformers (PyTorch path) decode b1: {r['transformers_decode_b1_tok_s']:.1f}"
+            f" tok/s; gkit / transformers = "
+            f"{r['decode_b1']['tok_s'] / r['transformers_decode_b1_tok_s']:.2f}x"
+        )
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
