@@ -10,7 +10,7 @@ from rich.table import Table
 
 from granite_ops_kit.cli import output
 from granite_ops_kit.cli.options import JSON_OPTION
-from granite_ops_kit.errors import AuditChainBroken, NotBuiltYet
+from granite_ops_kit.errors import AuditChainBroken
 
 app = typer.Typer(
     help="Read, verify, checkpoint and export the tamper-evident audit log.", no_args_is_help=True
@@ -137,10 +137,47 @@ def checkpoint_cmd(
     )
 
 
-@app.command("export", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def export(ctx: typer.Context) -> None:
-    """[not built yet] Export records for an auditor: jsonl, csv, html, cyclonedx, evidence."""
-    raise NotBuiltYet(
-        "'gkit audit export' is not built yet; 'gkit audit log --json' prints "
-        "the records meanwhile."
+@app.command("export")
+def export(
+    output_path: Path = typer.Option(..., "--output", "-o", help="File to write."),
+    fmt: str = typer.Option(
+        "evidence",
+        "--format",
+        "-f",
+        help="jsonl, csv, html (one "
+        "self-contained page) or evidence (a zip an auditor can verify "
+        "with openssl and coreutils: run verify.sh inside it).",
+    ),
+    since: str = typer.Option(None, help="From this UTC time (ISO 8601), inclusive."),
+    until: str = typer.Option(None, help="Up to this UTC time, exclusive."),
+    audit_db: str = DB_OPTION,
+    json_: bool = JSON_OPTION,
+) -> None:
+    """Export records for an auditor; the export itself is recorded in the log."""
+    import hashlib
+
+    from granite_ops_kit.audit import export as exporter
+    from granite_ops_kit.audit.records import Event, Subject
+    from granite_ops_kit.audit.store import Query
+
+    output.use_json(json_)
+    with _store(audit_db) as store:
+        all_rows = list(store.records())
+        rows = list(store.records(Query(since=since, until=until)))
+        path = exporter.export(rows, all_rows, fmt, output_path)
+        digest = "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+        store.append(
+            Event(
+                "audit.exported",
+                Subject(path.name, digest=digest),
+                "success",
+                reason=f"{fmt} export of {len(rows)} records",
+                evidence={path.name: digest},
+                details={"format": fmt, "since": since, "until": until},
+            )
+        )
+    result = {"path": str(path), "format": fmt, "records": len(rows), "digest": digest}
+    output.emit(
+        result,
+        lambda con: con.print(f"wrote {len(rows)} records as {fmt} to {path} ({digest[:23]}…)"),
     )

@@ -1,0 +1,185 @@
+"""Exports for an auditor: jsonl, csv, a self-contained HTML report, and an evidence zip.
+
+The evidence zip is built so that it can be checked with OpenSSL and coreutils alone
+(`verify.sh` inside it, docs/audit.md): every record's canonical bytes as a file, their
+SHA-256 list, the chain as a table, the newest checkpoint's body, signature and public key,
+the Merkle leaves, and a manifest of the digests of everything.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import hashlib
+import html
+import io
+import json
+import os
+import tempfile
+import zipfile
+from collections import Counter
+from importlib import resources
+from pathlib import Path
+
+from granite_ops_kit.audit import records as rec
+from granite_ops_kit.audit.verify import CHECKPOINT_EVENT
+from granite_ops_kit.errors import UsageError
+
+FORMATS = ("jsonl", "csv", "html", "evidence")
+CSV_COLUMNS = [
+    "seq",
+    "time",
+    "event",
+    "subject",
+    "revision",
+    "digest",
+    "outcome",
+    "reason",
+    "actor",
+    "host",
+    "tool_version",
+    "policy_id",
+    "controls",
+    "hash",
+    "prev_hash",
+]
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside `path`, then rename: never a partial export."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def to_jsonl(rows: list[dict]) -> bytes:
+    return b"".join(
+        json.dumps(r, sort_keys=True, ensure_ascii=False).encode() + b"\n" for r in rows
+    )
+
+
+def to_csv(rows: list[dict]) -> bytes:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(CSV_COLUMNS)
+    for r in rows:
+        s = r["subject"]
+        writer.writerow(
+            [
+                r["seq"],
+                r["time"],
+                r["event"],
+                s["name"],
+                s.get("revision") or "",
+                s.get("digest") or "",
+                r["outcome"],
+                r["reason"],
+                r["actor"],
+                r["host"],
+                r["tool_version"],
+                r.get("policy_id") or "",
+                " ".join(r["controls"]),
+                r["hash"],
+                r["prev_hash"],
+            ]
+        )
+    return buffer.getvalue().encode()
+
+
+def to_html(rows: list[dict], title: str) -> bytes:
+    template = resources.files("granite_ops_kit.audit").joinpath("report.html").read_text()
+    events = Counter(r["event"] for r in rows)
+    controls = Counter(c for r in rows for c in r["controls"])
+    failures = sum(r["outcome"] != "success" for r in rows)
+    esc = html.escape
+    count_rows = lambda counter: "".join(  # noqa: E731
+        f"<tr><td>{esc(k)}</td><td>{v}</td></tr>" for k, v in sorted(counter.items())
+    )
+    record_rows = "".join(
+        f'<tr id="r{r["seq"]}" class="{"fail" if r["outcome"] != "success" else ""}">'
+        f'<td><a href="#r{r["seq"]}">{r["seq"]}</a></td><td>{esc(r["time"])}</td>'
+        f"<td>{esc(r['event'])}</td><td>{esc(r['subject']['name'])}</td>"
+        f"<td>{esc(r['outcome'])}</td><td>{esc(r['actor'])}@{esc(r['host'])}</td>"
+        f"<td>{esc(r['reason'])}</td><td>{esc(' '.join(r['controls']))}</td>"
+        f"<td><code>{r['hash'][:16]}</code></td></tr>"
+        for r in rows
+    )
+    page = (
+        template.replace("{{title}}", esc(title))
+        .replace(
+            "{{summary}}",
+            f"{len(rows)} records, {failures} not successful, "
+            f"seq {rows[0]['seq'] if rows else '-'}.."
+            f"{rows[-1]['seq'] if rows else '-'}",
+        )
+        .replace("{{events}}", count_rows(events))
+        .replace("{{controls}}", count_rows(controls))
+        .replace("{{records}}", record_rows)
+    )
+    return page.encode()
+
+
+def _checkpoint_files(all_rows: list[dict]) -> dict[str, bytes]:
+    """The newest checkpoint's body, raw signature, public key and the leaves it covers."""
+    points = [r for r in all_rows if r["event"] == CHECKPOINT_EVENT]
+    if not points:
+        return {}
+    d = points[-1]["details"]
+    body, _, sig_line = d["note"].partition("\n\n")
+    leaves = b"".join(bytes.fromhex(r["hash"]) for r in all_rows[: d["size"]])
+    return {
+        "checkpoint/note.txt": d["note"].encode(),
+        "checkpoint/body.txt": (body + "\n").encode(),
+        "checkpoint/signature.bin": base64.b64decode(sig_line.split(" ")[2])[4:],
+        "checkpoint/public-key.pem": d["public_key"].encode(),
+        "checkpoint/root.bin": base64.b64decode(d["root"]),
+        "checkpoint/leaves.bin": leaves,
+    }
+
+
+def to_evidence(rows: list[dict], all_rows: list[dict]) -> bytes:
+    files: dict[str, bytes] = {}
+    for r in rows:
+        files[f"records/{r['seq']:08d}.json"] = rec.canonical(r)
+    files["hashes.sha256"] = "".join(
+        f"{r['hash']}  records/{r['seq']:08d}.json\n" for r in rows
+    ).encode()
+    files["chain.tsv"] = "".join(
+        f"{r['seq']}\t{r['prev_hash']}\t{r['hash']}\n" for r in rows
+    ).encode()
+    files["records.jsonl"] = to_jsonl(rows)
+    files.update(_checkpoint_files(all_rows))
+    files["verify.sh"] = (
+        resources.files("granite_ops_kit.audit").joinpath("verify_evidence.sh").read_bytes()
+    )
+    files["manifest.sha256"] = "".join(
+        f"{hashlib.sha256(data).hexdigest()}  {name}\n" for name, data in sorted(files.items())
+    ).encode()
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in sorted(files.items()):
+            info = zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0))
+            info.external_attr = (0o755 if name.endswith(".sh") else 0o644) << 16
+            z.writestr(info, data)
+    return buffer.getvalue()
+
+
+def export(
+    rows: list[dict], all_rows: list[dict], fmt: str, output: Path, title: str = "gkit audit report"
+) -> Path:
+    if fmt not in FORMATS:
+        raise UsageError(f"unknown export format '{fmt}'; choose one of {', '.join(FORMATS)}.")
+    data = {
+        "jsonl": lambda: to_jsonl(rows),
+        "csv": lambda: to_csv(rows),
+        "html": lambda: to_html(rows, title),
+        "evidence": lambda: to_evidence(rows, all_rows),
+    }[fmt]()
+    _atomic_write(output, data)
+    return output

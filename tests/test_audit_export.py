@@ -1,0 +1,130 @@
+"""Auditor exports: jsonl, csv, HTML, and an evidence zip verifiable with openssl + coreutils."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import zipfile
+
+import pytest
+
+from granite_ops_kit.audit.records import Event, Subject
+from granite_ops_kit.audit.service import sign_checkpoint
+from granite_ops_kit.audit.store import open_store
+from tests.conftest import run_gkit
+
+
+@pytest.fixture
+def log(tmp_path):
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    store = open_store(url)
+    for i in range(11):
+        store.append(
+            Event(
+                "artifact.verified" if i % 3 else "capacity.planned",
+                Subject(f"model-{i}", "rev", f"sha256:{i:064x}"),
+                "failure" if i == 4 else "success",
+                reason=f"step {i}",
+            )
+        )
+    sign_checkpoint(store, tmp_path / "key.pem", "test-log")
+    store.append(Event("deployment.applied", Subject("model-1"), "success"))
+    store.close()
+    return url
+
+
+def _export(url, fmt, path):
+    result = run_gkit(
+        "audit", "export", "--format", fmt, "--output", str(path), "--audit-db", url, "--json"
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_jsonl_and_csv(log, tmp_path):
+    assert _export(log, "jsonl", tmp_path / "a.jsonl")["records"] == 13
+    lines = (tmp_path / "a.jsonl").read_text().splitlines()
+    assert [json.loads(x)["seq"] for x in lines] == list(range(1, 14))
+    _export(log, "csv", tmp_path / "a.csv")
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "a.csv").read_text())))
+    assert len(rows) == 14  # the jsonl export above is itself a record now
+    assert rows[4]["outcome"] == "failure" and rows[4]["controls"].startswith("A.10.3")
+    # the exports were recorded in the log
+    events = [json.loads(x)["event"] for x in (tmp_path / "a.jsonl").read_text().splitlines()]
+    assert "audit.exported" not in events  # not yet when the jsonl was written
+    assert rows[-1]["event"] == "audit.exported"
+
+
+def test_html_report_counts_and_highlights_failures(log, tmp_path):
+    _export(log, "html", tmp_path / "r.html")
+    page = (tmp_path / "r.html").read_text()
+    assert page.startswith("<!doctype html>") and "<script" not in page and "http" not in page
+    assert page.count('<tr id="r') == 13 and page.count('class="fail"') == 1
+    assert "<td>artifact.verified</td><td>7</td>" in page
+    assert "<td>A.6.2.4</td><td>7</td>" in page
+
+
+def _unzip(path, dest):
+    with zipfile.ZipFile(path) as z:
+        z.extractall(dest)
+    return dest
+
+
+def test_evidence_zip_verifies_with_openssl_and_coreutils_only(log, tmp_path):
+    _export(log, "evidence", tmp_path / "e.zip")
+    folder = _unzip(tmp_path / "e.zip", tmp_path / "e")
+    ok = subprocess.run(
+        ["bash", "verify.sh"],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert "13 hashes and links OK" in ok.stdout
+    assert "checkpoint: 11 records, root and signature OK" in ok.stdout
+
+
+@pytest.mark.parametrize(
+    "tamper,message",
+    [
+        ("record", "differs from manifest"),
+        ("record+manifests", "a record's bytes do not match its hash"),
+        ("signature", "differs from manifest"),
+    ],
+)
+def test_evidence_tampering_fails_the_recipe(log, tmp_path, tamper, message):
+    import hashlib
+
+    _export(log, "evidence", tmp_path / "e.zip")
+    folder = _unzip(tmp_path / "e.zip", tmp_path / "e")
+    target = folder / (
+        "records/00000005.json" if tamper.startswith("record") else "checkpoint/signature.bin"
+    )
+    data = target.read_bytes()
+    target.write_bytes(
+        data.replace(b"failure", b"success")
+        if tamper.startswith("record")
+        else bytes([data[0] ^ 1]) + data[1:]
+    )
+    if tamper == "record+manifests":  # the forger also fixes the manifest, not the hashes
+        lines = (folder / "manifest.sha256").read_text().splitlines()
+        digest = hashlib.sha256(target.read_bytes()).hexdigest()
+        fixed = [
+            f"{digest}  records/00000005.json" if ln.endswith("records/00000005.json") else ln
+            for ln in lines
+        ]
+        (folder / "manifest.sha256").write_text("\n".join(fixed) + "\n")
+    bad = subprocess.run(["bash", "verify.sh"], cwd=folder, capture_output=True, text=True)
+    assert bad.returncode == 1
+    assert message in bad.stderr
+
+
+def test_unknown_format_is_a_usage_error(log, tmp_path):
+    result = run_gkit(
+        "audit", "export", "--format", "pdf", "--output", str(tmp_path / "x"), "--audit-db", log
+    )
+    assert result.returncode == 2 and "unknown export format 'pdf'" in result.stderr
+    assert not (tmp_path / "x").exists()
