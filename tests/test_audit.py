@@ -221,3 +221,49 @@ def test_eight_concurrent_writers_keep_one_chain(audit_url):
     assert store.count() == 4000
     verdict = verify_store(store)
     assert verdict.ok and verdict.records == 4000
+
+
+def test_fast_canonical_json_equals_rfc8785():
+    import rfc8785
+
+    from granite_ops_kit.audit.records import canonical, seal
+
+    tricky = [
+        "plain",
+        "ünïcødé 東京 😀",
+        'quote " backslash \\ slash /',
+        "\x00\x01\x1f\x7f",
+        "\b\f\n\r\t",
+        "\u2028\u2029",
+        "",
+    ]
+    for i, text in enumerate(tricky):
+        record = seal(
+            Event(
+                "artifact.pulled",
+                Subject(text, text, None),
+                "success",
+                reason=text,
+                details={
+                    "n": i,
+                    "big": 2**53 - 1,
+                    "huge": 2**60,
+                    "neg": -7,
+                    "t": True,
+                    "none": None,
+                    "list": [text, i],
+                },
+            ),
+            i + 1,
+            GENESIS,
+        )
+        body = {k: v for k, v in record.items() if k != "hash"}
+        assert canonical(record) == rfc8785.dumps(body), repr(text)
+        assert record["details"]["huge"] == str(2**60)
+        assert record["details"]["huge"] == str(2**60)
+    with_float = seal(
+        Event("capacity.planned", Subject("m"), "success", details={"ratio": 0.1 + 0.2}), 1, GENESIS
+    )
+    assert canonical(with_float) == rfc8785.dumps(
+        {k: v for k, v in with_float.items() if k != "hash"}
+    )

@@ -36,9 +36,12 @@ class PostgresStore:
             self.db.execute(SCHEMA_SQL.replace("INTEGER PRIMARY KEY", "BIGINT PRIMARY KEY"))
 
     def append(self, event: records.Event) -> dict:
+        return self.append_many([event])[0]
+
+    def append_many(self, events: list[records.Event]) -> list[dict]:
         with self.db.transaction():
             self.db.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
-            return append_at_head(self.db.execute, event, "%s")
+            return [append_at_head(self.db.execute, event, "%s") for event in events]
 
     def records(self, query: Query = Query()) -> Iterator[dict]:
         where, args = _where(query)

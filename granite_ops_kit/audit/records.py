@@ -22,6 +22,7 @@ from granite_ops_kit import __version__
 
 SCHEMA = "gkit.audit/v1"
 GENESIS = "0" * 64
+SAFE_INT = 2**53 - 1  # RFC 8785 numbers are IEEE doubles
 # Keys whose values must never reach the log, whatever an event's author passes.
 SECRET_KEYS = ("token", "password", "secret", "api_key", "apikey", "private_key", "authorization")
 
@@ -71,7 +72,8 @@ def controls_for(event: str) -> list[str]:
 
 
 def scrub(value):
-    """Replace the values of secret-looking keys, at any depth, with a marker."""
+    """Replace the values of secret-looking keys, at any depth, with a marker; write integers
+    beyond RFC 8785's exact range (2^53 - 1) as strings so they keep every digit."""
     if isinstance(value, dict):
         return {
             k: ("[redacted]" if any(s in k.lower() for s in SECRET_KEYS) else scrub(v))
@@ -79,6 +81,8 @@ def scrub(value):
         }
     if isinstance(value, list):
         return [scrub(v) for v in value]
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > SAFE_INT:
+        return str(value)
     return value
 
 
@@ -99,8 +103,27 @@ def body(event: Event, seq: int, prev_hash: str, time: str) -> dict:
     }
 
 
+def _has_float(value) -> bool:
+    if isinstance(value, float):
+        return True
+    if isinstance(value, dict):
+        return any(_has_float(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_float(v) for v in value)
+    return False
+
+
 def canonical(record: dict) -> bytes:
-    return rfc8785.dumps({k: v for k, v in record.items() if k != "hash"})
+    """RFC 8785 canonical JSON of the record without `hash`.
+
+    Without floats (nearly every record), RFC 8785 is exactly Python's sorted, compact,
+    non-ASCII-preserving json.dumps (keys here are ASCII, so UTF-16 and code-point order
+    agree); that path is ~10x faster than the general one (tests check they agree).
+    """
+    body = {k: v for k, v in record.items() if k != "hash"}
+    if _has_float(body):
+        return rfc8785.dumps(body)
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def record_hash(record: dict) -> str:

@@ -35,6 +35,7 @@ class AuditStore(Protocol):
     url: str
 
     def append(self, event: records.Event) -> dict: ...
+    def append_many(self, events: list[records.Event]) -> list[dict]: ...
     def records(self, query: Query = Query()) -> Iterator[dict]: ...
     def count(self) -> int: ...
     def close(self) -> None: ...
@@ -97,14 +98,18 @@ class SQLiteStore:
         self.db.executescript(SCHEMA_SQL)
 
     def append(self, event: records.Event) -> dict:
+        return self.append_many([event])[0]
+
+    def append_many(self, events: list[records.Event]) -> list[dict]:
+        """Several events in one transaction (one fsync), still one record each, chained."""
         self.db.execute("BEGIN IMMEDIATE")
         try:
-            record = append_at_head(self.db.execute, event, "?")
+            out = [append_at_head(self.db.execute, event, "?") for event in events]
             self.db.execute("COMMIT")
         except BaseException:
             self.db.execute("ROLLBACK")
             raise
-        return record
+        return out
 
     def records(self, query: Query = Query()) -> Iterator[dict]:
         where, args = _where(query)
