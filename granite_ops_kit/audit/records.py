@@ -52,6 +52,11 @@ class Event:
 
 
 def _actor() -> str:
+    """Who acts: GKIT_ACTOR when a pipeline sets it (its service identity), else the OS user."""
+    import os
+
+    if os.environ.get("GKIT_ACTOR"):
+        return os.environ["GKIT_ACTOR"]
     try:
         return getpass.getuser()
     except (KeyError, OSError):

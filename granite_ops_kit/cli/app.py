@@ -47,7 +47,8 @@ def _global(
 
 
 # Order here is the order in `gkit --help`: the pipeline, then the tools around it.
-planned.register(app, ["verify", "sign", "pull", "approve"])
+planned.register(app, ["verify", "sign", "pull"])
+app.command("approve")(audit_cmd.approve)
 app.add_typer(audit_cmd.app, name="audit")
 app.command("size")(size_cmd.size)
 app.command("generate")(runtime_cmds.generate)

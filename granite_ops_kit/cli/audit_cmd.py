@@ -181,3 +181,30 @@ def export(
         result,
         lambda con: con.print(f"wrote {len(rows)} records as {fmt} to {path} ({digest[:23]}…)"),
     )
+
+
+def approve(
+    subject: str = typer.Argument(..., help="What is approved: a model name or release."),
+    as_role: str = typer.Option(..., "--as", help="The approver's role, e.g. release-manager."),
+    digest: str = typer.Option(None, help="The exact manifest digest approved (sha256:...)."),
+    reason: str = typer.Option("", help="Why; shown to auditors."),
+    audit_db: str = DB_OPTION,
+    json_: bool = JSON_OPTION,
+) -> None:
+    """Record an approval of SUBJECT by you (or GKIT_ACTOR) in a role.
+
+    A deploy guarded by segregation of duties needs an approval by someone other than the
+    person who requests it.
+    """
+    from granite_ops_kit.audit.approvals import approve as record_approval
+
+    output.use_json(json_)
+    with _store(audit_db) as store:
+        record = record_approval(store, subject, as_role, digest, reason)
+    output.emit(
+        {"record": record},
+        lambda con: con.print(
+            f"approval of {subject} by {record['actor']} as {as_role} recorded "
+            f"(record {record['seq']})"
+        ),
+    )

@@ -15,7 +15,6 @@ PLANNED: dict[str, str] = {
     "verify": "Check a model's OpenSSF Model Signing signature and policy.",
     "sign": "Sign a model directory (OpenSSF Model Signing, key or certificate).",
     "pull": "Download a model from the Hugging Face Hub at a pinned commit, then verify it.",
-    "approve": "Record an approval of a model or deployment by a named role.",
     "build": "Build a non-root container image of the runtime and the model.",
     "deploy": "Deploy a verified model: Helm chart, Kubernetes or Docker, sized for N GPUs.",
 }

@@ -1,0 +1,56 @@
+"""Approvals and segregation of duties, through the CLI and the check a deploy will call."""
+
+from __future__ import annotations
+
+import json
+
+from granite_ops_kit.audit.approvals import segregation_of_duties
+from granite_ops_kit.audit.store import open_store
+from tests.conftest import run_gkit
+
+
+def _approve(url, actor, *args):
+    result = run_gkit(
+        "approve",
+        "granite-4.0-h-micro",
+        *args,
+        "--audit-db",
+        url,
+        "--json",
+        env={"GKIT_ACTOR": actor},
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)["record"]
+
+
+def test_approval_is_recorded_with_role_and_controls(audit_url):
+    record = _approve(audit_url, "alice", "--as", "release-manager", "--digest", "sha256:ab")
+    assert record["event"] == "approval.recorded" and record["actor"] == "alice"
+    assert record["details"]["role"] == "release-manager"
+    assert record["subject"]["digest"] == "sha256:ab"
+    assert "A.3.2" in record["controls"]
+
+
+def test_segregation_of_duties(audit_url):
+    store = open_store(audit_url)
+    none = segregation_of_duties(store, "granite-4.0-h-micro", "bob", "release-manager")
+    assert not none.allowed and "no approval as release-manager" in none.reason
+    _approve(audit_url, "bob", "--as", "release-manager", "--digest", "sha256:ab")
+    self_only = segregation_of_duties(store, "granite-4.0-h-micro", "bob", "release-manager")
+    assert not self_only.allowed and "a second person" in self_only.reason
+    _approve(audit_url, "alice", "--as", "release-manager", "--digest", "sha256:ab")
+    ok = segregation_of_duties(
+        store, "granite-4.0-h-micro", "bob", "release-manager", digest="sha256:ab"
+    )
+    assert ok.allowed and "approved by alice" in ok.reason and ok.approval_seq == 2
+    other_digest = segregation_of_duties(
+        store, "granite-4.0-h-micro", "bob", "release-manager", digest="sha256:cd"
+    )
+    assert not other_digest.allowed
+    wrong_role = segregation_of_duties(store, "granite-4.0-h-micro", "bob", "ciso")
+    assert not wrong_role.allowed
+
+
+def test_approve_needs_a_role(tmp_path):
+    result = run_gkit("approve", "m", "--audit-db", f"sqlite:///{tmp_path / 'a.db'}")
+    assert result.returncode == 2 and "--as" in result.stderr
