@@ -5,6 +5,8 @@ set -euo pipefail
 
 need=()
 command -v pg_ctl >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || need+=(postgresql)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v dockerd >/dev/null 2>&1 || need+=(docker.io)  # the tests start it only with --bridge=none
 
 if [ ${#need[@]} -eq 0 ]; then

@@ -128,3 +128,59 @@ def test_unknown_format_is_a_usage_error(log, tmp_path):
     )
     assert result.returncode == 2 and "unknown export format 'pdf'" in result.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_cyclonedx_ml_bom_is_strictly_valid(log, tmp_path):
+    from cyclonedx.schema import SchemaVersion
+    from cyclonedx.validation.json import JsonStrictValidator
+
+    _export(log, "cyclonedx", tmp_path / "bom.json")
+    text = (tmp_path / "bom.json").read_text()
+    assert JsonStrictValidator(SchemaVersion.V1_6).validate_str(text) is None
+    bom = json.loads(text)
+    assert bom["specVersion"] == "1.6"
+    models = bom["components"]
+    assert len(models) == 6  # six distinct verified models, the failed one left out
+    assert all(c["type"] == "machine-learning-model" and c["modelCard"] for c in models)
+    assert models[0]["hashes"][0]["alg"] == "SHA-256"
+    # The validator is strict: an unknown field in the model card is refused.
+    models[0]["modelCard"]["madeUp"] = 1
+    assert JsonStrictValidator(SchemaVersion.V1_6).validate_str(json.dumps(bom)) is not None
+
+
+def test_html_report_renders_in_headless_chromium(log, tmp_path):
+    import shutil
+
+    import numpy as np
+    from matplotlib import image
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "chromium is installed by make venv"
+    _export(log, "html", tmp_path / "r.html")
+    shot = tmp_path / "shot.png"
+    subprocess.run(
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--window-size=1280,900",
+            f"--screenshot={shot}",
+            (tmp_path / "r.html").as_uri(),
+        ],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+    pixels = image.imread(shot)[..., :3]
+    assert pixels.shape[0] >= 800 and pixels.shape[1] >= 1200
+    assert pixels.std() > 0.05  # not blank
+    red = (pixels[..., 0] > 0.95) & (pixels[..., 1] < 0.92) & (pixels[..., 2] < 0.92)
+    assert red.sum() > 500  # the failed record's row is highlighted
+    assert len(np.unique((pixels * 255).astype(int).reshape(-1, 3), axis=0)) > 20

@@ -21,11 +21,12 @@ from collections import Counter
 from importlib import resources
 from pathlib import Path
 
+from granite_ops_kit.audit import mlbom
 from granite_ops_kit.audit import records as rec
 from granite_ops_kit.audit.verify import CHECKPOINT_EVENT
 from granite_ops_kit.errors import UsageError
 
-FORMATS = ("jsonl", "csv", "html", "evidence")
+FORMATS = ("jsonl", "csv", "html", "cyclonedx", "evidence")
 CSV_COLUMNS = [
     "seq",
     "time",
@@ -154,6 +155,7 @@ def to_evidence(rows: list[dict], all_rows: list[dict]) -> bytes:
         f"{r['seq']}\t{r['prev_hash']}\t{r['hash']}\n" for r in rows
     ).encode()
     files["records.jsonl"] = to_jsonl(rows)
+    files["ml-bom.cdx.json"] = mlbom.ml_bom(rows).encode()
     files.update(_checkpoint_files(all_rows))
     files["verify.sh"] = (
         resources.files("granite_ops_kit.audit").joinpath("verify_evidence.sh").read_bytes()
@@ -179,6 +181,7 @@ def export(
         "jsonl": lambda: to_jsonl(rows),
         "csv": lambda: to_csv(rows),
         "html": lambda: to_html(rows, title),
+        "cyclonedx": lambda: mlbom.ml_bom(rows).encode(),
         "evidence": lambda: to_evidence(rows, all_rows),
     }[fmt]()
     _atomic_write(output, data)

@@ -144,7 +144,7 @@ def export(
         "evidence",
         "--format",
         "-f",
-        help="jsonl, csv, html (one "
+        help="jsonl, csv, cyclonedx (ML-BOM of verified models), html (one "
         "self-contained page) or evidence (a zip an auditor can verify "
         "with openssl and coreutils: run verify.sh inside it).",
     ),
