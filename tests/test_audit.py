@@ -267,3 +267,41 @@ def test_fast_canonical_json_equals_rfc8785():
     assert canonical(with_float) == rfc8785.dumps(
         {k: v for k, v in with_float.items() if k != "hash"}
     )
+
+
+def test_retention_prunes_old_records_and_the_log_still_verifies(audit_url, tmp_path):
+    from datetime import datetime, timedelta
+
+    from granite_ops_kit.audit.service import prune
+
+    store = _fill(audit_url, 4)
+    sign_checkpoint(store, tmp_path / "key.pem", "log")  # record 5 covers 1..4
+    for i in range(5):
+        store.append(_event(10 + i))
+    sixth = list(store.records())[5]["time"]
+    now = datetime.fromisoformat(sixth.replace("Z", "+00:00")) + timedelta(days=1095)
+    summary = prune(store, 1095, tmp_path / "key.pem", now=now)
+    assert summary["last_seq"] == 5
+    remaining = [r["seq"] for r in store.records()]
+    assert remaining == [6, 7, 8, 9, 10, 11]  # 11 is the audit.pruned record
+    verdict = verify_store(store)
+    assert verdict.ok, verdict.problem
+    assert verdict.records == 11 and "pruned" in verdict.notes[0]
+    # A second pruning extends the signed summary.
+    later = prune(store, 1095, tmp_path / "key.pem", now=now + timedelta(days=1))
+    assert later["last_seq"] == 11 and len(later["leaves"]) == 11 * 64
+    assert verify_store(store).ok
+    # Forging the summary's hashes breaks verification.
+    forged = later["leaves"][:-1] + ("0" if later["leaves"][-1] != "0" else "1")
+    _sql(store, "UPDATE audit_pruned SET leaves = ? WHERE last_seq = 11", forged)
+    verdict = verify_store(store)
+    assert not verdict.ok and "summary of pruned records 1..11" in verdict.problem
+
+
+def test_prune_cli_keeps_recent_records(audit_url):
+    _fill(audit_url, 3).close()
+    result = run_gkit("audit", "prune", "--audit-db", audit_url, "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["pruned_through"] is None
+    too_short = run_gkit("audit", "prune", "--retention-days", "30", "--audit-db", audit_url)
+    assert too_short.returncode == 2

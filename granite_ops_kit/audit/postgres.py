@@ -10,7 +10,13 @@ import json
 from collections.abc import Iterator
 
 from granite_ops_kit.audit import records
-from granite_ops_kit.audit.store import SCHEMA_SQL, Query, _where, append_at_head
+from granite_ops_kit.audit.store import (
+    PRUNED_COLUMNS,
+    SCHEMA_SQL,
+    Query,
+    _where,
+    append_at_head,
+)
 from granite_ops_kit.errors import UsageError
 
 LOCK_KEY = 0x676B6974  # "gkit"
@@ -56,6 +62,25 @@ class PostgresStore:
     def count(self) -> int:
         with self.db.transaction():
             return self.db.execute("SELECT count(*) FROM audit_records").fetchone()[0]
+
+    def prune(self, summary: dict) -> int:
+        with self.db.transaction():
+            self.db.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
+            self.db.execute(
+                "INSERT INTO audit_pruned VALUES (%s, %s, %s, %s)",
+                [summary[c] for c in PRUNED_COLUMNS],
+            )
+            return self.db.execute(
+                "DELETE FROM audit_records WHERE seq <= %s", (summary["last_seq"],)
+            ).rowcount
+
+    def anchor(self) -> dict | None:
+        with self.db.transaction():
+            row = self.db.execute(
+                f"SELECT {', '.join(PRUNED_COLUMNS)} FROM audit_pruned "
+                "ORDER BY last_seq DESC LIMIT 1"
+            ).fetchone()
+        return dict(zip(PRUNED_COLUMNS, row, strict=True)) if row else None
 
     def close(self) -> None:
         self.db.close()

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import base64
 import socket
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from granite_ops_kit.audit import checkpoint, merkle, records
-from granite_ops_kit.audit.store import AuditStore, open_store
+from granite_ops_kit.audit.store import AuditStore, Query, open_store
 from granite_ops_kit.audit.verify import CHECKPOINT_EVENT, Verdict, verify
 
 
@@ -55,4 +56,53 @@ def sign_checkpoint(
 def verify_store(
     store: AuditStore, public_keys: dict[str, str] | None = None, min_size: int = 0
 ) -> Verdict:
-    return verify(store.records(), public_keys, min_size)
+    return verify(store.records(), public_keys, min_size, store.anchor())
+
+
+DEFAULT_RETENTION_DAYS = 3 * 365
+
+
+def _leaves(hexes: str) -> list[bytes]:
+    return [bytes.fromhex(hexes[i : i + 64]) for i in range(0, len(hexes), 64)]
+
+
+def prune(
+    store: AuditStore,
+    retention_days: int = DEFAULT_RETENTION_DAYS,
+    key_path: Path | None = None,
+    now: datetime | None = None,
+) -> dict | None:
+    """Delete records older than the retention, keeping a signed summary (their hashes and
+    a checkpoint over them) so the rest of the chain still verifies. None if nothing is due."""
+    cutoff = (
+        ((now or datetime.now(UTC)) - timedelta(days=retention_days))
+        .isoformat(timespec="microseconds")
+        .replace("+00:00", "Z")
+    )
+    due = list(store.records(Query(until=cutoff)))
+    if not due:
+        return None
+    anchor = store.anchor()
+    hexes = (anchor["leaves"] if anchor else "") + "".join(r["hash"] for r in due)
+    leaves = _leaves(hexes)
+    key = checkpoint.load_or_create_key(key_path or default_key_path())
+    origin = f"gkit-audit/{socket.gethostname()}"
+    summary = {
+        "last_seq": due[-1]["seq"],
+        "leaves": hexes,
+        "note": checkpoint.sign(origin, leaves, key, origin),
+        "public_key": checkpoint.public_pem(key),
+    }
+    removed = store.prune(summary)
+    root = base64.b64encode(merkle.root(leaves)).decode()
+    store.append(
+        records.Event(
+            "audit.pruned",
+            records.Subject(origin, digest=f"rfc6962:{root}"),
+            "success",
+            reason=f"retention of {retention_days} days: removed records up to "
+            f"{summary['last_seq']}, summarised by a signed checkpoint",
+            details={"last_seq": summary["last_seq"], "removed": removed, "cutoff": cutoff},
+        )
+    )
+    return summary

@@ -38,6 +38,8 @@ class AuditStore(Protocol):
     def append_many(self, events: list[records.Event]) -> list[dict]: ...
     def records(self, query: Query = Query()) -> Iterator[dict]: ...
     def count(self) -> int: ...
+    def prune(self, summary: dict) -> int: ...
+    def anchor(self) -> dict | None: ...
     def close(self) -> None: ...
 
 
@@ -85,7 +87,14 @@ CREATE TABLE IF NOT EXISTS audit_records (
     record TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS audit_time ON audit_records (time);
+CREATE TABLE IF NOT EXISTS audit_pruned (
+    last_seq INTEGER PRIMARY KEY,
+    leaves TEXT NOT NULL,
+    note TEXT NOT NULL,
+    public_key TEXT NOT NULL
+);
 """
+PRUNED_COLUMNS = ("last_seq", "leaves", "note", "public_key")
 
 
 class SQLiteStore:
@@ -121,6 +130,28 @@ class SQLiteStore:
     def count(self) -> int:
         return self.db.execute("SELECT count(*) FROM audit_records").fetchone()[0]
 
+    def prune(self, summary: dict) -> int:
+        """Store the signed summary and delete the records it covers, atomically."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.execute(
+                "INSERT INTO audit_pruned VALUES (?, ?, ?, ?)", [summary[c] for c in PRUNED_COLUMNS]
+            )
+            gone = self.db.execute(
+                "DELETE FROM audit_records WHERE seq <= ?", (summary["last_seq"],)
+            ).rowcount
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        return gone
+
+    def anchor(self) -> dict | None:
+        row = self.db.execute(
+            f"SELECT {', '.join(PRUNED_COLUMNS)} FROM audit_pruned ORDER BY last_seq DESC LIMIT 1"
+        ).fetchone()
+        return dict(zip(PRUNED_COLUMNS, row, strict=True)) if row else None
+
     def close(self) -> None:
         self.db.close()
 
@@ -128,6 +159,11 @@ class SQLiteStore:
 def append_at_head(execute, event: records.Event, mark: str) -> dict:
     """Read the chain's head and insert the next record; the caller holds the write lock."""
     head = execute("SELECT seq, hash FROM audit_records ORDER BY seq DESC LIMIT 1").fetchone()
+    if head is None:  # empty, or every record pruned: continue from the signed summary
+        head = execute(
+            "SELECT last_seq, substr(leaves, length(leaves) - 63) FROM audit_pruned "
+            "ORDER BY last_seq DESC LIMIT 1"
+        ).fetchone()
     seq, prev = (head[0] + 1, head[1]) if head else (1, records.GENESIS)
     record = records.seal(event, seq, prev)
     execute(f"INSERT INTO audit_records VALUES ({', '.join([mark] * 8)})", _row(record))

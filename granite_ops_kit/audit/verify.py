@@ -65,15 +65,50 @@ def _check_checkpoint(record: dict, leaves: list[bytes], public_keys: dict) -> s
     return None
 
 
+def _check_anchor(anchor: dict, public_keys: dict) -> str | None:
+    """The signed summary of pruned records: its leaves must give the signed root."""
+    hexes = anchor["leaves"]
+    leaves = [bytes.fromhex(hexes[i : i + 64]) for i in range(0, len(hexes), 64)]
+    note = checkpoint.parse_note(anchor["note"])
+    expected = base64.b64encode(merkle.root(leaves)).decode()
+    if (
+        note is None
+        or note.size != anchor["last_seq"]
+        or len(leaves) != note.size
+        or note.root_b64 != expected
+    ):
+        return (
+            f"the summary of pruned records 1..{anchor['last_seq']} does not match its "
+            "signed checkpoint"
+        )
+    key = public_keys.get(note.key_name) or anchor["public_key"]
+    if not checkpoint.verify_note(anchor["note"], key):
+        return f"the summary of pruned records 1..{anchor['last_seq']}: signature does not verify"
+    return None
+
+
 def verify(
-    log: Iterable[dict], public_keys: dict[str, str] | None = None, min_size: int = 0
+    log: Iterable[dict],
+    public_keys: dict[str, str] | None = None,
+    min_size: int = 0,
+    anchor: dict | None = None,
 ) -> Verdict:
     """Walk the log in order. `public_keys` (key name -> PEM) pins the checkpoint signers;
     `min_size` is the tree size of the newest checkpoint the auditor already holds, which
-    catches records removed from the end of the log."""
+    catches records removed from the end of the log; `anchor` is the signed summary of
+    records removed by retention, from which the remaining chain continues."""
     public_keys = public_keys or {}
-    verdict, leaves, prev = Verdict(ok=True), [], records.GENESIS
-    for expected, record in enumerate(log, start=1):
+    verdict, leaves, prev, start = Verdict(ok=True), [], GENESIS, 1
+    if anchor:
+        problem = _check_anchor(anchor, public_keys)
+        if problem:
+            return Verdict(ok=False, problem=problem, bad_seq=anchor["last_seq"])
+        hexes = anchor["leaves"]
+        leaves = [bytes.fromhex(hexes[i : i + 64]) for i in range(0, len(hexes), 64)]
+        prev, start = leaves[-1].hex(), anchor["last_seq"] + 1
+        verdict.notes.append(f"records 1..{anchor['last_seq']} pruned; signed summary OK")
+    verdict.records = start - 1
+    for expected, record in enumerate(log, start=start):
         problem = _check_record(record, expected, prev)
         if problem is None and record.get("event") == CHECKPOINT_EVENT:
             problem = _check_checkpoint(record, leaves, public_keys)

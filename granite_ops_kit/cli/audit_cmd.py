@@ -208,3 +208,33 @@ def approve(
             f"(record {record['seq']})"
         ),
     )
+
+
+@app.command("prune")
+def prune(
+    retention_days: int = typer.Option(
+        3 * 365,
+        envvar="GKIT_AUDIT_RETENTION_DAYS",
+        min=180,
+        help="Keep this many days (default 3 years; at least 180, the EU AI Act's six months).",
+    ),
+    key: Path = typer.Option(None, help="Ed25519 signing key for the summary checkpoint."),
+    audit_db: str = DB_OPTION,
+    json_: bool = JSON_OPTION,
+) -> None:
+    """Remove records older than the retention; a signed checkpoint summarises them so the
+    log still verifies."""
+    from granite_ops_kit.audit.service import prune as prune_log
+
+    output.use_json(json_)
+    with _store(audit_db) as store:
+        summary = prune_log(store, retention_days, key)
+    result = {"pruned_through": summary["last_seq"] if summary else None}
+    output.emit(
+        result,
+        lambda con: con.print(
+            f"pruned records 1..{summary['last_seq']}; their signed summary is kept"
+            if summary
+            else f"nothing older than {retention_days} days"
+        ),
+    )
