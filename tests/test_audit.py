@@ -143,6 +143,8 @@ def test_checkpoint_signs_the_merkle_root_and_catches_edits_and_truncation(audit
     _sql(store, "UPDATE audit_records SET record = ? WHERE seq = 7", json.dumps(forged))
     verdict = verify_store(store)
     assert not verdict.ok and verdict.bad_seq == 7
+    result = run_gkit("audit", "verify", "--audit-db", audit_url)
+    assert result.returncode == 1 and "record 7: checkpoint root does not match" in result.stderr
     # Records removed from the end show against the size of a checkpoint the auditor holds.
     _sql(store, "DELETE FROM audit_records WHERE seq >= 7")
     verdict = verify_store(store, min_size=8)
@@ -305,3 +307,35 @@ def test_prune_cli_keeps_recent_records(audit_url):
     assert json.loads(result.stdout)["pruned_through"] is None
     too_short = run_gkit("audit", "prune", "--retention-days", "30", "--audit-db", audit_url)
     assert too_short.returncode == 2
+
+
+CRASHING_WRITER = """
+import sys
+from granite_ops_kit.audit.records import Event, Subject
+from granite_ops_kit.audit.store import open_store
+store = open_store(sys.argv[1])
+for i in range(100000):
+    record = store.append(Event("artifact.pulled", Subject(f"m{i}"), "success"))
+    print(record["seq"], flush=True)
+"""
+
+
+def test_a_crash_mid_write_loses_nothing_committed(audit_url):
+    import signal
+    import sys
+
+    open_store(audit_url).close()
+    child = subprocess.Popen(
+        [sys.executable, "-c", CRASHING_WRITER, audit_url], stdout=subprocess.PIPE, text=True
+    )
+    committed = 0
+    for line in child.stdout:
+        committed = int(line)
+        if committed >= 200:
+            break
+    child.send_signal(signal.SIGKILL)  # no clean-up, no rollback handler
+    child.wait(30)
+    store = open_store(audit_url)
+    assert store.count() >= committed >= 200
+    verdict = verify_store(store)
+    assert verdict.ok and verdict.records == store.count()

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Verify a gkit audit evidence export with bash, coreutils and OpenSSL only.
+# Verify a gkit audit evidence export with bash, coreutils and OpenSSL only (no python, jq,
+# grep or diffutils).
 # Run it inside the unzipped export: bash verify.sh
 # It checks: 1 every file against manifest.sha256; 2 every record's canonical bytes against
 # its SHA-256; 3 the chain (sequence numbers and prev_hash inside each record); 4 the
@@ -11,7 +12,7 @@ fail() { echo "FAILED: $*" >&2; exit 1; }
 
 sha256sum --quiet --strict -c manifest.sha256 || fail "a file differs from manifest.sha256"
 sha256sum --quiet --strict -c hashes.sha256 || fail "a record's bytes do not match its hash"
-cut -d' ' -f1 hashes.sha256 | cmp -s - <(cut -f3 chain.tsv) \
+[ "$(cut -d' ' -f1 hashes.sha256)" = "$(cut -f3 chain.tsv)" ] \
   || fail "chain.tsv and hashes.sha256 list different hashes"
 
 expect="" prev=""
