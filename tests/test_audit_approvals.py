@@ -54,3 +54,23 @@ def test_segregation_of_duties(audit_url):
 def test_approve_needs_a_role(tmp_path):
     result = run_gkit("approve", "m", "--audit-db", f"sqlite:///{tmp_path / 'a.db'}")
     assert result.returncode == 2 and "--as" in result.stderr
+
+
+def test_deploy_policy_requires_a_second_person(audit_url):
+    import pathlib
+
+    from granite_ops_kit.audit.approvals import deployment_allowed
+
+    policy = json.loads(
+        (pathlib.Path(__file__).parents[1] / "policies" / "deploy.json").read_text()
+    )
+    store = open_store(audit_url)
+    assert deployment_allowed(store, policy, "granite-4.0-h-micro", "bob").allowed
+    policy["require_approval"]["enabled"] = True
+    denied = deployment_allowed(store, policy, "granite-4.0-h-micro", "bob", "sha256:ab")
+    assert not denied.allowed
+    _approve(audit_url, "alice", "--as", "release-manager", "--digest", "sha256:ab")
+    assert deployment_allowed(store, policy, "granite-4.0-h-micro", "bob", "sha256:ab").allowed
+    assert not deployment_allowed(
+        store, policy, "granite-4.0-h-micro", "alice", "sha256:ab"
+    ).allowed

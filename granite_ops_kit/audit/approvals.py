@@ -69,3 +69,20 @@ def segregation_of_duties(
         f"(record {chosen['seq']})",
         chosen["seq"],
     )
+
+
+def deployment_allowed(
+    store: AuditStore, policy: dict, subject: str, requester: str, digest: str | None = None
+) -> Decision:
+    """Apply a deploy policy's `require_approval` rule (policies/deploy.json)."""
+    rule = policy.get("require_approval") or {}
+    if not rule.get("enabled"):
+        return Decision(True, "the policy requires no approval")
+    decision = segregation_of_duties(
+        store,
+        subject,
+        requester if rule.get("by_someone_other_than_the_requester", True) else "",
+        rule.get("role"),
+        digest if rule.get("for_the_exact_digest", True) else None,
+    )
+    return decision
