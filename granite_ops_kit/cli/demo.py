@@ -88,7 +88,6 @@ LATER_STEPS = [
     ("sign", "sign the model with a generated demo key (OpenSSF Model Signing)"),
     ("verify", "verify the signature and the default policy"),
     ("deploy", "render the Helm chart for 2 GPUs"),
-    ("audit", "export the audit report of every step"),
 ]
 QUESTION = "What does a platform team check before it serves a model?"
 
@@ -104,6 +103,51 @@ def _size_for_two_gpus(model_path: Path) -> dict:
     )
 
 
+def _audit(output_dir: Path, model_path: Path, plan: dict, chat: dict) -> dict:
+    """Record the demo's steps in its own audit log, checkpoint it, export the reports."""
+    from granite_ops_kit.audit import export
+    from granite_ops_kit.audit.records import Event, Subject
+    from granite_ops_kit.audit.service import sign_checkpoint, verify_store
+    from granite_ops_kit.audit.store import open_store
+
+    root = output_dir.resolve()
+    store = open_store(f"sqlite:///{root / 'audit.db'}")
+    try:
+        subject = Subject(model_path.name, "demo-seed-0")
+        store.append(
+            Event(
+                "capacity.planned",
+                subject,
+                "success" if plan["fits"] else "denied",
+                reason=f"2 x h100-80gb, 8 sessions x 4096 tokens, "
+                f"{plan['per_gpu']['total']} bytes per GPU",
+            )
+        )
+        store.append(
+            Event(
+                "runtime.served",
+                subject,
+                "success",
+                reason=f"answered one chat request at {chat['url']}",
+                details={"usage": chat["response"]["usage"]},
+            )
+        )
+        sign_checkpoint(store, root / "audit-signing-key.pem", "gkit-demo")
+        rows = list(store.records())
+        html = export.export(rows, rows, "html", root / "audit-report.html", "gkit demo audit")
+        evidence = export.export(rows, rows, "evidence", root / "audit-evidence.zip")
+        verdict = verify_store(store)
+    finally:
+        store.close()
+    return {
+        "audit_db": str(root / "audit.db"),
+        "report": str(html),
+        "evidence": str(evidence),
+        "records": verdict.records,
+        "verified": verdict.ok,
+    }
+
+
 def demo(
     output_dir: Path = typer.Option(
         Path("demo-out"), "--output", "-o", help="Where the demo writes its artifacts."
@@ -113,8 +157,9 @@ def demo(
     """Run the main job end to end on a built-in tiny Granite model.
 
     Today: writes the demo model, plans its memory on 2 GPUs, serves it locally with the
-    built-in runtime and asks it one chat question. As gkit grows, the same command signs,
-    verifies, renders the chart and exports the audit report, printing where each artifact is.
+    built-in runtime and asks it one chat question, records the steps in an audit log in the
+    output folder and exports its report and evidence. As gkit grows, the same command
+    signs, verifies and renders the chart, printing where each artifact is.
     """
     from granite_ops_kit.cli.runtime_cmds import runtime_errors
     from granite_ops_kit.demo.local_chat import ask_once
@@ -127,6 +172,7 @@ def demo(
     with runtime_errors():
         chat = ask_once(model.path, QUESTION)
     reply = chat["response"]["choices"][0]["message"]["content"]
+    report = _audit(output_dir, model.path, plan, chat)
     steps = [
         {"step": "demo-model", "status": "done", "artifact": str(model.path)},
         {
@@ -146,6 +192,7 @@ def demo(
             "usage": chat["response"]["usage"],
             "seconds": chat["seconds"],
         },
+        {"step": "audit", "status": "done", **report},
     ]
     steps += [{"step": name, "status": "not built yet", "will": what} for name, what in LATER_STEPS]
 
@@ -161,7 +208,13 @@ def demo(
         )
         con.print(f"   user: {QUESTION}", markup=False)
         con.print(f"   assistant (random weights, so not meaningful): {reply!r}", markup=False)
-        for i, (name, what) in enumerate(LATER_STEPS, start=4):
+        con.print(
+            f"[bold]4. audit[/]: {report['records']} records in {report['audit_db']}, "
+            f"chain verified: {report['verified']}"
+        )
+        con.print(f"   report: {report['report']}", markup=False)
+        con.print(f"   evidence (bash verify.sh inside it): {report['evidence']}", markup=False)
+        for i, (name, what) in enumerate(LATER_STEPS, start=5):
             con.print(f"{i}. {name} [dim](not built yet)[/]: will {what}")
 
     output.emit({"steps": steps, "model": model.to_json()}, render)
