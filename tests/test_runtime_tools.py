@@ -123,26 +123,15 @@ def test_server_returns_tool_calls_from_model_output(tiny_hybrid, monkeypatch):
 
     service = build_service(tiny_hybrid, "cpu", "float32", 2, 256)
     monkeypatch.setattr(service.engine.codec, "decode", lambda ids: OUTPUT)
+    body = {
+        "messages": [{"role": "user", "content": "Weather?"}],
+        "tools": [WEATHER],
+        "max_tokens": 1,
+        "ignore_eos": True,
+    }
     with TestClient(create_app(service)) as http:
-        r = http.post(
-            "/v1/chat/completions",
-            json={
-                "messages": [{"role": "user", "content": "Weather?"}],
-                "tools": [WEATHER],
-                "max_tokens": 1,
-                "ignore_eos": True,
-            },
-        )
-        streamed = http.post(
-            "/v1/chat/completions",
-            json={
-                "messages": [{"role": "user", "content": "Weather?"}],
-                "tools": [WEATHER],
-                "max_tokens": 1,
-                "ignore_eos": True,
-                "stream": True,
-            },
-        )
+        r = http.post("/v1/chat/completions", json=body)
+        streamed = http.post("/v1/chat/completions", json={**body, "stream": True})
     assert r.status_code == 200, r.text
     choice = r.json()["choices"][0]
     assert choice["finish_reason"] == "tool_calls"
