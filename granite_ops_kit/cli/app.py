@@ -11,7 +11,15 @@ import sys
 import typer
 
 from granite_ops_kit import __version__
-from granite_ops_kit.cli import audit_cmd, demo, output, planned, runtime_cmds, size_cmd
+from granite_ops_kit.cli import (
+    audit_cmd,
+    demo,
+    output,
+    planned,
+    runtime_cmds,
+    size_cmd,
+    supply_cmds,
+)
 from granite_ops_kit.errors import EXIT_USAGE, GkitError, UsageError
 
 app = typer.Typer(
@@ -47,7 +55,9 @@ def _global(
 
 
 # Order here is the order in `gkit --help`: the pipeline, then the tools around it.
-planned.register(app, ["verify", "sign", "pull"])
+app.command("pull")(supply_cmds.pull)
+app.command("verify")(supply_cmds.verify)
+app.command("sign")(supply_cmds.sign)
 app.command("approve")(audit_cmd.approve)
 app.add_typer(audit_cmd.app, name="audit")
 app.command("size")(size_cmd.size)

@@ -1,0 +1,364 @@
+"""`gkit verify`, `gkit sign`, `gkit pull`: thin wrappers over granite_ops_kit.supply.
+
+Each one appends an audit event (artifact.verified / artifact.verification_failed /
+artifact.signed / artifact.pulled) whatever the outcome, then prints or exits.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from pathlib import Path
+
+import typer
+
+from granite_ops_kit.cli import output
+from granite_ops_kit.cli.options import JSON_OPTION
+from granite_ops_kit.errors import GkitError, UsageError
+
+PROGRESS_MIN_BYTES = 64 << 20
+
+
+def record(
+    event: str,
+    name: str,
+    outcome: str,
+    reason: str,
+    digest: str | None = None,
+    revision: str | None = None,
+    details: dict | None = None,
+    policy: dict | None = None,
+) -> None:
+    from granite_ops_kit.audit.records import Event, Subject
+    from granite_ops_kit.audit.service import record_event
+
+    record_event(
+        Event(
+            event,
+            Subject(name, revision=revision, digest=digest),
+            outcome,
+            reason=reason,
+            policy_id=(policy or {}).get("id"),
+            policy_hash=f"sha256:{policy['sha256']}" if policy and policy.get("sha256") else None,
+            details=details or {},
+        )
+    )
+
+
+@contextmanager
+def hashing_progress():
+    """Yields a `progress(total, pieces)` factory; a bar appears only for large models."""
+    bars = []
+
+    def start(total: int, pieces: int):
+        if total < PROGRESS_MIN_BYTES or output.state.json:
+            return None
+        bar = output.progress_bytes(f"hashing {pieces} piece(s)")
+        bar.start()
+        task = bar.add_task("hash", total=total)
+        bars.append(bar)
+        return lambda n: bar.advance(task, n)
+
+    try:
+        yield start
+    finally:
+        for bar in bars:
+            bar.stop()
+
+
+def _quiet_sigstore() -> None:
+    # sigstore logs a warning each time it opens its bundled trust root offline
+    logging.getLogger("sigstore").setLevel(logging.ERROR)
+
+
+def _verify(req) -> dict:
+    from granite_ops_kit.policy import engine
+    from granite_ops_kit.supply.verify import verify
+
+    _quiet_sigstore()
+    name = str(req.model_path.resolve())
+    try:
+        with hashing_progress() as progress:
+            result = verify(req, progress)
+    except GkitError as error:
+        if error.exit_code == 1:  # a failed check is evidence; a usage error is not
+            try:
+                pol = engine.load(req.policy)
+                policy = {"id": pol.id, "sha256": pol.sha256}
+            except GkitError:
+                policy = None
+            record(
+                "artifact.verification_failed",
+                name,
+                "failure",
+                error.message,
+                details={"kind": error.kind},
+                policy=policy,
+            )
+        raise
+    record(
+        "artifact.verified",
+        name,
+        "success",
+        f"{result.method} signature by {_who(result.signer)} verified; policy "
+        f"'{result.policy['id']}' allows it",
+        digest=result.manifest_digest,
+        details={
+            "signer": result.signer,
+            "files": result.files,
+            "bytes": result.bytes,
+            "serialization": result.serialization,
+            "reasons": result.policy["reasons"],
+            "predicate_type": result.predicate_type,
+        },
+        policy=result.policy,
+    )
+    return result.to_json()
+
+
+def _who(signer: dict) -> str:
+    if signer.get("identities"):
+        return ", ".join(signer["identities"])
+    if signer.get("subject"):
+        return signer["subject"]
+    return f"key {signer['key_fingerprint'][:16]}"
+
+
+def _render_verify(r: dict):
+    def render(con):
+        con.print(f"[green]verified[/] {r['model_path']}")
+        con.print(f"  signature  {r['signature']} ({r['method']}, {r['predicate_type']})")
+        con.print(f"  signer     {_who(r['signer'])}")
+        con.print(
+            f"  manifest   {r['manifest_digest']} ({r['files']} files, "
+            f"{r['bytes']:,} bytes, {r['serialization']['hash_type']})"
+        )
+        con.print(f"  policy     {r['policy']['id']}: " + "; ".join(r["policy"]["reasons"]))
+        con.print(f"  took       {r['seconds']:.2f} s")
+
+    return render
+
+
+TRUST_HELP = {
+    "public_key": "PEM public key, for key signatures.",
+    "certificate_chain": "PEM file(s) of the root (and intermediate) CAs you trust, for "
+    "certificate signatures. Repeatable.",
+    "identity": "Signer identity that must appear in the certificate (SAN email or URI). "
+    "Repeatable: any one matches.",
+    "issuer": "OIDC issuer a Sigstore certificate must name, e.g. "
+    "https://sigstore.verify.ibm.com/oauth2.",
+    "trust_config": "Sigstore client trust config (or trusted root) JSON for a private "
+    "Sigstore; default: the public-good root shipped with sigstore, offline.",
+    "policy": "Policy name (default, ibm-granite) or a policy JSON file.",
+}
+
+
+def _request(
+    model_path,
+    signature,
+    public_key,
+    certificate_chain,
+    identity,
+    issuer,
+    trust_config,
+    ignore_paths,
+    policy,
+):
+    from granite_ops_kit.supply.verify import VerifyRequest
+
+    return VerifyRequest(
+        model_path=model_path,
+        signature=signature,
+        public_key=public_key,
+        certificate_chain=list(certificate_chain or []),
+        identities=list(identity or []),
+        issuer=issuer,
+        trust_config=trust_config,
+        ignore_paths=list(ignore_paths or []),
+        policy=policy,
+    )
+
+
+def verify(
+    model_path: Path = typer.Argument(..., help="Model directory, or a single model file."),
+    signature: Path = typer.Option(
+        None,
+        help="Signature bundle; default MODEL_PATH/model.sig "
+        "(beside the file for a single-file model).",
+    ),
+    public_key: Path = typer.Option(None, help=TRUST_HELP["public_key"]),
+    certificate_chain: list[Path] = typer.Option(None, help=TRUST_HELP["certificate_chain"]),
+    identity: list[str] = typer.Option(None, help=TRUST_HELP["identity"]),
+    issuer: str = typer.Option(None, help=TRUST_HELP["issuer"]),
+    trust_config: Path = typer.Option(None, help=TRUST_HELP["trust_config"]),
+    ignore_paths: list[str] = typer.Option(
+        None, help="Path to leave out, relative to the model directory. Repeatable."
+    ),
+    policy: str = typer.Option("default", help=TRUST_HELP["policy"]),
+    json_: bool = JSON_OPTION,
+) -> None:
+    """Verify a model's OpenSSF Model Signing signature, then apply a policy.
+
+    The trust method (key, certificate, Sigstore keyless) is read from the bundle; give the
+    matching trust input. Sigstore works offline with the shipped public-good root.
+
+    Examples:
+
+      gkit verify ./granite-4.0-h-micro --policy ibm-granite
+
+      gkit verify ./model --public-key signer.pub
+
+      gkit verify ./model --certificate-chain ca.pem --identity ml-release@example.com
+
+    Exit codes: 0 verified; 1 the signature, the files or the policy said no; 2 bad usage.
+    Each run appends an audit event.
+    """
+    output.use_json(json_)
+    req = _request(
+        model_path,
+        signature,
+        public_key,
+        certificate_chain,
+        identity,
+        issuer,
+        trust_config,
+        ignore_paths,
+        policy,
+    )
+    result = _verify(req)
+    output.emit(result, _render_verify(result))
+
+
+def sign(
+    model_path: Path = typer.Argument(..., help="Model directory, or a single model file."),
+    key: Path = typer.Option(
+        ...,
+        help="PEM EC private key (P-256/384/521); an encrypted key "
+        "reads its password from GKIT_KEY_PASSWORD.",
+    ),
+    certificate: Path = typer.Option(None, help="PEM signing certificate for KEY (own PKI)."),
+    certificate_chain: list[Path] = typer.Option(
+        None, help="PEM intermediate/root certificates to include. Repeatable."
+    ),
+    method: str = typer.Option(
+        "files",
+        help="files (a digest per file) or shards (per 1 GB piece: parallel on few large files).",
+    ),
+    hash: str = typer.Option("sha256", "--hash", help="sha256, blake2b or blake3."),
+    shard_size: int = typer.Option(1_000_000_000, help="Bytes per shard (--method shards)."),
+    signature: Path = typer.Option(
+        None, help="Where to write the bundle; default MODEL_PATH/model.sig."
+    ),
+    ignore_paths: list[str] = typer.Option(None, help="Path to leave out. Repeatable."),
+    json_: bool = JSON_OPTION,
+) -> None:
+    """Sign a model (OpenSSF Model Signing), in a bundle `model_signing verify` accepts.
+
+    Examples:
+
+      gkit sign ./model --key signer.pem
+
+      gkit sign ./model --key leaf.key --certificate leaf.pem --certificate-chain ca.pem
+    """
+    from granite_ops_kit.supply.sign import SignRequest, to_json
+    from granite_ops_kit.supply.sign import sign as do_sign
+
+    output.use_json(json_)
+    if method not in ("files", "shards"):
+        raise UsageError(f"--method must be files or shards, not '{method}'.")
+    req = SignRequest(
+        model_path,
+        key,
+        certificate,
+        list(certificate_chain or []),
+        method,
+        hash,
+        shard_size,
+        signature,
+        list(ignore_paths or []),
+    )
+    with hashing_progress() as progress:
+        result = to_json(do_sign(req, progress))
+    record(
+        "artifact.signed",
+        result["model_path"],
+        "success",
+        f"signed with {result['method']} {result['key_fingerprint'][:16]}",
+        digest=result["manifest_digest"],
+        details={
+            k: result[k]
+            for k in ("signature", "serialization", "files", "bytes", "key_fingerprint")
+        },
+    )
+
+    def render(con):
+        con.print(f"[green]signed[/] {result['model_path']} -> {result['signature']}")
+        con.print(
+            f"  manifest {result['manifest_digest']} ({result['files']} files, "
+            f"{result['bytes']:,} bytes) in {result['seconds']:.2f} s"
+        )
+
+    output.emit(result, render)
+
+
+def pull(
+    repo_id: str = typer.Argument(
+        ..., help="Hugging Face repository, e.g. ibm-granite/granite-4.0-h-micro."
+    ),
+    revision: str = typer.Option(None, help="Branch, tag or commit; resolved to a commit."),
+    dest: Path = typer.Option(None, help="Directory for the model's files; default ./NAME."),
+    public_key: Path = typer.Option(None, help=TRUST_HELP["public_key"]),
+    certificate_chain: list[Path] = typer.Option(None, help=TRUST_HELP["certificate_chain"]),
+    identity: list[str] = typer.Option(None, help=TRUST_HELP["identity"]),
+    issuer: str = typer.Option(None, help=TRUST_HELP["issuer"]),
+    trust_config: Path = typer.Option(None, help=TRUST_HELP["trust_config"]),
+    policy: str = typer.Option("ibm-granite", help=TRUST_HELP["policy"]),
+    json_: bool = JSON_OPTION,
+) -> None:
+    """Download a model at a pinned commit, then verify its model.sig per policy.
+
+    Resumable, with progress; HF_HUB_OFFLINE=1 serves it from the local Hugging Face cache.
+    The result names the commit hash the revision resolved to.
+    """
+    from granite_ops_kit.supply.pull import pull as do_pull
+
+    output.use_json(json_)
+    pulled = do_pull(repo_id, revision, dest)
+    record(
+        "artifact.pulled",
+        f"hf://{repo_id}",
+        "success",
+        f"{pulled.files} files at commit {pulled.commit}",
+        revision=pulled.commit,
+        details={"dest": pulled.dest, "bytes": pulled.bytes, "requested": pulled.revision},
+    )
+    req = _request(
+        Path(pulled.dest),
+        None,
+        public_key,
+        certificate_chain,
+        identity,
+        issuer,
+        trust_config,
+        None,
+        policy,
+    )
+    verified = _verify(req)
+    result = {
+        "repo_id": repo_id,
+        "revision": pulled.revision,
+        "commit": pulled.commit,
+        "dest": pulled.dest,
+        "files": pulled.files,
+        "bytes": pulled.bytes,
+        "verification": verified,
+    }
+
+    def render(con):
+        con.print(
+            f"[green]pulled[/] {repo_id}@{pulled.commit} -> {pulled.dest} "
+            f"({pulled.files} files, {pulled.bytes:,} bytes)"
+        )
+        _render_verify(verified)(con)
+
+    output.emit(result, render)

@@ -1,0 +1,1 @@
+"""Policy decisions: shipped policies are JSON data evaluated by Rego rules (regopy)."""

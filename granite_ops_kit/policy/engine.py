@@ -1,0 +1,111 @@
+"""Load a policy by name or file and evaluate it with a real Rego engine (regopy).
+
+A policy is JSON data (who may sign, which formats, symlinks, certificate validity) and a
+Rego module of rules over the facts verification established. Shipped policies live in
+`policies/` (installed as granite_ops_kit/policies); `--policy FILE` takes any JSON file of
+the same shape, optionally with its own `"rego"` module path next to it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from granite_ops_kit.errors import UsageError
+
+REQUIRED_KEYS = ("id", "methods", "weight_formats")
+
+
+def policies_dir() -> Path:
+    """The shipped policies: the source tree's policies/ or the installed copy."""
+    source = Path(__file__).resolve().parents[2] / "policies"
+    if (source / "verify.rego").exists():
+        return source
+    return Path(__file__).resolve().parents[1] / "policies"
+
+
+@dataclass
+class Policy:
+    id: str
+    path: Path
+    data: dict
+    rego_path: Path
+    sha256: str  # of the JSON and the Rego text together: what the audit record cites
+
+    @property
+    def accept_signing_time_validity(self) -> bool:
+        return bool(self.data.get("accept_signing_time_validity"))
+
+    @property
+    def allow_symlinks(self) -> bool:
+        return bool(self.data.get("allow_symlinks"))
+
+    @property
+    def sigstore_issuer(self) -> str | None:
+        return (self.data.get("sigstore") or {}).get("issuer")
+
+    @property
+    def sigstore_identities(self) -> list[str]:
+        return list((self.data.get("sigstore") or {}).get("identities") or [])
+
+
+@dataclass
+class Decision:
+    allow: bool
+    deny: list[str] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)
+
+
+def available() -> list[str]:
+    return sorted(
+        p.stem for p in policies_dir().glob("*.json") if "methods" in json.loads(p.read_text())
+    )
+
+
+def load(name_or_file: str) -> Policy:
+    path = Path(name_or_file)
+    if not (path.suffix == ".json" or path.exists()):
+        path = policies_dir() / f"{name_or_file}.json"
+        if not path.exists():
+            raise UsageError(
+                f"no policy named '{name_or_file}'; shipped policies: "
+                f"{', '.join(available())} (or pass a JSON file)."
+            )
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"policy file {path} does not exist.") from None
+    except json.JSONDecodeError as e:
+        raise UsageError(
+            f"policy file {path} is not valid JSON ({e.msg}, line {e.lineno})."
+        ) from None
+    missing = [k for k in REQUIRED_KEYS if k not in data]
+    if missing:
+        raise UsageError(f"policy file {path} lacks {', '.join(missing)}.")
+    data.setdefault("sigstore", {"issuer": None, "identities": []})
+    data["sigstore"].setdefault("issuer", None)
+    data["sigstore"].setdefault("identities", [])
+    for key in ("allow_symlinks", "accept_signing_time_validity"):
+        data.setdefault(key, False)
+    data.setdefault("allow_legacy_predicate", True)
+    rego = (path.parent / data["rego"]) if data.get("rego") else policies_dir() / "verify.rego"
+    text = path.read_bytes() + b"\n" + rego.read_bytes()
+    return Policy(data["id"], path, data, rego, hashlib.sha256(text).hexdigest())
+
+
+def evaluate(policy: Policy, facts: dict) -> Decision:
+    """Run the policy's Rego rules over `facts`; the result always carries its reasons."""
+    from regopy import Interpreter
+
+    interp = Interpreter()
+    interp.add_module("gkit_verify", policy.rego_path.read_text())
+    interp.add_data_json(json.dumps({"policy": policy.data}))
+    interp.set_input_term(json.dumps(facts))
+    out = interp.query("d := data.gkit.verify.decision")
+    text = str(out)
+    if not out.ok() or not text.startswith("{"):
+        raise UsageError(f"policy {policy.path} could not be evaluated: {text}")
+    result = json.loads(text)["bindings"]["d"]
+    return Decision(bool(result["allow"]), sorted(result["deny"]), sorted(result["reasons"]))

@@ -1,0 +1,115 @@
+"""Digests of model files and shards: streamed, parallel, flat in memory.
+
+Each worker thread owns one reusable buffer and reads into it (`readinto`), so memory stays
+at workers x buffer whatever the model size; hashlib and blake3 release the GIL on large
+updates, so threads hash on every core. Names match the reference signer's: `sha256`,
+`blake2b`, `blake3`, and `<hash>-sharded-<shard_size>` for shards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from granite_ops_kit.errors import UsageError
+from granite_ops_kit.supply.model_files import ModelFile, sort_key
+
+BUFFER_BYTES = 8 << 20
+HASH_TYPES = ("sha256", "blake2b", "blake3")
+DEFAULT_SHARD_SIZE = 1_000_000_000
+
+
+def canonical_hash_type(name: str) -> str:
+    name = {"blake2": "blake2b"}.get(name, name)
+    if name not in HASH_TYPES:
+        raise UsageError(f"hash '{name}' is not one of {', '.join(HASH_TYPES)}.")
+    return name
+
+
+def _new_hasher(hash_type: str):
+    if hash_type == "sha256":
+        return hashlib.sha256()
+    if hash_type == "blake2b":
+        return hashlib.blake2b()
+    import blake3
+
+    return blake3.blake3(max_threads=blake3.blake3.AUTO)
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One unit of hashing: a whole file (files method) or a byte range (shards method)."""
+
+    name: str  # resource name: "path" or "path:start:end"
+    file: str  # the file's resource name
+    path: Path
+    start: int
+    end: int
+
+
+def pieces(files: list[ModelFile], method: str, shard_size: int = DEFAULT_SHARD_SIZE):
+    if method == "files":
+        return [Piece(f.name, f.name, f.path, 0, f.size) for f in files]
+    if method != "shards":
+        raise UsageError(f"serialization method '{method}' is not 'files' or 'shards'.")
+    if shard_size <= 0:
+        raise UsageError(f"shard size {shard_size} must be positive.")
+    out = []
+    for f in files:  # an empty file has no shard (as in the reference)
+        for start in range(0, f.size, shard_size):
+            end = min(start + shard_size, f.size)
+            out.append(Piece(f"{f.name}:{start}:{end}", f.name, f.path, start, end))
+    return out
+
+
+def algorithm_name(hash_type: str, method: str, shard_size: int) -> str:
+    return f"{hash_type}-sharded-{shard_size}" if method == "shards" else hash_type
+
+
+class _Buffers(threading.local):
+    def __init__(self) -> None:
+        self.buf = bytearray(BUFFER_BYTES)
+        self.view = memoryview(self.buf)
+
+
+def _hash_piece(piece: Piece, hash_type: str, buffers: _Buffers, advance) -> str:
+    hasher = _new_hasher(hash_type)
+    remaining = piece.end - piece.start
+    with open(piece.path, "rb", buffering=0) as f:
+        if piece.start:
+            f.seek(piece.start)
+        while remaining > 0:
+            n = f.readinto(buffers.view[: min(BUFFER_BYTES, remaining)])
+            if not n:
+                break  # the file shrank while hashing: the digest will not match
+            hasher.update(buffers.view[:n])
+            remaining -= n
+            advance(n)
+    return hasher.hexdigest()
+
+
+def hash_pieces(
+    items: list[Piece],
+    hash_type: str,
+    workers: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, str]:
+    """Digest (hex) of every piece, keyed by resource name, in OMS resource order."""
+    workers = workers or os.cpu_count() or 1
+    buffers = _Buffers()
+    advance = progress or (lambda n: None)
+    # largest first, so one big file does not start last and leave the other cores idle
+    ordered = sorted(items, key=lambda p: p.end - p.start, reverse=True)
+    if workers == 1 or len(items) <= 1:
+        digests = {p.name: _hash_piece(p, hash_type, buffers, advance) for p in ordered}
+    else:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            results = pool.map(lambda p: _hash_piece(p, hash_type, buffers, advance), ordered)
+            digests = dict(zip((p.name for p in ordered), results, strict=True))
+    in_order = sorted(items, key=lambda p: (sort_key(p.file), p.start, p.end))
+    return {p.name: digests[p.name] for p in in_order}

@@ -1,0 +1,180 @@
+"""`gkit verify`: signature -> signer -> statement -> policy -> files -> digests, in order.
+
+Each step can only narrow: the first failure stops the pipeline with one sentence saying
+what is wrong. Policy runs before hashing, so a model the policy refuses (pickle weights, a
+signer not on the allow-list) fails in milliseconds, not after hashing gigabytes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from granite_ops_kit.errors import PolicyDenied, UsageError, VerificationFailed
+from granite_ops_kit.policy import engine
+from granite_ops_kit.supply import bundle as bundle_io
+from granite_ops_kit.supply import hashing, model_files, statement, trust
+
+SIGNATURE_NAME = "model.sig"
+
+
+@dataclass
+class VerifyRequest:
+    model_path: Path
+    signature: Path | None = None
+    public_key: Path | None = None
+    certificate_chain: list[Path] = field(default_factory=list)
+    identities: list[str] = field(default_factory=list)
+    issuer: str | None = None
+    trust_config: Path | None = None
+    ignore_paths: list[str] = field(default_factory=list)
+    policy: str = "default"
+
+
+@dataclass
+class VerifyResult:
+    model_path: str
+    signature: str
+    method: str
+    signer: dict
+    manifest_digest: str
+    predicate_type: str
+    serialization: dict
+    files: int
+    bytes: int
+    policy: dict
+    seconds: float
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def default_signature(model_path: Path) -> Path:
+    return (model_path if model_path.is_dir() else model_path.parent) / SIGNATURE_NAME
+
+
+def _trust_inputs(req: VerifyRequest, policy: engine.Policy) -> trust.TrustInputs:
+    return trust.TrustInputs(
+        public_key=req.public_key,
+        certificate_chain=list(req.certificate_chain),
+        identities=list(req.identities) or policy.sigstore_identities,
+        issuer=req.issuer or policy.sigstore_issuer,
+        trust_config=req.trust_config,
+        accept_signing_time_validity=policy.accept_signing_time_validity,
+    )
+
+
+def _ignores(req: VerifyRequest, signature: Path, signed: statement.SignedManifest) -> list[str]:
+    return [
+        *signed.ignore_paths,
+        *req.ignore_paths,
+        *model_files.signature_ignore(req.model_path, signature),
+    ]
+
+
+def _facts(signer: trust.Signer, files, signed: statement.SignedManifest) -> dict:
+    return {
+        "signature": {
+            "method": signer.method,
+            "identities": signer.identities,
+            "issuer": signer.issuer,
+        },
+        "files": [{"name": f.name, "size": f.size, "symlink": f.is_symlink} for f in files],
+        "manifest": {"digest": signed.digest, "legacy": signed.legacy},
+    }
+
+
+def compare(
+    expected: dict[str, tuple[str, str]], actual: dict[str, str], algorithm: str, model: Path
+) -> None:
+    """Name the first difference the way a person would describe it."""
+    for name, (alg, _) in expected.items():
+        if alg != algorithm:
+            raise VerificationFailed(
+                f"{model}: resource '{name}' was hashed with {alg}, but the signature's "
+                f"serialization says {algorithm}."
+            )
+    missing = [n for n in expected if n not in actual]
+    added = [n for n in actual if n not in expected]
+    by_digest = {d: n for n, d in actual.items() if n in added}
+    for name in missing:
+        if expected[name][1] in by_digest:
+            raise VerificationFailed(
+                f"{model}: '{name}' was renamed to '{by_digest[expected[name][1]]}' after signing."
+            )
+    if missing:
+        raise VerificationFailed(f"{model}: signed file(s) missing: {', '.join(missing)}.")
+    if added:
+        raise VerificationFailed(
+            f"{model}: file(s) not covered by the signature: {', '.join(added)}."
+        )
+    for name, digest in actual.items():
+        if expected[name][1] != digest:
+            raise VerificationFailed(
+                f"{model}: '{name}' has changed since it was signed (digest {digest[:16]}..., "
+                f"signed {expected[name][1][:16]}...)."
+            )
+
+
+def verify(
+    req: VerifyRequest, progress: Callable[[int, int], Callable[[int], None]] | None = None
+) -> VerifyResult:
+    """Verify a model; raises VerificationFailed / PolicyDenied / UsageError on failure.
+
+    `progress(total_bytes, pieces)` may return a callback that receives bytes hashed."""
+    start = time.perf_counter()
+    if not req.model_path.exists():
+        raise UsageError(f"model path {req.model_path} does not exist.")
+    policy = engine.load(req.policy)
+    signature = req.signature or default_signature(req.model_path)
+    bundle = bundle_io.read(signature)
+    signer = trust.check(bundle, _trust_inputs(req, policy))
+    signed = statement.parse(bundle.payload)
+    try:
+        hash_type = hashing.canonical_hash_type(signed.hash_type)
+    except UsageError as e:
+        raise VerificationFailed(f"{signature}: {e.message}") from None
+    files = model_files.list_files(
+        req.model_path, _ignores(req, signature, signed), allow_symlinks=policy.allow_symlinks
+    )
+    decision = engine.evaluate(policy, _facts(signer, files, signed))
+    if not decision.allow:
+        raise PolicyDenied(
+            f"policy '{policy.id}' denies {req.model_path}: " + "; ".join(decision.deny) + ".",
+            details={"deny": decision.deny, "policy": policy.id},
+        )
+    shard = signed.shard_size or hashing.DEFAULT_SHARD_SIZE
+    pieces = hashing.pieces(files, signed.method, shard)
+    total = sum(p.end - p.start for p in pieces)
+    advance = progress(total, len(pieces)) if progress else None
+    actual = hashing.hash_pieces(pieces, hash_type, progress=advance)
+    compare(
+        signed.resources,
+        actual,
+        hashing.algorithm_name(hash_type, signed.method, shard),
+        req.model_path,
+    )
+    return VerifyResult(
+        model_path=str(req.model_path.resolve()),
+        signature=str(signature),
+        method=signer.method,
+        signer=asdict(signer),
+        manifest_digest=f"sha256:{signed.digest}",
+        predicate_type=signed.predicate_type,
+        serialization={
+            "method": signed.method,
+            "hash_type": hash_type,
+            **({"shard_size": shard} if signed.method == "shards" else {}),
+        },
+        files=len(files),
+        bytes=total,
+        policy={
+            "id": policy.id,
+            "sha256": policy.sha256,
+            "allow": True,
+            "reasons": decision.reasons,
+        },
+        seconds=round(time.perf_counter() - start, 3),
+    )

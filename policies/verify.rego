@@ -1,0 +1,86 @@
+# The rules `gkit verify` applies after the signature checks out. Evaluated by regopy (the
+# OPA Rego language, Microsoft's rego-cpp engine); data.policy is the policy's JSON file,
+# input holds the facts gkit established (signature, files, manifest).
+package gkit.verify
+
+import rego.v1
+
+# File types that hold weights. Pickle formats can run code when loaded.
+weight_suffixes := {
+	".safetensors": "safetensors", ".gguf": "gguf", ".bin": "pickle", ".pt": "pickle",
+	".pth": "pickle", ".pkl": "pickle", ".pickle": "pickle", ".ckpt": "pickle",
+	".h5": "hdf5", ".onnx": "onnx", ".msgpack": "msgpack", ".npz": "numpy", ".npy": "numpy",
+}
+
+file_format(name) := fmt if {
+	some suffix, fmt in weight_suffixes
+	endswith(lower(name), suffix)
+}
+
+default allow := false
+
+allow if count(deny) == 0
+
+deny contains msg if {
+	not input.signature.method in data.policy.methods
+	msg := sprintf("the model is signed with method '%s'; policy '%s' accepts only %v",
+		[input.signature.method, data.policy.id, data.policy.methods])
+}
+
+deny contains msg if {
+	input.signature.method == "sigstore"
+	data.policy.sigstore.issuer != null
+	input.signature.issuer != data.policy.sigstore.issuer
+	msg := sprintf("the signing certificate was issued through '%s'; policy '%s' requires '%s'",
+		[input.signature.issuer, data.policy.id, data.policy.sigstore.issuer])
+}
+
+deny contains msg if {
+	input.signature.method == "sigstore"
+	count(data.policy.sigstore.identities) > 0
+	count({i | some i in input.signature.identities; i in data.policy.sigstore.identities}) == 0
+	msg := sprintf("the signer %v is not on policy '%s''s allow-list %v",
+		[input.signature.identities, data.policy.id, data.policy.sigstore.identities])
+}
+
+deny contains msg if {
+	some f in input.files
+	fmt := file_format(f.name)
+	not fmt in data.policy.weight_formats
+	msg := sprintf("%s is a %s-format weight file; policy '%s' allows %v only",
+		[f.name, fmt, data.policy.id, data.policy.weight_formats])
+}
+
+deny contains msg if {
+	some f in input.files
+	f.symlink
+	not data.policy.allow_symlinks
+	msg := sprintf("%s is a symbolic link; policy '%s' does not allow symlinks", [f.name, data.policy.id])
+}
+
+deny contains msg if {
+	input.manifest.legacy
+	not data.policy.allow_legacy_predicate
+	msg := sprintf("the signature uses the legacy v0.1 predicate; policy '%s' requires v1.0", [data.policy.id])
+}
+
+# What passed, so an allow decision says why too.
+reasons contains msg if {
+	input.signature.method in data.policy.methods
+	msg := sprintf("signature method '%s' is accepted", [input.signature.method])
+}
+
+reasons contains msg if {
+	some i in input.signature.identities
+	i in data.policy.sigstore.identities
+	msg := sprintf("signer %s is on the allow-list", [i])
+}
+
+reasons contains msg if {
+	weights := [f.name | some f in input.files; file_format(f.name)]
+	bad := [f.name | some f in input.files; fmt := file_format(f.name); not fmt in data.policy.weight_formats]
+	count(bad) == 0
+	msg := sprintf("%d weight file(s), all in allowed formats %v", [count(weights), data.policy.weight_formats])
+}
+
+decision := {"allow": allow, "deny": deny, "reasons": reasons}
