@@ -76,3 +76,12 @@ def audit_url(request, tmp_path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'audit.db'}"
     return request.getfixturevalue("postgres").new_database()
+
+
+@pytest.fixture(autouse=True)
+def _private_audit_log(tmp_path_factory, monkeypatch):
+    """Every test (and every gkit it runs) writes audit events to its own database, never to
+    the developer's."""
+    db = tmp_path_factory.mktemp("audit") / "audit.db"
+    monkeypatch.setenv("GKIT_AUDIT_DB", f"sqlite:///{db}")
+    return db

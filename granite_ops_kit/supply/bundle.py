@@ -58,6 +58,13 @@ def _b64(value, where: str, path: Path) -> bytes:
         raise VerificationFailed(f"{path}: {where} is not valid base64.") from None
 
 
+def _truncated(text: bytes, e: json.JSONDecodeError) -> bool:
+    """The parser ran out of input: at the end, or inside a string never closed."""
+    if e.pos >= len(text.rstrip()):
+        return True
+    return e.msg.startswith("Unterminated string") and b'"' not in text[e.pos + 1 :]
+
+
 def _load_json(path: Path) -> dict:
     if not path.exists():
         raise UsageError(
@@ -75,7 +82,7 @@ def _load_json(path: Path) -> dict:
     except UnicodeDecodeError:
         raise VerificationFailed(f"{path} is not UTF-8 JSON; not a Sigstore bundle.") from None
     except json.JSONDecodeError as e:
-        where = "ends early (truncated)" if e.pos >= len(text.rstrip()) else "is corrupt"
+        where = "ends early (truncated)" if _truncated(text, e) else "is corrupt"
         raise VerificationFailed(
             f"{path} {where}: invalid JSON at byte {e.pos} of {len(text)} ({e.msg})."
         ) from None
