@@ -5,17 +5,17 @@ package gkit.verify
 
 import rego.v1
 
-# File types that hold weights. Pickle formats can run code when loaded.
+# File types that hold weights, by lower-case suffix (input.files[].ext). Pickle formats
+# can run code when loaded.
 weight_suffixes := {
 	".safetensors": "safetensors", ".gguf": "gguf", ".bin": "pickle", ".pt": "pickle",
 	".pth": "pickle", ".pkl": "pickle", ".pickle": "pickle", ".ckpt": "pickle",
 	".h5": "hdf5", ".onnx": "onnx", ".msgpack": "msgpack", ".npz": "numpy", ".npy": "numpy",
 }
 
-file_format(name) := fmt if {
-	some suffix, fmt in weight_suffixes
-	endswith(lower(name), suffix)
-}
+weight_files := [f | some f in input.files; weight_suffixes[f.ext]]
+
+disallowed_files := [f | some f in weight_files; not weight_suffixes[f.ext] in data.policy.weight_formats]
 
 default allow := false
 
@@ -44,11 +44,9 @@ deny contains msg if {
 }
 
 deny contains msg if {
-	some f in input.files
-	fmt := file_format(f.name)
-	not fmt in data.policy.weight_formats
+	some f in disallowed_files
 	msg := sprintf("%s is a %s-format weight file; policy '%s' allows %v only",
-		[f.name, fmt, data.policy.id, data.policy.weight_formats])
+		[f.name, weight_suffixes[f.ext], data.policy.id, data.policy.weight_formats])
 }
 
 deny contains msg if {
@@ -77,10 +75,8 @@ reasons contains msg if {
 }
 
 reasons contains msg if {
-	weights := [f.name | some f in input.files; file_format(f.name)]
-	bad := [f.name | some f in input.files; fmt := file_format(f.name); not fmt in data.policy.weight_formats]
-	count(bad) == 0
-	msg := sprintf("%d weight file(s), all in allowed formats %v", [count(weights), data.policy.weight_formats])
+	count(disallowed_files) == 0
+	msg := sprintf("%d weight file(s), all in allowed formats %v", [count(weight_files), data.policy.weight_formats])
 }
 
 decision := {"allow": allow, "deny": deny, "reasons": reasons}

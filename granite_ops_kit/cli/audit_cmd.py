@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
 from pathlib import Path
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from granite_ops_kit.cli import output
 from granite_ops_kit.cli.options import JSON_OPTION
@@ -51,6 +54,8 @@ def log(
         rows = list(store.records(Query(since, until, event, subject, outcome)))
 
     def render(con: Console) -> None:
+        from rich.table import Table
+
         table = Table("seq", "time (UTC)", "event", "subject", "outcome", "actor", "reason")
         for r in rows:
             style = "red" if r["outcome"] != "success" else None

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
 from granite_ops_kit.cli import output
 from granite_ops_kit.cli.options import JSON_OPTION

@@ -10,9 +10,11 @@ import json
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
+from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.markup import escape
+if TYPE_CHECKING:
+    from rich.console import Console
 
 from granite_ops_kit.errors import GkitError
 
@@ -23,8 +25,21 @@ class OutputState:
 
 
 state = OutputState()
-stdout = Console(highlight=False, soft_wrap=True)
-stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+@cache
+def _console(to_stderr: bool) -> Console:
+    from rich.console import Console
+
+    return Console(stderr=to_stderr, highlight=False, soft_wrap=True)
+
+
+def __getattr__(name: str):
+    """`output.stdout` / `output.stderr`, made on first use: rich costs ~50 ms to import,
+    which every command that prints nothing human-readable (--json) should not pay."""
+    if name in ("stdout", "stderr"):
+        return _console(name == "stderr")
+    raise AttributeError(name)
 
 
 def use_json(flag: bool) -> None:
@@ -37,14 +52,16 @@ def emit(result: dict, render: Callable[[Console], None]) -> None:
     if state.json:
         sys.stdout.write(json.dumps({"ok": True, **result}, indent=2, default=str) + "\n")
     else:
-        render(stdout)
+        render(_console(False))
 
 
 def report_error(error: GkitError) -> None:
     if state.json:
         sys.stdout.write(json.dumps(error.to_json(), indent=2, default=str) + "\n")
     else:
-        stderr.print(f"[bold red]gkit: error:[/] {escape(error.message)}")
+        from rich.markup import escape
+
+        _console(True).print(f"[bold red]gkit: error:[/] {escape(error.message)}")
 
 
 def progress_bytes(description: str):
@@ -64,6 +81,6 @@ def progress_bytes(description: str):
         DownloadColumn(),
         TransferSpeedColumn(),
         TimeRemainingColumn(),
-        console=stderr,
+        console=_console(True),
         transient=True,
     )

@@ -6,12 +6,16 @@ here: a broken checkpoint is a failed check (1), a bad request a usage error (2)
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
 from granite_ops_kit.cli import output
 from granite_ops_kit.cli.options import JSON_OPTION

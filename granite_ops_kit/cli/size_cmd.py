@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
 from pathlib import Path
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from granite_ops_kit.cli import output
 from granite_ops_kit.cli.options import JSON_OPTION
@@ -23,6 +26,8 @@ def _render_plan(con: Console, p: dict) -> None:
         f"[bold]{p['model']}[/] on {p['gpus']} x {p['gpu']['label']} with {p['engine']}: "
         f"{w['concurrency']} sessions x {w['context']:,} tokens {verdict}"
     )
+    from rich.table import Table
+
     table = Table("per GPU", "bytes", show_header=True)
     for key in ("weights", "kv_cache", "state_cache", "activations", "non_torch", "total"):
         table.add_row(key.replace("_", " "), format_bytes(f[key]))
@@ -56,6 +61,8 @@ def _render_plan(con: Console, p: dict) -> None:
 
 
 def _render_sweep(con: Console, rows: list[dict], contexts: list[int]) -> None:
+    from rich.table import Table
+
     table = Table("GPU", "GiB", *[f"sessions @ {c // 1024}k" for c in contexts])
     for row in rows:
         table.add_row(

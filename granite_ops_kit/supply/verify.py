@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from granite_ops_kit.errors import PolicyDenied, UsageError, VerificationFailed
 from granite_ops_kit.policy import engine
@@ -81,7 +81,15 @@ def _facts(signer: trust.Signer, files, signed: statement.SignedManifest) -> dic
             "identities": signer.identities,
             "issuer": signer.issuer,
         },
-        "files": [{"name": f.name, "size": f.size, "symlink": f.is_symlink} for f in files],
+        "files": [
+            {
+                "name": f.name,
+                "ext": PurePosixPath(f.path.name).suffix.lower(),
+                "size": f.size,
+                "symlink": f.is_symlink,
+            }
+            for f in files
+        ],
         "manifest": {"digest": signed.digest, "legacy": signed.legacy},
     }
 

@@ -1,0 +1,81 @@
+"""`gkit pull` against a Hugging Face cache laid out as huggingface_hub writes it (the Hub is
+not reachable here), with HF_HUB_OFFLINE=1; then the pulled copy is verified per policy."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+from tests import pki
+from tests.conftest import run_gkit
+from tests.test_supply_sign import make_model
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def hub_cache(cache: Path, repo_id: str, model: Path) -> Path:
+    """models--org--name/{blobs,refs/main,snapshots/COMMIT} with relative blob links."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    snap = repo / "snapshots" / COMMIT
+    (repo / "blobs").mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(COMMIT)
+    for src in sorted(p for p in model.rglob("*") if p.is_file()):
+        blob = hashlib.sha256(src.read_bytes()).hexdigest()
+        shutil.copy(src, repo / "blobs" / blob)
+        link = snap / src.relative_to(model)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(repo / "blobs" / blob, link.parent))
+    return snap
+
+
+def test_pull_offline_from_cache_then_verify(tmp_path):
+    key = pki.new_key()
+    priv, pub = pki.write_key(key, tmp_path / "k.pem"), pki.write_public(key, tmp_path / "k.pub")
+    model = make_model(tmp_path / "src")
+    assert run_gkit("sign", str(model), "--key", str(priv)).returncode == 0
+    cache = tmp_path / "hf"
+    hub_cache(cache, "acme/granite-demo", model)
+    env = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "HF_HOME": str(tmp_path / "home")}
+    dest = tmp_path / "pulled"
+    result = run_gkit("pull", "acme/granite-demo", "--dest", str(dest), "--policy", "default",
+                      "--public-key", str(pub), "--json", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = json.loads(result.stdout)
+    assert out["commit"] == COMMIT and out["revision"] == "main"
+    assert out["files"] == 8  # 7 model files and model.sig
+    assert out["verification"]["method"] == "key" and out["verification"]["files"] == 7
+    assert not any(p.is_symlink() for p in dest.rglob("*"))  # real files, not cache links
+    # the same commit asked for by hash resolves to itself
+    again = run_gkit("pull", "acme/granite-demo", "--revision", COMMIT, "--dest", str(dest),
+                     "--policy", "default", "--public-key", str(pub), "--json", env=env)
+    assert json.loads(again.stdout)["commit"] == COMMIT
+
+
+def test_pull_offline_of_a_missing_repo_says_so(tmp_path):
+    env = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path), "HF_HOME": str(tmp_path)}
+    result = run_gkit("pull", "acme/absent", "--dest", str(tmp_path / "d"), env=env)
+    assert result.returncode == 1
+    assert "is not in the local Hugging Face cache" in result.stderr
+
+
+def test_pull_refuses_a_tampered_cache(tmp_path):
+    key = pki.new_key()
+    priv, pub = pki.write_key(key, tmp_path / "k.pem"), pki.write_public(key, tmp_path / "k.pub")
+    model = make_model(tmp_path / "src")
+    assert run_gkit("sign", str(model), "--key", str(priv)).returncode == 0
+    (model / "a.txt").write_text("swapped after signing")
+    cache = tmp_path / "hf"
+    hub_cache(cache, "acme/granite-demo", model)
+    env = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "HF_HOME": str(tmp_path / "h")}
+    result = run_gkit("pull", "acme/granite-demo", "--dest", str(tmp_path / "d"), "--policy",
+                      "default", "--public-key", str(pub), env=env)
+    assert result.returncode == 1 and "'a.txt' has changed since it was signed" in result.stderr
+
+
+def test_bad_repo_id_is_a_usage_error():
+    result = run_gkit("pull", "not a repo")
+    assert result.returncode == 2 and "is not a Hub repository id" in result.stderr
