@@ -30,7 +30,10 @@ def test_extras_carry_runtime_and_test_tools():
 def test_console_script_and_both_packages():
     dist = distribution("granite-ops-kit")
     scripts = {ep.name: ep.value for ep in dist.entry_points if ep.group == "console_scripts"}
-    assert scripts == {"gkit": "granite_ops_kit.cli.app:run"}
+    assert scripts == {
+        "gkit": "granite_ops_kit.cli.app:run",
+        "gkit-probe": "granite_ops_kit.cli.probe:main",
+    }
     import granite_ops_kit
     import granite_runtime
 

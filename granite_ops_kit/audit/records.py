@@ -63,12 +63,15 @@ def _actor() -> str:
         return "unknown"
 
 
-CONTROLS_FILE = Path(__file__).resolve().parents[2] / "policies" / "iso42001-controls.json"
+def _controls_file() -> Path:
+    from granite_ops_kit.policy.engine import policies_dir
+
+    return policies_dir() / "iso42001-controls.json"
 
 
 @lru_cache(maxsize=1)
 def _controls() -> dict[str, list[str]]:
-    return json.loads(CONTROLS_FILE.read_text("utf-8"))["events"]
+    return json.loads(_controls_file().read_text("utf-8"))["events"]
 
 
 def controls_for(event: str) -> list[str]:

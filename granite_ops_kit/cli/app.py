@@ -14,8 +14,8 @@ from granite_ops_kit import __version__
 from granite_ops_kit.cli import (
     audit_cmd,
     demo,
+    deploy_cmds,
     output,
-    planned,
     runtime_cmds,
     size_cmd,
     supply_cmds,
@@ -63,7 +63,8 @@ app.add_typer(audit_cmd.app, name="audit")
 app.command("size")(size_cmd.size)
 app.command("generate")(runtime_cmds.generate)
 app.command("serve")(runtime_cmds.serve)
-planned.register(app, ["build", "deploy"])
+app.command("build")(deploy_cmds.build)
+app.command("deploy")(deploy_cmds.deploy)
 app.command("demo-model")(demo.demo_model)
 app.command("demo")(demo.demo)
 

@@ -76,12 +76,20 @@ def serve(
     served_model_name: str = typer.Option(
         None, help="Model id in the API (default: the directory name)."
     ),
+    gpus: int = typer.Option(
+        1, min=1, help="GPUs to shard the model over (tensor parallelism; one host)."
+    ),
 ) -> None:
     """Serve a model over the OpenAI API: /v1/models, /v1/completions, /v1/chat/completions
     (streaming, tools), /health and Prometheus /metrics.
 
     Stops gracefully on Ctrl-C or SIGTERM: open streams finish first (30 s at most).
     """
+    if gpus > 1:
+        raise UsageError(
+            f"--gpus {gpus}: tensor parallelism is not built into this runtime yet; "
+            "serve with --gpus 1 (the chart and the plan already size for it)."
+        )
     with runtime_errors():
         from granite_runtime.serve import build_service, run_server
 

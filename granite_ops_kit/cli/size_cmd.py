@@ -13,7 +13,7 @@ import typer
 
 from granite_ops_kit.cli import output
 from granite_ops_kit.cli.options import JSON_OPTION
-from granite_ops_kit.errors import PlanDoesNotFit, UsageError
+from granite_ops_kit.errors import UsageError
 from granite_ops_kit.units import format_bytes
 
 GIB = 2**30
@@ -108,7 +108,7 @@ def size(
     from granite_ops_kit.sizing import engines
     from granite_ops_kit.sizing import sweep as sweeps
     from granite_ops_kit.sizing.gpus import find_gpu
-    from granite_ops_kit.sizing.plan import Request, make_plan
+    from granite_ops_kit.sizing.plan import Request, make_plan, require_fit
     from granite_ops_kit.sizing.source import resolve
 
     output.use_json(json_)
@@ -143,13 +143,5 @@ def size(
         if plot:
             con.print(f"plot: {plan['plot']}")
 
-    if not plan["fits"]:
-        f = plan["per_gpu"]
-        raise PlanDoesNotFit(
-            f"{plan['model']}: {concurrency} sessions x {context:,} tokens need "
-            f"{format_bytes(f['total'])} per GPU on {gpus} x {gpu}, the budget is "
-            f"{format_bytes(plan['budget_per_gpu'])}; at most {plan['max_sessions_at_context']} "
-            f"sessions fit, or use {plan['fewest_gpus'] or 'more than 8'} GPUs.",
-            details=plan,
-        )
+    require_fit(plan)
     output.emit(plan, render)

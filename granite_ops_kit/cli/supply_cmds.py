@@ -195,6 +195,11 @@ def verify(
         None, help="Path to leave out, relative to the model directory. Repeatable."
     ),
     policy: str = typer.Option("default", help=TRUST_HELP["policy"]),
+    expect_digest: str = typer.Option(
+        None,
+        help="Also require this manifest digest (sha256:...): the model verified earlier "
+        "in a pipeline, e.g. by the initContainer of a deployed chart.",
+    ),
     json_: bool = JSON_OPTION,
 ) -> None:
     """Verify a model's OpenSSF Model Signing signature, then apply a policy.
@@ -225,6 +230,7 @@ def verify(
         ignore_paths,
         policy,
     )
+    req.expect_digest = expect_digest
     result = _verify(req)
     output.emit(result, _render_verify(result))
 

@@ -167,3 +167,21 @@ def make_plan(r: Request) -> dict:
         "decode_bound": decode_bound(c, r, tp),
         "comparison": compare(r),
     }
+
+
+def require_fit(plan: dict) -> dict:
+    """The plan, or PlanDoesNotFit saying by how much and what would fit."""
+    if plan["fits"]:
+        return plan
+    from granite_ops_kit.errors import PlanDoesNotFit
+    from granite_ops_kit.units import format_bytes
+
+    f, w = plan["per_gpu"], plan["workload"]
+    raise PlanDoesNotFit(
+        f"{plan['model']}: {w['concurrency']} sessions x {w['context']:,} tokens need "
+        f"{format_bytes(f['total'])} per GPU on {plan['gpus']} x {plan['gpu']['name']}, the "
+        f"budget is {format_bytes(plan['budget_per_gpu'])}; at most "
+        f"{plan['max_sessions_at_context']} sessions fit, or use "
+        f"{plan['fewest_gpus'] or 'more than 8'} GPUs.",
+        details=plan,
+    )

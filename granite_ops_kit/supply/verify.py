@@ -31,6 +31,7 @@ class VerifyRequest:
     trust_config: Path | None = None
     ignore_paths: list[str] = field(default_factory=list)
     policy: str = "default"
+    expect_digest: str | None = None
 
 
 @dataclass
@@ -140,6 +141,11 @@ def verify(
     bundle = bundle_io.read(signature)
     signer = trust.check(bundle, _trust_inputs(req, policy))
     signed = statement.parse(bundle.payload)
+    if req.expect_digest and req.expect_digest != f"sha256:{signed.digest}":
+        raise VerificationFailed(
+            f"{req.model_path} is signed with manifest sha256:{signed.digest}, not the "
+            f"expected {req.expect_digest} (a different model from the one verified before)."
+        )
     try:
         hash_type = hashing.canonical_hash_type(signed.hash_type)
     except UsageError as e:
@@ -186,3 +192,34 @@ def verify(
         },
         seconds=round(time.perf_counter() - start, 3),
     )
+
+
+def current_manifest_digest(
+    model_path: Path, signature: Path | None = None, ignore_paths: list[str] | None = None
+) -> str:
+    """The manifest digest of the model as it is on disk now, per its signature's statement.
+
+    No trust check: this answers "is this still exactly the model that was signed, and which
+    manifest is it?", so that a later step (deploy) can look up whether `gkit verify` passed
+    for that manifest. Raises VerificationFailed if the files no longer match.
+    """
+    if not model_path.exists():
+        raise UsageError(f"model path {model_path} does not exist.")
+    signature = signature or default_signature(model_path)
+    signed = statement.parse(bundle_io.read(signature).payload)
+    hash_type = hashing.canonical_hash_type(signed.hash_type)
+    ignores = [
+        *signed.ignore_paths,
+        *(ignore_paths or []),
+        *model_files.signature_ignore(model_path, signature),
+    ]
+    files = model_files.list_files(model_path, ignores, allow_symlinks=False)
+    shard = signed.shard_size or hashing.DEFAULT_SHARD_SIZE
+    actual = hashing.hash_pieces(hashing.pieces(files, signed.method, shard), hash_type)
+    compare(
+        signed.resources,
+        actual,
+        hashing.algorithm_name(hash_type, signed.method, shard),
+        model_path,
+    )
+    return f"sha256:{signed.digest}"

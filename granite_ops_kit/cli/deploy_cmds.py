@@ -1,0 +1,326 @@
+"""`gkit build` and `gkit deploy`: thin wrappers over granite_ops_kit.deploy."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+
+from granite_ops_kit.cli import output
+from granite_ops_kit.cli.options import JSON_OPTION
+from granite_ops_kit.cli.supply_cmds import record
+from granite_ops_kit.errors import UsageError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+TARGETS = ("render", "kubernetes", "docker")
+RELEASE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,51}[a-z0-9])?$")
+
+
+def _log(message: str) -> None:
+    if not output.state.json:
+        output.stderr.print(f"[dim]{message}[/]", markup=True, highlight=False)
+
+
+def _whole_gpus(value: str) -> int:
+    """GPUs are whole: '2' is fine, '0.5' or 'two' is a usage error, never rounded."""
+    if not re.fullmatch(r"[1-9][0-9]*", value.strip()):
+        raise UsageError(
+            f"--gpus must be a whole number of GPUs (1, 2, 4, 8), not '{value}'; "
+            "a GPU cannot be shared by fractions here."
+        )
+    gpus = int(value)
+    if gpus > 8:
+        raise UsageError(f"--gpus {gpus}: one pod spans one host, 8 GPUs at most.")
+    return gpus
+
+
+def _verification_label(gate) -> str:
+    if gate.verified_record is not None:
+        return f"verified (audit record {gate.verified_record})"
+    return "unverified (--allow-unverified)"
+
+
+def build(
+    model_path: Path = typer.Argument(..., help="The model directory (verified with gkit verify)."),
+    tag: str = typer.Option(None, help="Image tag; default gkit-runtime/NAME:VERSION."),
+    base_image: str = typer.Option(
+        "python:3.11-slim-bookworm",
+        help="Base image with Python 3.11, already on the Docker engine (never pulled). "
+        "PyTorch's wheels carry their own CUDA libraries; the host's NVIDIA driver comes "
+        "in through the NVIDIA container toolkit.",
+    ),
+    bake_model: bool = typer.Option(
+        False, "--bake-model", help="Copy the model into the image (read-only, at /opt/gkit/model)."
+    ),
+    model_from: str = typer.Option(
+        "pvc", help="Where a non-baked model comes from at run time: pvc or hf."
+    ),
+    wheelhouse: Path = typer.Option(
+        None,
+        help="Use these wheels instead of building them (air-gapped hosts prepare them elsewhere).",
+    ),
+    allow_unverified: bool = typer.Option(
+        False, "--allow-unverified", help="Build even without a passing gkit verify (audited)."
+    ),
+    json_: bool = JSON_OPTION,
+) -> None:
+    """Build a non-root container image of the runtime (and, with --bake-model, the model).
+
+    The build needs no network: gkit and its dependencies are installed from wheels built
+    on this host. The image's labels carry the model's manifest digest and verification.
+    The image id is recorded in the audit log.
+    """
+    from granite_ops_kit import __version__
+    from granite_ops_kit.deploy import gate, image
+
+    output.use_json(json_)
+    if model_from not in ("pvc", "hf"):
+        raise UsageError(f"--model-from must be pvc or hf, not '{model_from}'.")
+    checked = gate.check(model_path, allow_unverified, _actor())
+    tag = tag or f"gkit-runtime/{_slug(model_path)}:{__version__}"
+    req = image.BuildRequest(
+        model_path,
+        tag,
+        base_image,
+        bake_model,
+        model_from,
+        checked.manifest_digest or "",
+        _verification_label(checked),
+        wheelhouse,
+    )
+    result = image.build(req, _log)
+    record(
+        "image.built",
+        tag,
+        "success",
+        f"image {result['image_id']} from {base_image}",
+        digest=result["image_id"],
+        details={
+            "model_manifest_digest": checked.manifest_digest,
+            "verification": req.verification,
+            "bake_model": bake_model,
+            "labels": result["labels"],
+        },
+    )
+
+    def render(con: Console) -> None:
+        con.print(
+            f"[green]built[/] {tag} ({result['image_id'][:19]}), user "
+            f"{result['user']}, model {checked.manifest_digest or '(unsigned)'}"
+        )
+
+    output.emit(result, render)
+
+
+def _slug(model_path: Path) -> str:
+    return re.sub(r"[^a-z0-9._-]+", "-", model_path.resolve().name.lower()).strip("-.") or "model"
+
+
+def _actor() -> str:
+    from granite_ops_kit.audit.records import _actor as actor
+
+    return actor()
+
+
+def _plan(model_path: Path, gpus: int, gpu: str, context: int, concurrency: int) -> dict:
+    from granite_ops_kit.sizing import engines
+    from granite_ops_kit.sizing.gpus import find_gpu
+    from granite_ops_kit.sizing.plan import Request, make_plan, require_fit
+    from granite_ops_kit.sizing.source import resolve
+
+    workload = engines.Workload(context, concurrency, "bf16", "bf16", "bf16", 0.9)
+    return require_fit(
+        make_plan(Request(resolve(str(model_path)), find_gpu(gpu), gpus, "gkit", workload))
+    )
+
+
+def deploy(
+    model_path: Path = typer.Argument(..., help="The verified model directory."),
+    gpus: str = typer.Option(
+        ..., help="Whole GPUs per replica: the nvidia.com/gpu request and the tensor-parallel size."
+    ),
+    target: str = typer.Option(
+        "render",
+        help="render (chart + values to --output), "
+        "kubernetes (helm upgrade --install --wait) or docker (this "
+        "host).",
+    ),
+    output_dir: Path = typer.Option(
+        Path("deploy-out"),
+        "--output",
+        help="Where render writes the chart, values.yaml and rendered.yaml.",
+    ),
+    namespace: str = typer.Option("default", help="Kubernetes namespace."),
+    release: str = typer.Option(None, help="Helm release name; default from the model."),
+    gpu: str = typer.Option("h100-80gb", help="GPU type the plan is made for (gkit size)."),
+    context: int = typer.Option(8192, min=16, help="Tokens per session the plan must fit."),
+    concurrency: int = typer.Option(8, min=1, help="Concurrent sessions the plan must fit."),
+    image_ref: str = typer.Option(
+        None, "--image", help="Image (from gkit build); default gkit-runtime/NAME:VERSION."
+    ),
+    model_source: str = typer.Option("pvc", help="pvc, hf or baked."),
+    existing_claim: str = typer.Option("", help="PVC that already holds the model."),
+    storage_class: str = typer.Option("", help="Storage class for a new model PVC."),
+    hf_repo: str = typer.Option("", help="Hub repo (model-source hf)."),
+    hf_revision: str = typer.Option("", help="Pinned commit (model-source hf)."),
+    policy: str = typer.Option("default", help="Policy the verify initContainer applies."),
+    verify_arg: list[str] = typer.Option(
+        None,
+        help="Trust input for the verify step, e.g. "
+        "--verify-arg=--public-key --verify-arg=/etc/gkit/"
+        "trust/signer.pub. Repeatable.",
+    ),
+    trust_config_map: str = typer.Option("", help="ConfigMap mounted at /etc/gkit/trust."),
+    kube_context: str = typer.Option(None, help="kubeconfig context (target kubernetes)."),
+    allow_unverified: bool = typer.Option(
+        False,
+        "--allow-unverified",
+        help="Deploy without a passing gkit verify of this manifest (audited).",
+    ),
+    json_: bool = JSON_OPTION,
+) -> None:
+    """Deploy a verified model sized by gkit size: a Helm chart, a Kubernetes release, or a
+    container on this host.
+
+    Refuses a model whose exact manifest has no passing `gkit verify` in the audit log,
+    a fractional --gpus (exit 2) and a plan that does not fit (exit 1). Every deploy is an
+    audit record.
+
+    Examples:
+
+      gkit deploy ./h-micro --gpus 2 --target render --output out/
+
+      gkit deploy ./h-micro --gpus 2 --target kubernetes --namespace llm --gpu h100-80gb
+    """
+    from granite_ops_kit import __version__
+    from granite_ops_kit.deploy import gate, values
+
+    output.use_json(json_)
+    n = _whole_gpus(gpus)
+    if target not in TARGETS:
+        raise UsageError(f"--target must be one of {', '.join(TARGETS)}, not '{target}'.")
+    if model_source not in ("pvc", "hf", "baked"):
+        raise UsageError(f"--model-source must be pvc, hf or baked, not '{model_source}'.")
+    release = release or _slug(model_path)[:53].strip("-.")
+    if not RELEASE.match(release):
+        raise UsageError(f"release name '{release}' is not a DNS label (a-z, 0-9, '-').")
+    checked = gate.check(model_path, allow_unverified, _actor())
+    plan = _plan(model_path, n, gpu, context, concurrency)
+    repo, _, tag = (image_ref or f"gkit-runtime/{_slug(model_path)}:{__version__}").rpartition(":")
+    chart_values = values.build(
+        values.ChartInputs(
+            name=_slug(model_path),
+            gpus=n,
+            plan=plan,
+            image_repository=repo,
+            image_tag=tag,
+            manifest_digest=checked.manifest_digest or "",
+            source=values.ModelSource(
+                model_source, existing_claim, storage_class, hf_repo, hf_revision
+            ),
+            policy=policy,
+            verify_args=list(verify_arg or []),
+            trust_config_map=trust_config_map,
+        )
+    )
+    result = {
+        "target": target,
+        "gpus": n,
+        "release": release,
+        "namespace": namespace,
+        "manifest_digest": checked.manifest_digest,
+        "verification": _verification_label(checked),
+        "approval": checked.approval,
+        "plan": {
+            "gpu": gpu,
+            "context": context,
+            "concurrency": concurrency,
+            "per_gpu_bytes": plan["per_gpu"]["total"],
+            "budget_per_gpu": plan["budget_per_gpu"],
+        },
+    }
+    result.update(
+        _apply(
+            target,
+            output_dir,
+            chart_values,
+            plan,
+            release,
+            namespace,
+            n,
+            storage_class,
+            kube_context,
+            model_path,
+            repo,
+            tag,
+        )
+    )
+    record(
+        "deployment.applied",
+        str(model_path.resolve()),
+        "success",
+        f"{target}: {release} on {n} GPU(s), {result['verification']}",
+        digest=checked.manifest_digest,
+        details=result,
+    )
+
+    def render(con: Console) -> None:
+        con.print(
+            f"[green]deployed[/] ({target}) {release}: {n} x {gpu}, "
+            f"{concurrency} sessions x {context:,} tokens; {result['verification']}"
+        )
+        for key in ("chart", "values", "rendered", "release_status", "container", "url"):
+            if result.get(key):
+                con.print(f"  {key:<15} {result[key]}")
+
+    output.emit(result, render)
+
+
+def _apply(
+    target,
+    output_dir,
+    chart_values,
+    plan,
+    release,
+    namespace,
+    gpus,
+    storage_class,
+    kube_context,
+    model_path,
+    repo,
+    tag,
+) -> dict:
+    from granite_ops_kit.deploy import render
+
+    if target == "render":
+        return render.write(output_dir, chart_values, plan, release, namespace)
+    if target == "kubernetes":
+        from granite_ops_kit.deploy import kube
+
+        pre = kube.preflight(gpus, namespace, storage_class or None, kube_context)
+        files = render.write(output_dir, chart_values, plan, release, namespace)
+        status = kube.install(
+            release, Path(files["chart"]), Path(files["values"]), namespace, kube_context
+        )
+        return {**files, **pre, "release_status": status}
+    from granite_ops_kit.deploy import docker_run
+
+    container = docker_run.run(
+        docker_run.RunRequest(
+            f"{repo}:{tag}",
+            model_path,
+            gpus,
+            name=release,
+            env={"GKIT_EXPECT_DIGEST": chart_values["model"]["manifestDigest"]},
+        )
+    )
+    seconds = docker_run.wait_healthy(container, 8000)
+    return {
+        "container": container.name,
+        "url": "http://127.0.0.1:8000/v1",
+        "healthy_after_s": round(seconds, 1),
+    }

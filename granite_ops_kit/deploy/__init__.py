@@ -1,0 +1,1 @@
+"""Delivery: container images, the Helm chart, Kubernetes and Docker targets."""
