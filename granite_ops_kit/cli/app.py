@@ -20,7 +20,7 @@ from granite_ops_kit.cli import (
     size_cmd,
     supply_cmds,
 )
-from granite_ops_kit.errors import EXIT_USAGE, GkitError, UsageError
+from granite_ops_kit.errors import EXIT_USAGE, CheckFailed, GkitError, UsageError
 
 app = typer.Typer(
     name="gkit",
@@ -91,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
         return error.exit_code
     except typer.TyperException as error:
         return _usage_error(error)
+    except PermissionError as error:  # a file gkit must read or write, named
+        output.report_error(CheckFailed(f"{error.filename}: permission denied."))
+        return CheckFailed.exit_code
     except (typer.Abort, KeyboardInterrupt):
         output.stderr.print("gkit: interrupted")
         return 130

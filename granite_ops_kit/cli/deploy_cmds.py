@@ -22,7 +22,9 @@ RELEASE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,51}[a-z0-9])?$")
 
 def _log(message: str) -> None:
     if not output.state.json:
-        output.stderr.print(f"[dim]{message}[/]", markup=True, highlight=False)
+        from rich.markup import escape
+
+        output.stderr.print(f"[dim]{escape(message)}[/]", highlight=False)
 
 
 def _whole_gpus(value: str) -> int:

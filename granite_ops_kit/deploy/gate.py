@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from granite_ops_kit.errors import PolicyDenied
+from granite_ops_kit.errors import PolicyDenied, UsageError, VerificationFailed
 
 
 @dataclass
@@ -45,10 +45,17 @@ def check(model_path: Path, allow_unverified: bool, requester: str) -> GateResul
     try:
         try:
             digest = current_manifest_digest(model_path)
-        except Exception:
+        except UsageError as e:  # no signature: it cannot have passed verification
+            if not allow_unverified:
+                raise PolicyDenied(
+                    f"{e.message} An unsigned model was never verified; sign "
+                    "and verify it, or pass --allow-unverified."
+                ) from None
+            digest = None
+        except VerificationFailed:
             if not allow_unverified:
                 raise
-            digest = None  # unsigned or changed: only --allow-unverified gets here
+            digest = None  # changed since signing: only --allow-unverified gets here
         record = _last_verification(store, digest) if digest else None
         if record is None and policy.get("require_verification", True) and not allow_unverified:
             raise PolicyDenied(

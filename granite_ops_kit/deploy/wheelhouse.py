@@ -5,6 +5,7 @@ to the host's versions (what the tests ran against), so the image build needs no
 from __future__ import annotations
 
 import hashlib
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -17,49 +18,75 @@ from granite_ops_kit.errors import CheckFailed
 PROJECT = "granite-ops-kit"
 
 
+SOURCE_PARTS = (
+    "pyproject.toml",
+    "README.md",
+    "granite_ops_kit",
+    "runtime",
+    "policies",
+    "manifests",
+)
+
+
 def source_tree() -> Path | None:
     root = Path(__file__).resolve().parents[2]
     return root if (root / "pyproject.toml").exists() else None
 
 
+def _copy_source(root: Path, dest: Path) -> Path:
+    """A clean copy to build from: setuptools writes build/ and *.egg-info into the tree it
+    builds, and an egg-info in a checkout shadows the installed package's metadata."""
+    dest.mkdir(parents=True)
+    for part in SOURCE_PARTS:
+        src = root / part
+        if src.is_dir():
+            shutil.copytree(src, dest / part, ignore=shutil.ignore_patterns("__pycache__"))
+        elif src.exists():
+            shutil.copy2(src, dest / part)
+    return dest
+
+
 def host_pins() -> list[str]:
-    """name==version of everything installed here, but gkit itself and local builds."""
+    """name==version of everything installed here but gkit itself: the image gets what the
+    tests ran against, and pip finds it all in its cache."""
     pins = {}
     for dist in metadata.distributions():
         name = (dist.metadata["Name"] or "").lower()
-        if not name or name == PROJECT:
-            continue
-        pins[name] = f"{name}=={dist.version}"
+        if name and name != PROJECT:
+            pins[name] = f"{name}=={dist.version}"
     return sorted(pins.values())
 
 
 def build(dest: Path, log=print) -> Path:
-    """Fill `dest` with wheels for granite-ops-kit[runtime]; reuses pip's cache."""
+    """Fill `dest` with wheels for granite-ops-kit[runtime] and its dependencies."""
     dest.mkdir(parents=True, exist_ok=True)
     pins = host_pins()
-    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
-        f.write("\n".join(pins) + "\n")
-        constraints = f.name
     src = source_tree()
-    target = f"{src}[runtime]" if src else f"{PROJECT}[runtime]=={__version__}"
     log(
         f"building wheels for {PROJECT}[runtime] {__version__} ({len(pins)} pinned "
         f"dependencies) into {dest}"
     )
-    cmd = [
-        sys.executable,
-        "-m",
-        "pip",
-        "wheel",
-        "--quiet",
-        "--wheel-dir",
-        str(dest),
-        "--constraint",
-        constraints,
-        target,
-    ]
-    result = subprocess.run(cmd, capture_output=True, text=True)
-    Path(constraints).unlink(missing_ok=True)
+    with tempfile.TemporaryDirectory(prefix="gkit-src-") as tmp:
+        constraints = Path(tmp) / "constraints.txt"
+        constraints.write_text("\n".join(pins) + "\n")
+        target = (
+            f"{_copy_source(src, Path(tmp) / 'src')}[runtime]"
+            if src
+            else f"{PROJECT}[runtime]=={__version__}"
+        )
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--wheel-dir",
+            str(dest),
+            "--constraint",
+            str(constraints),
+            target,
+        ]
+        result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
         tail = " ".join((result.stderr or result.stdout).strip().splitlines()[-3:])
         raise CheckFailed(f"building the wheelhouse failed: {tail}")
