@@ -85,3 +85,28 @@ def _private_audit_log(tmp_path_factory, monkeypatch):
     db = tmp_path_factory.mktemp("audit") / "audit.db"
     monkeypatch.setenv("GKIT_AUDIT_DB", f"sqlite:///{db}")
     return db
+
+
+@pytest.fixture(scope="session")
+def helm_binary() -> Path:
+    """The real helm: installed by `make` (scripts/get_helm.py), or fetched now the same way."""
+    from granite_ops_kit.deploy.helm import find_helm
+
+    found = find_helm()
+    if found is None:
+        subprocess.run([sys.executable, str(REPO / "scripts" / "get_helm.py")], check=True)
+        found = find_helm()
+    assert found is not None
+    return found
+
+
+@pytest.fixture(scope="session")
+def docker_host() -> str:
+    """A real Docker engine (started here if need be, never with the default bridge)."""
+    from tests.docker_engine import engine_host
+
+    host = engine_host()
+    if host is None:
+        pytest.skip("no Docker engine and no root to start one")
+    os.environ["DOCKER_HOST"] = host  # for the gkit subprocesses too
+    return host

@@ -29,8 +29,13 @@ def test_three_gigabytes_hash_in_flat_memory(tmp_path):
         with open(tmp_path / f"model-{i}.safetensors", "wb") as f:
             f.truncate(1_500_000_000)
     (tmp_path / "config.json").write_text("{}")
-    out = subprocess.run([sys.executable, "-c", PROBE, str(tmp_path)], capture_output=True,
-                         text=True, timeout=300, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
     result = json.loads(out.stdout)
     zeros = hashlib.sha256()
     block = bytes(1 << 20)
@@ -47,14 +52,21 @@ def test_digests_match_hashlib_and_blake3_for_files_and_shards(tmp_path):
     data = os.urandom(3 * hashing.WINDOW_BYTES // 2 + 12_345)  # crosses a window boundary
     (tmp_path / "w.safetensors").write_bytes(data)
     files = model_files.list_files(tmp_path)
-    for name, new in (("sha256", hashlib.sha256), ("blake2b", hashlib.blake2b),
-                      ("blake3", blake3.blake3)):
+    for name, new in (
+        ("sha256", hashlib.sha256),
+        ("blake2b", hashlib.blake2b),
+        ("blake3", blake3.blake3),
+    ):
         got = hashing.hash_pieces(hashing.pieces(files, "files"), name)
         assert got == {"w.safetensors": new(data).hexdigest()}
     shard = 10_000_003  # not a multiple of the page size: maps must realign
     got = hashing.hash_pieces(hashing.pieces(files, "shards", shard), "sha256")
-    expected = {f"w.safetensors:{s}:{min(s + shard, len(data))}":
-                hashlib.sha256(data[s:s + shard]).hexdigest() for s in range(0, len(data), shard)}
+    expected = {
+        f"w.safetensors:{s}:{min(s + shard, len(data))}": hashlib.sha256(
+            data[s : s + shard]
+        ).hexdigest()
+        for s in range(0, len(data), shard)
+    }
     assert got == expected and list(got) == list(expected)
 
 

@@ -41,8 +41,18 @@ def test_pull_offline_from_cache_then_verify(tmp_path):
     hub_cache(cache, "acme/granite-demo", model)
     env = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "HF_HOME": str(tmp_path / "home")}
     dest = tmp_path / "pulled"
-    result = run_gkit("pull", "acme/granite-demo", "--dest", str(dest), "--policy", "default",
-                      "--public-key", str(pub), "--json", env=env)
+    result = run_gkit(
+        "pull",
+        "acme/granite-demo",
+        "--dest",
+        str(dest),
+        "--policy",
+        "default",
+        "--public-key",
+        str(pub),
+        "--json",
+        env=env,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     out = json.loads(result.stdout)
     assert out["commit"] == COMMIT and out["revision"] == "main"
@@ -50,8 +60,20 @@ def test_pull_offline_from_cache_then_verify(tmp_path):
     assert out["verification"]["method"] == "key" and out["verification"]["files"] == 7
     assert not any(p.is_symlink() for p in dest.rglob("*"))  # real files, not cache links
     # the same commit asked for by hash resolves to itself
-    again = run_gkit("pull", "acme/granite-demo", "--revision", COMMIT, "--dest", str(dest),
-                     "--policy", "default", "--public-key", str(pub), "--json", env=env)
+    again = run_gkit(
+        "pull",
+        "acme/granite-demo",
+        "--revision",
+        COMMIT,
+        "--dest",
+        str(dest),
+        "--policy",
+        "default",
+        "--public-key",
+        str(pub),
+        "--json",
+        env=env,
+    )
     assert json.loads(again.stdout)["commit"] == COMMIT
 
 
@@ -71,8 +93,17 @@ def test_pull_refuses_a_tampered_cache(tmp_path):
     cache = tmp_path / "hf"
     hub_cache(cache, "acme/granite-demo", model)
     env = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "HF_HOME": str(tmp_path / "h")}
-    result = run_gkit("pull", "acme/granite-demo", "--dest", str(tmp_path / "d"), "--policy",
-                      "default", "--public-key", str(pub), env=env)
+    result = run_gkit(
+        "pull",
+        "acme/granite-demo",
+        "--dest",
+        str(tmp_path / "d"),
+        "--policy",
+        "default",
+        "--public-key",
+        str(pub),
+        env=env,
+    )
     assert result.returncode == 1 and "'a.txt' has changed since it was signed" in result.stderr
 
 

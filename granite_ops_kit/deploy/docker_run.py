@@ -47,6 +47,8 @@ def run(req: RunRequest):
         *req.serve_args,
         *(["--gpus", str(req.gpus), "--device", "cuda"] if req.gpus else ["--device", "cpu"]),
     ]
+    if req.model_path is not None and "--served-model-name" not in args:
+        args += ["--served-model-name", req.model_path.resolve().name]  # not "model"
     return client.containers.run(
         req.image,
         command=args,
