@@ -43,22 +43,22 @@ def engine_host() -> str | None:
         return None
     SOCKET_DIR.mkdir(parents=True, exist_ok=True)
     DATA_ROOT.mkdir(parents=True, exist_ok=True)
-    log = open(SOCKET_DIR / "dockerd.log", "ab")
-    subprocess.Popen(
-        [
-            "dockerd",
-            "--bridge=none",
-            "--iptables=false",
-            "--ip6tables=false",
-            f"--host=unix://{SOCKET}",
-            f"--data-root={DATA_ROOT}",
-            f"--exec-root={SOCKET_DIR / 'exec'}",
-            f"--pidfile={SOCKET_DIR / 'docker.pid'}",
-        ],
-        stdout=log,
-        stderr=log,
-        start_new_session=True,
-    )
+    with open(SOCKET_DIR / "dockerd.log", "ab") as log:  # dockerd keeps its own descriptor
+        subprocess.Popen(
+            [
+                "dockerd",
+                "--bridge=none",
+                "--iptables=false",
+                "--ip6tables=false",
+                f"--host=unix://{SOCKET}",
+                f"--data-root={DATA_ROOT}",
+                f"--exec-root={SOCKET_DIR / 'exec'}",
+                f"--pidfile={SOCKET_DIR / 'docker.pid'}",
+            ],
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
     for _ in range(120):
         if _answers(f"unix://{SOCKET}"):
             return f"unix://{SOCKET}"
