@@ -19,6 +19,10 @@ $(STAMP): pyproject.toml scripts/install-system-packages.sh
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH)
 	$(BIN)/pip install --quiet -e '.[runtime,plot,dev]'
+	$(BIN)/python scripts/get_helm.py
+	# checkov pins versions that clash with gkit's own (cyclonedx, packaging): its own venv
+	$(PYTHON) -m venv .venv-checkov
+	.venv-checkov/bin/pip install --quiet checkov
 	touch $(STAMP)
 
 system-packages:
@@ -36,4 +40,4 @@ lint: venv
 	$(BIN)/ruff format --check .
 
 clean:
-	rm -rf $(VENV) demo-out build *.egg-info
+	rm -rf $(VENV) .venv-checkov demo-out build *.egg-info

@@ -8,6 +8,7 @@ command -v pg_ctl >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/n
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v dockerd >/dev/null 2>&1 || need+=(docker.io)  # the tests start it only with --bridge=none
+command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)  # the tests' local base image
 
 if [ ${#need[@]} -eq 0 ]; then
     echo "system packages: all present"

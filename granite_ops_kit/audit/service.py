@@ -106,3 +106,27 @@ def prune(
         )
     )
     return summary
+
+
+def record(
+    event: str,
+    name: str,
+    outcome: str,
+    reason: str,
+    digest: str | None = None,
+    revision: str | None = None,
+    details: dict | None = None,
+    policy: dict | None = None,
+) -> None:
+    """One step's audit event (verify, sign, pull, build, deploy) in the configured store."""
+    record_event(
+        records.Event(
+            event,
+            records.Subject(name, revision=revision, digest=digest),
+            outcome,
+            reason=reason,
+            policy_id=(policy or {}).get("id"),
+            policy_hash=f"sha256:{policy['sha256']}" if policy and policy.get("sha256") else None,
+            details=details or {},
+        )
+    )

@@ -16,9 +16,6 @@ from granite_ops_kit.errors import UsageError
 if TYPE_CHECKING:
     from rich.console import Console
 
-TARGETS = ("render", "kubernetes", "docker")
-RELEASE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,51}[a-z0-9])?$")
-
 
 def _log(message: str) -> None:
     if not output.state.json:
@@ -38,12 +35,6 @@ def _whole_gpus(value: str) -> int:
     if gpus > 8:
         raise UsageError(f"--gpus {gpus}: one pod spans one host, 8 GPUs at most.")
     return gpus
-
-
-def _verification_label(gate) -> str:
-    if gate.verified_record is not None:
-        return f"verified (audit record {gate.verified_record})"
-    return "unverified (--allow-unverified)"
 
 
 def build(
@@ -76,14 +67,14 @@ def build(
     on this host. The image's labels carry the model's manifest digest and verification.
     The image id is recorded in the audit log.
     """
-    from granite_ops_kit import __version__
     from granite_ops_kit.deploy import gate, image
+    from granite_ops_kit.deploy.pipeline import default_image, verification_label
 
     output.use_json(json_)
     if model_from not in ("pvc", "hf"):
         raise UsageError(f"--model-from must be pvc or hf, not '{model_from}'.")
     checked = gate.check(model_path, allow_unverified, _actor())
-    tag = tag or f"gkit-runtime/{_slug(model_path)}:{__version__}"
+    tag = tag or default_image(model_path)
     req = image.BuildRequest(
         model_path,
         tag,
@@ -91,7 +82,7 @@ def build(
         bake_model,
         model_from,
         checked.manifest_digest or "",
-        _verification_label(checked),
+        verification_label(checked),
         wheelhouse,
     )
     result = image.build(req, _log)
@@ -118,26 +109,10 @@ def build(
     output.emit(result, render)
 
 
-def _slug(model_path: Path) -> str:
-    return re.sub(r"[^a-z0-9._-]+", "-", model_path.resolve().name.lower()).strip("-.") or "model"
-
-
 def _actor() -> str:
     from granite_ops_kit.audit.records import _actor as actor
 
     return actor()
-
-
-def _plan(model_path: Path, gpus: int, gpu: str, context: int, concurrency: int) -> dict:
-    from granite_ops_kit.sizing import engines
-    from granite_ops_kit.sizing.gpus import find_gpu
-    from granite_ops_kit.sizing.plan import Request, make_plan, require_fit
-    from granite_ops_kit.sizing.source import resolve
-
-    workload = engines.Workload(context, concurrency, "bf16", "bf16", "bf16", 0.9)
-    return require_fit(
-        make_plan(Request(resolve(str(model_path)), find_gpu(gpu), gpus, "gkit", workload))
-    )
 
 
 def deploy(
@@ -198,77 +173,35 @@ def deploy(
 
       gkit deploy ./h-micro --gpus 2 --target kubernetes --namespace llm --gpu h100-80gb
     """
-    from granite_ops_kit import __version__
-    from granite_ops_kit.deploy import gate, values
+    from granite_ops_kit.deploy.pipeline import DeployRequest
+    from granite_ops_kit.deploy.pipeline import deploy as run_deploy
 
     output.use_json(json_)
     n = _whole_gpus(gpus)
-    if target not in TARGETS:
-        raise UsageError(f"--target must be one of {', '.join(TARGETS)}, not '{target}'.")
-    if model_source not in ("pvc", "hf", "baked"):
-        raise UsageError(f"--model-source must be pvc, hf or baked, not '{model_source}'.")
-    release = release or _slug(model_path)[:53].strip("-.")
-    if not RELEASE.match(release):
-        raise UsageError(f"release name '{release}' is not a DNS label (a-z, 0-9, '-').")
-    checked = gate.check(model_path, allow_unverified, _actor())
-    plan = _plan(model_path, n, gpu, context, concurrency)
-    repo, _, tag = (image_ref or f"gkit-runtime/{_slug(model_path)}:{__version__}").rpartition(":")
-    chart_values = values.build(
-        values.ChartInputs(
-            name=_slug(model_path),
-            gpus=n,
-            plan=plan,
-            image_repository=repo,
-            image_tag=tag,
-            manifest_digest=checked.manifest_digest or "",
-            source=values.ModelSource(
-                model_source, existing_claim, storage_class, hf_repo, hf_revision
-            ),
-            policy=policy,
-            verify_args=list(verify_arg or []),
-            trust_config_map=trust_config_map,
-        )
+    req = DeployRequest(
+        model_path,
+        n,
+        target,
+        output_dir,
+        namespace,
+        release,
+        gpu,
+        context,
+        concurrency,
+        image_ref,
+        model_source,
+        existing_claim,
+        storage_class,
+        hf_repo,
+        hf_revision,
+        policy,
+        list(verify_arg or []),
+        trust_config_map,
+        kube_context,
+        allow_unverified,
     )
-    result = {
-        "target": target,
-        "gpus": n,
-        "release": release,
-        "namespace": namespace,
-        "manifest_digest": checked.manifest_digest,
-        "verification": _verification_label(checked),
-        "approval": checked.approval,
-        "plan": {
-            "gpu": gpu,
-            "context": context,
-            "concurrency": concurrency,
-            "per_gpu_bytes": plan["per_gpu"]["total"],
-            "budget_per_gpu": plan["budget_per_gpu"],
-        },
-    }
-    result.update(
-        _apply(
-            target,
-            output_dir,
-            chart_values,
-            plan,
-            release,
-            namespace,
-            n,
-            storage_class,
-            kube_context,
-            model_path,
-            repo,
-            tag,
-        )
-    )
-    record(
-        "deployment.applied",
-        str(model_path.resolve()),
-        "success",
-        f"{target}: {release} on {n} GPU(s), {result['verification']}",
-        digest=checked.manifest_digest,
-        details=result,
-    )
+    result = run_deploy(req, _actor())
+    release = result["release"]
 
     def render(con: Console) -> None:
         con.print(
@@ -280,49 +213,3 @@ def deploy(
                 con.print(f"  {key:<15} {result[key]}")
 
     output.emit(result, render)
-
-
-def _apply(
-    target,
-    output_dir,
-    chart_values,
-    plan,
-    release,
-    namespace,
-    gpus,
-    storage_class,
-    kube_context,
-    model_path,
-    repo,
-    tag,
-) -> dict:
-    from granite_ops_kit.deploy import render
-
-    if target == "render":
-        return render.write(output_dir, chart_values, plan, release, namespace)
-    if target == "kubernetes":
-        from granite_ops_kit.deploy import kube
-
-        pre = kube.preflight(gpus, namespace, storage_class or None, kube_context)
-        files = render.write(output_dir, chart_values, plan, release, namespace)
-        status = kube.install(
-            release, Path(files["chart"]), Path(files["values"]), namespace, kube_context
-        )
-        return {**files, **pre, "release_status": status}
-    from granite_ops_kit.deploy import docker_run
-
-    container = docker_run.run(
-        docker_run.RunRequest(
-            f"{repo}:{tag}",
-            model_path,
-            gpus,
-            name=release,
-            env={"GKIT_EXPECT_DIGEST": chart_values["model"]["manifestDigest"]},
-        )
-    )
-    seconds = docker_run.wait_healthy(container, 8000)
-    return {
-        "container": container.name,
-        "url": "http://127.0.0.1:8000/v1",
-        "healthy_after_s": round(seconds, 1),
-    }

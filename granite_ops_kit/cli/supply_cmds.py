@@ -19,30 +19,11 @@ from granite_ops_kit.errors import GkitError, UsageError
 PROGRESS_MIN_BYTES = 64 << 20
 
 
-def record(
-    event: str,
-    name: str,
-    outcome: str,
-    reason: str,
-    digest: str | None = None,
-    revision: str | None = None,
-    details: dict | None = None,
-    policy: dict | None = None,
-) -> None:
-    from granite_ops_kit.audit.records import Event, Subject
-    from granite_ops_kit.audit.service import record_event
+def record(*args, **kwargs) -> None:
+    """audit.service.record, imported on use: the audit store is not needed for --help."""
+    from granite_ops_kit.audit.service import record as record_step
 
-    record_event(
-        Event(
-            event,
-            Subject(name, revision=revision, digest=digest),
-            outcome,
-            reason=reason,
-            policy_id=(policy or {}).get("id"),
-            policy_hash=f"sha256:{policy['sha256']}" if policy and policy.get("sha256") else None,
-            details=details or {},
-        )
-    )
+    record_step(*args, **kwargs)
 
 
 @contextmanager

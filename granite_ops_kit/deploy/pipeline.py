@@ -1,0 +1,164 @@
+"""`gkit deploy` as a function: gate (verified, approved) -> plan (gkit size) -> chart values
+-> target (render, kubernetes, docker) -> audit record. The CLI and `gkit demo` call it."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from granite_ops_kit import __version__
+from granite_ops_kit.errors import UsageError
+
+TARGETS = ("render", "kubernetes", "docker")
+RELEASE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,51}[a-z0-9])?$")
+
+
+@dataclass
+class DeployRequest:
+    model_path: Path
+    gpus: int
+    target: str = "render"
+    output_dir: Path = Path("deploy-out")
+    namespace: str = "default"
+    release: str | None = None
+    gpu: str = "h100-80gb"
+    context: int = 8192
+    concurrency: int = 8
+    image: str | None = None
+    model_source: str = "pvc"
+    existing_claim: str = ""
+    storage_class: str = ""
+    hf_repo: str = ""
+    hf_revision: str = ""
+    policy: str = "default"
+    verify_args: list[str] = field(default_factory=list)
+    trust_config_map: str = ""
+    kube_context: str | None = None
+    allow_unverified: bool = False
+
+
+def slug(model_path: Path) -> str:
+    name = model_path.resolve().name.lower()
+    return re.sub(r"[^a-z0-9._-]+", "-", name).strip("-.") or "model"
+
+
+def default_image(model_path: Path) -> str:
+    return f"gkit-runtime/{slug(model_path)}:{__version__}"
+
+
+def verification_label(checked) -> str:
+    if checked.verified_record is not None:
+        return f"verified (audit record {checked.verified_record})"
+    return "unverified (--allow-unverified)"
+
+
+def _check(req: DeployRequest) -> str:
+    if req.target not in TARGETS:
+        raise UsageError(f"--target must be one of {', '.join(TARGETS)}, not '{req.target}'.")
+    if req.model_source not in ("pvc", "hf", "baked"):
+        raise UsageError(f"--model-source must be pvc, hf or baked, not '{req.model_source}'.")
+    release = req.release or slug(req.model_path)[:53].strip("-.")
+    if not RELEASE.match(release):
+        raise UsageError(f"release name '{release}' is not a DNS label (a-z, 0-9, '-').")
+    return release
+
+
+def plan_for(req: DeployRequest) -> dict:
+    from granite_ops_kit.sizing import engines
+    from granite_ops_kit.sizing.gpus import find_gpu
+    from granite_ops_kit.sizing.plan import Request, make_plan, require_fit
+    from granite_ops_kit.sizing.source import resolve
+
+    workload = engines.Workload(req.context, req.concurrency, "bf16", "bf16", "bf16", 0.9)
+    shape = resolve(str(req.model_path))
+    return require_fit(make_plan(Request(shape, find_gpu(req.gpu), req.gpus, "gkit", workload)))
+
+
+def deploy(req: DeployRequest, actor: str) -> dict:
+    from granite_ops_kit.audit.service import record
+    from granite_ops_kit.deploy import gate, values
+
+    release = _check(req)
+    checked = gate.check(req.model_path, req.allow_unverified, actor)
+    plan = plan_for(req)
+    repo, _, tag = (req.image or default_image(req.model_path)).rpartition(":")
+    chart_values = values.build(
+        values.ChartInputs(
+            name=slug(req.model_path),
+            gpus=req.gpus,
+            plan=plan,
+            image_repository=repo,
+            image_tag=tag,
+            manifest_digest=checked.manifest_digest or "",
+            source=values.ModelSource(
+                req.model_source,
+                req.existing_claim,
+                req.storage_class,
+                req.hf_repo,
+                req.hf_revision,
+            ),
+            policy=req.policy,
+            verify_args=list(req.verify_args),
+            trust_config_map=req.trust_config_map,
+        )
+    )
+    result = {
+        "target": req.target,
+        "gpus": req.gpus,
+        "release": release,
+        "namespace": req.namespace,
+        "manifest_digest": checked.manifest_digest,
+        "verification": verification_label(checked),
+        "approval": checked.approval,
+        "plan": {
+            "gpu": req.gpu,
+            "context": req.context,
+            "concurrency": req.concurrency,
+            "per_gpu_bytes": plan["per_gpu"]["total"],
+            "budget_per_gpu": plan["budget_per_gpu"],
+        },
+    }
+    result.update(_apply(req, release, chart_values, plan, f"{repo}:{tag}"))
+    record(
+        "deployment.applied",
+        str(req.model_path.resolve()),
+        "success",
+        f"{req.target}: {release} on {req.gpus} GPU(s), {result['verification']}",
+        digest=checked.manifest_digest,
+        details=result,
+    )
+    return result
+
+
+def _apply(req: DeployRequest, release: str, chart_values: dict, plan: dict, image: str) -> dict:
+    from granite_ops_kit.deploy import render
+
+    if req.target == "render":
+        return render.write(req.output_dir, chart_values, plan, release, req.namespace)
+    if req.target == "kubernetes":
+        from granite_ops_kit.deploy import kube
+
+        pre = kube.preflight(req.gpus, req.namespace, req.storage_class or None, req.kube_context)
+        files = render.write(req.output_dir, chart_values, plan, release, req.namespace)
+        status = kube.install(
+            release, Path(files["chart"]), Path(files["values"]), req.namespace, req.kube_context
+        )
+        return {**files, **pre, "release_status": status}
+    from granite_ops_kit.deploy import docker_run
+
+    container = docker_run.run(
+        docker_run.RunRequest(
+            image,
+            req.model_path,
+            req.gpus,
+            name=release,
+            env={"GKIT_EXPECT_DIGEST": chart_values["model"]["manifestDigest"]},
+        )
+    )
+    seconds = docker_run.wait_healthy(container, 8000)
+    return {
+        "container": container.name,
+        "url": "http://127.0.0.1:8000/v1",
+        "healthy_after_s": round(seconds, 1),
+    }
