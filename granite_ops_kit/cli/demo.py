@@ -87,55 +87,110 @@ def demo_model(
     output.emit(model.to_json(), render)
 
 
-# What `gkit demo` will run once each capability lands; printed so the user sees the path.
-LATER_STEPS = [
-    ("sign", "sign the model with a generated demo key (OpenSSF Model Signing)"),
-    ("verify", "verify the signature and the default policy"),
-    ("deploy", "render the Helm chart for 2 GPUs"),
-]
 QUESTION = "What does a platform team check before it serves a model?"
+
+
+def _demo_key(root: Path) -> tuple[Path, Path]:
+    """A fresh EC P-256 demo signing key (a real one belongs in a KMS or an HSM)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    keys = root / "keys"
+    keys.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    private, public = keys / "demo-signing-key.pem", keys / "demo-signing-key.pub"
+    private.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    private.chmod(0o600)
+    public.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    return private, public
+
+
+def _sign_and_verify(model_path: Path, private: Path, public: Path) -> dict:
+    from granite_ops_kit.cli.supply_cmds import _verify, record
+    from granite_ops_kit.supply.sign import SignRequest, sign
+    from granite_ops_kit.supply.verify import VerifyRequest
+
+    signed = sign(SignRequest(model_path, private))
+    record(
+        "artifact.signed",
+        signed.model_path,
+        "success",
+        f"signed with demo key {signed.key_fingerprint[:16]}",
+        digest=signed.manifest_digest,
+        details={"signature": signed.signature},
+    )
+    return _verify(VerifyRequest(model_path, public_key=public))
+
+
+def _render_chart(model_path: Path, output_dir: Path, public_key: Path) -> dict:
+    from granite_ops_kit.deploy.pipeline import DeployRequest, deploy
+
+    req = DeployRequest(
+        model_path,
+        2,
+        "render",
+        output_dir / "deploy",
+        gpu="h100-80gb",
+        context=4096,
+        concurrency=8,
+        verify_args=["--public-key", f"/etc/gkit/trust/{public_key.name}"],
+        trust_config_map="gkit-demo-trust",
+    )
+    return deploy(req, "gkit-demo")
+
+
+def _record_plan_and_chat(model_path: Path, plan: dict, chat: dict) -> None:
+    from granite_ops_kit.cli.supply_cmds import record
+
+    record(
+        "capacity.planned",
+        str(model_path),
+        "success" if plan["fits"] else "denied",
+        f"2 x h100-80gb, 8 sessions x 4096 tokens, {plan['per_gpu']['total']} bytes per GPU",
+    )
+    record(
+        "runtime.served",
+        str(model_path),
+        "success",
+        f"answered one chat request at {chat['url']}",
+        details={"usage": chat["response"]["usage"]},
+    )
 
 
 def _size_for_two_gpus(model_path: Path) -> dict:
     from granite_ops_kit.sizing.engines import Workload
     from granite_ops_kit.sizing.gpus import find_gpu
     from granite_ops_kit.sizing.plan import Request, make_plan
-    from granite_ops_kit.sizing.source import resolve
 
     return make_plan(
-        Request(resolve(str(model_path)), find_gpu("h100-80gb"), 2, "gkit", Workload(4096, 8))
+        Request(resolve_shape(model_path), find_gpu("h100-80gb"), 2, "gkit", Workload(4096, 8))
     )
 
 
-def _audit(output_dir: Path, model_path: Path, plan: dict, chat: dict) -> dict:
-    """Record the demo's steps in its own audit log, checkpoint it, export the reports."""
+def resolve_shape(model_path: Path):
+    from granite_ops_kit.sizing.source import resolve
+
+    return resolve(str(model_path))
+
+
+def _audit(root: Path) -> dict:
+    """Checkpoint the demo's audit log and export the auditor's report and evidence."""
     from granite_ops_kit.audit import export
-    from granite_ops_kit.audit.records import Event, Subject
     from granite_ops_kit.audit.service import sign_checkpoint, verify_store
     from granite_ops_kit.audit.store import open_store
 
-    root = output_dir.resolve()
     store = open_store(f"sqlite:///{root / 'audit.db'}")
     try:
-        subject = Subject(model_path.name, "demo-seed-0")
-        store.append(
-            Event(
-                "capacity.planned",
-                subject,
-                "success" if plan["fits"] else "denied",
-                reason=f"2 x h100-80gb, 8 sessions x 4096 tokens, "
-                f"{plan['per_gpu']['total']} bytes per GPU",
-            )
-        )
-        store.append(
-            Event(
-                "runtime.served",
-                subject,
-                "success",
-                reason=f"answered one chat request at {chat['url']}",
-                details={"usage": chat["response"]["usage"]},
-            )
-        )
         sign_checkpoint(store, root / "audit-signing-key.pem", "gkit-demo")
         rows = list(store.records())
         html = export.export(rows, rows, "html", root / "audit-report.html", "gkit demo audit")
@@ -160,25 +215,51 @@ def demo(
 ) -> None:
     """Run the main job end to end on a built-in tiny Granite model.
 
-    Today: writes the demo model, plans its memory on 2 GPUs, serves it locally with the
-    built-in runtime and asks it one chat question, records the steps in an audit log in the
-    output folder and exports its report and evidence. As gkit grows, the same command
-    signs, verifies and renders the chart, printing where each artifact is.
+    Writes the demo model, signs it with a generated demo key, verifies it, plans its memory
+    on 2 GPUs, renders the Helm chart for 2 GPUs, serves the model locally with the
+    built-in runtime and asks it one chat question, then exports the audit log's report and
+    evidence. Every step is recorded in the demo's own audit log (OUTPUT/audit.db).
     """
-    from granite_ops_kit.cli.runtime_cmds import runtime_errors
-    from granite_ops_kit.demo.local_chat import ask_once
-    from granite_ops_kit.demo.presets import load_preset
+    import os
 
     output.use_json(json_)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    model = _write_with_progress(output_dir / "model", preset="tiny-hybrid", seed=0, force=True)
+    root = output_dir.resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "audit.db").unlink(missing_ok=True)  # each run is its own story
+    previous = os.environ.get("GKIT_AUDIT_DB")
+    os.environ["GKIT_AUDIT_DB"] = f"sqlite:///{root / 'audit.db'}"
+    try:
+        steps, model = _run_steps(root)
+    finally:
+        if previous is None:
+            os.environ.pop("GKIT_AUDIT_DB", None)
+        else:
+            os.environ["GKIT_AUDIT_DB"] = previous
+    output.emit({"steps": steps, "model": model.to_json()}, _render_demo(steps, model))
+
+
+def _run_steps(root: Path):
+    from granite_ops_kit.cli.runtime_cmds import runtime_errors
+    from granite_ops_kit.demo.local_chat import ask_once
+
+    model = _write_with_progress(root / "model", preset="tiny-hybrid", seed=0, force=True)
+    private, public = _demo_key(root)
+    verified = _sign_and_verify(model.path, private, public)
     plan = _size_for_two_gpus(model.path)
+    chart = _render_chart(model.path, root, public)
     with runtime_errors():
         chat = ask_once(model.path, QUESTION)
-    reply = chat["response"]["choices"][0]["message"]["content"]
-    report = _audit(output_dir, model.path, plan, chat)
+    _record_plan_and_chat(model.path, plan, chat)
+    report = _audit(root)
     steps = [
         {"step": "demo-model", "status": "done", "artifact": str(model.path)},
+        {"step": "sign", "status": "done", "artifact": verified["signature"], "key": str(public)},
+        {
+            "step": "verify",
+            "status": "done",
+            "manifest_digest": verified["manifest_digest"],
+            "policy": verified["policy"]["id"],
+        },
         {
             "step": "size",
             "status": "done",
@@ -188,37 +269,64 @@ def demo(
             "max_sessions_at_context": plan["max_sessions_at_context"],
         },
         {
+            "step": "deploy",
+            "status": "done",
+            "target": "render",
+            "gpus": chart["gpus"],
+            "chart": chart["chart"],
+            "values": chart["values"],
+            "rendered": chart["rendered"],
+        },
+        {
             "step": "serve",
             "status": "done",
             "url": chat["url"],
             "question": QUESTION,
-            "answer": reply,
+            "answer": chat["response"]["choices"][0]["message"]["content"],
             "usage": chat["response"]["usage"],
             "seconds": chat["seconds"],
         },
         {"step": "audit", "status": "done", **report},
     ]
-    steps += [{"step": name, "status": "not built yet", "will": what} for name, what in LATER_STEPS]
+    return steps, model
+
+
+def _render_demo(steps: list[dict], model):
+    from granite_ops_kit.demo.presets import load_preset
+
+    s = {step["step"]: step for step in steps}
 
     def render(con: Console) -> None:
         con.print(f"[bold]1. demo model[/]: {model.path} ({load_preset(model.preset).description})")
+        con.print(f"[bold]2. sign[/]: {s['sign']['artifact']} (demo key {s['sign']['key']})")
         con.print(
-            f"[bold]2. size[/]: 8 sessions x 4,096 tokens on 2 x H100 80GB need "
-            f"{format_bytes(plan['per_gpu']['total'])} per GPU; up to "
-            f"{plan['max_sessions_at_context']:,} sessions fit"
+            f"[bold]3. verify[/]: {s['verify']['manifest_digest']} passed policy "
+            f"'{s['verify']['policy']}'"
         )
         con.print(
-            f"[bold]3. serve[/]: answered one chat request at {chat['url']} in {chat['seconds']} s"
+            f"[bold]4. size[/]: 8 sessions x 4,096 tokens on 2 x H100 80GB need "
+            f"{format_bytes(s['size']['per_gpu_bytes'])} per GPU; up to "
+            f"{s['size']['max_sessions_at_context']:,} sessions fit"
+        )
+        con.print(f"[bold]5. deploy[/] (render, 2 GPUs): chart {s['deploy']['chart']}")
+        con.print(f"   values: {s['deploy']['values']}", markup=False)
+        if s["deploy"]["rendered"]:
+            con.print(f"   manifests: {s['deploy']['rendered']}", markup=False)
+        serve = s["serve"]
+        con.print(
+            f"[bold]6. serve[/]: answered one chat request at {serve['url']} in "
+            f"{serve['seconds']} s"
         )
         con.print(f"   user: {QUESTION}", markup=False)
-        con.print(f"   assistant (random weights, so not meaningful): {reply!r}", markup=False)
         con.print(
-            f"[bold]4. audit[/]: {report['records']} records in {report['audit_db']}, "
-            f"chain verified: {report['verified']}"
+            f"   assistant (random weights, so not meaningful): {serve['answer']!r}", markup=False
         )
-        con.print(f"   report: {report['report']}", markup=False)
-        con.print(f"   evidence (bash verify.sh inside it): {report['evidence']}", markup=False)
-        for i, (name, what) in enumerate(LATER_STEPS, start=5):
-            con.print(f"{i}. {name} [dim](not built yet)[/]: will {what}")
+        audit = s["audit"]
+        con.print(
+            f"[bold]7. audit[/]: {audit['records']} records in {audit['audit_db']}, "
+            f"chain verified: {audit['verified']}"
+        )
+        con.print(f"   report: {audit['report']}", markup=False)
+        con.print(f"   evidence (bash verify.sh inside it): {audit['evidence']}", markup=False)
 
-    output.emit({"steps": steps, "model": model.to_json()}, render)
+    return render
