@@ -1,10 +1,10 @@
 """GPU speed of the runtime against transformers, same random weights (run on the device).
 
-Today's runtime runs its plain PyTorch path on CUDA (no Triton kernels or CUDA graphs yet),
-so this is the baseline issue 6 starts from. For each model: the device-to-device copy
-bandwidth measured in the same run, prefill tok/s of one prompt, decode tok/s at several
-batch sizes, and decode's fraction of the memory roofline (bytes a step must read - weights,
-KV, state read and written - over the copy bandwidth); then transformers' decode at batch 1.
+For each model: the device-to-device copy bandwidth measured in the same run, prefill tok/s
+of one prompt, decode tok/s at several batch sizes, eager and replayed from a CUDA graph
+(same state, same run), and decode's fraction of the memory roofline (bytes a step must
+read - weights, KV, state read and written - over the copy bandwidth); then transformers'
+decode at batch 1 (its PyTorch path).
 
     python3 bench/gpu_bench.py [--models granite-4.0-h-micro] [--prompt 4096]
 """
@@ -21,6 +21,7 @@ import torch
 from granite_ops_kit.demo.checkpoint import write_demo_model
 from granite_runtime import memory
 from granite_runtime.cache import Batch, HybridCache
+from granite_runtime.graphs import GraphedDecoder
 from granite_runtime.loader import load_model
 
 
@@ -61,19 +62,26 @@ def gkit(path: Path, prompt_len: int, batches: list[int], bandwidth: float) -> d
     weights = memory.parameter_count(c) * 2
     for b in batches:
         cache = HybridCache(c, b, 1024, torch.bfloat16, "cuda")
+        graphed = GraphedDecoder(model, cache, b)
+        graphed.capture([b])  # before the rows hold anything
         tokens = torch.randint(0, 900, (b, 1), device="cuda")
         batch = Batch.make(list(range(b)), [512] * b, "cuda")
-        step = _timed(
-            lambda batch=batch, cache=cache, tokens=tokens: model(tokens, batch, cache), 20
-        )
+        slots, starts = list(range(b)), [512] * b
         moved = weights + b * (
             512 * memory.kv_bytes_per_token(c) + 2 * memory.state_bytes_per_sequence(c)
         )
-        out[f"decode_b{b}"] = {
-            "tok_s": b / step,
-            "step_ms": step * 1e3,
-            "roofline_fraction": moved / step / 1e9 / bandwidth,
-        }
+        for name, fn in (
+            ("eager", lambda batch=batch, cache=cache, t=tokens: model(t, batch, cache)),
+            ("graph", lambda g=graphed, t=tokens, s=slots, p=starts: g(t, s, p)),
+        ):
+            step = _timed(fn, 50)
+            out[f"decode_b{b}_{name}"] = {
+                "tok_s": b / step,
+                "step_ms": step * 1e3,
+                "roofline_fraction": moved / step / 1e9 / bandwidth,
+            }
+        del graphed, cache
+        torch.cuda.empty_cache()
     return out  # the model and caches are freed with this frame
 
 
@@ -129,7 +137,7 @@ def main() -> None:
         print(
             f"  transformers (PyTorch path) decode b1: {r['transformers_decode_b1_tok_s']:.1f}"
             f" tok/s; gkit / transformers = "
-            f"{r['decode_b1']['tok_s'] / r['transformers_decode_b1_tok_s']:.2f}x"
+            f"{r['decode_b1_graph']['tok_s'] / r['transformers_decode_b1_tok_s']:.2f}x (graph)"
         )
     print(json.dumps(report))
 

@@ -47,11 +47,18 @@ def write_model(root: Path, total_bytes: int, big: int) -> int:
 def keys(d: Path) -> tuple[Path, Path]:
     key = ec.generate_private_key(ec.SECP256R1())
     priv, pub = d / "k.pem", d / "k.pub"
-    priv.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                       serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption()))
-    pub.write_bytes(key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    priv.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    pub.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
     return priv, pub
 
 
@@ -79,16 +86,37 @@ def main() -> None:
         size = write_model(model, int(args.gb * 1e9), args.files)
         priv, pub = keys(work)
         sig = model / "model.sig"
-        dt, _ = timed([str(BIN / "model_signing"), "sign", "key", str(model),
-                       "--private_key", str(priv), "--signature", str(sig)])
+        dt, _ = timed(
+            [
+                str(BIN / "model_signing"),
+                "sign",
+                "key",
+                str(model),
+                "--private_key",
+                str(priv),
+                "--signature",
+                str(sig),
+            ]
+        )
         nfiles = sum(1 for p in model.rglob("*") if p.is_file()) - 1
-        print(f"model: {size / 1e9:.2f} GB in {nfiles} files; "
-              f"model_signing sign: {size / dt / 1e6:,.0f} MB/s; cores: {os.cpu_count()}")
-        subprocess.run(f"find {model} -type f -exec cat {{}} + > /dev/null", shell=True,
-                       check=True)  # warm the page cache
+        print(
+            f"model: {size / 1e9:.2f} GB in {nfiles} files; "
+            f"model_signing sign: {size / dt / 1e6:,.0f} MB/s; cores: {os.cpu_count()}"
+        )
+        subprocess.run(
+            f"find {model} -type f -exec cat {{}} + > /dev/null", shell=True, check=True
+        )  # warm the page cache
         env = {**os.environ, "GKIT_AUDIT_DB": f"sqlite:///{work / 'audit.db'}"}
-        ref_cmd = [str(BIN / "model_signing"), "verify", "key", str(model), "--public_key",
-                   str(pub), "--signature", str(sig)]
+        ref_cmd = [
+            str(BIN / "model_signing"),
+            "verify",
+            "key",
+            str(model),
+            "--public_key",
+            str(pub),
+            "--signature",
+            str(sig),
+        ]
         gkit_cmd = [str(BIN / "gkit"), "verify", str(model), "--public-key", str(pub)]
         ref, ours, rss = [], [], 0
         for _ in range(args.runs):  # alternate, so drift in machine load hits both
@@ -98,12 +126,17 @@ def main() -> None:
             rss = max(rss, peak)
         r, g = min(ref), min(ours)
         print(f"{'tool':<16}{'best s':>8}{'MB/s':>10}   runs (s)")
-        print(f"{'model_signing':<16}{r:>8.2f}{size / r / 1e6:>10,.0f}   "
-              + " ".join(f"{x:.2f}" for x in ref))
-        print(f"{'gkit':<16}{g:>8.2f}{size / g / 1e6:>10,.0f}   "
-              + " ".join(f"{x:.2f}" for x in ours))
-        print(f"ratio gkit / model_signing throughput: {r / g:.2f}x; "
-              f"peak RSS of the children so far: {rss / 1024:.0f} MB")
+        print(
+            f"{'model_signing':<16}{r:>8.2f}{size / r / 1e6:>10,.0f}   "
+            + " ".join(f"{x:.2f}" for x in ref)
+        )
+        print(
+            f"{'gkit':<16}{g:>8.2f}{size / g / 1e6:>10,.0f}   " + " ".join(f"{x:.2f}" for x in ours)
+        )
+        print(
+            f"ratio gkit / model_signing throughput: {r / g:.2f}x; "
+            f"peak RSS of the children so far: {rss / 1024:.0f} MB"
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

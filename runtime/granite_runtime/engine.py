@@ -10,6 +10,7 @@ ones are refused (429), so overload never turns into an out-of-memory crash.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import deque
@@ -23,6 +24,10 @@ from granite_runtime.model import GraniteForCausalLM
 from granite_runtime.sampling import SamplingParams, sample, top_logprobs
 from granite_runtime.sequence import Sequence, Status, TokenEvent
 from granite_runtime.tokenizer import TextCodec
+
+# Decode steps up to this batch size replay CUDA graphs (captured at start-up); larger
+# batches run eagerly, where launch overhead matters less.
+MAX_GRAPHED_BATCH = 64
 
 
 class Engine:
@@ -45,6 +50,13 @@ class Engine:
         self.cache = HybridCache(
             model.config, max_num_seqs, max_model_len, weight.dtype, weight.device
         )
+        self.graphs = None
+        if self.device.type == "cuda" and os.environ.get("GKIT_CUDA_GRAPHS", "1") != "0":
+            from granite_runtime.graphs import GraphedDecoder
+
+            # before any slot is used: capturing warms up on slots 0..B-1
+            self.graphs = GraphedDecoder(model, self.cache, max_num_seqs)
+            self.graphs.capture(range(1, min(max_num_seqs, MAX_GRAPHED_BATCH) + 1))
         self.free_slots = list(range(max_num_seqs))[::-1]
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
@@ -127,8 +139,10 @@ class Engine:
         tokens = torch.tensor(
             [[s.output_ids[-1]] for s in seqs], dtype=torch.long, device=self.device
         )
-        batch = Batch.make([s.slot for s in seqs], [s.length for s in seqs], self.device)
-        logits = self.model(tokens, batch, self.cache)
+        slots, starts = [s.slot for s in seqs], [s.length for s in seqs]
+        logits = self.graphs(tokens, slots, starts) if self.graphs is not None else None
+        if logits is None:  # CPU, or a batch size with no graph
+            logits = self.model(tokens, Batch.make(slots, starts, self.device), self.cache)
         self._accept(seqs, logits[:, -1])
 
     def _accept(self, seqs: list[Sequence], logits: torch.Tensor) -> None:

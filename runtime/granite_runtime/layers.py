@@ -151,6 +151,8 @@ class Attention(nn.Module):
             q, k = self._rope(q, k, positions)
         index = cache.attn_index[self.layer]
         kc, vc = cache.k[index], cache.v[index]
+        if batch.static:
+            return self.o_proj(self._static_decode(q, k, v, kc, vc, batch))
         total = max(batch.starts_list) + length
         if b == 1:  # views, no gather: the common prefill and batch-1 decode case
             slot, start = batch.slots_list[0], batch.starts_list[0]
@@ -175,6 +177,25 @@ class Attention(nn.Module):
             enable_gqa=True,
         )
         return self.o_proj(out.transpose(1, 2).reshape(b, length, -1))
+
+    def _static_decode(self, q, k, v, kc, vc, batch: Batch) -> torch.Tensor:
+        """One token per row, every shape fixed: scatter the new key/value to (slot, start),
+        then attend over the slot's whole row, masked past the start."""
+        b = q.shape[0]
+        kc[batch.slots, :, batch.starts] = k[:, :, 0].to(kc.dtype)
+        vc[batch.slots, :, batch.starts] = v[:, :, 0].to(vc.dtype)
+        keys, values = kc[batch.slots], vc[batch.slots]  # (B, KVH, max_len, D)
+        key_pos = torch.arange(kc.shape[2], device=q.device)
+        mask = key_pos.view(1, 1, 1, -1) <= batch.starts.view(b, 1, 1, 1)
+        out = F.scaled_dot_product_attention(
+            q,
+            keys.to(q.dtype),
+            values.to(q.dtype),
+            attn_mask=mask,
+            scale=self.scale,
+            enable_gqa=True,
+        )
+        return out.transpose(1, 2).reshape(b, 1, -1)
 
 
 class Mamba2(nn.Module):

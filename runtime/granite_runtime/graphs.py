@@ -1,0 +1,72 @@
+"""CUDA graphs for decode steps: one graph per batch size, captured on first use.
+
+A decode step launches a few kernels per layer; at batch 1 their launch overhead, not the
+GPU, sets the speed (REFERENCE.md 3: transformers decodes h-micro at 11 tok/s). A graph
+replays the whole step as one launch. Inputs go through static tensors (tokens, slots,
+positions) and the step uses `Batch.graphable`, whose shapes never change and which never
+reads values back to the host. All graphs share one memory pool (they never run at once).
+
+Capture happens before any sequence holds a slot (`capture`): warming up writes into slots
+0..B-1, which is harmless while they are free (a new sequence's state is reset on admission
+and its keys are masked until written).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from granite_runtime.cache import Batch, HybridCache
+
+
+class GraphedDecoder:
+    def __init__(self, model, cache: HybridCache, max_batch: int):
+        self.model, self.cache, self.max_batch = model, cache, max_batch
+        self.graphs: dict[int, tuple] = {}
+        self.pool = None
+        self.top_k = getattr(model.config, "top_k", 0) if model.config.num_experts else 0
+
+    def supports(self, batch_size: int) -> bool:
+        # MoE decode stays static (gathered experts) only while tokens x top_k is small
+        return batch_size <= self.max_batch and batch_size * max(self.top_k, 1) <= 64
+
+    def _capture(self, b: int) -> tuple:
+        device = self.cache.k.device if self.cache.k.numel() else self.cache.ssm.device
+        tokens = torch.zeros(b, 1, dtype=torch.long, device=device)
+        slots = torch.arange(b, dtype=torch.long, device=device)
+        starts = torch.zeros(b, dtype=torch.long, device=device)
+        batch = Batch.graphable(slots, starts)
+        # warm up on a side stream (lazy initialisation, library autotuning), then capture
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                self.model(tokens, batch, self.cache)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            logits = self.model(tokens, batch, self.cache)
+        self.pool = graph.pool()
+        return graph, tokens, slots, starts, logits
+
+    def capture(self, sizes) -> None:
+        """Capture a graph for each batch size; call while no slot is in use."""
+        for b in sizes:
+            if self.supports(b) and b not in self.graphs:
+                self.graphs[b] = self._capture(b)
+        torch.cuda.synchronize()
+
+    def __call__(
+        self, tokens: torch.Tensor, slots: list[int], starts: list[int]
+    ) -> torch.Tensor | None:
+        """Logits (B, 1, vocab) of one decode step (cache updated in place), or None when
+        no graph was captured for this batch size (the caller runs the step eagerly).
+        The logits tensor is the graph's own: read it before the next step."""
+        b = len(slots)
+        if b not in self.graphs:
+            return None
+        graph, t_in, s_in, p_in, logits = self.graphs[b]
+        t_in.copy_(tokens, non_blocking=True)
+        s_in.copy_(torch.tensor(slots, dtype=torch.long), non_blocking=True)
+        p_in.copy_(torch.tensor(starts, dtype=torch.long), non_blocking=True)
+        graph.replay()
+        return logits
