@@ -54,11 +54,12 @@ def gkit(path: Path, prompt_len: int, batches: list[int], bandwidth: float) -> d
     model = load_model(path, "bfloat16", "cuda")
     c = model.config
     out = {}
-    cache = HybridCache(c, 1, prompt_len + 8, torch.bfloat16, "cuda")
+    prefill_cache = HybridCache(c, 1, prompt_len + 8, torch.bfloat16, "cuda")
     prompt = torch.randint(0, 900, (1, prompt_len), device="cuda")
-    secs = _timed(lambda: model(prompt, Batch.make([0], [0], "cuda"), cache), 2)
+    secs = _timed(lambda: model(prompt, Batch.make([0], [0], "cuda"), prefill_cache), 2)
     out["prefill_tok_s"] = prompt_len / secs
     out["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    prefill_cache = None  # frees the prefill pool before the decode pools
     weights = memory.parameter_count(c) * 2
     for b in batches:
         cache = HybridCache(c, b, 1024, torch.bfloat16, "cuda")
