@@ -49,8 +49,30 @@ def _timed(fn, repeat: int) -> float:
     return (time.perf_counter() - t) / repeat
 
 
+def profile_step(fn, top: int = 12) -> str:
+    """The kernels one step spends its device time in (torch.profiler), as a short table."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(3):
+            fn()
+        torch.cuda.synchronize()
+    return prof.key_averages().table(
+        sort_by="cuda_time_total", row_limit=top, max_name_column_width=60
+    )
+
+
 @torch.inference_mode()
-def gkit(path: Path, prompt_len: int, batches: list[int], bandwidth: float) -> dict:
+def gkit(
+    path: Path,
+    prompt_len: int,
+    batches: list[int],
+    bandwidth: float,
+    compiled_batches: tuple[int, ...] = (),
+    profile_batch: int = 0,
+) -> dict:
     model = load_model(path, "bfloat16", "cuda")
     c = model.config
     out = {}
@@ -71,10 +93,21 @@ def gkit(path: Path, prompt_len: int, batches: list[int], bandwidth: float) -> d
         moved = weights + b * (
             512 * memory.kv_bytes_per_token(c) + 2 * memory.state_bytes_per_sequence(c)
         )
-        for name, fn in (
+        variants = [
             ("eager", lambda batch=batch, cache=cache, t=tokens: model(t, batch, cache)),
             ("graph", lambda g=graphed, t=tokens, s=slots, p=starts: g(t, s, p)),
-        ):
+        ]
+        if b in compiled_batches:  # inductor's fused kernels inside our graph
+            fused = GraphedDecoder(model, cache, b, step=torch.compile(model, dynamic=False))
+            started = time.perf_counter()
+            fused.capture([b])
+            out[f"compile_b{b}_s"] = time.perf_counter() - started
+            variants.append(
+                ("compiled_graph", lambda g=fused, t=tokens, s=slots, p=starts: g(t, s, p))
+            )
+        if b == profile_batch:
+            out[f"profile_b{b}_graph_kernels"] = profile_step(variants[0][1])
+        for name, fn in variants:
             step = _timed(fn, 50)
             out[f"decode_b{b}_{name}"] = {
                 "tok_s": b / step,
@@ -112,6 +145,8 @@ def main() -> None:
     ap.add_argument("--root", default="/tmp/gkit-models")
     ap.add_argument("--prompt", type=int, default=4096)
     ap.add_argument("--batches", default="1,8,64")
+    ap.add_argument("--compiled", default="", help="batch sizes to also run torch.compile'd")
+    ap.add_argument("--profile", type=int, default=0, help="profile the eager step at this B")
     args = ap.parse_args()
     bandwidth = copy_bandwidth()
     print(f"card: {torch.cuda.get_device_name()}, copy bandwidth {bandwidth:.0f} GB/s")
@@ -121,7 +156,16 @@ def main() -> None:
         if not (path / "config.json").exists():
             Path(args.root).mkdir(parents=True, exist_ok=True)
             write_demo_model(path, name)
-        r = gkit(path, args.prompt, [int(b) for b in args.batches.split(",")], bandwidth)
+        r = gkit(
+            path,
+            args.prompt,
+            [int(b) for b in args.batches.split(",")],
+            bandwidth,
+            tuple(int(b) for b in args.compiled.split(",") if b),
+            args.profile,
+        )
+        for key in [k for k in r if k.startswith("profile_")]:
+            print(f"{key}:\n{r.pop(key)}")
         torch.cuda.empty_cache()
         r["transformers_decode_b1_tok_s"] = transformers_decode(path)
         report[name] = r

@@ -97,7 +97,10 @@ def test_graphed_decode_equals_eager(fixture, request):
         outs.append(torch.stack(steps))
         caches.append(cache)
     assert _rel(outs[1], outs[0]) < 1e-5
-    assert _rel(caches[1].ssm[:, [0, 2, 3]], caches[0].ssm[:, [0, 2, 3]]) < 1e-5
+    for name in ("ssm", "k"):  # a dense model has no Mamba state, a hybrid few KV layers
+        graphed_state, eager_state = getattr(caches[1], name), getattr(caches[0], name)
+        if eager_state.numel():
+            assert _rel(graphed_state[:, [0, 2, 3]], eager_state[:, [0, 2, 3]]) < 1e-5
 
 
 def test_engine_uses_graphs_on_cuda(tiny_hybrid):

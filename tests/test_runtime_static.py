@@ -28,8 +28,11 @@ def test_static_decode_matches_eager_for_scattered_slots(fixture, request):
             steps = []
             for _ in range(4):
                 t = torch.tensor([[x] for x in tokens])
-                batch = (Batch.graphable(torch.tensor(slots), torch.tensor(starts)) if static
-                         else Batch.make(slots, starts, "cpu"))
+                batch = (
+                    Batch.graphable(torch.tensor(slots), torch.tensor(starts))
+                    if static
+                    else Batch.make(slots, starts, "cpu")
+                )
                 logits = model(t, batch, cache)
                 steps.append(logits[:, -1])
                 tokens = logits[:, -1].argmax(-1).tolist()

@@ -19,8 +19,11 @@ from granite_runtime.cache import Batch, HybridCache
 
 
 class GraphedDecoder:
-    def __init__(self, model, cache: HybridCache, max_batch: int):
+    def __init__(self, model, cache: HybridCache, max_batch: int, step=None):
+        """`step` replaces model(tokens, batch, cache) in the graph, e.g. a torch.compile'd
+        forward whose fused kernels then replay without launch gaps."""
         self.model, self.cache, self.max_batch = model, cache, max_batch
+        self.step = step or model
         self.graphs: dict[int, tuple] = {}
         self.pool = None
         self.top_k = getattr(model.config, "top_k", 0) if model.config.num_experts else 0
@@ -40,11 +43,11 @@ class GraphedDecoder:
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             for _ in range(2):
-                self.model(tokens, batch, self.cache)
+                self.step(tokens, batch, self.cache)
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool):
-            logits = self.model(tokens, batch, self.cache)
+            logits = self.step(tokens, batch, self.cache)
         self.pool = graph.pool()
         return graph, tokens, slots, starts, logits
 
