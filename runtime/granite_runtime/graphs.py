@@ -23,7 +23,7 @@ class GraphedDecoder:
         """`step` replaces model(tokens, batch, cache) in the graph, e.g. a torch.compile'd
         forward whose fused kernels then replay without launch gaps."""
         self.model, self.cache, self.max_batch = model, cache, max_batch
-        self.step = step or model
+        self.step = step if step is not None else model
         self.graphs: dict[int, tuple] = {}
         self.pool = None
         self.top_k = getattr(model.config, "top_k", 0) if model.config.num_experts else 0
