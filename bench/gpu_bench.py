@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from granite_ops_kit.demo.checkpoint import write_demo_model
-from granite_runtime import memory
+from granite_runtime import layers, memory, ssd
 from granite_runtime.cache import Batch, HybridCache
 from granite_runtime.graphs import GraphedDecoder
 from granite_runtime.loader import load_model
@@ -85,8 +85,12 @@ def gkit(
     weights = memory.parameter_count(c) * 2
     for b in batches:
         cache = HybridCache(c, b, 1024, torch.bfloat16, "cuda")
+        layers.TRITON_DECODE = False  # the PyTorch state update, for comparison
+        graphed_torch = GraphedDecoder(model, cache, b)
+        graphed_torch.capture([b])  # before the rows hold anything
+        layers.TRITON_DECODE = True
         graphed = GraphedDecoder(model, cache, b)
-        graphed.capture([b])  # before the rows hold anything
+        graphed.capture([b])
         tokens = torch.randint(0, 900, (b, 1), device="cuda")
         batch = Batch.make(list(range(b)), [512] * b, "cuda")
         slots, starts = list(range(b)), [512] * b
@@ -95,6 +99,7 @@ def gkit(
         )
         variants = [
             ("eager", lambda batch=batch, cache=cache, t=tokens: model(t, batch, cache)),
+            ("graph_torch_state", lambda g=graphed_torch, t=tokens, s=slots, p=starts: g(t, s, p)),
             ("graph", lambda g=graphed, t=tokens, s=slots, p=starts: g(t, s, p)),
         ]
         if b in compiled_batches:  # inductor's fused kernels inside our graph
@@ -114,7 +119,7 @@ def gkit(
                 "step_ms": step * 1e3,
                 "roofline_fraction": moved / step / 1e9 / bandwidth,
             }
-        del graphed, cache
+        del graphed, graphed_torch, cache
         torch.cuda.empty_cache()
     return out  # the model and caches are freed with this frame
 
@@ -137,6 +142,46 @@ def transformers_decode(path: Path) -> float:
     del model
     torch.cuda.empty_cache()
     return 16 / (time.perf_counter() - t)
+
+
+def _time_state_update(h: int, p: int, n: int, g: int, b: int) -> dict:
+    from triton.testing import do_bench
+
+    from granite_runtime.triton_ops import ssd_step
+
+    slots = torch.arange(b, device="cuda").flip(0)  # not consecutive: the general case
+    x, dt = torch.randn(b, h, p, device="cuda"), torch.rand(b, h, device="cuda") * 0.1
+    bm, cm = torch.randn(b, g, n, device="cuda"), torch.randn(b, g, n, device="cuda")
+    a, d = -torch.rand(h, device="cuda"), torch.randn(h, device="cuda")
+    pool = torch.randn(b + 1, h, p, n, device="cuda")
+
+    def torch_path():
+        y, new = ssd.step(x, dt, a, bm, cm, d, pool[slots])
+        pool[slots] = new
+        return y
+
+    state_bytes = 2 * b * h * p * n * 4  # read once, written once
+    out = {}
+    for name, fn in (
+        ("torch", torch_path),
+        ("triton", lambda: ssd_step(x, dt, a, bm, cm, d, pool, slots)),
+    ):
+        ms = do_bench(fn, warmup=25, rep=200, return_mode="median")
+        out[f"state_update_b{b}_{name}"] = {"us": ms * 1e3, "gb_s": state_bytes / ms / 1e6}
+    return out
+
+
+@torch.inference_mode()
+def state_update_kernels(config, batches=(1, 64)) -> dict:
+    """The decode state update alone at the model's shapes: the Triton kernel against the
+    PyTorch path the eager step runs (gather the rows' state, update, scatter back)."""
+    c = config
+    out = {}
+    for b in batches:
+        out.update(
+            _time_state_update(c.mamba_heads, c.mamba_head_dim, c.mamba_state, c.mamba_groups, b)
+        )
+    return out
 
 
 def main() -> None:
@@ -168,6 +213,15 @@ def main() -> None:
             print(f"{key}:\n{r.pop(key)}")
         torch.cuda.empty_cache()
         r["transformers_decode_b1_tok_s"] = transformers_decode(path)
+        import json as _json
+
+        from granite_runtime.config import GraniteConfig
+
+        config = GraniteConfig.from_dict(_json.loads((path / "config.json").read_text()), name)
+        r.update(state_update_kernels(config))
+        for key, v in r.items():
+            if key.startswith("state_update"):
+                print(f"  {key}: {v['us']:.1f} us, {v['gb_s']:,.0f} GB/s of state traffic")
         report[name] = r
         print(
             f"{name}: prefill {args.prompt} tokens {r['prefill_tok_s']:,.0f} tok/s "

@@ -114,3 +114,32 @@ def test_engine_uses_graphs_on_cuda(tiny_hybrid):
     )
     eager.graphs = None
     assert eager.generate(list(range(5, 40)), params).output_ids == alone
+
+
+@pytest.mark.parametrize("state_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("h", "g", "p", "n"), [(64, 1, 64, 128), (12, 3, 20, 48)])
+def test_triton_ssd_step_matches_the_reference(state_dtype, h, g, p, n):
+    """Fresh random inputs, scattered slots, groups > 1 and sizes that are not powers of 2."""
+    from granite_runtime import ssd
+    from granite_runtime.triton_ops import ssd_step
+
+    gen = torch.Generator(device="cuda").manual_seed(h * p + n)
+    b, s = 3, 6
+    slots = torch.tensor([4, 0, 2], device="cuda")
+
+    def rand(*shape):
+        return torch.randn(*shape, device="cuda", generator=gen)
+
+    x, dt, bm, cm = rand(b, h, p), rand(b, h).abs() * 0.1, rand(b, g, n), rand(b, g, n)
+    a, d = -rand(h).abs(), rand(h)
+    pool = rand(s, h, p, n).to(state_dtype)
+    expected_pool = pool.float().clone()
+    y_ref, new = ssd.step(x, dt, a, bm, cm, d, expected_pool[slots])
+    expected_pool[slots] = new
+    got_pool = pool.clone()
+    y = ssd_step(x, dt, a, bm, cm, d, got_pool, slots)
+    tol = 1e-5 if state_dtype == torch.float32 else 1e-2
+    assert _rel(y, y_ref) < tol
+    assert _rel(got_pool.float(), expected_pool) < tol
+    untouched = [i for i in range(s) if i not in slots.tolist()]
+    assert torch.equal(got_pool[untouched], pool[untouched])

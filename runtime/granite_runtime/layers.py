@@ -9,6 +9,8 @@ softmax over the top-k logits only; the Mamba gate applied before the gated norm
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -198,6 +200,24 @@ class Attention(nn.Module):
         return out.transpose(1, 2).reshape(b, 1, -1)
 
 
+# The fused Triton decode state update (triton_ops.ssd_step) on CUDA; False falls back to
+# the PyTorch ops (GKIT_TRITON=0, or set by a benchmark comparing the two).
+TRITON_DECODE = os.environ.get("GKIT_TRITON", "1") != "0"
+_ssd_step_cuda = None
+
+
+def _triton_ssd_step():
+    global _ssd_step_cuda, TRITON_DECODE
+    if _ssd_step_cuda is None:
+        try:
+            from granite_runtime.triton_ops import ssd_step
+        except ImportError:  # no Triton (CPU builds of torch)
+            TRITON_DECODE = False
+            return None
+        _ssd_step_cuda = ssd_step
+    return _ssd_step_cuda
+
+
 class Mamba2(nn.Module):
     def __init__(self, config: GraniteConfig, layer: int):
         super().__init__()
@@ -255,7 +275,21 @@ class Mamba2(nn.Module):
         dt = F.softplus(dt.float() + dt_bias)
         if self.dt_limit != (0.0, float("inf")):  # softplus is already >= 0
             dt = dt.clamp(*self.dt_limit)
-        index, rows = cache.mamba_index[self.layer], batch.rows
+        index = cache.mamba_index[self.layer]
+        if length == 1 and x.is_cuda and TRITON_DECODE and _triton_ssd_step() is not None:
+            y = _ssd_step_cuda(
+                xs.view(b, self.heads, self.head_dim),
+                dt.view(b, self.heads),
+                A,
+                Bm.view(b, self.groups, self.state),
+                Cm.view(b, self.groups, self.state),
+                D,
+                cache.ssm[index],
+                batch.slots,
+            )  # the state is updated where it lies in the pool
+            y = self.norm(y.reshape(b, 1, self.inner), gate=z)
+            return self.out_proj(y.to(x.dtype))
+        rows = batch.rows
         held = cache.ssm[index, rows]  # a view when the rows' slots are consecutive
         in_place = isinstance(rows, slice) and held.dtype == torch.float32
         if length == 1:
