@@ -21,6 +21,7 @@ import torch
 from granite_ops_kit.demo.checkpoint import write_demo_model
 from granite_runtime import layers, memory, ssd
 from granite_runtime.cache import Batch, HybridCache
+from granite_runtime.config import GraniteConfig
 from granite_runtime.graphs import GraphedDecoder
 from granite_runtime.loader import load_model
 
@@ -148,42 +149,106 @@ def transformers_decode(path: Path) -> float:
     return 16 / (time.perf_counter() - t)
 
 
-def _time_state_update(h: int, p: int, n: int, g: int, b: int) -> dict:
+def _peer_state_update(path: str | None):
+    """mamba_ssm's selective_state_update from a git-ignored copy (bench/_peers/), loaded
+    without installing mamba_ssm (its package builds CUDA extensions)."""
+    if not path:
+        return None
+    import importlib.util
+    import sys
+    import types
+
+    for name in ("mamba_ssm", "mamba_ssm.ops", "mamba_ssm.ops.triton"):
+        sys.modules.setdefault(name, types.ModuleType(name))
+    for name in ("softplus", "selective_state_update"):
+        spec = importlib.util.spec_from_file_location(
+            f"mamba_ssm.ops.triton.{name}", Path(path) / f"{name}.py"
+        )
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+    return sys.modules["mamba_ssm.ops.triton.selective_state_update"].selective_state_update
+
+
+def _state_inputs(h: int, p: int, n: int, g: int, b: int) -> dict:
+    return {
+        "x": torch.randn(b, h, p, device="cuda"),
+        "dt": torch.rand(b, h, device="cuda") * 0.1,
+        "A": -torch.rand(h, device="cuda"),
+        "Bm": torch.randn(b, g, n, device="cuda"),
+        "Cm": torch.randn(b, g, n, device="cuda"),
+        "D": torch.randn(h, device="cuda"),
+        "state_pool": torch.randn(b + 1, h, p, n, device="cuda"),
+        "slots": torch.arange(b, device="cuda").flip(0),  # not consecutive: the general case
+    }
+
+
+def _peer_call(peer, i: dict):
+    """The same inputs in the layout mamba_ssm's API takes (dt, A, D tied over head_dim)."""
+    b, h, p = i["x"].shape
+    n = i["Bm"].shape[-1]
+    dt = i["dt"][:, :, None].expand(b, h, p)
+    a = i["A"][:, None, None].expand(h, p, n)
+    d = i["D"][:, None].expand(h, p)
+    bias = torch.zeros(h, device="cuda")[:, None].expand(h, p)
+    return lambda: peer(
+        i["state_pool"],
+        i["x"],
+        dt,
+        a,
+        i["Bm"],
+        i["Cm"],
+        D=d,
+        dt_bias=bias,
+        state_batch_indices=i["slots"],
+    )
+
+
+def _time_state_update(h: int, p: int, n: int, g: int, b: int, peer=None) -> dict:
     from triton.testing import do_bench
 
     from granite_runtime.triton_ops import ssd_step
 
-    slots = torch.arange(b, device="cuda").flip(0)  # not consecutive: the general case
-    x, dt = torch.randn(b, h, p, device="cuda"), torch.rand(b, h, device="cuda") * 0.1
-    bm, cm = torch.randn(b, g, n, device="cuda"), torch.randn(b, g, n, device="cuda")
-    a, d = -torch.rand(h, device="cuda"), torch.randn(h, device="cuda")
-    pool = torch.randn(b + 1, h, p, n, device="cuda")
+    i = _state_inputs(h, p, n, g, b)
 
     def torch_path():
-        y, new = ssd.step(x, dt, a, bm, cm, d, pool[slots])
-        pool[slots] = new
+        y, new = ssd.step(
+            i["x"], i["dt"], i["A"], i["Bm"], i["Cm"], i["D"], i["state_pool"][i["slots"]]
+        )
+        i["state_pool"][i["slots"]] = new
         return y
 
-    state_bytes = 2 * b * h * p * n * 4  # read once, written once
+    variants = [("torch", torch_path), ("triton", lambda: ssd_step(**i))]
+    variants += [(f"triton_block{k}", lambda k=k: ssd_step(**i, block_p=k)) for k in (4, 8, 32)]
     out = {}
-    for name, fn in (
-        ("torch", torch_path),
-        ("triton", lambda: ssd_step(x, dt, a, bm, cm, d, pool, slots)),
-    ):
+    if peer is not None:
+        variants.append(("mamba_ssm", _peer_call(peer, i)))
+        before = i["state_pool"].clone()
+        theirs = variants[-1][1]()
+        i["state_pool"].copy_(before)
+        ours = ssd_step(**i)
+        out[f"state_update_b{b}_ours_vs_mamba_ssm_rel"] = (
+            (ours - theirs).norm() / theirs.norm()
+        ).item()
+    state_bytes = 2 * b * h * p * n * 4  # read once, written once
+    for name, fn in variants:
         ms = do_bench(fn, warmup=25, rep=200, return_mode="median")
         out[f"state_update_b{b}_{name}"] = {"us": ms * 1e3, "gb_s": state_bytes / ms / 1e6}
     return out
 
 
 @torch.inference_mode()
-def state_update_kernels(config, batches=(1, 64)) -> dict:
+def state_update_kernels(config, batches=(1, 64), peer_path: str | None = None) -> dict:
     """The decode state update alone at the model's shapes: the Triton kernel against the
-    PyTorch path the eager step runs (gather the rows' state, update, scatter back)."""
+    PyTorch path the eager step runs (gather, update, scatter) and mamba_ssm's kernel."""
     c = config
+    peer = _peer_state_update(peer_path)
     out = {}
     for b in batches:
         out.update(
-            _time_state_update(c.mamba_heads, c.mamba_head_dim, c.mamba_state, c.mamba_groups, b)
+            _time_state_update(
+                c.mamba_heads, c.mamba_head_dim, c.mamba_state, c.mamba_groups, b, peer
+            )
         )
     return out
 
@@ -196,12 +261,26 @@ def main() -> None:
     ap.add_argument("--batches", default="1,8,64")
     ap.add_argument("--compiled", default="", help="batch sizes to also run torch.compile'd")
     ap.add_argument("--profile", type=int, default=0, help="profile the eager step at this B")
+    ap.add_argument(
+        "--mamba-ssm",
+        default="",
+        help="folder holding mamba_ssm's Triton "
+        "selective_state_update.py and softplus.py: the kernel-level peer",
+    )
+    ap.add_argument("--kernels-only", action="store_true", help="only the state update")
     args = ap.parse_args()
     bandwidth = copy_bandwidth()
     print(f"card: {torch.cuda.get_device_name()}, copy bandwidth {bandwidth:.0f} GB/s")
     report = {"card": torch.cuda.get_device_name(), "copy_gb_s": bandwidth}
     for name in args.models.split(","):
         path = Path(args.root) / name
+        if args.kernels_only:  # shapes only: the catalog's config, no weights to write
+            catalog = Path(__file__).resolve().parents[1] / "granite_ops_kit" / "catalog"
+            config = GraniteConfig.from_dict(json.loads((catalog / f"{name}.json").read_text()))
+            print(name)
+            for key, v in state_update_kernels(config, peer_path=args.mamba_ssm).items():
+                print(f"  {key}: {v}")
+            continue
         if not (path / "config.json").exists():
             Path(args.root).mkdir(parents=True, exist_ok=True)
             write_demo_model(path, name)
@@ -217,14 +296,10 @@ def main() -> None:
             print(f"{key}:\n{r.pop(key)}")
         torch.cuda.empty_cache()
         r["transformers_decode_b1_tok_s"] = transformers_decode(path)
-        import json as _json
-
-        from granite_runtime.config import GraniteConfig
-
-        config = GraniteConfig.from_dict(_json.loads((path / "config.json").read_text()), name)
-        r.update(state_update_kernels(config))
+        config = GraniteConfig.from_dict(json.loads((path / "config.json").read_text()), name)
+        r.update(state_update_kernels(config, peer_path=args.mamba_ssm))
         for key, v in r.items():
-            if key.startswith("state_update"):
+            if key.startswith("state_update") and isinstance(v, dict):
                 print(f"  {key}: {v['us']:.1f} us, {v['gb_s']:,.0f} GB/s of state traffic")
         report[name] = r
         print(

@@ -61,7 +61,7 @@ def _ssd_step_kernel(
     tl.store(y_ptr + (row * H + head) * P + p, y, mask=p_ok)
 
 
-def ssd_step(x, dt, A, Bm, Cm, D, state_pool, slots) -> torch.Tensor:
+def ssd_step(x, dt, A, Bm, Cm, D, state_pool, slots, block_p: int | None = None) -> torch.Tensor:
     """y (B, H, P) fp32 for one decode step; state_pool (S, H, P, N) is updated in place at
     `slots`. x (B, H, P), dt (B, H), A and D (H,), Bm/Cm (B, G, N), slots (B,) long."""
     b, h, p = x.shape
@@ -69,7 +69,9 @@ def ssd_step(x, dt, A, Bm, Cm, D, state_pool, slots) -> torch.Tensor:
     assert state_pool.stride(-1) == 1
     x, dt, Bm, Cm = x.contiguous(), dt.contiguous(), Bm.contiguous(), Cm.contiguous()
     y = torch.empty(b, h, p, dtype=torch.float32, device=x.device)
-    block_p = min(32, triton.next_power_of_2(p))
+    # Small batches need small blocks to give every SM work (measured: bench/NOTES.md).
+    block_p = block_p or (4 if b * h <= 1024 else 16)
+    block_p = min(block_p, triton.next_power_of_2(p))
     grid = (b, h, triton.cdiv(p, block_p))
     _ssd_step_kernel[grid](
         x,
