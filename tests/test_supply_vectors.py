@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import run_gkit
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "oms-upstream"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "oms-upstream"  # see its README
 KEYS = FIXTURES / "keys"
 IBM_ISSUER = "https://sigstore.verify.ibm.com/oauth2"
 SIGSTORE = ["--identity", "stefanb@us.ibm.com", "--issuer", IBM_ISSUER]
