@@ -41,7 +41,11 @@ def built(docker_host, tmp_path_factory):
         "build", str(model), "--base-image", base, "--tag", TAG, "--json", env=env, timeout=1200
     )
     assert r.returncode == 0, r.stdout + r.stderr
-    return model, pub, digest, json.loads(r.stdout), env
+    result = json.loads(r.stdout)
+    yield model, pub, digest, result, env
+    import docker
+
+    docker.DockerClient(base_url=docker_host).images.remove(result["image_id"], force=True)
 
 
 def test_image_is_non_root_labelled_and_audited(built):
