@@ -32,16 +32,25 @@ def hub_cache(cache: Path, repo_id: str, model: Path) -> Path:
     return snap
 
 
-def test_pull_offline_from_cache_then_verify(tmp_path):
+def signed_cache(tmp_path: Path, tamper: bool = False) -> tuple[dict, Path]:
+    """A signed model in a Hub cache (changed after signing if `tamper`): env and key."""
     key = pki.new_key()
     priv, pub = pki.write_key(key, tmp_path / "k.pem"), pki.write_public(key, tmp_path / "k.pub")
     model = make_model(tmp_path / "src")
     assert run_gkit("sign", str(model), "--key", str(priv)).returncode == 0
-    cache = tmp_path / "hf"
-    hub_cache(cache, "acme/granite-demo", model)
-    env = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "HF_HOME": str(tmp_path / "home")}
-    dest = tmp_path / "pulled"
-    result = run_gkit(
+    if tamper:
+        (model / "a.txt").write_text("swapped after signing")
+    hub_cache(tmp_path / "hf", "acme/granite-demo", model)
+    env = {
+        "HF_HUB_OFFLINE": "1",
+        "HF_HUB_CACHE": str(tmp_path / "hf"),
+        "HF_HOME": str(tmp_path / "home"),
+    }
+    return env, pub
+
+
+def pull(env: dict, pub: Path, dest: Path, *extra: str):
+    return run_gkit(
         "pull",
         "acme/granite-demo",
         "--dest",
@@ -50,9 +59,15 @@ def test_pull_offline_from_cache_then_verify(tmp_path):
         "default",
         "--public-key",
         str(pub),
-        "--json",
+        *extra,
         env=env,
     )
+
+
+def test_pull_offline_from_cache_then_verify(tmp_path):
+    env, pub = signed_cache(tmp_path)
+    dest = tmp_path / "pulled"
+    result = pull(env, pub, dest, "--json")
     assert result.returncode == 0, result.stdout + result.stderr
     out = json.loads(result.stdout)
     assert out["commit"] == COMMIT and out["revision"] == "main"
@@ -60,20 +75,7 @@ def test_pull_offline_from_cache_then_verify(tmp_path):
     assert out["verification"]["method"] == "key" and out["verification"]["files"] == 7
     assert not any(p.is_symlink() for p in dest.rglob("*"))  # real files, not cache links
     # the same commit asked for by hash resolves to itself
-    again = run_gkit(
-        "pull",
-        "acme/granite-demo",
-        "--revision",
-        COMMIT,
-        "--dest",
-        str(dest),
-        "--policy",
-        "default",
-        "--public-key",
-        str(pub),
-        "--json",
-        env=env,
-    )
+    again = pull(env, pub, dest, "--revision", COMMIT, "--json")
     assert json.loads(again.stdout)["commit"] == COMMIT
 
 
@@ -85,25 +87,8 @@ def test_pull_offline_of_a_missing_repo_says_so(tmp_path):
 
 
 def test_pull_refuses_a_tampered_cache(tmp_path):
-    key = pki.new_key()
-    priv, pub = pki.write_key(key, tmp_path / "k.pem"), pki.write_public(key, tmp_path / "k.pub")
-    model = make_model(tmp_path / "src")
-    assert run_gkit("sign", str(model), "--key", str(priv)).returncode == 0
-    (model / "a.txt").write_text("swapped after signing")
-    cache = tmp_path / "hf"
-    hub_cache(cache, "acme/granite-demo", model)
-    env = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "HF_HOME": str(tmp_path / "h")}
-    result = run_gkit(
-        "pull",
-        "acme/granite-demo",
-        "--dest",
-        str(tmp_path / "d"),
-        "--policy",
-        "default",
-        "--public-key",
-        str(pub),
-        env=env,
-    )
+    env, pub = signed_cache(tmp_path, tamper=True)
+    result = pull(env, pub, tmp_path / "d")
     assert result.returncode == 1 and "'a.txt' has changed since it was signed" in result.stderr
 
 

@@ -76,6 +76,20 @@ def gkit_fails(*args) -> str:
     return json.loads(result.stdout)["error"]["message"]
 
 
+def sign_with_chain(model: Path, pki_set) -> dict:
+    """gkit sign with a certificate and its intermediate (own-PKI signing)."""
+    return gkit_ok(
+        "sign",
+        model,
+        "--key",
+        pki_set.leaf_key,
+        "--certificate",
+        pki_set.leaf,
+        "--certificate-chain",
+        pki_set.intermediate,
+    )
+
+
 # --- interop: the reference signs, gkit verifies ---------------------------------------
 
 
@@ -154,16 +168,7 @@ def test_gkit_key_signature_verifies_with_reference(model, keypair):
 
 
 def test_gkit_certificate_signature_verifies_with_reference(model, chain):
-    gkit_ok(
-        "sign",
-        model,
-        "--key",
-        chain.leaf_key,
-        "--certificate",
-        chain.leaf,
-        "--certificate-chain",
-        chain.intermediate,
-    )
+    sign_with_chain(model, chain)
     r = ref(
         "verify",
         "certificate",
@@ -277,16 +282,7 @@ def test_wrong_key(signed):
 
 
 def test_wrong_identity(model, chain):
-    gkit_ok(
-        "sign",
-        model,
-        "--key",
-        chain.leaf_key,
-        "--certificate",
-        chain.leaf,
-        "--certificate-chain",
-        chain.intermediate,
-    )
+    sign_with_chain(model, chain)
     message = gkit_fails(
         "verify", model, "--certificate-chain", chain.root, "--identity", "someone-else@example.com"
     )
@@ -352,31 +348,13 @@ def test_expired_leaf_fails_unless_policy_accepts_signing_time(model, tmp_path):
 
 def test_leaf_without_code_signing_usage(model, tmp_path):
     web = pki.make_pki(tmp_path / "web", "web", code_signing=False)
-    gkit_ok(
-        "sign",
-        model,
-        "--key",
-        web.leaf_key,
-        "--certificate",
-        web.leaf,
-        "--certificate-chain",
-        web.intermediate,
-    )
+    sign_with_chain(model, web)
     message = gkit_fails("verify", model, "--certificate-chain", web.root)
     assert "key usage does not include digitalSignature" in message
 
 
 def test_untrusted_root(model, chain, tmp_path):
-    gkit_ok(
-        "sign",
-        model,
-        "--key",
-        chain.leaf_key,
-        "--certificate",
-        chain.leaf,
-        "--certificate-chain",
-        chain.intermediate,
-    )
+    sign_with_chain(model, chain)
     stranger = pki.make_pki(tmp_path / "s", "stranger")
     message = gkit_fails("verify", model, "--certificate-chain", stranger.root)
     assert "does not lead to a trusted root" in message and "pki-intermediate" in message
