@@ -17,6 +17,10 @@ import torch
 
 from granite_runtime.cache import Batch, HybridCache
 
+# At most this much KV copied per attention layer per graphed step (a slot-indexed decode
+# attention kernel, which would read the cache in place, is the planned replacement).
+KV_GATHER_BUDGET = 256 << 20
+
 
 class GraphedDecoder:
     def __init__(self, model, cache: HybridCache, max_batch: int, step=None):
@@ -29,8 +33,19 @@ class GraphedDecoder:
         self.top_k = getattr(model.config, "top_k", 0) if model.config.num_experts else 0
 
     def supports(self, batch_size: int) -> bool:
-        # MoE decode stays static (gathered experts) only while tokens x top_k is small
-        return batch_size <= self.max_batch and batch_size * max(self.top_k, 1) <= 64
+        # MoE decode stays static (gathered experts) only while tokens x top_k is small, and
+        # the static attention copies every row's whole KV row each step: past a budget the
+        # eager step (which reads only the written prefix) is the better deal.
+        return (
+            batch_size <= self.max_batch
+            and batch_size * max(self.top_k, 1) <= 64
+            and batch_size * self._kv_row_bytes() <= KV_GATHER_BUDGET
+        )
+
+    def _kv_row_bytes(self) -> int:
+        """Bytes the static step gathers per row per attention layer (keys and values)."""
+        k = self.cache.k
+        return 2 * k[0, 0].numel() * k.element_size() if k.numel() else 0
 
     def _capture(self, b: int) -> tuple:
         device = self.cache.k.device if self.cache.k.numel() else self.cache.ssm.device
