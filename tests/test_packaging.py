@@ -39,3 +39,48 @@ def test_console_script_and_both_packages():
 
     assert granite_runtime.__file__.endswith("runtime/granite_runtime/__init__.py")
     assert granite_ops_kit.__version__ == granite_runtime.__version__
+
+
+def test_wheel_carries_every_module_and_shipped_file(tmp_path):
+    """The wheel `gkit build` installs in images: code, policies, manifests, catalog."""
+    import subprocess
+    import sys
+    import zipfile
+    from pathlib import Path
+
+    from granite_ops_kit.deploy.wheelhouse import _copy_source
+
+    repo = Path(__file__).resolve().parents[1]
+    src = _copy_source(repo, tmp_path / "src")
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--wheel-dir",
+            str(tmp_path / "w"),
+            str(src),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    names = set(zipfile.ZipFile(next((tmp_path / "w").glob("*.whl"))).namelist())
+    expected = {
+        *(
+            f"granite_ops_kit/{p.relative_to(repo / 'granite_ops_kit')}"
+            for p in (repo / "granite_ops_kit").rglob("*.py")
+        ),
+        *(f"granite_runtime/{p.name}" for p in (repo / "runtime" / "granite_runtime").glob("*.py")),
+        *(f"granite_ops_kit/policies/{p.name}" for p in (repo / "policies").iterdir()),
+        *(
+            f"granite_ops_kit/manifests/{p.relative_to(repo / 'manifests')}"
+            for p in (repo / "manifests").rglob("*")
+            if p.is_file()
+        ),
+    }
+    assert expected - names == set()
