@@ -68,4 +68,6 @@ class PostgresServer:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
 
     def stop(self) -> None:
+        if not (self.data / "postmaster.pid").exists():
+            return  # already gone (its directory was removed under it): nothing to stop
         self._run(_bin("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
