@@ -143,3 +143,26 @@ def test_triton_ssd_step_matches_the_reference(state_dtype, h, g, p, n):
     assert _rel(got_pool.float(), expected_pool) < tol
     untouched = [i for i in range(s) if i not in slots.tolist()]
     assert torch.equal(got_pool[untouched], pool[untouched])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("c", [768, 1000])
+def test_triton_conv_update_matches_the_reference(dtype, c):
+    from granite_runtime.triton_ops import conv_update
+
+    gen = torch.Generator(device="cuda").manual_seed(c)
+    b, s, k = 3, 5, 4
+    slots = torch.tensor([3, 0, 4], device="cuda")
+    x = torch.randn(b, c, device="cuda", generator=gen).to(dtype)
+    weight = torch.randn(c, k, device="cuda", generator=gen).to(dtype)
+    bias = torch.randn(c, device="cuda", generator=gen).to(dtype)
+    pool = torch.randn(s, c, k - 1, device="cuda", generator=gen).to(dtype)
+    full = torch.cat([pool[slots].float(), x.float()[:, :, None]], dim=-1)
+    expected = torch.nn.functional.silu((full * weight.float()).sum(-1) + bias.float())
+    got_pool = pool.clone()
+    out = conv_update(x, got_pool, weight, bias, slots)
+    tol = 1e-6 if dtype == torch.float32 else 1e-2
+    assert _rel(out, expected) < tol
+    assert torch.equal(got_pool[slots], full[:, :, 1:].to(dtype))
+    untouched = [i for i in range(s) if i not in slots.tolist()]
+    assert torch.equal(got_pool[untouched], pool[untouched])

@@ -203,19 +203,24 @@ class Attention(nn.Module):
 # The fused Triton decode state update (triton_ops.ssd_step) on CUDA; False falls back to
 # the PyTorch ops (GKIT_TRITON=0, or set by a benchmark comparing the two).
 TRITON_DECODE = os.environ.get("GKIT_TRITON", "1") != "0"
-_ssd_step_cuda = None
+_triton = None
 
 
-def _triton_ssd_step():
-    global _ssd_step_cuda, TRITON_DECODE
-    if _ssd_step_cuda is None:
+def _triton_ops():
+    """granite_runtime.triton_ops, or None where Triton is missing (CPU builds of torch)."""
+    global _triton, TRITON_DECODE
+    if _triton is None:
         try:
-            from granite_runtime.triton_ops import ssd_step
-        except ImportError:  # no Triton (CPU builds of torch)
+            from granite_runtime import triton_ops
+        except ImportError:
             TRITON_DECODE = False
             return None
-        _ssd_step_cuda = ssd_step
-    return _ssd_step_cuda
+        _triton = triton_ops
+    return _triton
+
+
+def _use_triton(x: torch.Tensor, length: int) -> bool:
+    return length == 1 and x.is_cuda and TRITON_DECODE and _triton_ops() is not None
 
 
 class Mamba2(nn.Module):
@@ -251,7 +256,13 @@ class Mamba2(nn.Module):
 
     def _conv(self, xbc: torch.Tensor, batch: Batch, cache: HybridCache) -> torch.Tensor:
         """Causal depthwise conv continuing from each slot's last d_conv-1 inputs."""
-        index, rows = cache.mamba_index[self.layer], batch.rows
+        index = cache.mamba_index[self.layer]
+        if _use_triton(xbc, xbc.shape[1]):  # one fused pass; the window shifts in place
+            out = _triton.conv_update(
+                xbc[:, 0], cache.conv[index], self._constants()[3], self.conv1d.bias, batch.slots
+            )
+            return out.unsqueeze(1)
+        rows = batch.rows
         past = cache.conv[index, rows]  # (B, C, K-1); a view when slots are consecutive
         full = torch.cat([past.to(xbc.dtype), xbc.transpose(1, 2)], dim=-1)  # (B, C, K-1+L)
         cache.conv[index, rows] = full[:, :, -past.shape[-1] :].to(cache.conv.dtype)
@@ -276,8 +287,8 @@ class Mamba2(nn.Module):
         if self.dt_limit != (0.0, float("inf")):  # softplus is already >= 0
             dt = dt.clamp(*self.dt_limit)
         index = cache.mamba_index[self.layer]
-        if length == 1 and x.is_cuda and TRITON_DECODE and _triton_ssd_step() is not None:
-            y = _ssd_step_cuda(
+        if _use_triton(x, length):
+            y = _triton.ssd_step(
                 xs.view(b, self.heads, self.head_dim),
                 dt.view(b, self.heads),
                 A,

@@ -95,3 +95,63 @@ def ssd_step(x, dt, A, Bm, Cm, D, state_pool, slots, block_p: int | None = None)
         num_warps=4,
     )
     return y
+
+
+@triton.jit
+def _conv_update_kernel(
+    x_ptr,
+    pool_ptr,
+    w_ptr,
+    b_ptr,
+    slots_ptr,
+    out_ptr,
+    C,
+    s_slot,
+    s_chan,
+    HAS_BIAS: tl.constexpr,
+    K: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    row = tl.program_id(0)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    ok = c < C
+    slot = tl.load(slots_ptr + row)
+    base = pool_ptr + slot * s_slot + c * s_chan
+    x = tl.load(x_ptr + row * C + c, mask=ok, other=0.0)
+    acc = tl.load(w_ptr + c * K + (K - 1), mask=ok, other=0.0).to(tl.float32) * x.to(tl.float32)
+    for k in tl.static_range(K - 1):  # the K-1 past inputs, oldest first
+        past = tl.load(base + k, mask=ok, other=0.0)
+        acc += tl.load(w_ptr + c * K + k, mask=ok, other=0.0).to(tl.float32) * past.to(tl.float32)
+        if k > 0:  # shift the window left by one, in place (column k-1 was read already)
+            tl.store(base + (k - 1), past, mask=ok)
+    tl.store(base + (K - 2), x.to(pool_ptr.dtype.element_ty), mask=ok)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + c, mask=ok, other=0.0).to(tl.float32)
+    tl.store(out_ptr + row * C + c, (acc * tl.sigmoid(acc)).to(out_ptr.dtype.element_ty), mask=ok)
+
+
+def conv_update(x, conv_pool, weight, bias, slots) -> torch.Tensor:
+    """silu(causal depthwise conv) of one new column per row, continuing each row's window in
+    `conv_pool` (S, C, K-1) at `slots`, which is shifted in place. x (B, C), weight (C, K)."""
+    b, c = x.shape
+    k = weight.shape[1]
+    assert conv_pool.stride(-1) == 1 and weight.is_contiguous()
+    x = x.contiguous()
+    out = torch.empty_like(x)
+    block = 256
+    _conv_update_kernel[(b, triton.cdiv(c, block))](
+        x,
+        conv_pool,
+        weight,
+        bias if bias is not None else weight,
+        slots,
+        out,
+        c,
+        conv_pool.stride(0),
+        conv_pool.stride(1),
+        HAS_BIAS=bias is not None,
+        K=k,
+        BLOCK_C=block,
+        num_warps=4,
+    )
+    return out
