@@ -107,6 +107,9 @@ def docker_host() -> str:
 
     host = engine_host()
     if host is None:
-        pytest.skip("no Docker engine and no root to start one")
+        pytest.fail(
+            "no Docker engine answers and this user cannot start one: run the tests as root "
+            "(scripts/install-system-packages.sh installs docker.io) or set DOCKER_HOST"
+        )
     os.environ["DOCKER_HOST"] = host  # for the gkit subprocesses too
     return host

@@ -22,6 +22,8 @@ SOCKET = SOCKET_DIR / "docker.sock"
 DATA_ROOT = Path("/var/lib/gkit-test-docker")
 BASE_IMAGE = "local/debian-python:bookworm"
 MIRROR = "http://deb.debian.org/debian"
+# never the default bridge: its address range must not be used on these machines
+DOCKERD = ["dockerd", "--bridge=none", "--iptables=false", "--ip6tables=false"]
 
 
 def _answers(host: str) -> bool:
@@ -46,10 +48,7 @@ def engine_host() -> str | None:
     with open(SOCKET_DIR / "dockerd.log", "ab") as log:  # dockerd keeps its own descriptor
         subprocess.Popen(
             [
-                "dockerd",
-                "--bridge=none",
-                "--iptables=false",
-                "--ip6tables=false",
+                *DOCKERD,
                 f"--host=unix://{SOCKET}",
                 f"--data-root={DATA_ROOT}",
                 f"--exec-root={SOCKET_DIR / 'exec'}",
