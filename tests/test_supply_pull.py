@@ -79,6 +79,19 @@ def test_pull_offline_from_cache_then_verify(tmp_path):
     assert json.loads(again.stdout)["commit"] == COMMIT
 
 
+def test_pull_is_audited_with_its_commit(tmp_path, _private_audit_log):
+    from granite_ops_kit.audit.store import Query, open_store
+
+    env, pub = signed_cache(tmp_path)
+    assert pull(env, pub, tmp_path / "pulled").returncode == 0
+    store = open_store(f"sqlite:///{_private_audit_log}")
+    pulled = list(store.records(Query(event="artifact.pulled")))
+    assert [(r["subject"]["name"], r["subject"]["revision"]) for r in pulled] == [
+        ("hf://acme/granite-demo", COMMIT)
+    ]
+    assert [r["event"] for r in store.records()][-1] == "artifact.verified"
+
+
 def test_pull_offline_of_a_missing_repo_says_so(tmp_path):
     env = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path), "HF_HOME": str(tmp_path)}
     result = run_gkit("pull", "acme/absent", "--dest", str(tmp_path / "d"), env=env)
