@@ -22,7 +22,7 @@ import torch
 
 from granite_ops_kit.demo.checkpoint import write_demo_model
 from granite_runtime.cache import Batch, HybridCache
-from granite_runtime.cpu import prepack_linears
+from granite_runtime.cpu import prepare_for_cpu
 from granite_runtime.loader import load_model
 
 
@@ -37,7 +37,7 @@ def _checkpoint(preset: str, root: Path) -> Path:
 class Gkit:
     def __init__(self, path: Path, dtype: str):
         self.model = load_model(path, dtype)
-        prepack_linears(self.model)  # what the engine does on the CPU
+        prepare_for_cpu(self.model)  # what the engine does on the CPU
 
     @torch.inference_mode()
     def run(self, prompt: torch.Tensor, new_tokens: int) -> tuple[float, float]:

@@ -1,19 +1,21 @@
-"""CPU-specific preparation: linear layers with weights pre-packed for oneDNN (mkldnn).
+"""CPU-specific preparation of a loaded model for fast batch-1 decode.
 
 On this workplace's CPUs a batch-1 decode step is a long series of matrix-vector products
 that must stream every weight from memory. PyTorch's default path (MKL sgemv) reaches about
 9-10 GB/s on the real layer shapes with 2 threads; oneDNN with weights re-laid out once
-reaches 15-17 GB/s (bench/NOTES.md). The product is the same (fp32 accumulation), so outputs
-agree with the plain path to ~1e-6 relative.
-
-The packed op (`mkldnn._linear_pointwise`, the one inductor uses for frozen CPU graphs) takes
-a dense input and returns a dense output, so no layout conversion runs per call.
+reaches 15-17 GB/s; the C kernel in csrc/cpu_decode.c reaches 17-22 GB/s, the read ceiling
+(bench/NOTES.md). The C kernels are used where they can be built (a C compiler with
+OpenMP); otherwise the oneDNN packed linears. Either way the product is fp32 with fp32
+accumulation, so outputs agree with the plain path to ~1e-6 relative.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from granite_runtime import cpu_kernels
+from granite_runtime.layers import DecodeLinear
 
 
 class PackedLinear(nn.Module):
@@ -34,6 +36,32 @@ class PackedLinear(nn.Module):
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
 
 
+def prepare_for_cpu(model: nn.Module) -> str:
+    """Swap the model's fp32 linears for the fastest CPU decode path here; returns its name."""
+    if cpu_kernels.available():
+        _swap_linears(model, DecodeLinear)
+        return "c-kernels"
+    return "onednn" if prepack_linears(model) else "pytorch"
+
+
+def _fp32_cpu_linear(module: nn.Module) -> bool:
+    return (
+        isinstance(module, nn.Linear)
+        and module.weight.device.type == "cpu"
+        and module.weight.dtype == torch.float32
+    )
+
+
+def _swap_linears(model: nn.Module, wrapper: type[nn.Module]) -> int:
+    swapped = 0
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if _fp32_cpu_linear(child):
+                setattr(module, name, wrapper(child))
+                swapped += 1
+    return swapped
+
+
 def prepack_linears(model: nn.Module) -> int:
     """Replace every fp32 nn.Linear on the CPU with a PackedLinear; returns how many.
 
@@ -45,11 +73,7 @@ def prepack_linears(model: nn.Module) -> int:
     swapped = 0
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
-            if not (
-                isinstance(child, nn.Linear)
-                and child.weight.device.type == "cpu"
-                and child.weight.dtype == torch.float32
-            ):
+            if not _fp32_cpu_linear(child):
                 continue
             try:
                 with torch.no_grad():

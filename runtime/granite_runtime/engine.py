@@ -18,7 +18,7 @@ from collections import deque
 import torch
 
 from granite_runtime.cache import Batch, HybridCache
-from granite_runtime.cpu import prepack_linears
+from granite_runtime.cpu import prepare_for_cpu
 from granite_runtime.errors import RequestError
 from granite_runtime.model import GraniteForCausalLM
 from granite_runtime.sampling import SamplingParams, sample, top_logprobs
@@ -46,7 +46,7 @@ class Engine:
         weight = model.model.embed_tokens.weight
         self.device = weight.device
         if self.device.type == "cpu":
-            prepack_linears(model)  # oneDNN matvecs: ~1.6x faster decode (bench/NOTES.md)
+            self.cpu_path = prepare_for_cpu(model)  # C or oneDNN matvecs (bench/NOTES.md)
         self.cache = HybridCache(
             model.config, max_num_seqs, max_model_len, weight.dtype, weight.device
         )

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from granite_runtime import ssd
+from granite_runtime import cpu_kernels, ssd
 from granite_runtime.cache import Batch, HybridCache
 from granite_runtime.config import GraniteConfig
 
@@ -27,6 +27,8 @@ class RMSNorm(nn.Module):
         self.eps, self.groups = eps, groups
 
     def forward(self, x: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:
+        if gate is None and self.groups == 1 and _cpu_kernel(x, self.weight):
+            return cpu_kernels.add_rms_norm(x, None, 1.0, self.weight, self.eps)
         dtype = x.dtype
         h = x.float()
         if gate is not None:
@@ -38,6 +40,46 @@ class RMSNorm(nn.Module):
                 h.unflatten(-1, (self.groups, -1)), (h.shape[-1] // self.groups,), eps=self.eps
             ).flatten(-2)
         return self.weight * h.to(dtype)
+
+    def add_forward(
+        self, x: torch.Tensor, delta: torch.Tensor, alpha: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x + alpha * delta, this norm of it): the residual add before every norm. On the
+        CPU kernel path the add happens in place in x, which the caller owns."""
+        if self.groups == 1 and _cpu_kernel(x, delta, self.weight):
+            return x, cpu_kernels.add_rms_norm(x, delta, alpha, self.weight, self.eps)
+        x = torch.add(x, delta, alpha=alpha)
+        return x, self(x)
+
+
+# Decode-sized calls (a few rows) go to the C kernels on the CPU; prefill stays on PyTorch's
+# GEMMs, which are compute-bound and already fast.
+CPU_KERNEL_MAX_ROWS = 8
+
+
+def _cpu_kernel(x: torch.Tensor, *others: torch.Tensor) -> bool:
+    return (
+        x.device.type == "cpu"
+        and x.numel() <= CPU_KERNEL_MAX_ROWS * x.shape[-1]
+        and cpu_kernels.accepts(x, *others)
+        and cpu_kernels.available()
+    )
+
+
+class DecodeLinear(nn.Module):
+    """nn.Linear for CPU inference: a few rows go to the C matrix-vector kernel (one pass
+    over the weight at the read bandwidth), more rows to PyTorch's GEMM. Same parameter
+    names as nn.Linear, so state dicts still match."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight, self.bias = linear.weight, linear.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _cpu_kernel(x, self.weight) and (self.bias is None or cpu_kernels.accepts(self.bias)):
+            return cpu_kernels.linear(x, self.weight, self.bias)
+        return F.linear(x, self.weight, self.bias)
 
 
 class Weight(nn.Module):
@@ -275,8 +317,32 @@ class Mamba2(nn.Module):
             out = F.conv1d(full, self.conv1d.weight, self.conv1d.bias, groups=self.conv_dim)
         return F.silu(out).transpose(1, 2)  # (B, L, C)
 
+    def _cpu_step(self, x: torch.Tensor, batch: Batch, cache: HybridCache) -> torch.Tensor | None:
+        """The whole decode step but the two projections in one C call (cpu_decode.c), or
+        None where it does not apply (not fp32 on the CPU, a prefill, no compiler)."""
+        index = cache.mamba_index[self.layer]
+        conv, ssm = cache.conv[index], cache.ssm[index]
+        if x.shape[1] != 1 or not _cpu_kernel(x, conv, ssm, self.norm.weight):
+            return None
+        proj = self.in_proj(x)
+        A, D, dt_bias, conv_w = self._constants()
+        bias = self.conv1d.bias
+        if not cpu_kernels.accepts(
+            proj, conv_w, A, D, dt_bias, *([bias] if bias is not None else [])
+        ):
+            return None
+        shape = cpu_kernels.MambaShape(
+            x.shape[0], self.inner, self.conv_dim, conv_w.shape[1], self.heads, self.head_dim,
+            self.groups, self.state, *self.dt_limit, self.norm.eps,
+        )  # fmt: skip
+        weights = (conv_w, bias, A, D, dt_bias, self.norm.weight)
+        y = cpu_kernels.mamba_step(shape, proj, conv, ssm, batch.slots, weights)
+        return self.out_proj(y.view(x.shape[0], 1, self.inner))
+
     def forward(self, x: torch.Tensor, batch: Batch, cache: HybridCache) -> torch.Tensor:
         b, length, _ = x.shape
+        if x.device.type == "cpu" and (out := self._cpu_step(x, batch, cache)) is not None:
+            return out
         z, xbc, dt = self.in_proj(x).split([self.inner, self.conv_dim, self.heads], dim=-1)
         xbc = self._conv(xbc, batch, cache)
         xs, Bm, Cm = xbc.split(

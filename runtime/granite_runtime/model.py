@@ -27,8 +27,9 @@ class DecoderLayer(nn.Module):
     def forward(self, x: torch.Tensor, batch: Batch, cache: HybridCache) -> torch.Tensor:
         mixer = self.mamba if self.is_mamba else self.self_attn
         r = self.residual_multiplier
-        x = torch.add(x, mixer(self.input_layernorm(x), batch, cache), alpha=r)
-        h = self.post_attention_layernorm(x)
+        x, h = self.post_attention_layernorm.add_forward(
+            x, mixer(self.input_layernorm(x), batch, cache), r
+        )
         out = self.shared_mlp(h)
         if self.block_sparse_moe is not None:
             out = out + self.block_sparse_moe(h)
