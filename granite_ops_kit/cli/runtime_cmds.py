@@ -77,19 +77,20 @@ def serve(
         None, help="Model id in the API (default: the directory name)."
     ),
     gpus: int = typer.Option(
-        1, min=1, help="GPUs to shard the model over (tensor parallelism; one host)."
+        1,
+        min=1,
+        max=8,
+        help="GPUs of this host to split the model over (tensor parallelism: one process per "
+        "GPU). With --device cpu, that many processes (tests the split without GPUs).",
     ),
 ) -> None:
     """Serve a model over the OpenAI API: /v1/models, /v1/completions, /v1/chat/completions
     (streaming, tools), /health and Prometheus /metrics.
 
     Stops gracefully on Ctrl-C or SIGTERM: open streams finish first (30 s at most).
+
+    Example: gkit serve ./h-small --gpus 2 --host 0.0.0.0
     """
-    if gpus > 1:
-        raise UsageError(
-            f"--gpus {gpus}: tensor parallelism is not built into this runtime yet; "
-            "serve with --gpus 1 (the chart and the plan already size for it)."
-        )
     with runtime_errors():
         from granite_runtime.serve import build_service, run_server
 
@@ -101,10 +102,12 @@ def serve(
             max_model_len,
             api_key,
             served_model_name,
+            gpus,
         )
+        split = f", split over {gpus} processes" if gpus > 1 else ""
         output.stderr.print(
             f"serving {service.model_name} on http://{host}:{port} "
-            f"({service.engine.device}, {service.engine.max_num_seqs} slots x "
+            f"({service.engine.device}{split}, {service.engine.max_num_seqs} slots x "
             f"{service.engine.max_model_len} tokens)"
         )
         run_server(service, host, port)

@@ -70,6 +70,9 @@ class GraniteConfig:
     eos_token_id: int | None
     time_step_min: float = 0.0
     time_step_max: float = float("inf")
+    # Set by tp.local_config on a rank's share of a model split over tp_size GPUs.
+    tp_size: int = 1
+    mamba_norm_across_ranks: bool = False
 
     @property
     def num_layers(self) -> int:

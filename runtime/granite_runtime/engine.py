@@ -17,6 +17,7 @@ from collections import deque
 
 import torch
 
+from granite_runtime import tp
 from granite_runtime.cache import Batch, HybridCache
 from granite_runtime.cpu import prepare_for_cpu
 from granite_runtime.errors import RequestError
@@ -64,6 +65,7 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self.accepting = True
+        self._released = False  # the other ranks were told to stop
         self.stats = {"prompt_tokens": 0, "generation_tokens": 0, "steps": 0}
 
     # ---- submitting -------------------------------------------------------------------
@@ -104,7 +106,7 @@ class Engine:
                     continue
                 seq.slot = self.free_slots.pop()
                 seq.status = Status.RUNNING
-                self.cache.reset(seq.slot)
+                self._reset(seq.slot)
                 self.running.append(seq)
 
     @torch.inference_mode()
@@ -128,7 +130,7 @@ class Engine:
         start = seq.prefilled
         chunk = seq.prompt_ids[start : start + min(budget, self.prefill_chunk)]
         tokens = torch.tensor([chunk], dtype=torch.long, device=self.device)
-        logits = self.model(tokens, Batch.make([seq.slot], [start], self.device), self.cache)
+        logits = self._forward(tokens, [seq.slot], [start], decode=False)
         seq.prefilled += len(chunk)
         self.stats["prompt_tokens"] += len(chunk)
         if not seq.in_prefill:
@@ -140,10 +142,35 @@ class Engine:
             [[s.output_ids[-1]] for s in seqs], dtype=torch.long, device=self.device
         )
         slots, starts = [s.slot for s in seqs], [s.length for s in seqs]
-        logits = self.graphs(tokens, slots, starts) if self.graphs is not None else None
-        if logits is None:  # CPU, or a batch size with no graph
+        self._accept(seqs, self._forward(tokens, slots, starts, decode=True)[:, -1])
+
+    # ---- model calls (every rank makes the same ones under tensor parallelism) -----------
+    def _forward(self, tokens: torch.Tensor, slots: list[int], starts: list[int], decode: bool):
+        if tp.rank() == 0:
+            tp.send_step(tp.OP_DECODE if decode else tp.OP_FORWARD, tokens, slots, starts)
+        logits = None
+        if decode and self.graphs is not None:
+            logits = self.graphs(tokens, slots, starts)
+        if logits is None:  # CPU, prefill, or a batch size with no graph
             logits = self.model(tokens, Batch.make(slots, starts, self.device), self.cache)
-        self._accept(seqs, logits[:, -1])
+        return logits
+
+    def _reset(self, slot: int) -> None:
+        if tp.rank() == 0:
+            tp.send_control(tp.OP_RESET, slot, self.device)
+        self.cache.reset(slot)
+
+    def follow(self) -> None:
+        """Ranks other than 0: make each model call rank 0 announces, until it stops."""
+        with torch.inference_mode():
+            while True:
+                op, tokens, slots, starts = tp.receive_step(self.device)
+                if op == tp.OP_STOP:
+                    return
+                if op == tp.OP_RESET:
+                    self.cache.reset(slots[0])
+                elif op in (tp.OP_FORWARD, tp.OP_DECODE):
+                    self._forward(tokens, slots, starts, decode=op == tp.OP_DECODE)
 
     def _accept(self, seqs: list[Sequence], logits: torch.Tensor) -> None:
         chosen = sample(logits, [s.params for s in seqs], [s.generator for s in seqs])
@@ -220,7 +247,8 @@ class Engine:
         while True:
             with self._lock:
                 while not self.has_work() and not self._stopping:
-                    self._lock.wait()
+                    if not self._lock.wait(timeout=tp.KEEPALIVE_SECONDS) and tp.world_size() > 1:
+                        tp.send_control(tp.OP_KEEPALIVE, 0, self.device)
                 if self._stopping and not self.has_work():
                     return
             try:
@@ -236,13 +264,17 @@ class Engine:
             self._finish(seq, "error", TokenEvent("", [], [], "error", message))
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Refuse new work, let running requests finish, then end the loop."""
+        """Refuse new work, let running requests finish, then end the loop (and release the
+        other ranks' `follow`)."""
         self.accepting = False
         with self._lock:
             self._stopping = True
             self._lock.notify_all()
         if self._thread:
             self._thread.join(timeout)
+        if tp.world_size() > 1 and not self._released:
+            self._released = True
+            tp.send_control(tp.OP_STOP, 0, self.device)
 
     def cache_usage(self) -> float:
         """Fraction of KV token capacity held by running sequences."""

@@ -15,16 +15,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from granite_runtime import cpu_kernels, ssd
+from granite_runtime import cpu_kernels, ssd, tp
 from granite_runtime.cache import Batch, HybridCache
 from granite_runtime.config import GraniteConfig
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, size: int, eps: float, groups: int = 1):
+    def __init__(self, size: int, eps: float, groups: int = 1, across_ranks: bool = False):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(size))
         self.eps, self.groups = eps, groups
+        # Tensor parallelism with one Mamba group: each rank holds part of the normed
+        # vector, so the sum of squares is all-reduced (tp.py).
+        self.across_ranks = across_ranks
 
     def forward(self, x: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:
         if gate is None and self.groups == 1 and _cpu_kernel(x, self.weight):
@@ -33,7 +36,10 @@ class RMSNorm(nn.Module):
         h = x.float()
         if gate is not None:
             h = h * F.silu(gate.float())
-        if self.groups == 1:
+        if self.across_ranks:
+            squares = tp.all_reduce(h.pow(2).sum(-1, keepdim=True))
+            h = h * torch.rsqrt(squares / (h.shape[-1] * tp.world_size()) + self.eps)
+        elif self.groups == 1:
             h = F.rms_norm(h, (h.shape[-1],), eps=self.eps)
         else:
             h = F.rms_norm(
@@ -282,7 +288,9 @@ class Mamba2(nn.Module):
         self.dt_bias = nn.Parameter(torch.empty(self.heads))
         self.A_log = nn.Parameter(torch.empty(self.heads))
         self.D = nn.Parameter(torch.empty(self.heads))
-        self.norm = RMSNorm(self.inner, c.rms_norm_eps, groups=self.groups)
+        self.norm = RMSNorm(
+            self.inner, c.rms_norm_eps, groups=self.groups, across_ranks=c.mamba_norm_across_ranks
+        )
         self.out_proj = nn.Linear(self.inner, c.hidden_size, bias=c.mamba_proj_bias)
 
     def _constants(self) -> tuple[torch.Tensor, ...]:
@@ -322,7 +330,9 @@ class Mamba2(nn.Module):
         None where it does not apply (not fp32 on the CPU, a prefill, no compiler)."""
         index = cache.mamba_index[self.layer]
         conv, ssm = cache.conv[index], cache.ssm[index]
-        if x.shape[1] != 1 or not _cpu_kernel(x, conv, ssm, self.norm.weight):
+        if x.shape[1] != 1 or self.norm.across_ranks:
+            return None
+        if not _cpu_kernel(x, conv, ssm, self.norm.weight):
             return None
         proj = self.in_proj(x)
         A, D, dt_bias, conv_w = self._constants()

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from granite_runtime import tp
 from granite_runtime.config import GraniteConfig
 from granite_runtime.errors import ModelLoadError
 from granite_runtime.model import GraniteForCausalLM
@@ -88,8 +89,11 @@ def _headers(files: list[Path]) -> dict[str, tuple[Path, tuple[int, ...]]]:
     return found
 
 
-def _read_tensors(files: list[Path], dtype: torch.dtype, device: str) -> dict[str, torch.Tensor]:
-    """All weights; on a GPU as views into one buffer.
+def _read_tensors(
+    files: list[Path], dtype: torch.dtype, device: str, part=None
+) -> dict[str, torch.Tensor]:
+    """All weights (with `part`, this rank's part of each: part(name, tensor)); on a GPU as
+    views into one buffer.
 
     One allocation instead of hundreds: the GPU caching allocator rounds each large block up
     to 2 MiB, which for a 3B model wastes about 2% of memory and would make the memory
@@ -97,6 +101,11 @@ def _read_tensors(files: list[Path], dtype: torch.dtype, device: str) -> dict[st
     engine repacks them for oneDNN anyway).
     """
     headers = _headers(files)
+    if part is not None:  # the shapes of the parts, worked out on shape-only tensors
+        headers = {
+            name: (path, tuple(part(name, torch.empty(shape, device="meta")).shape))
+            for name, (path, shape) in headers.items()
+        }
     flat, offsets = None, {}
     if torch.device(device).type != "cpu":
         step = ALIGN // torch.empty((), dtype=dtype).element_size()
@@ -111,6 +120,8 @@ def _read_tensors(files: list[Path], dtype: torch.dtype, device: str) -> dict[st
             with safe_open(path, framework="pt", device="cpu") as f:
                 for name in f.keys():  # noqa: SIM118 (safe_open is not a dict)
                     tensor = f.get_tensor(name)
+                    if part is not None:
+                        tensor = part(name, tensor)
                     if flat is None:
                         out[name] = tensor.to(dtype)
                         continue
@@ -138,15 +149,23 @@ def _check_shapes(model: GraniteForCausalLM, tensors: dict[str, torch.Tensor], r
 
 
 def load_model(
-    path: str | Path, dtype: str | None = None, device: str = "cpu"
+    path: str | Path, dtype: str | None = None, device: str = "cpu", rank: int = 0, world: int = 1
 ) -> GraniteForCausalLM:
-    """The model with weights loaded, in eval mode, on `device`."""
+    """The model with weights loaded, in eval mode, on `device`; with world > 1, rank's part
+    of it for tensor parallelism (tp.py says how it splits)."""
     root = Path(path).resolve()
     if not root.is_dir():
         raise ModelLoadError(f"{path}: not a model directory.")
-    config = GraniteConfig.from_file(root / "config.json")
-    torch_dtype = resolve_dtype(dtype, config)
-    tensors = _read_tensors(weight_files(root), torch_dtype, device)
+    full = GraniteConfig.from_file(root / "config.json")
+    config = tp.local_config(full, world)
+    torch_dtype = resolve_dtype(dtype, full)
+    part = None
+    if world > 1:
+
+        def part(name: str, t: torch.Tensor) -> torch.Tensor:
+            return tp.shard(name, t, full, rank, world).contiguous()
+
+    tensors = _read_tensors(weight_files(root), torch_dtype, device, part)
     if config.tie_word_embeddings or "lm_head.weight" not in tensors:
         tensors["lm_head.weight"] = tensors.get("model.embed_tokens.weight")
     with torch.device("meta"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from granite_runtime import tp
 from granite_runtime.cache import Batch, HybridCache
 from granite_runtime.config import GraniteConfig
 from granite_runtime.layers import Attention, Mamba2, MoE, RMSNorm, SwiGLU
@@ -27,13 +28,14 @@ class DecoderLayer(nn.Module):
     def forward(self, x: torch.Tensor, batch: Batch, cache: HybridCache) -> torch.Tensor:
         mixer = self.mamba if self.is_mamba else self.self_attn
         r = self.residual_multiplier
-        x, h = self.post_attention_layernorm.add_forward(
-            x, mixer(self.input_layernorm(x), batch, cache), r
-        )
+        # Under tensor parallelism each rank holds a partial sum of the mixer's and the
+        # MLPs' outputs (row-parallel projections); one all-reduce each completes them.
+        mixed = tp.all_reduce(mixer(self.input_layernorm(x), batch, cache))
+        x, h = self.post_attention_layernorm.add_forward(x, mixed, r)
         out = self.shared_mlp(h)
         if self.block_sparse_moe is not None:
             out = out + self.block_sparse_moe(h)
-        return torch.add(x, out, alpha=r)
+        return torch.add(x, tp.all_reduce(out), alpha=r)
 
 
 class GraniteModel(nn.Module):

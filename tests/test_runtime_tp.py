@@ -1,0 +1,181 @@
+"""Tensor parallelism (tp.py) on the CPU: two real processes over gloo compute what one
+computes. The same code runs over NCCL on GPUs (tests/test_runtime_gpu.py, on the device).
+
+What differs between one and two ranks is only the order of additions in the all-reduced
+sums, so fp32 logits agree to ~1e-6 and greedy tokens are identical.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from granite_ops_kit.demo.checkpoint import write_demo_model  # noqa: E402
+from granite_runtime import tp  # noqa: E402
+from granite_runtime.config import GraniteConfig  # noqa: E402
+from granite_runtime.engine import Engine  # noqa: E402
+from granite_runtime.errors import ModelLoadError  # noqa: E402
+from granite_runtime.loader import load_model  # noqa: E402
+from granite_runtime.sampling import SamplingParams  # noqa: E402
+from granite_runtime.tokenizer import TextCodec  # noqa: E402
+from tests.server_process import ServerProcess  # noqa: E402
+
+GREEDY = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True, logprobs=0)
+PROMPT = [(7 * i + 3) % 1000 for i in range(40)]
+
+# Rank 0 in a subprocess: build the split service, prefill logits, then greedy generation
+# through the engine (every call announced to the follower), then stop the follower.
+TWO_RANKS = """
+import json, sys, torch
+from granite_runtime.serve import build_service
+from granite_runtime.sampling import SamplingParams
+service = build_service(sys.argv[1], "cpu", "float32", max_num_seqs=2, max_model_len=96, gpus=2)
+engine = service.engine
+prompt = json.loads(sys.argv[2])
+with torch.inference_mode():
+    engine._reset(1)
+    logits = engine._forward(torch.tensor([prompt]), [1], [0], decode=False)[0, -1]
+params = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True, logprobs=0)
+seq = engine.generate(prompt, params)
+engine.stop()
+print(json.dumps({"logits": logits.tolist(), "tokens": seq.output_ids,
+                  "logprobs": [lp[0] for lp in seq.logprobs]}))
+"""
+
+
+@pytest.fixture(scope="module")
+def grouped(tmp_path_factory) -> Path:
+    """Two Mamba groups (split one per rank, local norm) where tiny-hybrid has one (kept
+    whole, norm all-reduced); MoE and attention as tiny-hybrid."""
+    return write_demo_model(
+        tmp_path_factory.mktemp("tp") / "grouped",
+        "tiny-hybrid",
+        overrides={"mamba_n_groups": 2},
+    ).path
+
+
+def _one_rank(path: Path) -> dict:
+    model = load_model(path, "float32", "cpu")
+    engine = Engine(model, TextCodec.from_dir(path), max_num_seqs=2, max_model_len=96)
+    with torch.inference_mode():
+        engine._reset(1)
+        logits = engine._forward(torch.tensor([PROMPT]), [1], [0], decode=False)[0, -1]
+    seq = engine.generate(PROMPT, GREEDY)
+    return {
+        "logits": logits,
+        "tokens": seq.output_ids,
+        "logprobs": [lp[0] for lp in seq.logprobs],
+    }
+
+
+def _two_ranks(path: Path) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-c", TWO_RANKS, str(path), json.dumps(PROMPT)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result["logits"] = torch.tensor(result["logits"])
+    return result
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fixture", ["tiny_hybrid", "tiny_dense", "grouped"])
+def test_two_ranks_compute_what_one_computes(fixture, request):
+    path = request.getfixturevalue(fixture)
+    one, two = _one_rank(path), _two_ranks(path)
+    rel = ((two["logits"] - one["logits"]).norm() / one["logits"].norm()).item()
+    assert rel < 1e-5, rel
+    assert two["tokens"] == one["tokens"] and len(set(one["tokens"])) > 3
+    assert max(abs(a - b) for a, b in zip(one["logprobs"], two["logprobs"], strict=True)) < 1e-4
+
+
+def test_each_rank_holds_its_part(tiny_hybrid):
+    """Rank 1 of 2 holds half of every split weight (and the caches sized from them)."""
+    full = GraniteConfig.from_file(tiny_hybrid / "config.json")
+    part = load_model(tiny_hybrid, "float32", "cpu", rank=1, world=2)
+    whole = load_model(tiny_hybrid, "float32", "cpu")
+    layer, ref = part.model.layers[0].mamba, whole.model.layers[0].mamba
+    inner, gn = full.mamba_inner, full.mamba_groups * full.mamba_state
+    assert layer.out_proj.weight.shape == (full.hidden_size, inner // 2)
+    assert torch.equal(layer.out_proj.weight, ref.out_proj.weight[:, inner // 2 :])
+    # one group: B and C stay whole on every rank, after rank 1's halves of z and x
+    w = layer.in_proj.weight
+    assert torch.equal(w[: inner // 2], ref.in_proj.weight[inner // 2 : inner])
+    assert torch.equal(
+        w[inner : inner + 2 * gn], ref.in_proj.weight[2 * inner : 2 * inner + 2 * gn]
+    )
+    assert part.config.mamba_norm_across_ranks and layer.norm.across_ranks
+    attn = part.model.layers[2].self_attn
+    assert attn.q_proj.weight.shape[0] == full.num_heads // 2 * full.head_dim
+    moe = part.model.layers[0].block_sparse_moe
+    assert moe.input_linear.weight.shape == (full.num_experts, full.expert_size, full.hidden_size)
+    assert torch.equal(part.lm_head.weight, whole.lm_head.weight)
+
+
+def test_a_model_that_does_not_split_is_refused_in_one_sentence(tiny_hybrid):
+    full = GraniteConfig.from_file(tiny_hybrid / "config.json")
+    with pytest.raises(ModelLoadError, match="the model.s 4 attention heads do not split evenly over 3 GPUs"):
+        tp.local_config(full, 3)
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.slow
+def test_gkit_serve_split_over_two_processes(tiny_hybrid):
+    """`gkit serve --gpus 2` (here on the CPU): the same completion as one process, and
+    SIGTERM ends the follower too."""
+    from openai import OpenAI
+
+    expected = Engine(
+        load_model(tiny_hybrid, "float32", "cpu"), TextCodec.from_dir(tiny_hybrid), 2, 96
+    ).generate(PROMPT, GREEDY)
+    server = ServerProcess(
+        tiny_hybrid, "--gpus", "2", "--dtype", "float32", "--max-model-len", "96"
+    )
+    try:
+        followers = [p for p in _children(server.proc.pid) if _alive(p)]
+        assert len(followers) >= 1, server.output()
+        client = OpenAI(base_url=server.base + "/v1", api_key="x")
+        done = client.completions.create(
+            model="tiny-hybrid", prompt=PROMPT, max_tokens=24, temperature=0.0,
+            extra_body={"ignore_eos": True},
+        )  # fmt: skip
+        assert done.usage.completion_tokens == 24
+        assert done.choices[0].text == expected.text
+        assert "split over 2 processes" in server.output()
+    finally:
+        # uvicorn re-raises SIGTERM after its graceful shutdown, hence -15
+        assert server.stop() in (0, -15)
+    assert "Application shutdown complete" in Path(server.log.name).read_text()
+    deadline = time.monotonic() + 20
+    while any(_alive(p) for p in followers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(_alive(p) for p in followers)
