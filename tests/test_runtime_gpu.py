@@ -166,3 +166,16 @@ def test_triton_conv_update_matches_the_reference(dtype, c):
     assert torch.equal(got_pool[slots], full[:, :, 1:].to(dtype))
     untouched = [i for i in range(s) if i not in slots.tolist()]
     assert torch.equal(got_pool[untouched], pool[untouched])
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="needs two CUDA GPUs"
+)
+@pytest.mark.parametrize("fixture", ["tiny_hybrid", "tiny_dense"])
+def test_two_gpus_compute_what_one_computes(fixture, request):
+    """gkit serve --gpus 2's engine: NCCL all-reduces, inside the CUDA graphs too (decode),
+    against one GPU; fp32, so the only difference is the order of the sums."""
+    from tests.test_runtime_tp import assert_same, one_rank, two_ranks
+
+    path = request.getfixturevalue(fixture)
+    assert_same(one_rank(path, "cuda"), two_ranks(path, "cuda"))

@@ -34,14 +34,14 @@ PROMPT = [(7 * i + 3) % 1000 for i in range(40)]
 # through the engine (every call announced to the follower), then stop the follower.
 TWO_RANKS = """
 import json, sys, torch
-from granite_runtime.serve import build_service
+from granite_runtime.launch import start_engine
 from granite_runtime.sampling import SamplingParams
-service = build_service(sys.argv[1], "cpu", "float32", max_num_seqs=2, max_model_len=96, gpus=2)
-engine = service.engine
-prompt = json.loads(sys.argv[2])
+path, prompt, device = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+engine = start_engine(path, device, "float32", max_num_seqs=2, max_model_len=96, gpus=2)
 with torch.inference_mode():
     engine._reset(1)
-    logits = engine._forward(torch.tensor([prompt]), [1], [0], decode=False)[0, -1]
+    tokens = torch.tensor([prompt], device=engine.device)
+    logits = engine._forward(tokens, [1], [0], decode=False)[0, -1].cpu()
 params = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True, logprobs=0)
 seq = engine.generate(prompt, params)
 engine.stop()
@@ -61,12 +61,13 @@ def grouped(tmp_path_factory) -> Path:
     ).path
 
 
-def _one_rank(path: Path) -> dict:
-    model = load_model(path, "float32", "cpu")
+def one_rank(path: Path, device: str = "cpu") -> dict:
+    model = load_model(path, "float32", device)
     engine = Engine(model, TextCodec.from_dir(path), max_num_seqs=2, max_model_len=96)
     with torch.inference_mode():
         engine._reset(1)
-        logits = engine._forward(torch.tensor([PROMPT]), [1], [0], decode=False)[0, -1]
+        tokens = torch.tensor([PROMPT], device=device)
+        logits = engine._forward(tokens, [1], [0], decode=False)[0, -1].cpu()
     seq = engine.generate(PROMPT, GREEDY)
     return {
         "logits": logits,
@@ -75,9 +76,9 @@ def _one_rank(path: Path) -> dict:
     }
 
 
-def _two_ranks(path: Path) -> dict:
+def two_ranks(path: Path, device: str = "cpu") -> dict:
     out = subprocess.run(
-        [sys.executable, "-c", TWO_RANKS, str(path), json.dumps(PROMPT)],
+        [sys.executable, "-c", TWO_RANKS, str(path), json.dumps(PROMPT), device],
         capture_output=True,
         text=True,
         timeout=300,
@@ -92,7 +93,10 @@ def _two_ranks(path: Path) -> dict:
 @pytest.mark.parametrize("fixture", ["tiny_hybrid", "tiny_dense", "grouped"])
 def test_two_ranks_compute_what_one_computes(fixture, request):
     path = request.getfixturevalue(fixture)
-    one, two = _one_rank(path), _two_ranks(path)
+    assert_same(one_rank(path), two_ranks(path))
+
+
+def assert_same(one: dict, two: dict) -> None:
     rel = ((two["logits"] - one["logits"]).norm() / one["logits"].norm()).item()
     assert rel < 1e-5, rel
     assert two["tokens"] == one["tokens"] and len(set(one["tokens"])) > 3
@@ -119,12 +123,16 @@ def test_each_rank_holds_its_part(tiny_hybrid):
     assert attn.q_proj.weight.shape[0] == full.num_heads // 2 * full.head_dim
     moe = part.model.layers[0].block_sparse_moe
     assert moe.input_linear.weight.shape == (full.num_experts, full.expert_size, full.hidden_size)
-    assert torch.equal(part.lm_head.weight, whole.lm_head.weight)
+    rows = full.vocab_size // 2
+    assert torch.equal(part.lm_head.weight, whole.lm_head.weight[rows:])
+    assert torch.equal(part.model.embed_tokens.weight, whole.model.embed_tokens.weight[rows:])
 
 
 def test_a_model_that_does_not_split_is_refused_in_one_sentence(tiny_hybrid):
     full = GraniteConfig.from_file(tiny_hybrid / "config.json")
-    with pytest.raises(ModelLoadError, match="the model.s 4 attention heads do not split evenly over 3 GPUs"):
+    with pytest.raises(
+        ModelLoadError, match=r"the model.s 4 attention heads do not split evenly over 3 GPUs"
+    ):
         tp.local_config(full, 3)
 
 

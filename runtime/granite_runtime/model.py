@@ -41,7 +41,8 @@ class DecoderLayer(nn.Module):
 class GraniteModel(nn.Module):
     def __init__(self, config: GraniteConfig):
         super().__init__()
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        # under tensor parallelism each rank holds 1/tp_size of the vocabulary (tp.py)
+        self.embed_tokens = nn.Embedding(config.vocab_size // config.tp_size, config.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
@@ -51,16 +52,18 @@ class GraniteForCausalLM(nn.Module):
         super().__init__()
         self.config = config
         self.model = GraniteModel(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = nn.Linear(
+            config.hidden_size, config.vocab_size // config.tp_size, bias=False
+        )
 
     def forward(
         self, tokens: torch.Tensor, batch: Batch, cache: HybridCache, all_logits: bool = False
     ) -> torch.Tensor:
         """Logits (fp32) for every position if `all_logits`, else for each row's last token."""
-        x = self.model.embed_tokens(tokens) * self.config.embedding_multiplier
+        x = tp.embed(self.model.embed_tokens, tokens) * self.config.embedding_multiplier
         for layer in self.model.layers:
             x = layer(x, batch, cache)
         if not all_logits:
             x = x[:, -1:]
         x = self.model.norm(x)
-        return self.lm_head(x).float() / self.config.logits_scaling
+        return tp.gather_logits(self.lm_head(x)).float() / self.config.logits_scaling

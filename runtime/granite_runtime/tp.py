@@ -9,9 +9,13 @@ Layout (Megatron-style, as gpt-fast's tp.py does for dense models):
   of squares is all-reduced (one scalar per token);
 - shared MLP and MoE experts: each expert's intermediate size split (gate and up halves
   alike), output row-parallel; the router is replicated so every rank picks the same experts;
-- embeddings, norms and lm_head replicated (every rank ends with the same logits).
+- the embedding table and lm_head split by vocabulary rows (tied or not): a rank looks up
+  the tokens in its range, an all-reduce completes the embeddings, and the logits of the
+  last tokens are all-gathered, so every rank ends with the same full logits;
+- norms and the router replicated.
 So each layer needs two all-reduces of a hidden-size vector per token (mixer, then MLP+MoE),
-plus the norm's scalar where the groups do not split.
+plus the norm's scalar where the groups do not split. This is the split `gkit size` assumes
+(memory.weight_bytes_per_gpu).
 
 Processes: one per GPU. Rank 0 runs the engine and the HTTP server; before every model call
 it broadcasts (what, tokens, slots, positions) and the other ranks make the same call
@@ -80,6 +84,7 @@ def local_config(config: GraniteConfig, world: int) -> GraniteConfig:
         "attention heads": config.num_heads if config.attention_layers else 0,
         "key/value heads": config.num_kv_heads if config.attention_layers else 0,
         "Mamba heads": config.mamba_heads if config.mamba_layers else 0,
+        "vocabulary rows": config.vocab_size,
         "shared MLP width": config.shared_size,
         "expert width": config.expert_size if config.num_experts else 0,
     }
@@ -143,7 +148,30 @@ def shard(name: str, t: torch.Tensor, config: GraniteConfig, r: int, world: int)
         return _pieces(t, [half, half], [True, True], dim, r, world)
     if module == "output_linear":  # (..., H, I)
         return _part(t, t.dim() - 1, r, world)
-    return t  # embeddings, norms, router, lm_head: replicated
+    if name in ("model.embed_tokens.weight", "lm_head.weight"):
+        return _part(t, 0, r, world)
+    return t  # norms, router: replicated
+
+
+def embed(table: torch.nn.Embedding, tokens: torch.Tensor) -> torch.Tensor:
+    """Embeddings from a vocabulary-split table: each rank fills the rows it holds."""
+    if _world == 1:
+        return table(tokens)
+    rows = table.num_embeddings
+    local = tokens - _rank * rows
+    inside = (local >= 0) & (local < rows)
+    x = table(local.clamp(0, rows - 1)) * inside.unsqueeze(-1).to(table.weight.dtype)
+    return all_reduce(x)
+
+
+def gather_logits(logits: torch.Tensor) -> torch.Tensor:
+    """(..., vocab / world) on each rank -> (..., vocab) on every rank."""
+    if _world == 1:
+        return logits
+    rows = logits.shape[0]
+    out = logits.new_empty((_world * rows, *logits.shape[1:]))  # ranks stacked along dim 0
+    dist.all_gather_into_tensor(out, logits.contiguous())
+    return torch.cat(out.split(rows, dim=0), dim=-1)
 
 
 # ---- the step protocol ---------------------------------------------------------------
