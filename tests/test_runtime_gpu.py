@@ -179,3 +179,24 @@ def test_two_gpus_compute_what_one_computes(fixture, request):
 
     path = request.getfixturevalue(fixture)
     assert_same(one_rank(path, "cuda"), two_ranks(path, "cuda"))
+
+
+def _fp8_gpu() -> bool:
+    return torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 9)
+
+
+@pytest.mark.skipif(not _fp8_gpu(), reason="needs a GPU with FP8 tensor cores")
+def test_fp8_on_the_gpu_keeps_the_bf16_answer(tiny_hybrid):
+    from granite_runtime.fp8 import Fp8Linear
+
+    ids = torch.randint(0, 1000, (1, 64), generator=torch.Generator().manual_seed(4))
+    bf16 = _logits(tiny_hybrid, "bfloat16", "cuda", ids)
+    q = _logits(tiny_hybrid, "fp8", "cuda", ids)
+    assert _rel(q, bf16) < 0.1
+    assert (q.argmax(-1) == bf16.argmax(-1)).float().mean() > 0.8
+    model = load_model(tiny_hybrid, "fp8", "cuda")
+    assert isinstance(model.model.layers[0].mamba.in_proj, Fp8Linear)
+    engine = Engine(model, TextCodec.from_dir(tiny_hybrid), max_num_seqs=2, max_model_len=128)
+    assert engine.graphs is not None and 1 in engine.graphs.graphs
+    params = SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True)
+    assert len(engine.generate(ids[0, :20].tolist(), params).output_ids) == 16

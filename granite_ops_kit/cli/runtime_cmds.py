@@ -63,7 +63,11 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0 in containers)."),
     port: int = typer.Option(8000, help="TCP port."),
     device: str = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
-    dtype: str = typer.Option(None, help="float32, bfloat16 or float16 (default: the config's)."),
+    dtype: str = typer.Option(
+        None,
+        help="float32, bfloat16, float16, or fp8 (weights in float8 with per-channel scales; "
+        "GPUs with FP8 tensor cores: Ada, Hopper). Default: the config's.",
+    ),
     max_num_seqs: int = typer.Option(8, min=1, help="Concurrent sequences (cache slots)."),
     max_model_len: int = typer.Option(
         None, min=16, help="Context per sequence (default: the model's, at most 4096)."
@@ -126,7 +130,7 @@ def generate(
         help="Wrap the prompt in the model's chat template (default) or continue the raw text.",
     ),
     device: str = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
-    dtype: str = typer.Option(None, help="float32, bfloat16 or float16."),
+    dtype: str = typer.Option(None, help="float32, bfloat16, float16, or fp8 (FP8 GPUs)."),
     json_: bool = JSON_OPTION,
 ) -> None:
     """Generate text from a local model once, without a server."""

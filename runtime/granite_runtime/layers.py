@@ -95,6 +95,10 @@ class Weight(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(*shape))
 
+    def rows(self, index) -> torch.Tensor:
+        """weight[index] in the compute dtype (fp8.Fp8Weight dequantizes here)."""
+        return self.weight[index]
+
 
 class SwiGLU(nn.Module):
     """Granite's shared MLP: input_linear -> (gate, up) -> silu(gate) * up -> output_linear."""
@@ -134,8 +138,8 @@ class MoE(nn.Module):
     def _gathered(self, flat, experts, weights):
         """Few tokens (decode): gather each token's k experts and run them as one bmm."""
         t, k = experts.shape
-        w1 = self.input_linear.weight[experts.reshape(-1)]  # (t*k, 2i, h)
-        w2 = self.output_linear.weight[experts.reshape(-1)]  # (t*k, h, i)
+        w1 = self.input_linear.rows(experts.reshape(-1))  # (t*k, 2i, h)
+        w2 = self.output_linear.rows(experts.reshape(-1))  # (t*k, h, i)
         xs = flat.repeat_interleave(k, dim=0).unsqueeze(-1)  # (t*k, h, 1)
         gate, up = torch.bmm(w1, xs).squeeze(-1).chunk(2, dim=-1)
         y = torch.bmm(w2, (F.silu(gate) * up).unsqueeze(-1)).squeeze(-1)  # (t*k, h)
@@ -145,7 +149,7 @@ class MoE(nn.Module):
         """Many tokens (prefill): sort token copies by expert and run each expert once."""
         out = torch.zeros_like(flat)
         order = experts.reshape(-1).argsort(stable=True)
-        counts = torch.bincount(experts.reshape(-1), minlength=self.input_linear.weight.shape[0])
+        counts = torch.bincount(experts.reshape(-1), minlength=self.router.layer.out_features)
         token_of = order // self.top_k
         start = 0
         for e, count in enumerate(counts.tolist()):
@@ -154,8 +158,8 @@ class MoE(nn.Module):
             idx = order[start : start + count]
             tokens = token_of[start : start + count]
             start += count
-            gate, up = F.linear(flat[tokens], self.input_linear.weight[e]).chunk(2, dim=-1)
-            y = F.linear(F.silu(gate) * up, self.output_linear.weight[e])
+            gate, up = F.linear(flat[tokens], self.input_linear.rows(e)).chunk(2, dim=-1)
+            y = F.linear(F.silu(gate) * up, self.output_linear.rows(e))
             out.index_add_(0, tokens, y * weights.reshape(-1)[idx, None])
         return out
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from granite_runtime import tp
+from granite_runtime import fp8, tp
 from granite_runtime.config import GraniteConfig
 from granite_runtime.errors import ModelLoadError
 from granite_runtime.model import GraniteForCausalLM
@@ -35,7 +35,10 @@ def resolve_dtype(name: str | None, config: GraniteConfig) -> torch.dtype:
     if key == "auto":
         key = config.torch_dtype
     if key not in DTYPES:
-        raise ModelLoadError(f"unknown dtype '{name}'; use float32, bfloat16 or float16.")
+        raise ModelLoadError(
+            f"unknown dtype '{name}'; use float32, bfloat16, float16, "
+            "or fp8 on a GPU with FP8 tensor cores."
+        )
     return DTYPES[key]
 
 
@@ -90,7 +93,7 @@ def _headers(files: list[Path]) -> dict[str, tuple[Path, tuple[int, ...]]]:
 
 
 def _read_tensors(
-    files: list[Path], dtype: torch.dtype, device: str, part=None
+    files: list[Path], dtype: torch.dtype, device: str, part=None, one_buffer: bool = True
 ) -> dict[str, torch.Tensor]:
     """All weights (with `part`, this rank's part of each: part(name, tensor)); on a GPU as
     views into one buffer.
@@ -107,7 +110,7 @@ def _read_tensors(
             for name, (path, shape) in headers.items()
         }
     flat, offsets = None, {}
-    if torch.device(device).type != "cpu":
+    if torch.device(device).type != "cpu" and one_buffer:
         step = ALIGN // torch.empty((), dtype=dtype).element_size()
         total = 0
         for name, (_, shape) in headers.items():
@@ -158,14 +161,21 @@ def load_model(
         raise ModelLoadError(f"{path}: not a model directory.")
     full = GraniteConfig.from_file(root / "config.json")
     config = tp.local_config(full, world)
-    torch_dtype = resolve_dtype(dtype, full)
+    use_fp8 = (dtype or "").lower() in ("fp8", "float8")
+    if use_fp8 and not fp8.supported(device):
+        raise ModelLoadError(
+            f"--dtype fp8 needs an NVIDIA GPU with FP8 tensor cores (compute capability 8.9 "
+            f"or newer: Ada, Hopper); {device} has none. Use bfloat16 there."
+        )
+    torch_dtype = resolve_dtype("bfloat16" if use_fp8 else dtype, full)
     part = None
     if world > 1:
 
         def part(name: str, t: torch.Tensor) -> torch.Tensor:
             return tp.shard(name, t, full, rank, world).contiguous()
 
-    tensors = _read_tensors(weight_files(root), torch_dtype, device, part)
+    # fp8: separate tensors, so each bf16 weight is freed once its fp8 copy exists
+    tensors = _read_tensors(weight_files(root), torch_dtype, device, part, one_buffer=not use_fp8)
     if config.tie_word_embeddings or "lm_head.weight" not in tensors:
         tensors["lm_head.weight"] = tensors.get("model.embed_tokens.weight")
     with torch.device("meta"):
@@ -175,4 +185,7 @@ def load_model(
     model.load_state_dict(
         {n: tensors[n] for n, _ in model.named_parameters()}, strict=True, assign=True
     )
+    if use_fp8:
+        del tensors
+        fp8.quantize_linears(model)
     return model.eval()
