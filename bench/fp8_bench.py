@@ -35,12 +35,12 @@ def _measure(model, config, prompt: int, batches: list[int], bandwidth: float) -
     out = {"weights_gib": _bytes(model) / 2**30}
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, config.vocab_size, (1, 64), generator=g).cuda()
-    cache = HybridCache(config, 1, prompt + 8, torch.bfloat16, "cuda")
-    out["logits"] = model(ids, Batch.make([0], [0], "cuda"), cache, all_logits=True)[0].cpu()
+    pool = HybridCache(config, 1, prompt + 8, torch.bfloat16, "cuda")
+    out["logits"] = model(ids, Batch.make([0], [0], "cuda"), pool, all_logits=True)[0].cpu()
     long = torch.randint(0, config.vocab_size, (1, prompt), generator=g).cuda()
-    secs = _timed(lambda: model(long, Batch.make([0], [0], "cuda"), cache), 2)
+    secs = _timed(lambda: model(long, Batch.make([0], [0], "cuda"), pool), 2)
     out["prefill_tok_s"] = prompt / secs
-    del cache
+    pool = None  # freed before the decode pools
     for b in batches:
         cache = HybridCache(config, b, 1024, torch.bfloat16, "cuda")
         graphed = GraphedDecoder(model, cache, b)
