@@ -66,12 +66,20 @@ def run(name: str, prompt: int, batches: list[int], bandwidth: float) -> dict:
     raw = {**catalog.load_config(name), "model_type": "granitemoehybrid"}
     config = GraniteConfig.from_dict(raw)
     model = random_model(raw, 0, 1, "cuda")
+    # the yardstick for fp8's error: bf16's own error against fp32 on the same weights
+    ids = torch.randint(0, config.vocab_size, (1, 64), generator=torch.Generator().manual_seed(0))
+    pool = HybridCache(config, 1, 72, torch.float32, "cuda")
+    fp32 = model.float()(ids.cuda(), Batch.make([0], [0], "cuda"), pool, all_logits=True)[0]
+    fp32, pool = fp32.cpu(), None
+    model.to(torch.bfloat16)
     bf16 = _measure(model, config, prompt, batches, bandwidth)
     fp8.quantize_linears(model)
     torch.cuda.empty_cache()
     q = _measure(model, config, prompt, batches, bandwidth)
     a, b = bf16.pop("logits").float(), q.pop("logits").float()
     return {
+        "bf16_vs_fp32_rel_err": ((a - fp32).norm() / fp32.norm()).item(),
+        "bf16_vs_fp32_top1": (a.argmax(-1) == fp32.argmax(-1)).float().mean().item(),
         "logits_rel_err": ((b - a).norm() / a.norm()).item(),
         "top1_agreement": (a.argmax(-1) == b.argmax(-1)).float().mean().item(),
         "bf16": bf16,
@@ -91,7 +99,8 @@ def main() -> None:
         r = run(name, args.prompt, args.batches, bandwidth)
         print(
             f"\n{name}: fp8 vs bf16 logits relative error {r['logits_rel_err']:.3f}, "
-            f"top-1 agreement {r['top1_agreement']:.1%} (64 positions)"
+            f"top-1 agreement {r['top1_agreement']:.1%} (64 positions); yardstick: bf16 vs "
+            f"fp32 {r['bf16_vs_fp32_rel_err']:.3f}, top-1 {r['bf16_vs_fp32_top1']:.1%}"
         )
         for kind in ("bf16", "fp8"):
             m = r[kind]

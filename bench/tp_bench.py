@@ -47,7 +47,9 @@ def _draw(name: str, shape, init, device) -> torch.Tensor:
 
 
 def random_model(raw: dict, rank: int, world: int, device: str) -> GraniteForCausalLM:
-    """The model's rank-th part with every full tensor drawn on the GPU, then split."""
+    """The model's rank-th part with every full tensor drawn on the GPU, then split.
+    Under no_grad, not inference_mode: CUDA graph capture later runs outside inference
+    mode, where inference tensors cannot be used."""
     full = GraniteConfig.from_dict(raw)
     with torch.device("meta"):
         model = GraniteForCausalLM(tp.local_config(full, world))
@@ -59,7 +61,7 @@ def random_model(raw: dict, rank: int, world: int, device: str) -> GraniteForCau
     if "lm_head.weight" not in state:
         state["lm_head.weight"] = state["model.embed_tokens.weight"]
     model.load_state_dict(state, strict=True, assign=True)
-    return model.eval()
+    return model.eval().requires_grad_(False)
 
 
 def _timed(fn, repeat: int) -> float:
@@ -93,7 +95,7 @@ def _measure(engine: Engine, vocab: int, prompt: int, batches: list[int]) -> dic
 def _rank_main(rank, world, init_method, raw, prompt, batches, queue) -> None:
     tp.init(rank, world, init_method, f"cuda:{rank}")
     try:
-        with torch.inference_mode():
+        with torch.no_grad():
             model = random_model(raw, rank, world, f"cuda:{rank}")
         torch.cuda.synchronize()
         engine = Engine(model, None, max_num_seqs=max(batches), max_model_len=prompt + 64)

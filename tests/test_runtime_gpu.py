@@ -200,3 +200,19 @@ def test_fp8_on_the_gpu_keeps_the_bf16_answer(tiny_hybrid):
     assert engine.graphs is not None and 1 in engine.graphs.graphs
     params = SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True)
     assert len(engine.generate(ids[0, :20].tolist(), params).output_ids) == 16
+
+
+@pytest.mark.skipif(not _fp8_gpu(), reason="needs a GPU with FP8 tensor cores")
+@pytest.mark.parametrize(("m", "n", "k"), [(1, 2560, 2560), (5, 100, 200), (16, 48, 1000)])
+def test_fp8_matvec_matches_the_dequantized_product(m, n, k):
+    from granite_runtime.triton_ops import fp8_matvec
+
+    g = torch.Generator(device="cuda").manual_seed(m * n + k)
+    w = torch.randn(n, k, device="cuda", generator=g).to(torch.float8_e4m3fn)
+    scale = torch.rand(n, device="cuda", generator=g) + 0.01
+    bias = torch.randn(n, device="cuda", generator=g).to(torch.bfloat16)
+    x = torch.randn(m, k, device="cuda", generator=g).to(torch.bfloat16)
+    reference = x.float() @ (w.float() * scale[:, None]).T + bias.float()
+    ours = fp8_matvec(x, w, scale, bias)
+    assert ours.shape == (m, n) and ours.dtype == torch.bfloat16
+    assert _rel(ours, reference) < 1e-2

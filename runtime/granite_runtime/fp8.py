@@ -2,9 +2,11 @@
 channel, multiplied by `torch._scaled_mm` on FP8 tensor cores (Hopper, Ada).
 
 Each weight row is scaled so its largest magnitude maps to e4m3's largest finite value
-(448); activations are quantized per token the same way just before each product, and the
-product accumulates in fp32 and comes out in bf16 with both scales applied. Decode reads
-half the bytes of bf16, which is what matters when decode is bound by memory bandwidth.
+(448). Decode (at most 16 rows) runs triton_ops.fp8_matvec: weight-only fp8, the weight
+widened to bf16 in registers, the activations as they are; it reads half the bytes of bf16,
+which is what matters when decode is bound by memory bandwidth. Prefill runs
+`torch._scaled_mm` on the FP8 tensor cores, with activations quantized per token the same
+way; the product accumulates in fp32 and comes out in bf16 with both scales applied.
 
 MoE experts are stored the same way (e4m3, a scale per output row of each expert) and
 dequantized to bf16 as they are gathered for a step: the gather reads half the bytes; the
@@ -50,7 +52,11 @@ class Fp8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        xq, x_scale = _quantize_rows(x.reshape(-1, shape[-1]))
+        flat = x.reshape(-1, shape[-1])
+        if _matvec_kernel(flat):  # decode: weight-only fp8, activations stay bf16
+            y = _triton.fp8_matvec(flat, self.weight_fp8, self.weight_scale.view(-1), self.bias)
+            return y.view(*shape[:-1], self.out_features)
+        xq, x_scale = _quantize_rows(flat)
         y = torch._scaled_mm(
             xq,
             self.weight_fp8.t(),  # (in, out), column-major as _scaled_mm wants
@@ -73,6 +79,23 @@ class Fp8Weight(nn.Module):
 
     def rows(self, index) -> torch.Tensor:
         return (self.weight_fp8[index].float() * self.weight_scale[index]).to(torch.bfloat16)
+
+
+_triton = None
+
+
+def _matvec_kernel(x: torch.Tensor) -> bool:
+    """Few rows on CUDA with Triton present: the fp8 matvec kernel (triton_ops.py)."""
+    global _triton
+    if not x.is_cuda or x.shape[0] > 16:
+        return False
+    if _triton is None:
+        try:
+            from granite_runtime import triton_ops
+        except ImportError:
+            return False
+        _triton = triton_ops
+    return True
 
 
 def _eligible(name: str, module: nn.Module) -> bool:

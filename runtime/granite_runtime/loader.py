@@ -126,7 +126,7 @@ def _read_tensors(
                     if part is not None:
                         tensor = part(name, tensor)
                     if flat is None:
-                        out[name] = tensor.to(dtype)
+                        out[name] = tensor.to(device=device, dtype=dtype)
                         continue
                     shape = headers[name][1]
                     view = flat[offsets[name] : offsets[name] + math.prod(shape)].view(shape)

@@ -155,3 +155,60 @@ def conv_update(x, conv_pool, weight, bias, slots) -> torch.Tensor:
         num_warps=4,
     )
     return out
+
+
+# ---- FP8 weights, few rows (decode) ----------------------------------------------------
+# `torch._scaled_mm` quantizes the activations too and runs a GEMM tuned for large M; at
+# decode's 1-16 rows it is slower than bf16 (bench/NOTES.md). This kernel reads the e4m3
+# weight once, widens it to bf16 in registers and multiplies the bf16 activations as they
+# are: the bytes halve and the activations keep their precision.
+_FP8_CONFIGS = [
+    triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w)
+    for bn, bk, w in [(16, 512, 4), (32, 256, 4), (16, 256, 4), (64, 256, 8), (32, 512, 8)]
+]
+
+
+@triton.autotune(configs=_FP8_CONFIGS, key=["N", "K"])
+@triton.jit
+def _fp8_matvec_kernel(
+    x_ptr, w_ptr, scale_ptr, bias_ptr, y_ptr, M, N, K,
+    HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m = tl.arange(0, BLOCK_M)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        x = tl.load(
+            x_ptr + offs_m[:, None] * K + offs_k[None, :],
+            mask=(offs_m[:, None] < M) & (offs_k[None, :] < K),
+            other=0.0,
+        )
+        w = tl.load(  # (BLOCK_N, BLOCK_K): each weight row read along its contiguous K
+            w_ptr + offs_n[:, None] * K + offs_k[None, :],
+            mask=(offs_n[:, None] < N) & (offs_k[None, :] < K),
+            other=0.0,
+        )
+        acc += tl.dot(x, tl.trans(w.to(tl.bfloat16)))
+    acc = acc * tl.load(scale_ptr + offs_n, mask=offs_n < N, other=0.0)[None, :]
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0)[None, :].to(tl.float32)
+    mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
+    tl.store(y_ptr + offs_m[:, None] * N + offs_n[None, :], acc.to(tl.bfloat16), mask=mask)
+
+
+FP8_MATVEC_MAX_ROWS = 16  # tl.dot's smallest M; more rows go to _scaled_mm
+
+
+def fp8_matvec(x, weight_fp8, scale, bias) -> torch.Tensor:
+    """x (M <= 16, K) bf16 @ (weight_fp8 (N, K) e4m3 * scale (N,))^T + bias -> (M, N) bf16."""
+    m, k = x.shape
+    n = weight_fp8.shape[0]
+    x = x.to(torch.bfloat16).contiguous()
+    y = torch.empty(m, n, dtype=torch.bfloat16, device=x.device)
+    grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
+    _fp8_matvec_kernel[grid](
+        x, weight_fp8, scale, bias if bias is not None else scale, y, m, n, k,
+        HAS_BIAS=bias is not None, BLOCK_M=16,
+    )  # fmt: skip
+    return y
