@@ -1,11 +1,14 @@
 """Validate `gkit size --engine gkit` against measured GPU memory (run on the device).
 
-For each model (real shapes, random weights written by the demo-model writer) and each
-(context, concurrency) point: load the runtime on one GPU, allocate its pools, run the
-largest steps (a 512-token prefill chunk, then one decode step over every slot), and compare
-torch.cuda.max_memory_reserved() with the memory model's prediction. Then load the same
-checkpoint in transformers and compare its weights and cache with our formulas (transformers
-keeps d_conv = 4 conv columns).
+For each model (real shapes, random weights) and each (context, concurrency) point: start
+the engine on one GPU as `gkit serve` does (weights, pools, the CUDA graphs captured for
+every decode batch size), run the largest steps (a 512-token prefill chunk, then one decode
+step over every slot), and compare torch.cuda.max_memory_reserved() with the memory model's
+prediction. Then load the same checkpoint in transformers and compare its weights and cache
+with our formulas (transformers keeps d_conv = 4 conv columns).
+
+Weights are drawn on the GPU and saved with safetensors (tp_bench.random_model): seconds,
+where the demo-model writer (numpy, one core) took 109 s for h-micro and 223 s for h-tiny.
 
     python3 bench/gpu_memory.py [--models h-micro,h-tiny] [--root /tmp/gkit-models]
 """
@@ -20,11 +23,11 @@ from pathlib import Path
 
 import torch
 
-from granite_ops_kit.demo.checkpoint import write_demo_model
+from granite_ops_kit import catalog
 from granite_ops_kit.sizing import engines
 from granite_runtime import memory
-from granite_runtime.cache import Batch, HybridCache
 from granite_runtime.config import GraniteConfig
+from granite_runtime.engine import Engine
 from granite_runtime.loader import load_model
 
 POINTS = [(4096, 32), (32768, 8), (131072, 4)]
@@ -40,9 +43,20 @@ def _fresh() -> None:
 def checkpoint(name: str, root: Path) -> Path:
     path = root / name
     if not (path / "config.json").exists():
-        root.mkdir(parents=True, exist_ok=True)
+        from safetensors.torch import save_file
+        from tp_bench import random_model
+
+        path.mkdir(parents=True, exist_ok=True)
         t = time.perf_counter()
-        write_demo_model(path, name)
+        raw = {**catalog.load_config(name), "model_type": "granitemoehybrid"}
+        with torch.no_grad():
+            state = random_model(raw, 0, 1, "cuda").state_dict()
+        if raw.get("tie_word_embeddings", True):
+            state.pop("lm_head.weight")  # safetensors stores no shared tensors
+        save_file({k: v.contiguous() for k, v in state.items()}, path / "model.safetensors")
+        (path / "config.json").write_text(json.dumps({**raw, "torch_dtype": "bfloat16"}))
+        del state
+        _fresh()
         print(f"wrote {name} in {time.perf_counter() - t:.0f} s", flush=True)
     return path
 
@@ -50,17 +64,18 @@ def checkpoint(name: str, root: Path) -> Path:
 @torch.inference_mode()
 def gkit_rows(path: Path, points: list[tuple[int, int]]) -> list[dict]:
     _fresh()
-    model = load_model(path, "bfloat16", "cuda")
-    c = model.config
     rows = []
     for context, sessions in points:
-        cache = HybridCache(c, sessions, context, torch.bfloat16, "cuda")
+        model = load_model(path, "bfloat16", "cuda")
+        c = model.config
+        engine = Engine(model, None, max_num_seqs=sessions, max_model_len=context)
         prompt = torch.randint(0, 900, (1, 512), device="cuda")
-        model(prompt, Batch.make([0], [0], "cuda"), cache)
+        engine._forward(prompt, [0], [0], decode=False)
         tokens = torch.randint(0, 900, (sessions, 1), device="cuda")
-        model(tokens, Batch.make(list(range(sessions)), [512] * sessions, "cuda"), cache)
+        engine._forward(tokens, list(range(sessions)), [512] * sessions, decode=True)
         torch.cuda.synchronize()
         measured = torch.cuda.max_memory_reserved()
+        graphs = sorted(engine.graphs.graphs) if engine.graphs else []
         f = engines.gkit(c, engines.Workload(context, sessions), 1)
         rows.append(
             {
@@ -72,13 +87,11 @@ def gkit_rows(path: Path, points: list[tuple[int, int]]) -> list[dict]:
                 "weights": f.weights,
                 "pools": f.kv_cache + f.state_cache,
                 "activations_predicted": f.activations,
+                "graphed_batches": f"{graphs[0]}-{graphs[-1]}" if graphs else "none",
             }
         )
-        del cache
-        gc.collect()
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-    del model
+        del engine, model
+        _fresh()
     return rows
 
 
@@ -126,24 +139,24 @@ def main() -> None:
     )
     args = ap.parse_args()
     points = [tuple(int(v) for v in p.split("x")) for p in args.points.split(",")]
-    hf_points = [tuple(int(v) for v in p.split("x")) for p in args.hf_points.split(",")]
+    hf_points = [tuple(int(v) for v in p.split("x")) for p in args.hf_points.split(",") if p]
     print(f"card: {torch.cuda.get_device_name()}, torch {torch.__version__}")
     report = {}
     for name in args.models.split(","):
         path = checkpoint(name, Path(args.root))
         report[name] = {
             "gkit": gkit_rows(path, points),
-            "transformers": transformers_rows(path, hf_points),
+            "transformers": transformers_rows(path, hf_points) if hf_points else [],
         }
         print(f"\n{name}: gkit runtime, torch.cuda.max_memory_reserved() vs gkit size")
         print(
             f"{'context':>8} {'sessions':>8} {'predicted MiB':>14} {'measured MiB':>13} "
-            f"{'error':>7}"
+            f"{'error':>7}  graphs"
         )
         for r in report[name]["gkit"]:
             print(
                 f"{r['context']:>8} {r['sessions']:>8} {r['predicted'] / MIB:>14.0f} "
-                f"{r['measured'] / MIB:>13.0f} {r['error']:>+7.2%}"
+                f"{r['measured'] / MIB:>13.0f} {r['error']:>+7.2%}  {r['graphed_batches']}"
             )
         print(f"{name}: transformers, measured vs our formulas")
         for r in report[name]["transformers"]:
