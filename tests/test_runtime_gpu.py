@@ -195,7 +195,7 @@ def test_fp8_on_the_gpu_keeps_the_bf16_answer(tiny_hybrid):
     assert _rel(q, bf16) < 0.1
     assert (q.argmax(-1) == bf16.argmax(-1)).float().mean() > 0.8
     model = load_model(tiny_hybrid, "fp8", "cuda")
-    assert isinstance(model.model.layers[0].mamba.in_proj, Fp8Linear)
+    assert isinstance(model.model.layers[0].mamba.out_proj, Fp8Linear)
     engine = Engine(model, TextCodec.from_dir(tiny_hybrid), max_num_seqs=2, max_model_len=128)
     assert engine.graphs is not None and 1 in engine.graphs.graphs
     params = SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True)
@@ -216,3 +216,33 @@ def test_fp8_matvec_matches_the_dequantized_product(m, n, k):
     ours = fp8_matvec(x, w, scale, bias)
     assert ours.shape == (m, n) and ours.dtype == torch.bfloat16
     assert _rel(ours, reference) < 1e-2
+
+
+@pytest.mark.parametrize(("heads", "kv_heads", "d"), [(8, 2, 64), (6, 6, 32), (32, 8, 128)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_triton_decode_attention_matches_sdpa(heads, kv_heads, d, dtype):
+    """Scattered slots, different lengths (one shorter than a key block, one longer than
+    several), keys read where they lie in the pool."""
+    import torch.nn.functional as F
+
+    from granite_runtime.triton_ops import decode_attention
+
+    g = torch.Generator(device="cuda").manual_seed(heads * d)
+    k_pool = torch.randn(5, kv_heads, 300, d, device="cuda", generator=g).to(dtype)
+    v_pool = torch.randn(5, kv_heads, 300, d, device="cuda", generator=g).to(dtype)
+    q = torch.randn(3, heads, d, device="cuda", generator=g).to(dtype)
+    slots, starts = [4, 0, 2], [7, 299, 130]
+    ours = decode_attention(
+        q,
+        k_pool,
+        v_pool,
+        torch.tensor(slots, device="cuda"),
+        torch.tensor(starts, device="cuda"),
+        0.1,
+    )
+    for row, (slot, start) in enumerate(zip(slots, starts, strict=True)):
+        keys, values = k_pool[slot, :, : start + 1], v_pool[slot, :, : start + 1]
+        expected = F.scaled_dot_product_attention(
+            q[row, :, None].float(), keys.float(), values.float(), scale=0.1, enable_gqa=True
+        )[:, 0]
+        assert _rel(ours[row], expected) < (1e-2 if dtype == torch.bfloat16 else 1e-3)

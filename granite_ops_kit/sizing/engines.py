@@ -95,7 +95,9 @@ def gkit(c: GraniteConfig, w: Workload, tp: int) -> Footprint:
         memory.weight_bytes_per_gpu(c, BITS[w.weights_dtype], tp),
         int(kv),
         int(state),
-        memory.activation_bytes(c, GKIT_PREFILL_CHUNK, w.concurrency, "bf16", tp),
+        memory.activation_bytes(
+            c, GKIT_PREFILL_CHUNK, w.concurrency, "bf16", tp, graphed_decode=True
+        ),
         _non_torch("gkit", tp),
         {"prefill_chunk": GKIT_PREFILL_CHUNK, "conv_columns": c.mamba_conv - 1},
     )

@@ -17,8 +17,8 @@ import torch
 
 from granite_runtime.cache import Batch, HybridCache
 
-# At most this much KV copied per attention layer per graphed step (a slot-indexed decode
-# attention kernel, which would read the cache in place, is the planned replacement).
+# Without Triton (GKIT_TRITON=0), the static step copies each row's KV: at most this much
+# per attention layer per graphed step. With it, decode attention reads the pool in place.
 KV_GATHER_BUDGET = 256 << 20
 
 
@@ -39,8 +39,16 @@ class GraphedDecoder:
         return (
             batch_size <= self.max_batch
             and batch_size * max(self.top_k, 1) <= 64
-            and batch_size * self._kv_row_bytes() <= KV_GATHER_BUDGET
+            and (
+                self._attention_in_place() or batch_size * self._kv_row_bytes() <= KV_GATHER_BUDGET
+            )
         )
+
+    def _attention_in_place(self) -> bool:
+        """The Triton decode attention reads the pool in place: no per-row KV copy."""
+        from granite_runtime import layers
+
+        return self.cache.k.is_cuda and layers._use_triton(self.cache.k, 1)
 
     def _kv_row_bytes(self) -> int:
         """Bytes the static step gathers per row per attention layer (keys and values)."""

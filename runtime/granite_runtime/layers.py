@@ -238,6 +238,11 @@ class Attention(nn.Module):
         b = q.shape[0]
         kc[batch.slots, :, batch.starts] = k[:, :, 0].to(kc.dtype)
         vc[batch.slots, :, batch.starts] = v[:, :, 0].to(vc.dtype)
+        if _use_triton(q, 1):  # reads each slot's keys in place (triton_ops.py)
+            out = _triton.decode_attention(
+                q[:, :, 0], kc, vc, batch.slots, batch.starts, self.scale
+            )
+            return out.reshape(b, 1, -1)
         keys, values = kc[batch.slots], vc[batch.slots]  # (B, KVH, max_len, D)
         key_pos = torch.arange(kc.shape[2], device=q.device)
         mask = key_pos.view(1, 1, 1, -1) <= batch.starts.view(b, 1, 1, 1)

@@ -160,8 +160,11 @@ def activation_bytes(
     dtype: str = "bfloat16",
     tp: int = 1,
     scan_workspace: bool = True,
+    graphed_decode: bool = False,
 ) -> int:
-    """Workspace of the largest step: a prefill chunk or a decode batch, whichever is larger.
+    """Workspace of the largest step: a prefill chunk or a decode batch, whichever is larger;
+    with `graphed_decode` (gkit on CUDA) both: decode steps replay CUDA graphs whose
+    workspace stays reserved in the graphs' own pool, beside the eager prefill's.
 
     Counts the tensors alive at the peak of gkit's forward (layers.py, ssd.py): the residual
     stream and its norm, the widest projection output, fp32 logits for one row per sequence,
@@ -172,13 +175,12 @@ def activation_bytes(
       bf16 pool and the new state) when the pool is not fp32.
     Engines with fused scan kernels pass `scan_workspace=False`.
     """
-    t = max(chunk_tokens, decode_batch)
     d = dtype_bytes(dtype)
     h = c.hidden_size
     proj = (2 * c.mamba_inner + 2 * c.mamba_groups * c.mamba_state + c.mamba_heads) / tp
     mlp = 2 * max(c.shared_size, c.expert_size * max(c.top_k, 1)) / tp
     widest = max(proj, mlp, (c.num_heads + 2 * c.num_kv_heads) * c.head_dim / tp)
-    stream = t * (3 * h + 2 * widest) * d
+    per_token = (3 * h + 2 * widest) * d
     heads = c.mamba_heads / tp
     prefill = decode = 0.0
     if c.mamba_layers and scan_workspace:
@@ -190,5 +192,9 @@ def activation_bytes(
         )
         if d != 4:
             decode = 2 * decode_batch * heads * c.mamba_head_dim * c.mamba_state * 4
+    if c.num_experts and decode_batch * c.top_k <= 64:  # layers.MoE._gathered: k experts
+        decode += decode_batch * c.top_k * 3 * h * c.expert_size / tp * d  # copied per token
     logits = decode_batch * c.vocab_size / tp * 4
-    return int(stream + max(prefill, decode) + logits)
+    if graphed_decode:
+        return int(chunk_tokens * per_token + prefill + decode_batch * per_token + decode + logits)
+    return int(max(chunk_tokens, decode_batch) * per_token + max(prefill, decode) + logits)

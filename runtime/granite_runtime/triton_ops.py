@@ -212,3 +212,73 @@ def fp8_matvec(x, weight_fp8, scale, bias) -> torch.Tensor:
         HAS_BIAS=bias is not None, BLOCK_M=16,
     )  # fmt: skip
     return y
+
+
+# ---- decode attention over the slot pool ------------------------------------------------
+# One query token per row against its slot's keys 0..start, read where they lie in the KV
+# pool: no gather of each row's KV (the static step used to copy it, and SDPA's math path
+# then expanded it per query head), so a graphed step needs no more memory than an eager
+# one and long contexts fit in graphs. One program per (row, key/value head) holds that
+# head's group of query heads, padded to 16 rows for tl.dot, with an online softmax.
+@triton.jit
+def _decode_attention_kernel(
+    q_ptr, k_ptr, v_ptr, slots_ptr, starts_ptr, o_ptr, scale,
+    s_slot, s_head, s_pos,
+    GROUP: tl.constexpr, D: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_L: tl.constexpr,
+):  # fmt: skip
+    row = tl.program_id(0)
+    kvh = tl.program_id(1)
+    heads = tl.num_programs(1) * GROUP
+    slot = tl.load(slots_ptr + row)
+    length = tl.load(starts_ptr + row) + 1  # the new key was written at `start`
+    offs_g = tl.arange(0, BLOCK_G)
+    offs_d = tl.arange(0, BLOCK_D)
+    q_rows = row * heads + kvh * GROUP + offs_g
+    g_mask = offs_g < GROUP
+    d_mask = offs_d < D
+    q = tl.load(
+        q_ptr + q_rows[:, None] * D + offs_d[None, :], mask=g_mask[:, None] & d_mask[None, :]
+    )
+    base = slot * s_slot + kvh * s_head
+    m = tl.full((BLOCK_G,), float("-inf"), tl.float32)
+    total = tl.zeros((BLOCK_G,), tl.float32)
+    acc = tl.zeros((BLOCK_G, BLOCK_D), tl.float32)
+    for l0 in range(0, length, BLOCK_L):
+        offs_l = l0 + tl.arange(0, BLOCK_L)
+        l_mask = offs_l < length
+        kv_off = base + offs_l[:, None] * s_pos + offs_d[None, :]
+        kv_mask = l_mask[:, None] & d_mask[None, :]
+        k = tl.load(k_ptr + kv_off, mask=kv_mask, other=0.0)
+        s = tl.dot(q, tl.trans(k.to(q.dtype))) * scale
+        s = tl.where(l_mask[None, :], s, float("-inf"))
+        m_new = tl.maximum(m, tl.max(s, axis=1))
+        p = tl.exp(s - m_new[:, None])
+        correction = tl.exp(m - m_new)
+        total = total * correction + tl.sum(p, axis=1)
+        v = tl.load(v_ptr + kv_off, mask=kv_mask, other=0.0)
+        acc = acc * correction[:, None] + tl.dot(p.to(q.dtype), v.to(q.dtype))
+        m = m_new
+    out = acc / total[:, None]
+    tl.store(
+        o_ptr + q_rows[:, None] * D + offs_d[None, :],
+        out.to(o_ptr.dtype.element_ty),
+        mask=g_mask[:, None] & d_mask[None, :],
+    )
+
+
+def decode_attention(q, k_pool, v_pool, slots, starts, scale: float) -> torch.Tensor:
+    """q (B, H, D) one token per row; k_pool/v_pool (slots, KVH, max_len, D) one layer's
+    pool, already holding each row's new key/value at `starts`. Returns (B, H, D)."""
+    b, h, d = q.shape
+    kvh = k_pool.shape[1]
+    q = q.contiguous()
+    out = torch.empty_like(q)
+    group = h // kvh
+    _decode_attention_kernel[(b, kvh)](
+        q, k_pool, v_pool, slots, starts, out, scale,
+        k_pool.stride(0), k_pool.stride(1), k_pool.stride(2),
+        GROUP=group, D=d, BLOCK_G=max(16, triton.next_power_of_2(group)),
+        BLOCK_D=max(16, triton.next_power_of_2(d)), BLOCK_L=64,
+    )  # fmt: skip
+    return out
