@@ -245,4 +245,4 @@ def test_triton_decode_attention_matches_sdpa(heads, kv_heads, d, dtype):
         expected = F.scaled_dot_product_attention(
             q[row, :, None].float(), keys.float(), values.float(), scale=0.1, enable_gqa=True
         )[:, 0]
-        assert _rel(ours[row], expected) < (1e-2 if dtype == torch.bfloat16 else 1e-3)
+        assert _rel(ours[row], expected) < (1e-2 if dtype == torch.bfloat16 else 1e-5)

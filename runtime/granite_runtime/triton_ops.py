@@ -225,7 +225,7 @@ def _decode_attention_kernel(
     q_ptr, k_ptr, v_ptr, slots_ptr, starts_ptr, o_ptr, scale,
     s_slot, s_head, s_pos,
     GROUP: tl.constexpr, D: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_L: tl.constexpr,
+    BLOCK_L: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
     row = tl.program_id(0)
     kvh = tl.program_id(1)
@@ -250,14 +250,15 @@ def _decode_attention_kernel(
         kv_off = base + offs_l[:, None] * s_pos + offs_d[None, :]
         kv_mask = l_mask[:, None] & d_mask[None, :]
         k = tl.load(k_ptr + kv_off, mask=kv_mask, other=0.0)
-        s = tl.dot(q, tl.trans(k.to(q.dtype))) * scale
+        s = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision=PRECISION) * scale
         s = tl.where(l_mask[None, :], s, float("-inf"))
         m_new = tl.maximum(m, tl.max(s, axis=1))
         p = tl.exp(s - m_new[:, None])
         correction = tl.exp(m - m_new)
         total = total * correction + tl.sum(p, axis=1)
         v = tl.load(v_ptr + kv_off, mask=kv_mask, other=0.0)
-        acc = acc * correction[:, None] + tl.dot(p.to(q.dtype), v.to(q.dtype))
+        pv = tl.dot(p.to(q.dtype), v.to(q.dtype), input_precision=PRECISION)
+        acc = acc * correction[:, None] + pv
         m = m_new
     out = acc / total[:, None]
     tl.store(
@@ -280,5 +281,7 @@ def decode_attention(q, k_pool, v_pool, slots, starts, scale: float) -> torch.Te
         k_pool.stride(0), k_pool.stride(1), k_pool.stride(2),
         GROUP=group, D=d, BLOCK_G=max(16, triton.next_power_of_2(group)),
         BLOCK_D=max(16, triton.next_power_of_2(d)), BLOCK_L=64,
+        # fp32 stays fp32 (the CPU reference's precision); tf32 would be 1e-3 off
+        PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
     )  # fmt: skip
     return out
