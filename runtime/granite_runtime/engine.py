@@ -57,7 +57,9 @@ class Engine:
 
             # before any slot is used: capturing warms up on slots 0..B-1
             self.graphs = GraphedDecoder(model, self.cache, max_num_seqs)
-            self.graphs.capture(range(1, min(max_num_seqs, MAX_GRAPHED_BATCH) + 1))
+            # largest first: smaller graphs then carve their workspace out of the larger
+            # blocks already in the shared pool instead of leaving a trail of smaller ones
+            self.graphs.capture(range(min(max_num_seqs, MAX_GRAPHED_BATCH), 0, -1))
         self.free_slots = list(range(max_num_seqs))[::-1]
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []

@@ -192,8 +192,9 @@ def activation_bytes(
         )
         if d != 4:
             decode = 2 * decode_batch * heads * c.mamba_head_dim * c.mamba_state * 4
-    if c.num_experts and decode_batch * c.top_k <= 64:  # layers.MoE._gathered: k experts
-        decode += decode_batch * c.top_k * 3 * h * c.expert_size / tp * d  # copied per token
+    if c.num_experts:  # layers.MoE._gathered copies k experts per token, up to 64 copies:
+        gathered = min(decode_batch, 64 // c.top_k) * c.top_k  # the largest such batch
+        decode += gathered * 3 * h * c.expert_size / tp * d
     logits = decode_batch * c.vocab_size / tp * 4
     if graphed_decode:
         return int(chunk_tokens * per_token + prefill + decode_batch * per_token + decode + logits)
