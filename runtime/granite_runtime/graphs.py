@@ -30,6 +30,7 @@ class GraphedDecoder:
         self.step = step if step is not None else model
         self.graphs: dict[int, tuple] = {}
         self.pool = None
+        self.out: torch.Tensor | None = None  # (largest batch, 1, vocab) fp32 logits
         self.top_k = getattr(model.config, "top_k", 0) if model.config.num_experts else 0
 
     def supports(self, batch_size: int) -> bool:
@@ -69,9 +70,15 @@ class GraphedDecoder:
         for _ in range(2):
             self.step(tokens, batch, self.cache)
         torch.cuda.synchronize()
+        if self.out is None or self.out.shape[0] < b:
+            vocab = self.model.config.vocab_size
+            self.out = torch.empty(b, 1, vocab, dtype=torch.float32, device=device)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool):
-            logits = self.step(tokens, batch, self.cache)
+            # every graph writes its logits into one shared buffer: a separate output per
+            # graph kept 64 of them alive (835 MB for h-micro at 64 graphs, bench/NOTES.md)
+            logits = self.out[:b]
+            logits.copy_(self.step(tokens, batch, self.cache))
         self.pool = graph.pool()
         return graph, tokens, slots, starts, logits
 
