@@ -16,10 +16,10 @@ import argparse
 import json
 import math
 import multiprocessing
-import time
 import zlib
 
 import torch
+from gpu_bench import _timed
 
 from granite_ops_kit import catalog
 from granite_ops_kit.demo.weights import tensor_specs
@@ -62,16 +62,6 @@ def random_model(raw: dict, rank: int, world: int, device: str) -> GraniteForCau
         state["lm_head.weight"] = state["model.embed_tokens.weight"]
     model.load_state_dict(state, strict=True, assign=True)
     return model.eval().requires_grad_(False)
-
-
-def _timed(fn, repeat: int) -> float:
-    fn()
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(repeat):
-        fn()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - t) / repeat
 
 
 def _measure(engine: Engine, vocab: int, prompt: int, batches: list[int]) -> dict:
