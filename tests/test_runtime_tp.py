@@ -187,3 +187,16 @@ def test_gkit_serve_split_over_two_processes(tiny_hybrid):
     while any(_alive(p) for p in followers) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not any(_alive(p) for p in followers)
+
+
+def test_gpus_without_a_gpu_is_refused_unless_cpu_is_asked_for(tiny_hybrid):
+    """`--gpus 2` on a machine with no CUDA GPU (CI's) is a usage error, not a silent
+    fall-back to CPU processes; `--device cpu` is how to ask for those."""
+    from tests.conftest import run_gkit
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    result = run_gkit("serve", str(tiny_hybrid), "--gpus", "2")
+    assert result.returncode == 2
+    assert "no CUDA GPU; pass --device cpu" in result.stderr
+    assert "Traceback" not in result.stderr

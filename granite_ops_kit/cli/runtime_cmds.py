@@ -58,6 +58,17 @@ def _default_device(device: str | None) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def _serve_device(device: str | None, gpus: int) -> str:
+    """--gpus N asks for GPUs: without any, say so rather than fall back to CPU processes."""
+    chosen = _default_device(device)
+    if gpus > 1 and device is None and chosen == "cpu":
+        raise UsageError(
+            f"--gpus {gpus}: this machine has no CUDA GPU; pass --device cpu to split the "
+            "model over CPU processes instead (for testing)."
+        )
+    return chosen
+
+
 def serve(
     model_path: Path = typer.Argument(..., help="A Granite checkpoint directory."),
     host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0 in containers)."),
@@ -100,7 +111,7 @@ def serve(
 
         service = build_service(
             _model_dir(model_path),
-            _default_device(device),
+            _serve_device(device, gpus),
             dtype,
             max_num_seqs,
             max_model_len,
