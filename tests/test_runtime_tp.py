@@ -200,3 +200,43 @@ def test_gpus_without_a_gpu_is_refused_unless_cpu_is_asked_for(tiny_hybrid):
     assert result.returncode == 2
     assert "no CUDA GPU; pass --device cpu" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_followers_end_when_rank_0_is_killed(tiny_hybrid):
+    """SIGKILL leaves no clean-up to rank 0: the follower notices its parent is gone."""
+    server = ServerProcess(tiny_hybrid, "--gpus", "2", "--dtype", "float32")
+    followers = [p for p in _children(server.proc.pid) if _alive(p)]
+    assert followers, server.output()
+    server.proc.kill()
+    server.proc.wait(10)
+    server.log.close()
+    deadline = time.monotonic() + 20
+    while any(_alive(p) for p in followers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(_alive(p) for p in followers)
+
+
+def test_a_follower_ends_when_its_parent_is_gone(tmp_path):
+    """The watchdog itself (launch.exit_with_parent), where no broken connection would end
+    the follower for it (NCCL waits): a grandchild runs it, its parent is SIGKILLed."""
+    parent_code = (
+        "import subprocess, sys, time\n"
+        "code = 'import os; from granite_runtime.launch import exit_with_parent; "
+        "exit_with_parent(os.getppid(), 0.1)'\n"
+        "child = subprocess.Popen([sys.executable, '-c', code])\n"
+        "print(child.pid, flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", parent_code], stdout=subprocess.PIPE, text=True
+    )
+    child = int(parent.stdout.readline())
+    time.sleep(1.0)
+    assert _alive(child)  # the watchdog does not end a follower whose parent lives
+    parent.kill()
+    parent.wait(10)
+    deadline = time.monotonic() + 10
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(child)

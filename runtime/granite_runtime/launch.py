@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
+import time
 from pathlib import Path
 
 import torch
@@ -81,8 +83,20 @@ def _init_rank(rank: int, world: int, init_method: str, device: str) -> None:
 
 def _follow(rank: int, world: int, init_method: str, settings: tuple) -> None:
     """A follower rank's whole life: join, load its part, capture, follow rank 0."""
+    threading.Thread(target=exit_with_parent, args=(os.getppid(),), daemon=True).start()
     _init_rank(rank, world, init_method, settings[1])
     try:
         _engine(rank, world, *settings).follow()
     finally:
         tp.shutdown()
+
+
+def exit_with_parent(parent: int, every: float = 1.0) -> None:
+    """End this follower when rank 0's process is gone. A daemon process is only ended on
+    rank 0's clean exit; after a SIGKILL (the OOM killer, a forced pod delete) a follower
+    waiting in an NCCL collective would otherwise hang until NCCL's timeout, holding its
+    GPU's memory. (Over gloo the broken connection already ends it.)"""
+    while True:
+        time.sleep(every)
+        if os.getppid() != parent:
+            os._exit(1)
