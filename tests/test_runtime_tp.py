@@ -221,9 +221,9 @@ def test_a_follower_ends_when_its_parent_is_gone(tmp_path):
     """The watchdog itself (launch.exit_with_parent), where no broken connection would end
     the follower for it (NCCL waits): a grandchild runs it, its parent is SIGKILLed."""
     parent_code = (
-        "import subprocess, sys, time\n"
-        "code = 'import os; from granite_runtime.launch import exit_with_parent; "
-        "exit_with_parent(os.getppid(), 0.1)'\n"
+        "import os, subprocess, sys, time\n"
+        "code = 'from granite_runtime.launch import exit_with_parent; "
+        "exit_with_parent(%d, 0.1)' % os.getpid()\n"
         "child = subprocess.Popen([sys.executable, '-c', code])\n"
         "print(child.pid, flush=True)\n"
         "time.sleep(120)\n"

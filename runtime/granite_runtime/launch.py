@@ -68,7 +68,7 @@ def _start_followers(world: int, settings: tuple) -> None:
     for rank in range(1, world):
         spawn.Process(
             target=_follow,
-            args=(rank, world, init_method, settings),
+            args=(rank, world, init_method, settings, os.getpid()),
             name=f"gkit-rank{rank}",
             daemon=True,
         ).start()
@@ -81,9 +81,10 @@ def _init_rank(rank: int, world: int, init_method: str, device: str) -> None:
     tp.init(rank, world, init_method, _rank_device(device, rank))
 
 
-def _follow(rank: int, world: int, init_method: str, settings: tuple) -> None:
-    """A follower rank's whole life: join, load its part, capture, follow rank 0."""
-    threading.Thread(target=exit_with_parent, args=(os.getppid(),), daemon=True).start()
+def _follow(rank: int, world: int, init_method: str, settings: tuple, parent: int) -> None:
+    """A follower rank's whole life: join, load its part, capture, follow rank 0 (whose
+    pid, `parent`, is passed in: read here, it could already be a reaper's)."""
+    threading.Thread(target=exit_with_parent, args=(parent,), daemon=True).start()
     _init_rank(rank, world, init_method, settings[1])
     try:
         _engine(rank, world, *settings).follow()
