@@ -89,8 +89,20 @@ def two_ranks(path: Path, device: str = "cpu") -> dict:
     return result
 
 
+@pytest.fixture(scope="module")
+def biased(tmp_path_factory) -> Path:
+    """One group and projection biases: the gated norm's sum of squares is all-reduced on
+    its own (a bias does not commute with the norm's scale) and out_proj's bias is added
+    by one rank only."""
+    return write_demo_model(
+        tmp_path_factory.mktemp("tp") / "biased",
+        "tiny-hybrid",
+        overrides={"mamba_proj_bias": True, "attention_bias": True},
+    ).path
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("fixture", ["tiny_hybrid", "tiny_dense", "grouped"])
+@pytest.mark.parametrize("fixture", ["tiny_hybrid", "tiny_dense", "grouped", "biased"])
 def test_two_ranks_compute_what_one_computes(fixture, request):
     path = request.getfixturevalue(fixture)
     assert_same(one_rank(path), two_ranks(path))
@@ -119,6 +131,7 @@ def test_each_rank_holds_its_part(tiny_hybrid):
         w[inner : inner + 2 * gn], ref.in_proj.weight[2 * inner : 2 * inner + 2 * gn]
     )
     assert part.config.mamba_norm_across_ranks and layer.norm.across_ranks
+    assert layer.reduces_output  # one all-reduce carries out_proj and the norm (layers.py)
     attn = part.model.layers[2].self_attn
     assert attn.q_proj.weight.shape[0] == full.num_heads // 2 * full.head_dim
     moe = part.model.layers[0].block_sparse_moe

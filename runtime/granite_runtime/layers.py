@@ -301,6 +301,9 @@ class Mamba2(nn.Module):
             self.inner, c.rms_norm_eps, groups=self.groups, across_ranks=c.mamba_norm_across_ranks
         )
         self.out_proj = nn.Linear(self.inner, c.hidden_size, bias=c.mamba_proj_bias)
+        # the output leaves this module already summed over ranks (_gated_out); with an
+        # out_proj bias the scale would not commute, so the plain order is kept
+        self.reduces_output = c.mamba_norm_across_ranks and not c.mamba_proj_bias
 
     def _constants(self) -> tuple[torch.Tensor, ...]:
         """fp32 A, D, dt_bias and the (C, K) conv weight, derived once from the loaded weights."""
@@ -383,8 +386,7 @@ class Mamba2(nn.Module):
                 cache.ssm[index],
                 batch.slots,
             )  # the state is updated where it lies in the pool
-            y = self.norm(y.reshape(b, 1, self.inner), gate=z)
-            return self.out_proj(y.to(x.dtype))
+            return self._gated_out(y.reshape(b, 1, self.inner), z, x.dtype)
         rows = batch.rows
         held = cache.ssm[index, rows]  # a view when the rows' slots are consecutive
         in_place = isinstance(rows, slice) and held.dtype == torch.float32
@@ -414,5 +416,18 @@ class Mamba2(nn.Module):
         if not in_place:
             cache.ssm[index, rows] = state.to(cache.ssm.dtype)
         # The gated norm sees the fp32 scan output, as transformers' prefill path does.
-        y = self.norm(y.reshape(b, length, self.inner), gate=z)
-        return self.out_proj(y.to(x.dtype))
+        return self._gated_out(y.reshape(b, length, self.inner), z, x.dtype)
+
+    def _gated_out(self, y: torch.Tensor, z: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """out_proj(gated RMSNorm(y, z)). Split over ranks with one group (`reduces_output`),
+        the norm's per-token scale commutes with out_proj, so each rank projects its
+        unscaled part and one all-reduce carries both the partial outputs and the sums of
+        squares: one collective where the plain order needs two."""
+        if not self.reduces_output:
+            return self.out_proj(self.norm(y, gate=z).to(dtype))
+        h = y.float() * F.silu(z.float())
+        squares = h.pow(2).sum(-1, keepdim=True)
+        partial = self.out_proj(self.norm.weight * h.to(dtype))
+        both = tp.all_reduce(torch.cat([partial.float(), squares], dim=-1))
+        scale = torch.rsqrt(both[..., -1:] / (self.inner * tp.world_size()) + self.norm.eps)
+        return (both[..., :-1] * scale).to(dtype)

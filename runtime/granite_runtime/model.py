@@ -30,7 +30,9 @@ class DecoderLayer(nn.Module):
         r = self.residual_multiplier
         # Under tensor parallelism each rank holds a partial sum of the mixer's and the
         # MLPs' outputs (row-parallel projections); one all-reduce each completes them.
-        mixed = tp.all_reduce(mixer(self.input_layernorm(x), batch, cache))
+        mixed = mixer(self.input_layernorm(x), batch, cache)
+        if not getattr(mixer, "reduces_output", False):  # Mamba may have summed it already
+            mixed = tp.all_reduce(mixed)
         x, h = self.post_attention_layernorm.add_forward(x, mixed, r)
         out = self.shared_mlp(h)
         if self.block_sparse_moe is not None:
