@@ -18,7 +18,6 @@ from pathlib import Path
 
 import torch
 
-from granite_ops_kit.demo.checkpoint import write_demo_model
 from granite_runtime import layers, memory, ssd
 from granite_runtime.cache import Batch, HybridCache
 from granite_runtime.config import GraniteConfig
@@ -281,9 +280,11 @@ def main() -> None:
             for key, v in state_update_kernels(config, peer_path=args.mamba_ssm).items():
                 print(f"  {key}: {v}")
             continue
-        if not (path / "config.json").exists():
-            Path(args.root).mkdir(parents=True, exist_ok=True)
-            write_demo_model(path, name)
+        # weights drawn on the GPU and saved with safetensors: ~20 s where the demo-model
+        # writer (numpy, one core) took 109 s for h-micro, device minutes being scarce
+        from gpu_memory import checkpoint
+
+        path = checkpoint(name, Path(args.root))
         r = gkit(
             path,
             args.prompt,
