@@ -48,7 +48,7 @@ def engine_host() -> str | None:
     with open(SOCKET_DIR / "dockerd.log", "ab") as log:  # dockerd keeps its own descriptor
         subprocess.Popen(
             [
-                *DOCKERD,
+                *DOCKERD,  # dockerd --bridge=none --iptables=false --ip6tables=false
                 f"--host=unix://{SOCKET}",
                 f"--data-root={DATA_ROOT}",
                 f"--exec-root={SOCKET_DIR / 'exec'}",
