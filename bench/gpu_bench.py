@@ -6,7 +6,7 @@ of one prompt, decode tok/s at several batch sizes, eager and replayed from a CU
 read - weights, KV, state read and written - over the copy bandwidth); then transformers'
 decode at batch 1 (its PyTorch path).
 
-    python3 bench/gpu_bench.py [--models granite-4.0-h-micro] [--prompt 4096]
+    python3 bench/gpu_bench.py [--models granite-4.0-h-micro] [--prompts 4096,32768]
 """
 
 from __future__ import annotations
@@ -64,25 +64,45 @@ def profile_step(fn, top: int = 12) -> str:
     )
 
 
+def prefill(model, length: int, weights: int, profile: bool = False) -> dict:
+    """One prompt of `length` tokens in one forward: tok/s, and peak memory against
+    weights + cache + the memory model's activations for a chunk of that length."""
+    c = model.config
+    cache = HybridCache(c, 1, length + 8, torch.bfloat16, "cuda")
+    prompt = torch.randint(0, 900, (1, length), device="cuda")
+    model(prompt, Batch.make([0], [0], "cuda"), cache)  # warm-up: Triton compiles
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    secs = _timed(lambda: model(prompt, Batch.make([0], [0], "cuda"), cache), 2)
+    peak = torch.cuda.max_memory_allocated()
+    predicted = weights + cache.nbytes() + memory.activation_bytes(c, length, 1)
+    if profile:
+        table = profile_step(lambda: model(prompt, Batch.make([0], [0], "cuda"), cache), 30)
+        print(f"prefill {length} tokens, kernels (3 calls):\n{table}")
+    return {
+        f"prefill_{length}_tok_s": length / secs,
+        f"prefill_{length}_peak_gib": peak / 2**30,
+        f"prefill_{length}_predicted_gib": predicted / 2**30,
+        f"prefill_{length}_peak_vs_predicted": peak / predicted - 1,
+    }
+
+
 @torch.inference_mode()
 def gkit(
     path: Path,
-    prompt_len: int,
+    prompt_lens: list[int],
     batches: list[int],
     bandwidth: float,
     compiled_batches: tuple[int, ...] = (),
     profile_batch: int = 0,
+    profile_prefill: int = 0,
 ) -> dict:
     model = load_model(path, "bfloat16", "cuda")
     c = model.config
     out = {}
-    prefill_cache = HybridCache(c, 1, prompt_len + 8, torch.bfloat16, "cuda")
-    prompt = torch.randint(0, 900, (1, prompt_len), device="cuda")
-    secs = _timed(lambda: model(prompt, Batch.make([0], [0], "cuda"), prefill_cache), 2)
-    out["prefill_tok_s"] = prompt_len / secs
-    out["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
-    prefill_cache = None  # frees the prefill pool before the decode pools
     weights = memory.parameter_count(c) * 2
+    for length in prompt_lens:
+        out.update(prefill(model, length, weights, profile=length == profile_prefill))
     for b in batches:
         cache = HybridCache(c, b, 1024, torch.bfloat16, "cuda")
         layers.TRITON_DECODE = False  # the PyTorch state update, for comparison
@@ -256,10 +276,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="granite-4.0-h-micro")
     ap.add_argument("--root", default="/tmp/gkit-models")
-    ap.add_argument("--prompt", type=int, default=4096)
+    ap.add_argument("--prompts", default="4096,32768", help="prefill prompt lengths")
     ap.add_argument("--batches", default="1,8,64")
     ap.add_argument("--compiled", default="", help="batch sizes to also run torch.compile'd")
     ap.add_argument("--profile", type=int, default=0, help="profile the eager step at this B")
+    ap.add_argument("--profile-prefill", type=int, default=0, help="profile this prompt length")
+    ap.add_argument("--no-transformers", action="store_true", help="skip the peer's decode")
     ap.add_argument(
         "--mamba-ssm",
         default="",
@@ -287,26 +309,32 @@ def main() -> None:
         path = checkpoint(name, Path(args.root))
         r = gkit(
             path,
-            args.prompt,
+            [int(v) for v in args.prompts.split(",")],
             [int(b) for b in args.batches.split(",")],
             bandwidth,
             tuple(int(b) for b in args.compiled.split(",") if b),
             args.profile,
+            args.profile_prefill,
         )
         for key in [k for k in r if k.startswith("profile_")]:
             print(f"{key}:\n{r.pop(key)}")
         torch.cuda.empty_cache()
-        r["transformers_decode_b1_tok_s"] = transformers_decode(path)
+        r["transformers_decode_b1_tok_s"] = (
+            float("nan") if args.no_transformers else transformers_decode(path)
+        )
         config = GraniteConfig.from_dict(json.loads((path / "config.json").read_text()), name)
         r.update(state_update_kernels(config, peer_path=args.mamba_ssm))
         for key, v in r.items():
             if key.startswith("state_update") and isinstance(v, dict):
                 print(f"  {key}: {v['us']:.1f} us, {v['gb_s']:,.0f} GB/s of state traffic")
         report[name] = r
-        print(
-            f"{name}: prefill {args.prompt} tokens {r['prefill_tok_s']:,.0f} tok/s "
-            f"(peak {r['peak_gib']:.1f} GiB)"
-        )
+        for length in args.prompts.split(","):
+            print(
+                f"{name}: prefill {length} tokens {r[f'prefill_{length}_tok_s']:,.0f} tok/s, "
+                f"peak {r[f'prefill_{length}_peak_gib']:.2f} GiB "
+                f"({r[f'prefill_{length}_peak_vs_predicted']:+.1%} of weights + cache + "
+                "one chunk's activations)"
+            )
         for key, v in r.items():
             if key.startswith("decode_b"):
                 print(

@@ -146,6 +146,115 @@ def test_triton_ssd_step_matches_the_reference(state_dtype, h, g, p, n):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("with_state", [False, True])
+@pytest.mark.parametrize(("h", "g", "p", "n", "length", "chunk"),
+    [(64, 1, 64, 128, 700, 256), (12, 3, 20, 48, 333, 64), (8, 2, 64, 128, 5, 256)])  # fmt: skip
+def test_triton_chunked_scan_matches_the_reference(dtype, with_state, h, g, p, n, length, chunk):
+    """Fresh random inputs laid out as the conv output holds them (x, B and C strided views
+    of one tensor); a partial last chunk, groups > 1, sizes that are not powers of 2, and a
+    starting state that is updated in place."""
+    from granite_runtime import ssd
+    from granite_runtime.triton_ssd import chunked_scan
+
+    gen = torch.Generator(device="cuda").manual_seed(h * length + n)
+
+    def rand(*shape):
+        return torch.randn(*shape, device="cuda", generator=gen)
+
+    xbc = rand(2, length, h * p + 2 * g * n).to(dtype)
+    x = xbc[..., : h * p].view(2, length, h, p)
+    bm = xbc[..., h * p : h * p + g * n].view(2, length, g, n)
+    cm = xbc[..., h * p + g * n :].view(2, length, g, n)
+    dt = torch.nn.functional.softplus(rand(2, length, h) - 2)
+    a, d = -torch.exp(rand(h) * 0.5), rand(h)
+    state = rand(2, h, p, n) if with_state else None
+    y_ref, final_ref = ssd.chunked_scan(x, dt, a, bm, cm, d, chunk, state)
+    pool = state.clone() if with_state else None
+    y, final = chunked_scan(x, dt, a, bm, cm, d, chunk, pool, final=pool)
+    tol = 2e-5 if dtype == torch.float32 else 2e-2
+    assert y.dtype == torch.float32 and y.shape == y_ref.shape
+    assert _rel(y, y_ref) < tol
+    assert _rel(final, final_ref) < tol
+    if with_state:
+        assert final.data_ptr() == pool.data_ptr()  # written where the pool row lies
+
+
+def _fused_inputs(dtype, seed):
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    return lambda *shape: torch.randn(*shape, device="cuda", generator=gen).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_norms_and_gates_match_the_pytorch_ops(dtype):
+    """Each fused kernel against the PyTorch ops it replaces (layers.py), strided inputs
+    as the projections leave them, a width that is not a power of 2, 2 norm groups."""
+    import torch.nn.functional as F
+
+    from granite_runtime import triton_fused
+    from granite_runtime.layers import RMSNorm
+
+    rand = _fused_inputs(dtype, 7)
+    tol = 1e-6 if dtype == torch.float32 else 8e-3  # bf16: a last-bit rounding here and there
+    x, delta = rand(3, 5, 1000), rand(3, 5, 1000)
+    norm = RMSNorm(1000, 1e-5).to("cuda", dtype)
+    norm.weight.data = rand(1000)
+    total, normed = triton_fused.add_rms_norm(x, delta, 0.25, norm.weight, 1e-5)
+    ref_total = torch.add(x, delta, alpha=0.25)
+    assert _rel(total, ref_total) < tol and _rel(normed, norm(ref_total)) < tol
+    proj = rand(7, 2 * 768 + 9)  # [z | y-ish | dt] as in_proj's output lays them out
+    z, y = proj[:, :768], proj[:, 768 : 2 * 768].float() * 3
+    gated = RMSNorm(768, 1e-6, groups=2).to("cuda", dtype)
+    gated.weight.data = rand(768)
+    got = triton_fused.gated_rms_norm(y, z, gated.weight, 1e-6, 2)
+    assert _rel(got, gated(y, gate=z).to(dtype)) < tol
+    gate_up = rand(4, 2, 2 * 1100)
+    gate, up = gate_up.chunk(2, dim=-1)
+    assert _rel(triton_fused.silu_mul(gate_up), F.silu(gate) * up) < tol
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("length", [2, 37])
+@pytest.mark.parametrize("bias", [False, True])
+def test_fused_conv_prefill_continues_the_window(dtype, length, bias):
+    """A chunk after earlier ones: the kernel reads the pool window, the pool then holds
+    the chunk's last K-1 inputs (fewer new inputs than K-1 keep part of the old window)."""
+    import torch.nn.functional as F
+
+    from granite_runtime import triton_fused
+
+    rand = _fused_inputs(dtype, length)
+    channels, k = 300, 4
+    xbc = rand(2, length, channels + 11)[..., 5 : 5 + channels]  # strided, as split leaves it
+    weight, b = rand(channels, k), rand(channels) if bias else None
+    pool = rand(5, channels, k - 1)
+    slots = torch.tensor([3, 1], device="cuda")
+    full = torch.cat([pool[slots], xbc.transpose(1, 2)], dim=-1)
+    expected = F.silu(F.conv1d(full, weight[:, None], b, groups=channels)).transpose(1, 2)
+    expected_pool = pool.clone()
+    expected_pool[slots] = full[..., -(k - 1) :]
+    got = triton_fused.conv_prefill(xbc, pool, weight, b, slots, slots)
+    tol = 1e-6 if dtype == torch.float32 else 8e-3
+    assert _rel(got, expected) < tol
+    assert torch.equal(pool, expected_pool)
+
+
+@pytest.mark.parametrize(("dtype", "tol"), [("float32", 1e-4), ("bfloat16", 3e-2)])
+def test_prompt_in_chunks_matches_the_cpu_reference(tiny_hybrid, dtype, tol):
+    """A prompt fed in chunks of 64 after earlier ones (attention causal to the last key,
+    the scan starting from the state the last chunk left) gives the one-pass CPU logits."""
+    ids = torch.randint(0, 1000, (1, 300), generator=torch.Generator().manual_seed(2))
+    expected = _logits(tiny_hybrid, "float32", "cpu", ids)
+    model = load_model(tiny_hybrid, dtype, "cuda")
+    cache = HybridCache(model.config, 2, 300, model.lm_head.weight.dtype, "cuda")
+    parts = []
+    with torch.no_grad():
+        for start in range(0, 300, 64):
+            chunk = ids[:, start : start + 64].cuda()
+            parts.append(model(chunk, Batch.make([1], [start], "cuda"), cache, all_logits=True))
+    assert _rel(torch.cat(parts, dim=1).cpu(), expected) < tol
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("c", [768, 1000])
 def test_triton_conv_update_matches_the_reference(dtype, c):
     from granite_runtime.triton_ops import conv_update

@@ -14,6 +14,7 @@ import os
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention.bias import causal_lower_right
 
 from granite_runtime import cpu_kernels, ssd, tp
 from granite_runtime.cache import Batch, HybridCache
@@ -54,6 +55,8 @@ class RMSNorm(nn.Module):
         CPU kernel path the add happens in place in x, which the caller owns."""
         if self.groups == 1 and _cpu_kernel(x, delta, self.weight):
             return x, cpu_kernels.add_rms_norm(x, delta, alpha, self.weight, self.eps)
+        if self.groups == 1 and not self.across_ranks and _use_fused(x):
+            return _fused().add_rms_norm(x, delta, alpha, self.weight, self.eps)
         x = torch.add(x, delta, alpha=alpha)
         return x, self(x)
 
@@ -109,7 +112,10 @@ class SwiGLU(nn.Module):
         self.output_linear = nn.Linear(inner, hidden, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.input_linear(x).chunk(2, dim=-1)
+        gate_up = self.input_linear(x)
+        if _use_fused(gate_up):
+            return self.output_linear(_fused().silu_mul(gate_up))
+        gate, up = gate_up.chunk(2, dim=-1)
         return self.output_linear(F.silu(gate) * up)
 
 
@@ -219,7 +225,11 @@ class Attention(nn.Module):
             vc[rows, :, positions] = v.transpose(1, 2).to(vc.dtype)
             keys, values = kc[batch.slots, :, :total], vc[batch.slots, :, :total]
         mask = None  # one query per row attending to every written key needs no mask
-        if length > 1 or b > 1:
+        if b == 1 and length > 1 and x.is_cuda:
+            # a prompt chunk after `start` earlier tokens: causal aligned to the last key,
+            # which SDPA runs as flash attention with no (length x total) mask in memory
+            mask = causal_lower_right(length, total)
+        elif length > 1 or b > 1:
             key_pos = torch.arange(total, device=x.device)
             mask = key_pos.view(1, 1, 1, total) <= positions.view(b, 1, length, 1)
         out = F.scaled_dot_product_attention(
@@ -280,6 +290,32 @@ def _use_triton(x: torch.Tensor, length: int) -> bool:
     return length == 1 and x.is_cuda and TRITON_DECODE and _triton_ops() is not None
 
 
+# The Triton chunked scan for prefill (triton_ssd.py); False keeps ssd.chunked_scan (set by
+# GKIT_TRITON=0 or by a test comparing the two).
+TRITON_SCAN = TRITON_DECODE
+
+
+def _triton_scan():
+    from granite_runtime import triton_ssd
+
+    return triton_ssd
+
+
+def _fused():
+    from granite_runtime import triton_fused
+
+    return triton_fused
+
+
+def _use_fused(x: torch.Tensor) -> bool:
+    """The fused Triton kernels (triton_fused.py) for norms, gates and the prefill conv."""
+    return x.is_cuda and TRITON_DECODE and _triton_ops() is not None
+
+
+def _use_triton_scan(x: torch.Tensor) -> bool:
+    return x.is_cuda and TRITON_SCAN and _triton_ops() is not None
+
+
 class Mamba2(nn.Module):
     def __init__(self, config: GraniteConfig, layer: int):
         super().__init__()
@@ -325,6 +361,9 @@ class Mamba2(nn.Module):
             )
             return out.unsqueeze(1)
         rows = batch.rows
+        if _use_fused(xbc):  # one pass over the chunk, the window read from the pool
+            weight, bias = self._constants()[3], self.conv1d.bias
+            return _fused().conv_prefill(xbc, cache.conv[index], weight, bias, batch.slots, rows)
         past = cache.conv[index, rows]  # (B, C, K-1); a view when slots are consecutive
         full = torch.cat([past.to(xbc.dtype), xbc.transpose(1, 2)], dim=-1)  # (B, C, K-1+L)
         cache.conv[index, rows] = full[:, :, -past.shape[-1] :].to(cache.conv.dtype)
@@ -390,7 +429,19 @@ class Mamba2(nn.Module):
         rows = batch.rows
         held = cache.ssm[index, rows]  # a view when the rows' slots are consecutive
         in_place = isinstance(rows, slice) and held.dtype == torch.float32
-        if length == 1:
+        if length > 1 and _use_triton_scan(x):
+            y, state = _triton_scan().chunked_scan(
+                xs.view(b, length, self.heads, self.head_dim),
+                dt,
+                A,
+                Bm.view(b, length, self.groups, self.state),
+                Cm.view(b, length, self.groups, self.state),
+                D,
+                self.chunk,
+                held if in_place else held.float(),
+                final=held if in_place else None,
+            )  # with `in_place`, the final state lands in the pool row itself
+        elif length == 1:
             y, state = ssd.step(
                 xs.view(b, self.heads, self.head_dim),
                 dt.view(b, self.heads),
@@ -423,6 +474,9 @@ class Mamba2(nn.Module):
         the norm's per-token scale commutes with out_proj, so each rank projects its
         unscaled part and one all-reduce carries both the partial outputs and the sums of
         squares: one collective where the plain order needs two."""
+        if not self.reduces_output and not self.norm.across_ranks and _use_fused(z):
+            n = self.norm
+            return self.out_proj(_fused().gated_rms_norm(y, z, n.weight, n.eps, n.groups))
         if not self.reduces_output:
             return self.out_proj(self.norm(y, gate=z).to(dtype))
         h = y.float() * F.silu(z.float())

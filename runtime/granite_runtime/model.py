@@ -25,19 +25,28 @@ class DecoderLayer(nn.Module):
         self.block_sparse_moe = MoE(config) if config.num_experts > 0 else None
         self.residual_multiplier = config.residual_multiplier
 
-    def forward(self, x: torch.Tensor, batch: Batch, cache: HybridCache) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, delta: torch.Tensor | None, batch: Batch, cache: HybridCache
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The residual stream entering this layer is x + r * delta (delta None for the
+        first layer); the same holds for the (x, delta) it returns. Leaving each add to
+        the norm that follows lets the two run as one kernel (RMSNorm.add_forward)."""
         mixer = self.mamba if self.is_mamba else self.self_attn
         r = self.residual_multiplier
+        if delta is None:
+            h = self.input_layernorm(x)
+        else:
+            x, h = self.input_layernorm.add_forward(x, delta, r)
         # Under tensor parallelism each rank holds a partial sum of the mixer's and the
         # MLPs' outputs (row-parallel projections); one all-reduce each completes them.
-        mixed = mixer(self.input_layernorm(x), batch, cache)
+        mixed = mixer(h, batch, cache)
         if not getattr(mixer, "reduces_output", False):  # Mamba may have summed it already
             mixed = tp.all_reduce(mixed)
         x, h = self.post_attention_layernorm.add_forward(x, mixed, r)
         out = self.shared_mlp(h)
         if self.block_sparse_moe is not None:
             out = out + self.block_sparse_moe(h)
-        return torch.add(x, tp.all_reduce(out), alpha=r)
+        return x, tp.all_reduce(out)
 
 
 class GraniteModel(nn.Module):
@@ -63,9 +72,10 @@ class GraniteForCausalLM(nn.Module):
     ) -> torch.Tensor:
         """Logits (fp32) for every position if `all_logits`, else for each row's last token."""
         x = tp.embed(self.model.embed_tokens, tokens) * self.config.embedding_multiplier
+        delta = None
         for layer in self.model.layers:
-            x = layer(x, batch, cache)
+            x, delta = layer(x, delta, batch, cache)
         if not all_logits:
-            x = x[:, -1:]
-        x = self.model.norm(x)
+            x, delta = x[:, -1:], delta[:, -1:]
+        _, x = self.model.norm.add_forward(x, delta, self.config.residual_multiplier)
         return tp.gather_logits(self.lm_head(x)).float() / self.config.logits_scaling
