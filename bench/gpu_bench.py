@@ -3,7 +3,8 @@
 For each model: the device-to-device copy bandwidth measured in the same run, prefill tok/s
 of one prompt, decode tok/s at several batch sizes, eager and replayed from a CUDA graph
 (same state, same run), and decode's fraction of the memory roofline (bytes a step must
-read - weights, KV, state read and written - over the copy bandwidth); then transformers'
+read - the weights it uses (for MoE the experts its tokens pick: at batch 1 the active
+parameters), KV, state read and written - over the copy bandwidth); then transformers'
 decode at batch 1 (its PyTorch path).
 
     python3 bench/gpu_bench.py [--models granite-4.0-h-micro] [--prompts 4096,32768]
@@ -64,6 +65,21 @@ def profile_step(fn, top: int = 12) -> str:
     )
 
 
+def weights_read(c, batch: int) -> float:
+    """bf16 weight bytes one decode step must read: all of a dense model; for MoE the
+    shared weights plus the experts that `batch` tokens are expected to pick
+    (E * (1 - (1 - k/E)^B) distinct of E, uniform routing as random weights give), so at
+    batch 1 the active-parameter roofline."""
+    total = memory.parameter_count(c)
+    if not c.num_experts:
+        return 2.0 * total
+    active = memory.parameter_count(c, active_only=True)
+    e, k = c.num_experts, c.top_k
+    per_expert = (total - active) / (e - k)
+    distinct = e * (1 - (1 - k / e) ** batch)
+    return 2.0 * (active + (distinct - k) * per_expert)
+
+
 def prefill(model, length: int, weights: int, profile: bool = False) -> dict:
     """One prompt of `length` tokens in one forward: tok/s, and peak memory against
     weights + cache + the memory model's activations for a chunk of that length."""
@@ -114,14 +130,18 @@ def gkit(
         tokens = torch.randint(0, 900, (b, 1), device="cuda")
         batch = Batch.make(list(range(b)), [512] * b, "cuda")
         slots, starts = list(range(b)), [512] * b
-        moved = weights + b * (
+        moved = weights_read(c, b) + b * (
             512 * memory.kv_bytes_per_token(c) + 2 * memory.state_bytes_per_sequence(c)
         )
-        variants = [
-            ("eager", lambda batch=batch, cache=cache, t=tokens: model(t, batch, cache)),
-            ("graph_torch_state", lambda g=graphed_torch, t=tokens, s=slots, p=starts: g(t, s, p)),
-            ("graph", lambda g=graphed, t=tokens, s=slots, p=starts: g(t, s, p)),
-        ]
+        variants = [("eager", lambda batch=batch, cache=cache, t=tokens: model(t, batch, cache))]
+        if graphed.supports(b):  # MoE models graph only batches whose experts fit (graphs.py)
+            variants += [
+                (
+                    "graph_torch_state",
+                    lambda g=graphed_torch, t=tokens, s=slots, p=starts: g(t, s, p),
+                ),
+                ("graph", lambda g=graphed, t=tokens, s=slots, p=starts: g(t, s, p)),
+            ]
         if b in compiled_batches:  # inductor's fused kernels inside our graph
             # inductor fuses the state update itself; our Triton kernel inside a compiled
             # graph faulted (illegal address, torch 2.11), so it is off for this variant

@@ -52,6 +52,8 @@ class Engine:
             model.config, max_num_seqs, max_model_len, weight.dtype, weight.device
         )
         self.graphs = None
+        if self.device.type == "cuda":
+            self._warm_up_prefill()
         if self.device.type == "cuda" and os.environ.get("GKIT_CUDA_GRAPHS", "1") != "0":
             from granite_runtime.graphs import GraphedDecoder
 
@@ -69,6 +71,16 @@ class Engine:
         self.accepting = True
         self._released = False  # the other ranks were told to stop
         self.stats = {"prompt_tokens": 0, "generation_tokens": 0, "steps": 0}
+
+    @torch.inference_mode()
+    def _warm_up_prefill(self) -> None:
+        """One prompt chunk through slot 0 at start-up, so Triton compiles and autotunes the
+        prefill kernels now rather than during the first request (seconds of compiling).
+        Every rank runs it, in step, as every rank captures the graphs (tensor parallelism)."""
+        length = min(self.prefill_chunk, self.max_model_len)
+        tokens = torch.zeros(1, length, dtype=torch.long, device=self.device)
+        self.model(tokens, Batch.make([0], [0], self.device), self.cache)
+        self.cache.reset(0)
 
     # ---- submitting -------------------------------------------------------------------
     def submit(self, prompt_ids: list[int], params: SamplingParams, on_event=None) -> Sequence:

@@ -169,8 +169,9 @@ def activation_bytes(
     Counts the tensors alive at the peak of gkit's forward (layers.py, ssd.py): the residual
     stream and its norm, the widest projection output, fp32 logits for one row per sequence,
     and for Mamba layers
-    - prefill: the Triton SSD scan's fp32 workspace (triton_ssd.py): each chunk's state
-      per head, C.B per chunk and group, dt and its cumulative sum per chunk (the scan's
+    - prefill: the Triton SSD scan's workspace (triton_ssd.py): each chunk's state per
+      head (fp32, and again in the model dtype as it enters the next chunk), C.B per chunk
+      and group, dt and its cumulative sum per chunk (the scan's
       output y sits within the per-token term, which bounds the MLP's larger phase);
     - decode: two fp32 copies of one layer's SSM state per sequence (the state read from a
       bf16 pool and the new state) when the pool is not fp32.
@@ -185,10 +186,12 @@ def activation_bytes(
     heads = c.mamba_heads / tp
     prefill = decode = 0.0
     if c.mamba_layers and scan_workspace:
-        q = min(c.mamba_chunk, chunk_tokens)
+        q = c.mamba_chunk  # the scan pads a short prompt to one whole chunk
         chunks = -(-chunk_tokens // q)
         groups = _per_gpu(c.mamba_groups, tp)
-        prefill = 4 * chunks * (heads * (c.mamba_head_dim * c.mamba_state + 2 * q) + groups * q * q)
+        state = c.mamba_head_dim * c.mamba_state
+        prefill = 4 * chunks * (heads * (state + 2 * q) + groups * q * q)
+        prefill += chunks * heads * state * d  # the entering states, in the model dtype
         if d != 4:
             decode = 2 * decode_batch * heads * c.mamba_head_dim * c.mamba_state * 4
     if c.num_experts:  # layers.MoE._gathered copies k experts per token, up to 64 copies:

@@ -21,6 +21,8 @@ import torch
 import triton
 import triton.language as tl
 
+from granite_runtime.triton_autotune import autotune
+
 
 def _rows(t: torch.Tensor) -> torch.Tensor:
     """(..., D) -> (rows, D) without a copy where the rows are evenly strided."""
@@ -122,6 +124,13 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
     return out
 
 
+@autotune(
+    [
+        triton.Config({"BLOCK_L": bl, "BLOCK_C": bc}, num_warps=w)
+        for bl, bc, w in ((32, 128, 4), (64, 128, 4), (16, 256, 4), (64, 256, 8), (128, 64, 4))
+    ],
+    key=["Cn", "K"],
+)
 @triton.jit
 def _conv_prefill_kernel(
     x_ptr, pool_ptr, w_ptr, b_ptr, slots_ptr, out_ptr, L, Cn,
@@ -167,11 +176,15 @@ def conv_prefill(x, conv_pool, weight, bias, slots, rows) -> torch.Tensor:
     k = weight.shape[1]
     assert x.stride(-1) == 1 and conv_pool.stride(-1) == 1 and weight.is_contiguous()
     out = torch.empty(b, length, channels, dtype=x.dtype, device=x.device)
-    block_l, block_c = 32, 128
-    _conv_prefill_kernel[(triton.cdiv(length, block_l), triton.cdiv(channels, block_c), b)](
+
+    def grid(meta):
+        return (triton.cdiv(length, meta["BLOCK_L"]), triton.cdiv(channels, meta["BLOCK_C"]), b)
+
+    # autotuning reruns the kernel: safe, as it only writes `out` (the pool moves below)
+    _conv_prefill_kernel[grid](
         x, conv_pool, weight, bias if bias is not None else weight, slots, out, length,
         channels, x.stride(0), x.stride(1), conv_pool.stride(0), conv_pool.stride(1),
-        HAS_BIAS=bias is not None, K=k, BLOCK_L=block_l, BLOCK_C=block_c, num_warps=4,
+        HAS_BIAS=bias is not None, K=k,
     )  # fmt: skip
     # after the kernel has read the old window (same stream): keep the last K-1 inputs
     past = conv_pool[rows]

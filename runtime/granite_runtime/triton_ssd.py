@@ -7,7 +7,8 @@ those are gigabytes per layer, written and read back by a dozen PyTorch ops. Her
 1. `_chunk_state_kernel`: each chunk's own contribution to the state at its end,
    sum_l x_l (dt_l exp(cum_end - cum_l)) B_l, one (P x N) matrix product per (chunk, head);
 2. `_state_passing_kernel`: the short recurrence over chunk boundaries, which turns those
-   into the state entering each chunk (in place) and the final state (into the pool);
+   into the state entering each chunk (in the model's dtype, as the scan's products take
+   it: half the bytes for bf16) and the final state (fp32, into the pool);
 3. `_chunk_scan_kernel`: each output row, from the state entering its chunk (C.state) plus
    the causal, decay-weighted mixing inside the chunk (C.B computed once per chunk and
    group beforehand, as it is shared by the group's heads).
@@ -24,6 +25,8 @@ import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
+
+from granite_runtime.triton_autotune import autotune
 
 
 @triton.jit
@@ -64,7 +67,7 @@ def _chunk_state_kernel(
 
 @triton.jit
 def _state_passing_kernel(
-    states_ptr, cum_ptr, init_ptr, final_ptr, Q, C,
+    states_ptr, entering_ptr, cum_ptr, init_ptr, final_ptr, Q, C,
     si_b, si_h, sf_b, sf_h,
     PN: tl.constexpr, N: tl.constexpr, HAS_INIT: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
@@ -80,25 +83,29 @@ def _state_passing_kernel(
     # A chain of C dependent steps per program: the next chunk's state is loaded before
     # this one's is used, so the load's latency overlaps the arithmetic.
     stride = heads * PN
-    at = states_ptr + (batch * C * heads + head) * PN + k
-    own = tl.load(at, mask=ok, other=0.0)
+    offset = (batch * C * heads + head) * PN + k
+    own = tl.load(states_ptr + offset, mask=ok, other=0.0)
     for chunk in range(0, C):
-        following = tl.load(at + stride, mask=ok & (chunk + 1 < C), other=0.0)
-        tl.store(at, carry, mask=ok)  # from here on: the state entering this chunk
+        following = tl.load(states_ptr + offset + stride, mask=ok & (chunk + 1 < C), other=0.0)
+        # the state entering this chunk, in the dtype the scan's products take it in
+        tl.store(entering_ptr + offset, carry.to(entering_ptr.dtype.element_ty), mask=ok)
         decay = tl.exp(tl.load(cum_ptr + ((batch * heads + head) * C + chunk) * Q + Q - 1))
         carry = carry * decay + own
         own = following
-        at += stride
+        offset += stride
     tl.store(final_ptr + batch * sf_b + head * sf_h + k, carry, mask=ok)
 
 
-@triton.autotune(
-    configs=[
-        triton.Config({"BLOCK_M": m, "BLOCK_S": s}, num_warps=w, num_stages=st)
-        for m, s, w, st in ((64, 64, 4, 2), (64, 32, 4, 3), (128, 64, 8, 2), (128, 32, 4, 3))
-    ],
-    key=["Q", "P", "N"],
-)
+# (BLOCK_M, BLOCK_S, warps, stages) tried per (Q, P, N); the scan only writes y, so
+# autotuning's repeated runs are harmless
+_SCAN_CONFIGS = [
+    triton.Config({"BLOCK_M": m, "BLOCK_S": s}, num_warps=w, num_stages=st)
+    for m, s, w, st in [(64, 64, 4, 2), (64, 64, 4, 3), (64, 32, 4, 3), (128, 64, 8, 2),
+                        (128, 64, 4, 3), (128, 32, 4, 4), (32, 64, 4, 3)]
+]  # fmt: skip
+
+
+@autotune(_SCAN_CONFIGS, key=["Q", "P", "N"])
 @triton.jit
 def _chunk_scan_kernel(
     x_ptr, c_ptr, cb_ptr, dt_ptr, cum_ptr, states_ptr, d_ptr, y_ptr,
@@ -129,7 +136,7 @@ def _chunk_scan_kernel(
         mask=(n[:, None] < N) & (p[None, :] < P),
         other=0.0,
     )
-    acc = tl.dot(cm, entering.to(cm.dtype), input_precision=PRECISION)
+    acc = tl.dot(cm, entering, input_precision=PRECISION)
     acc = acc * tl.exp(cum_m)[:, None]
     x_base = x_ptr + batch * sx_b + head * sx_h
     cb_base = cb_ptr + ((batch * C + chunk) * G + group) * Q * Q  # C.B of this chunk, (Q, Q)
@@ -225,15 +232,16 @@ def chunked_scan(
         assert state.stride(-1) == 1 and state.stride(-2) == n
     # small blocks: many programs in flight hide the latency of each one's sequential chain
     block = 256
+    entering = torch.empty_like(states, dtype=x.dtype)
     _state_passing_kernel[(triton.cdiv(p * n, block), h, b)](
-        states, cum, init, final, chunk, chunks,
+        states, entering, cum, init, final, chunk, chunks,
         init.stride(0), init.stride(1), final.stride(0), final.stride(1),
         PN=p * n, N=n, HAS_INIT=state is not None, BLOCK=block, num_warps=2,
     )  # fmt: skip
     y = torch.empty(b, length, h, p, dtype=out_dtype, device=x.device)
     cb = _chunk_products(Cm, Bm, chunk)
     _chunk_scan_kernel[lambda meta: (triton.cdiv(chunk, meta["BLOCK_M"]), h, b * chunks)](
-        x, Cm, cb, dts, cum, states, D, y, length, chunk, chunks, g,
+        x, Cm, cb, dts, cum, entering, D, y, length, chunk, chunks, g,
         x.stride(0), x.stride(1), x.stride(2), Cm.stride(0), Cm.stride(1), Cm.stride(2),
         P=p, N=n, HEADS_PER_GROUP=h // g, BLOCK_P=block_p, BLOCK_N=block_n,
         PRECISION=precision,
