@@ -169,44 +169,56 @@ def gkit(
 
 
 @torch.inference_mode()
-def transformers_decode(path: Path) -> float:
+def transformers_run(path: Path, prompt_lens: list[int]) -> dict:
+    """transformers on the same weights: prefill tok/s and peak memory per prompt length,
+    then decode at batch 1. It runs mamba_ssm's Triton kernels (SSD scan, state update)
+    when `use_peer_kernels` put them on sys.path before this import, else its PyTorch path."""
     from transformers import GraniteMoeHybridForCausalLM
 
     model = GraniteMoeHybridForCausalLM.from_pretrained(path, dtype=torch.bfloat16).cuda().eval()
+    out = {}
+    for length in prompt_lens:
+        ids = torch.randint(0, 900, (1, length), device="cuda")
+        model(ids, use_cache=True)  # warm-up: Triton compiles
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        secs = _timed(lambda ids=ids: model(ids, use_cache=True), 2)
+        out[f"prefill_{length}_tok_s"] = length / secs
+        out[f"prefill_{length}_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
     ids = torch.randint(0, 900, (1, 512), device="cuda")
-    out = model(ids, use_cache=True)
-    cache = getattr(out, "cache", None) or out.past_key_values
-    token = out.logits[:, -1:].argmax(-1)
+    first = model(ids, use_cache=True)
+    cache = getattr(first, "cache", None) or first.past_key_values
+    token = first.logits[:, -1:].argmax(-1)
     torch.cuda.synchronize()
     t = time.perf_counter()
     for _ in range(16):
-        out = model(token, cache=cache, use_cache=True)
-        token = out.logits[:, -1:].argmax(-1)
+        step = model(token, cache=cache, use_cache=True)
+        token = step.logits[:, -1:].argmax(-1)
     torch.cuda.synchronize()
-    del model
+    out["decode_b1_tok_s"] = 16 / (time.perf_counter() - t)
+    model = cache = first = step = None  # frees the weights before gkit's next model
     torch.cuda.empty_cache()
-    return 16 / (time.perf_counter() - t)
+    return out
 
 
-def _peer_state_update(path: str | None):
-    """mamba_ssm's selective_state_update from a git-ignored copy (bench/_peers/), loaded
-    without installing mamba_ssm (its package builds CUDA extensions)."""
-    if not path:
-        return None
-    import importlib.util
+def use_peer_kernels(folder: str | None) -> bool:
+    """Put a git-ignored copy of mamba_ssm's Triton files (`folder`/mamba_ssm/..., see
+    bench/NOTES.md) first on sys.path, so transformers and the kernel comparison import it;
+    it is never installed (its package builds CUDA extensions)."""
+    if not folder:
+        return False
     import sys
-    import types
 
-    for name in ("mamba_ssm", "mamba_ssm.ops", "mamba_ssm.ops.triton"):
-        sys.modules.setdefault(name, types.ModuleType(name))
-    for name in ("softplus", "selective_state_update"):
-        spec = importlib.util.spec_from_file_location(
-            f"mamba_ssm.ops.triton.{name}", Path(path) / f"{name}.py"
-        )
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
-    return sys.modules["mamba_ssm.ops.triton.selective_state_update"].selective_state_update
+    sys.path.insert(0, str(Path(folder).resolve()))
+    return True
+
+
+def _peer_state_update(enabled: bool):
+    if not enabled:
+        return None
+    from mamba_ssm.ops.triton.selective_state_update import selective_state_update
+
+    return selective_state_update
 
 
 def _state_inputs(h: int, p: int, n: int, g: int, b: int) -> dict:
@@ -277,11 +289,11 @@ def _time_state_update(h: int, p: int, n: int, g: int, b: int, peer=None) -> dic
 
 
 @torch.inference_mode()
-def state_update_kernels(config, batches=(1, 64), peer_path: str | None = None) -> dict:
+def state_update_kernels(config, batches=(1, 64), peer: bool = False) -> dict:
     """The decode state update alone at the model's shapes: the Triton kernel against the
     PyTorch path the eager step runs (gather, update, scatter) and mamba_ssm's kernel."""
     c = config
-    peer = _peer_state_update(peer_path)
+    peer = _peer_state_update(peer)
     out = {}
     for b in batches:
         out.update(
@@ -305,11 +317,12 @@ def main() -> None:
     ap.add_argument(
         "--mamba-ssm",
         default="",
-        help="folder holding mamba_ssm's Triton "
-        "selective_state_update.py and softplus.py: the kernel-level peer",
+        help="folder holding a copy of mamba_ssm/ (its ops/triton and utils files): "
+        "transformers then runs its Triton kernels, and the state update is compared",
     )
     ap.add_argument("--kernels-only", action="store_true", help="only the state update")
     args = ap.parse_args()
+    peer = use_peer_kernels(args.mamba_ssm)
     bandwidth = copy_bandwidth()
     print(f"card: {torch.cuda.get_device_name()}, copy bandwidth {bandwidth:.0f} GB/s")
     report = {"card": torch.cuda.get_device_name(), "copy_gb_s": bandwidth}
@@ -319,7 +332,7 @@ def main() -> None:
             catalog = Path(__file__).resolve().parents[1] / "granite_ops_kit" / "catalog"
             config = GraniteConfig.from_dict(json.loads((catalog / f"{name}.json").read_text()))
             print(name)
-            for key, v in state_update_kernels(config, peer_path=args.mamba_ssm).items():
+            for key, v in state_update_kernels(config, peer=peer).items():
                 print(f"  {key}: {v}")
             continue
         # weights drawn on the GPU and saved with safetensors: ~20 s where the demo-model
@@ -339,11 +352,12 @@ def main() -> None:
         for key in [k for k in r if k.startswith("profile_")]:
             print(f"{key}:\n{r.pop(key)}")
         torch.cuda.empty_cache()
-        r["transformers_decode_b1_tok_s"] = (
-            float("nan") if args.no_transformers else transformers_decode(path)
-        )
+        prompt_lens = [int(v) for v in args.prompts.split(",")]
+        peer_name = "transformers + mamba_ssm" if peer else "transformers (PyTorch path)"
+        theirs = {} if args.no_transformers else transformers_run(path, prompt_lens)
+        r.update({f"transformers_{k}": v for k, v in theirs.items()})
         config = GraniteConfig.from_dict(json.loads((path / "config.json").read_text()), name)
-        r.update(state_update_kernels(config, peer_path=args.mamba_ssm))
+        r.update(state_update_kernels(config, peer=peer))
         for key, v in r.items():
             if key.startswith("state_update") and isinstance(v, dict):
                 print(f"  {key}: {v['us']:.1f} us, {v['gb_s']:,.0f} GB/s of state traffic")
@@ -361,11 +375,12 @@ def main() -> None:
                     f"  {key}: {v['tok_s']:,.1f} tok/s, {v['step_ms']:.1f} ms/step, "
                     f"{v['roofline_fraction']:.1%} of the memory roofline"
                 )
-        print(
-            f"  transformers (PyTorch path) decode b1: {r['transformers_decode_b1_tok_s']:.1f}"
-            f" tok/s; gkit / transformers = "
-            f"{r['decode_b1_graph']['tok_s'] / r['transformers_decode_b1_tok_s']:.2f}x (graph)"
-        )
+        for key, v in theirs.items():
+            mine = r.get(key.replace("decode_b1_tok_s", "decode_b1_graph"), None)
+            mine = mine["tok_s"] if isinstance(mine, dict) else mine
+            ratio = f"; gkit / peer = {mine / v:.2f}x" if "tok_s" in key and mine else ""
+            print(f"  {peer_name} {key}: {v:,.2f}{ratio}")
+        report[name] = r
     print(json.dumps(report))
 
 
