@@ -145,6 +145,35 @@ def test_triton_ssd_step_matches_the_reference(state_dtype, h, g, p, n):
     assert torch.equal(got_pool[untouched], pool[untouched])
 
 
+@pytest.mark.parametrize("limit", [(0.0, float("inf")), (0.01, 0.5)])
+@pytest.mark.parametrize(("h", "g", "p", "n"), [(64, 1, 64, 128), (12, 3, 20, 48)])
+def test_triton_ssd_step_applies_softplus_to_raw_dt(limit, h, g, p, n):
+    """dt straight from in_proj (softplus(dt + dt_bias), clamped, inside the kernel), and
+    x, B, C, dt as rows of one wide tensor, as the projections leave them."""
+    import torch.nn.functional as F
+
+    from granite_runtime import ssd
+    from granite_runtime.triton_ops import ssd_step
+
+    gen = torch.Generator(device="cuda").manual_seed(h + n)
+    b, s = 3, 6
+    proj = torch.randn(b, 5 + h * p + 2 * g * n + h, device="cuda", generator=gen)
+    x = proj[:, 5 : 5 + h * p].view(b, h, p)
+    bm = proj[:, 5 + h * p : 5 + h * p + g * n].view(b, g, n)
+    cm = proj[:, 5 + h * p + g * n : 5 + h * p + 2 * g * n].view(b, g, n)
+    raw, bias = proj[:, -h:] * 3, torch.randn(h, device="cuda", generator=gen)
+    a, d = -torch.rand(h, device="cuda", generator=gen) - 0.1, torch.randn(h, device="cuda")
+    pool = torch.randn(s, h, p, n, device="cuda", generator=gen)
+    slots = torch.tensor([4, 0, 2], device="cuda")
+    expected_pool = pool.clone()
+    dt = F.softplus(raw + bias).clamp(*limit)
+    y_ref, new = ssd.step(x, dt, a, bm, cm, d, expected_pool[slots])
+    expected_pool[slots] = new
+    y = ssd_step(x, raw, a, bm, cm, d, pool, slots, dt_bias=bias, dt_limit=limit)
+    assert _rel(y, y_ref) < 1e-5
+    assert _rel(pool, expected_pool) < 1e-5
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("with_state", [False, True])
 @pytest.mark.parametrize(("h", "g", "p", "n", "length", "chunk"),

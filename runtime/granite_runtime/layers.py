@@ -153,6 +153,8 @@ class MoE(nn.Module):
 
     def _grouped(self, flat, experts, weights):
         """Many tokens (prefill): sort token copies by expert and run each expert once."""
+        if _grouped_mm_applies(flat, self.input_linear):
+            return self._grouped_mm(flat, experts, weights)
         out = torch.zeros_like(flat)
         order = experts.reshape(-1).argsort(stable=True)
         counts = torch.bincount(experts.reshape(-1), minlength=self.router.layer.out_features)
@@ -168,6 +170,33 @@ class MoE(nn.Module):
             y = F.linear(F.silu(gate) * up, self.output_linear.rows(e))
             out.index_add_(0, tokens, y * weights.reshape(-1)[idx, None])
         return out
+
+    def _grouped_mm(self, flat, experts, weights):
+        """The same with one grouped GEMM per projection (`torch._grouped_mm`): no loop over
+        experts, no host sync. Token copies are sorted by expert, the products run group by
+        group, and the copies go back to (token, k) order before the weighted sum, so the
+        sum's order is fixed (no atomics)."""
+        t, k = experts.shape
+        order = experts.reshape(-1).argsort(stable=True)
+        counts = torch.bincount(experts.reshape(-1), minlength=self.router.layer.out_features)
+        offsets = counts.cumsum(0).to(torch.int32)
+        xs = flat[order // k]  # (t*k, h), grouped by expert
+        w1, w2 = self.input_linear.weight, self.output_linear.weight  # (E, 2i, h), (E, h, i)
+        gate, up = torch._grouped_mm(xs, w1.transpose(-2, -1), offs=offsets).chunk(2, dim=-1)
+        y = torch._grouped_mm(F.silu(gate) * up, w2.transpose(-2, -1), offs=offsets)
+        unsorted = torch.empty_like(y)
+        unsorted[order] = y
+        return (unsorted.view(t, k, -1) * weights.unsqueeze(-1)).sum(dim=1)
+
+
+def _grouped_mm_applies(x: torch.Tensor, stack: nn.Module) -> bool:
+    """torch._grouped_mm runs on the CPU in any dtype and on CUDA in bf16 from Hopper on;
+    fp8 expert stacks (fp8.Fp8Weight) keep the per-expert loop, which dequantizes."""
+    if not isinstance(stack, Weight) or not hasattr(torch, "_grouped_mm"):
+        return False
+    if x.device.type == "cpu":
+        return True
+    return x.is_cuda and x.dtype == torch.bfloat16 and torch.cuda.get_device_capability() >= (9, 0)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -410,9 +439,6 @@ class Mamba2(nn.Module):
             [self.inner, self.groups * self.state, self.groups * self.state], dim=-1
         )
         A, D, dt_bias, _ = self._constants()
-        dt = F.softplus(dt.float() + dt_bias)
-        if self.dt_limit != (0.0, float("inf")):  # softplus is already >= 0
-            dt = dt.clamp(*self.dt_limit)
         index = cache.mamba_index[self.layer]
         if _use_triton(x, length):
             y = _triton.ssd_step(
@@ -424,8 +450,13 @@ class Mamba2(nn.Module):
                 D,
                 cache.ssm[index],
                 batch.slots,
-            )  # the state is updated where it lies in the pool
+                dt_bias=dt_bias,
+                dt_limit=self.dt_limit,
+            )  # softplus(dt) inside; the state is updated where it lies in the pool
             return self._gated_out(y.reshape(b, 1, self.inner), z, x.dtype)
+        dt = F.softplus(dt.float() + dt_bias)
+        if self.dt_limit != (0.0, float("inf")):  # softplus is already >= 0
+            dt = dt.clamp(*self.dt_limit)
         rows = batch.rows
         held = cache.ssm[index, rows]  # a view when the rows' slots are consecutive
         in_place = isinstance(rows, slice) and held.dtype == torch.float32

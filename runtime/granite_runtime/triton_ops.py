@@ -16,25 +16,12 @@ import triton.language as tl
 
 @triton.jit
 def _ssd_step_kernel(
-    x_ptr,
-    dt_ptr,
-    a_ptr,
-    b_ptr,
-    c_ptr,
-    d_ptr,
-    state_ptr,
-    slots_ptr,
-    y_ptr,
-    H: tl.constexpr,
-    P: tl.constexpr,
-    N: tl.constexpr,
-    HEADS_PER_GROUP: tl.constexpr,
-    s_slot,
-    s_head,
-    s_p,
-    BLOCK_P: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-):
+    x_ptr, dt_ptr, a_ptr, b_ptr, c_ptr, d_ptr, state_ptr, slots_ptr, y_ptr, bias_ptr,
+    dt_min, dt_max,
+    sx_row, sdt_row, sb_row, sc_row, s_slot, s_head, s_p,
+    H: tl.constexpr, P: tl.constexpr, N: tl.constexpr, HEADS_PER_GROUP: tl.constexpr,
+    SOFTPLUS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
     row = tl.program_id(0)
     head = tl.program_id(1)
     pb = tl.program_id(2)
@@ -43,15 +30,15 @@ def _ssd_step_kernel(
     p = pb * BLOCK_P + tl.arange(0, BLOCK_P)
     n = tl.arange(0, BLOCK_N)
     p_ok, n_ok = p < P, n < N
-    dt = tl.load(dt_ptr + row * H + head).to(tl.float32)
+    dt = tl.load(dt_ptr + row * sdt_row + head).to(tl.float32)
+    if SOFTPLUS:  # dt straight from in_proj: softplus(dt + dt_bias), clamped, as layers.py
+        dt = dt + tl.load(bias_ptr + head).to(tl.float32)
+        dt = tl.where(dt > 20.0, dt, tl.log(1.0 + tl.exp(dt)))  # F.softplus, threshold 20
+        dt = tl.minimum(tl.maximum(dt, dt_min), dt_max)
     decay = tl.exp(dt * tl.load(a_ptr + head).to(tl.float32))
-    x = tl.load(x_ptr + (row * H + head) * P + p, mask=p_ok, other=0.0).to(tl.float32)
-    bv = tl.load(b_ptr + (row * (H // HEADS_PER_GROUP) + group) * N + n, mask=n_ok, other=0.0).to(
-        tl.float32
-    )
-    cv = tl.load(c_ptr + (row * (H // HEADS_PER_GROUP) + group) * N + n, mask=n_ok, other=0.0).to(
-        tl.float32
-    )
+    x = tl.load(x_ptr + row * sx_row + head * P + p, mask=p_ok, other=0.0).to(tl.float32)
+    bv = tl.load(b_ptr + row * sb_row + group * N + n, mask=n_ok, other=0.0).to(tl.float32)
+    cv = tl.load(c_ptr + row * sc_row + group * N + n, mask=n_ok, other=0.0).to(tl.float32)
     offs = slot * s_slot + head * s_head + p[:, None] * s_p + n[None, :]
     mask = p_ok[:, None] & n_ok[None, :]
     state = tl.load(state_ptr + offs, mask=mask, other=0.0).to(tl.float32)
@@ -61,39 +48,38 @@ def _ssd_step_kernel(
     tl.store(y_ptr + (row * H + head) * P + p, y, mask=p_ok)
 
 
-def ssd_step(x, dt, A, Bm, Cm, D, state_pool, slots, block_p: int | None = None) -> torch.Tensor:
+def _rows_dense(t: torch.Tensor) -> torch.Tensor:
+    """t (B, ...) with each row's elements dense (a row of a wider tensor is fine)."""
+    inner = t[0] if t.shape[0] else t
+    return t if inner.is_contiguous() else t.contiguous()
+
+
+def ssd_step(
+    x, dt, A, Bm, Cm, D, state_pool, slots, block_p: int | None = None,
+    dt_bias=None, dt_limit: tuple[float, float] = (0.0, float("inf")),
+) -> torch.Tensor:  # fmt: skip
     """y (B, H, P) fp32 for one decode step; state_pool (S, H, P, N) is updated in place at
-    `slots`. x (B, H, P), dt (B, H), A and D (H,), Bm/Cm (B, G, N), slots (B,) long."""
+    `slots`. x (B, H, P), dt (B, H), A and D (H,), Bm/Cm (B, G, N), slots (B,) long. With
+    `dt_bias`, dt is in_proj's raw output and the kernel applies softplus(dt + dt_bias) and
+    `dt_limit` itself (three small kernels fewer per layer). x, dt, Bm and Cm may be rows of
+    the wider projection and conv outputs: only each row needs to be dense."""
     b, h, p = x.shape
     g, n = Bm.shape[1], Bm.shape[2]
     assert state_pool.stride(-1) == 1
-    x, dt, Bm, Cm = x.contiguous(), dt.contiguous(), Bm.contiguous(), Cm.contiguous()
+    x, dt, Bm, Cm = (_rows_dense(t) for t in (x, dt, Bm, Cm))
     y = torch.empty(b, h, p, dtype=torch.float32, device=x.device)
     # 8 rows of one head per program: best at batch 1 and 64 on an H200 (bench/NOTES.md).
     block_p = block_p or 8
     block_p = min(block_p, triton.next_power_of_2(p))
     grid = (b, h, triton.cdiv(p, block_p))
     _ssd_step_kernel[grid](
-        x,
-        dt,
-        A,
-        Bm,
-        Cm,
-        D,
-        state_pool,
-        slots,
-        y,
-        h,
-        p,
-        n,
-        h // g,
-        state_pool.stride(0),
-        state_pool.stride(1),
-        state_pool.stride(2),
-        BLOCK_P=block_p,
-        BLOCK_N=triton.next_power_of_2(n),
-        num_warps=4,
-    )
+        x, dt, A, Bm, Cm, D, state_pool, slots, y, dt_bias if dt_bias is not None else D,
+        float(dt_limit[0]), float(dt_limit[1]),
+        x.stride(0), dt.stride(0), Bm.stride(0), Cm.stride(0),
+        state_pool.stride(0), state_pool.stride(1), state_pool.stride(2),
+        H=h, P=p, N=n, HEADS_PER_GROUP=h // g, SOFTPLUS=dt_bias is not None,
+        BLOCK_P=block_p, BLOCK_N=triton.next_power_of_2(n), num_warps=4,
+    )  # fmt: skip
     return y
 
 
