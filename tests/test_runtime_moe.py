@@ -38,3 +38,22 @@ def test_grouped_gemm_equals_the_per_expert_loop(tiny_hybrid, dtype, tol, monkey
     rel = ((grouped.float() - looped.float()).norm() / looped.float().norm()).item()
     assert rel < tol
     assert torch.equal(grouped[0], grouped[1])
+
+
+def test_a_refused_grouped_gemm_falls_back_to_the_loop(tiny_hybrid, monkeypatch):
+    """Fault injected (a torch whose grouped GEMM refuses the shapes, which this machine's
+    torch does not): the block answers through the loop and stops trying."""
+    moe = _moe(tiny_hybrid, torch.float32)
+    x = torch.randn(1, 40, moe.router.layer.in_features, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        monkeypatch.setattr(layers, "GROUPED_MM", False)
+        expected = moe(x)
+        monkeypatch.setattr(layers, "GROUPED_MM", True)
+
+        def refuse(*args, **kwargs):
+            raise RuntimeError("fake: grouped_mm refuses these shapes")
+
+        monkeypatch.setattr(torch, "_grouped_mm", refuse)
+        got = moe(x)
+    assert torch.equal(got, expected)
+    assert layers.GROUPED_MM is False

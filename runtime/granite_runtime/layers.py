@@ -153,8 +153,12 @@ class MoE(nn.Module):
 
     def _grouped(self, flat, experts, weights):
         """Many tokens (prefill): sort token copies by expert and run each expert once."""
-        if _grouped_mm_applies(flat, self.input_linear):
-            return self._grouped_mm(flat, experts, weights)
+        global GROUPED_MM
+        if GROUPED_MM and _grouped_mm_applies(flat, self.input_linear):
+            try:
+                return self._grouped_mm(flat, experts, weights)
+            except RuntimeError:  # this torch's kernel refuses the shapes: the loop, from now on
+                GROUPED_MM = False
         out = torch.zeros_like(flat)
         order = experts.reshape(-1).argsort(stable=True)
         counts = torch.bincount(experts.reshape(-1), minlength=self.router.layer.out_features)
@@ -187,6 +191,11 @@ class MoE(nn.Module):
         unsorted = torch.empty_like(y)
         unsorted[order] = y
         return (unsorted.view(t, k, -1) * weights.unsqueeze(-1)).sum(dim=1)
+
+
+# MoE prefill through torch._grouped_mm where it runs (below); False keeps the loop over
+# experts (set when the kernel refused a shape, or by a benchmark comparing the two).
+GROUPED_MM = True
 
 
 def _grouped_mm_applies(x: torch.Tensor, stack: nn.Module) -> bool:
