@@ -26,6 +26,17 @@ def _rel(a, b) -> float:
     return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
+@pytest.fixture
+def poisoned_outputs():
+    """Every torch.empty the kernels' wrappers make is filled with NaN (PyTorch's
+    deterministic mode fills uninitialised memory), so an element a kernel forgets to
+    write turns the relative error into NaN, which never passes."""
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    yield
+    torch.use_deterministic_algorithms(before)
+
+
 @pytest.mark.parametrize("fixture", ["tiny_hybrid", "tiny_dense"])
 def test_cuda_fp32_matches_cpu_reference(fixture, request):
     path = request.getfixturevalue(fixture)
@@ -118,7 +129,7 @@ def test_engine_uses_graphs_on_cuda(tiny_hybrid):
 
 @pytest.mark.parametrize("state_dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize(("h", "g", "p", "n"), [(64, 1, 64, 128), (12, 3, 20, 48)])
-def test_triton_ssd_step_matches_the_reference(state_dtype, h, g, p, n):
+def test_triton_ssd_step_matches_the_reference(state_dtype, h, g, p, n, poisoned_outputs):
     """Fresh random inputs, scattered slots, groups > 1 and sizes that are not powers of 2."""
     from granite_runtime import ssd
     from granite_runtime.triton_ops import ssd_step
@@ -147,7 +158,7 @@ def test_triton_ssd_step_matches_the_reference(state_dtype, h, g, p, n):
 
 @pytest.mark.parametrize("limit", [(0.0, float("inf")), (0.01, 0.5)])
 @pytest.mark.parametrize(("h", "g", "p", "n"), [(64, 1, 64, 128), (12, 3, 20, 48)])
-def test_triton_ssd_step_applies_softplus_to_raw_dt(limit, h, g, p, n):
+def test_triton_ssd_step_applies_softplus_to_raw_dt(limit, h, g, p, n, poisoned_outputs):
     """dt straight from in_proj (softplus(dt + dt_bias), clamped, inside the kernel), and
     x, B, C, dt as rows of one wide tensor, as the projections leave them."""
     import torch.nn.functional as F
@@ -178,7 +189,9 @@ def test_triton_ssd_step_applies_softplus_to_raw_dt(limit, h, g, p, n):
 @pytest.mark.parametrize("with_state", [False, True])
 @pytest.mark.parametrize(("h", "g", "p", "n", "length", "chunk"),
     [(64, 1, 64, 128, 700, 256), (12, 3, 20, 48, 333, 64), (8, 2, 64, 128, 5, 256)])  # fmt: skip
-def test_triton_chunked_scan_matches_the_reference(dtype, with_state, h, g, p, n, length, chunk):
+def test_triton_chunked_scan_matches_the_reference(
+    dtype, with_state, h, g, p, n, length, chunk, poisoned_outputs
+):
     """Fresh random inputs laid out as the conv output holds them (x, B and C strided views
     of one tensor); a partial last chunk, groups > 1, sizes that are not powers of 2, and a
     starting state that is updated in place."""
@@ -214,7 +227,7 @@ def _fused_inputs(dtype, seed):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_fused_norms_and_gates_match_the_pytorch_ops(dtype):
+def test_fused_norms_and_gates_match_the_pytorch_ops(dtype, poisoned_outputs):
     """Each fused kernel against the PyTorch ops it replaces (layers.py), strided inputs
     as the projections leave them, a width that is not a power of 2, 2 norm groups."""
     import torch.nn.functional as F
@@ -244,7 +257,7 @@ def test_fused_norms_and_gates_match_the_pytorch_ops(dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("length", [2, 37])
 @pytest.mark.parametrize("bias", [False, True])
-def test_fused_conv_prefill_continues_the_window(dtype, length, bias):
+def test_fused_conv_prefill_continues_the_window(dtype, length, bias, poisoned_outputs):
     """A chunk after earlier ones: the kernel reads the pool window, the pool then holds
     the chunk's last K-1 inputs (fewer new inputs than K-1 keep part of the old window)."""
     import torch.nn.functional as F
@@ -285,7 +298,7 @@ def test_prompt_in_chunks_matches_the_cpu_reference(tiny_hybrid, dtype, tol):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("c", [768, 1000])
-def test_triton_conv_update_matches_the_reference(dtype, c):
+def test_triton_conv_update_matches_the_reference(dtype, c, poisoned_outputs):
     from granite_runtime.triton_ops import conv_update
 
     gen = torch.Generator(device="cuda").manual_seed(c)
@@ -342,7 +355,7 @@ def test_fp8_on_the_gpu_keeps_the_bf16_answer(tiny_hybrid):
 
 @pytest.mark.skipif(not _fp8_gpu(), reason="needs a GPU with FP8 tensor cores")
 @pytest.mark.parametrize(("m", "n", "k"), [(1, 2560, 2560), (5, 100, 200), (16, 48, 1000)])
-def test_fp8_matvec_matches_the_dequantized_product(m, n, k):
+def test_fp8_matvec_matches_the_dequantized_product(m, n, k, poisoned_outputs):
     from granite_runtime.triton_ops import fp8_matvec
 
     g = torch.Generator(device="cuda").manual_seed(m * n + k)
@@ -358,7 +371,7 @@ def test_fp8_matvec_matches_the_dequantized_product(m, n, k):
 
 @pytest.mark.parametrize(("heads", "kv_heads", "d"), [(8, 2, 64), (6, 6, 32), (32, 8, 128)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_triton_decode_attention_matches_sdpa(heads, kv_heads, d, dtype):
+def test_triton_decode_attention_matches_sdpa(heads, kv_heads, d, dtype, poisoned_outputs):
     """Scattered slots, different lengths (one shorter than a key block, one longer than
     several), keys read where they lie in the pool."""
     import torch.nn.functional as F
