@@ -184,13 +184,20 @@ class MoE(nn.Module):
         order = experts.reshape(-1).argsort(stable=True)
         counts = torch.bincount(experts.reshape(-1), minlength=self.router.layer.out_features)
         offsets = counts.cumsum(0).to(torch.int32)
-        xs = flat[order // k]  # (t*k, h), grouped by expert
         w1, w2 = self.input_linear.weight, self.output_linear.weight  # (E, 2i, h), (E, h, i)
-        gate, up = torch._grouped_mm(xs, w1.transpose(-2, -1), offs=offsets).chunk(2, dim=-1)
-        y = torch._grouped_mm(F.silu(gate) * up, w2.transpose(-2, -1), offs=offsets)
+        # each intermediate is dropped as soon as the next exists: at most two (t*k, h)
+        # tensors are alive, which is what memory.activation_bytes counts for MoE
+        gate_up = torch._grouped_mm(flat[order // k], w1.transpose(-2, -1), offs=offsets)
+        gate, up = gate_up.chunk(2, dim=-1)
+        act = F.silu(gate) * up
+        del gate_up, gate, up
+        y = torch._grouped_mm(act, w2.transpose(-2, -1), offs=offsets)
+        del act
         unsorted = torch.empty_like(y)
         unsorted[order] = y
-        return (unsorted.view(t, k, -1) * weights.unsqueeze(-1)).sum(dim=1)
+        del y
+        # (t, 1, k) @ (t, k, h): the weighted sum over each token's k experts, in k order
+        return torch.bmm(weights.unsqueeze(1), unsorted.view(t, k, -1)).squeeze(1)
 
 
 # MoE prefill through torch._grouped_mm where it runs (below); False keeps the loop over

@@ -181,7 +181,9 @@ def activation_bytes(
     h = c.hidden_size
     proj = (2 * c.mamba_inner + 2 * c.mamba_groups * c.mamba_state + c.mamba_heads) / tp
     mlp = 2 * max(c.shared_size, c.expert_size * max(c.top_k, 1)) / tp
-    widest = max(proj, mlp, (c.num_heads + 2 * c.num_kv_heads) * c.head_dim / tp)
+    # MoE prefill (layers.MoE._grouped_mm) holds two (tokens x k, hidden) tensors at once
+    moe = c.top_k * h if c.num_experts else 0
+    widest = max(proj, mlp, moe, (c.num_heads + 2 * c.num_kv_heads) * c.head_dim / tp)
     per_token = (3 * h + 2 * widest) * d
     heads = c.mamba_heads / tp
     prefill = decode = 0.0
