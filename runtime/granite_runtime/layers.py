@@ -454,67 +454,48 @@ class Mamba2(nn.Module):
         xs, Bm, Cm = xbc.split(
             [self.inner, self.groups * self.state, self.groups * self.state], dim=-1
         )
-        A, D, dt_bias, _ = self._constants()
-        index = cache.mamba_index[self.layer]
-        if _use_triton(x, length):
+        xs = xs.view(b, length, self.heads, self.head_dim)
+        Bm, Cm = (t.view(b, length, self.groups, self.state) for t in (Bm, Cm))
+        if _use_triton(x, length):  # softplus(dt) inside; the state updated in the pool
+            A, D, dt_bias, _ = self._constants()
+            ssm = cache.ssm[cache.mamba_index[self.layer]]
             y = _triton.ssd_step(
-                xs.view(b, self.heads, self.head_dim),
-                dt.view(b, self.heads),
-                A,
-                Bm.view(b, self.groups, self.state),
-                Cm.view(b, self.groups, self.state),
-                D,
-                cache.ssm[index],
-                batch.slots,
-                dt_bias=dt_bias,
-                dt_limit=self.dt_limit,
-            )  # softplus(dt) inside; the state is updated where it lies in the pool
-            return self._gated_out(y.reshape(b, 1, self.inner), z, x.dtype)
-        dt = F.softplus(dt.float() + dt_bias)
+                xs[:, 0], dt[:, 0], A, Bm[:, 0], Cm[:, 0], D, ssm, batch.slots,
+                dt_bias=dt_bias, dt_limit=self.dt_limit,
+            )  # fmt: skip
+        else:
+            y = self._scan(xs, self._dt(dt), Bm, Cm, batch, cache)
+        # The gated norm sees the fp32 scan output, as transformers' prefill path does.
+        return self._gated_out(y.reshape(b, length, self.inner), z, x.dtype)
+
+    def _dt(self, dt: torch.Tensor) -> torch.Tensor:
+        dt = F.softplus(dt.float() + self._constants()[2])
         if self.dt_limit != (0.0, float("inf")):  # softplus is already >= 0
             dt = dt.clamp(*self.dt_limit)
+        return dt
+
+    def _scan(self, xs, dt, Bm, Cm, batch: Batch, cache: HybridCache) -> torch.Tensor:
+        """y (fp32) of the SSD over xs (B, L, H, P) from each row's state in the pool,
+        which is left holding the state after the last token."""
+        A, D, _, _ = self._constants()
+        index = cache.mamba_index[self.layer]
         rows = batch.rows
         held = cache.ssm[index, rows]  # a view when the rows' slots are consecutive
         in_place = isinstance(rows, slice) and held.dtype == torch.float32
-        if length > 1 and _use_triton_scan(x):
+        if xs.shape[1] > 1 and _use_triton_scan(xs):
             y, state = _triton_scan().chunked_scan(
-                xs.view(b, length, self.heads, self.head_dim),
-                dt,
-                A,
-                Bm.view(b, length, self.groups, self.state),
-                Cm.view(b, length, self.groups, self.state),
-                D,
-                self.chunk,
+                xs, dt, A, Bm, Cm, D, self.chunk,
                 held if in_place else held.float(),
-                final=held if in_place else None,
-            )  # with `in_place`, the final state lands in the pool row itself
-        elif length == 1:
-            y, state = ssd.step(
-                xs.view(b, self.heads, self.head_dim),
-                dt.view(b, self.heads),
-                A,
-                Bm.view(b, self.groups, self.state),
-                Cm.view(b, self.groups, self.state),
-                D,
-                held,
-                inplace=in_place,
-            )
+                final=held if in_place else None,  # then the final state lands in the pool
+            )  # fmt: skip
+        elif xs.shape[1] == 1:
+            y, state = ssd.step(xs[:, 0], dt[:, 0], A, Bm[:, 0], Cm[:, 0], D, held, in_place)
         else:
-            y, state = ssd.chunked_scan(
-                xs.view(b, length, self.heads, self.head_dim),
-                dt,
-                A,
-                Bm.view(b, length, self.groups, self.state),
-                Cm.view(b, length, self.groups, self.state),
-                D,
-                self.chunk,
-                held,
-            )
+            y, state = ssd.chunked_scan(xs, dt, A, Bm, Cm, D, self.chunk, held)
             in_place = False
         if not in_place:
             cache.ssm[index, rows] = state.to(cache.ssm.dtype)
-        # The gated norm sees the fp32 scan output, as transformers' prefill path does.
-        return self._gated_out(y.reshape(b, length, self.inner), z, x.dtype)
+        return y
 
     def _gated_out(self, y: torch.Tensor, z: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """out_proj(gated RMSNorm(y, z)). Split over ranks with one group (`reduces_output`),
