@@ -41,11 +41,11 @@ def engine_host() -> str | None:
     for host in (os.environ.get("DOCKER_HOST"), "unix:///var/run/docker.sock", f"unix://{SOCKET}"):
         if host and _answers(host):
             return host
-    if os.geteuid() != 0 or not shutil.which("dockerd"):
+    if os.geteuid() != 0 or not shutil.which(DOCKERD[0]):
         return None
     SOCKET_DIR.mkdir(parents=True, exist_ok=True)
     DATA_ROOT.mkdir(parents=True, exist_ok=True)
-    with open(SOCKET_DIR / "dockerd.log", "ab") as log:  # dockerd keeps its own descriptor
+    with open(SOCKET_DIR / "engine.log", "ab") as log:  # the engine keeps its own descriptor
         subprocess.Popen(
             [
                 *DOCKERD,  # dockerd --bridge=none --iptables=false --ip6tables=false
@@ -62,7 +62,7 @@ def engine_host() -> str | None:
         if _answers(f"unix://{SOCKET}"):
             return f"unix://{SOCKET}"
         time.sleep(0.5)
-    raise RuntimeError(f"dockerd did not start; see {SOCKET_DIR / 'dockerd.log'}")
+    raise RuntimeError(f"the Docker engine did not start; see {SOCKET_DIR / 'engine.log'}")
 
 
 def ensure_base_image(host: str) -> str:

@@ -212,7 +212,11 @@ def _grouped_mm_applies(x: torch.Tensor, stack: nn.Module) -> bool:
         return False
     if x.device.type == "cpu":
         return True
-    return x.is_cuda and x.dtype == torch.bfloat16 and torch.cuda.get_device_capability() >= (9, 0)
+    return (
+        x.is_cuda
+        and x.dtype == torch.bfloat16
+        and torch.cuda.get_device_capability(x.device) >= (9, 0)
+    )
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:

@@ -171,8 +171,8 @@ def activation_bytes(
     and for Mamba layers
     - prefill: the Triton SSD scan's workspace (triton_ssd.py): each chunk's state per
       head (fp32, and again in the model dtype as it enters the next chunk), C.B per chunk
-      and group, dt and its cumulative sum per chunk (the scan's
-      output y sits within the per-token term, which bounds the MLP's larger phase);
+      and group, dt and its cumulative sum per chunk (the scan's output y sits within
+      the per-token term, which bounds the MLP's larger phase);
     - decode: two fp32 copies of one layer's SSM state per sequence (the state read from a
       bf16 pool and the new state) when the pool is not fp32.
     Engines with fused scan kernels pass `scan_workspace=False`.
