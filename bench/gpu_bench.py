@@ -304,6 +304,42 @@ def state_update_kernels(config, batches=(1, 64), peer: bool = False) -> dict:
     return out
 
 
+@torch.inference_mode()
+def moe_decode_kernels(config, tokens=(1, 8)) -> dict:
+    """One MoE layer's experts at decode, the model's shapes: the PyTorch gather + bmm path
+    (layers.MoE._gathered) against triton_moe at a few block sizes; GB/s counts the chosen
+    experts' weight bytes once (what must be read)."""
+    from triton.testing import do_bench
+
+    from granite_runtime import layers, triton_moe
+
+    c, out = config, {}
+    if not c.num_experts:
+        return out
+    moe = layers.MoE(c).to("cuda", torch.bfloat16)
+    for p in moe.parameters():
+        p.data.normal_(0, 0.02)
+    w1, w2 = moe.input_linear.weight, moe.output_linear.weight
+    for t in tokens:
+        x = torch.randn(t, c.hidden_size, device="cuda", dtype=torch.bfloat16)
+        top, chosen = torch.randn(t, c.num_experts, device="cuda").topk(c.top_k, dim=-1)
+        weights = torch.softmax(top, dim=-1).to(torch.bfloat16)
+        distinct = chosen.unique().numel()
+        read = distinct * 3 * c.hidden_size * c.expert_size * 2
+        ref = moe._gathered(x, chosen, weights)
+        args = (x, chosen, weights)
+        variants = [("gather_bmm", lambda a=args: moe._gathered(*a))]
+        variants += [
+            (f"triton_rows{r}", lambda a=args, r=r: triton_moe.moe_decode(*a, w1, w2, r))
+            for r in (4, 8, 16, 32)
+        ]
+        for name, fn in variants:
+            rel = ((fn().float() - ref.float()).norm() / ref.float().norm()).item()
+            ms = do_bench(fn, warmup=25, rep=200, return_mode="median")
+            out[f"moe_t{t}_{name}"] = {"us": ms * 1e3, "gb_s": read / ms / 1e6, "rel": rel}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="granite-4.0-h-micro")
@@ -332,7 +368,8 @@ def main() -> None:
             catalog = Path(__file__).resolve().parents[1] / "granite_ops_kit" / "catalog"
             config = GraniteConfig.from_dict(json.loads((catalog / f"{name}.json").read_text()))
             print(name)
-            for key, v in state_update_kernels(config, peer=peer).items():
+            kernels = {**state_update_kernels(config, peer=peer), **moe_decode_kernels(config)}
+            for key, v in kernels.items():
                 print(f"  {key}: {v}")
             continue
         # weights drawn on the GPU and saved with safetensors: ~20 s where the demo-model
@@ -358,9 +395,15 @@ def main() -> None:
         r.update({f"transformers_{k}": v for k, v in theirs.items()})
         config = GraniteConfig.from_dict(json.loads((path / "config.json").read_text()), name)
         r.update(state_update_kernels(config, peer=peer))
+        r.update(moe_decode_kernels(config))
         for key, v in r.items():
             if key.startswith("state_update") and isinstance(v, dict):
                 print(f"  {key}: {v['us']:.1f} us, {v['gb_s']:,.0f} GB/s of state traffic")
+            if key.startswith("moe_t"):
+                print(
+                    f"  {key}: {v['us']:.1f} us, {v['gb_s']:,.0f} GB/s of expert weights, "
+                    f"rel. error vs gather {v['rel']:.1e}"
+                )
         report[name] = r
         for length in args.prompts.split(","):
             print(

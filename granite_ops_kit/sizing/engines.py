@@ -96,7 +96,13 @@ def gkit(c: GraniteConfig, w: Workload, tp: int) -> Footprint:
         int(kv),
         int(state),
         memory.activation_bytes(
-            c, GKIT_PREFILL_CHUNK, w.concurrency, "bf16", tp, graphed_decode=True
+            c,
+            GKIT_PREFILL_CHUNK,
+            w.concurrency,
+            "bf16",
+            tp,
+            graphed_decode=True,
+            experts_in_place=w.weights_dtype != "fp8",  # fp8 stacks gather (layers.MoE)
         ),
         _non_torch("gkit", tp),
         {"prefill_chunk": GKIT_PREFILL_CHUNK, "conv_columns": c.mamba_conv - 1},

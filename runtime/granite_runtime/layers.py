@@ -135,7 +135,11 @@ class MoE(nn.Module):
         logits = self.router.layer(flat).float()
         top_logits, experts = logits.topk(self.top_k, dim=-1)
         weights = torch.softmax(top_logits, dim=-1).to(flat.dtype)
-        if flat.shape[0] * self.top_k <= 64:
+        if flat.shape[0] * self.top_k <= 64 and _moe_in_place(flat, self.input_linear):
+            out = _moe().moe_decode(
+                flat, experts, weights, self.input_linear.weight, self.output_linear.weight
+            )
+        elif flat.shape[0] * self.top_k <= 64:
             out = self._gathered(flat, experts, weights)
         else:
             out = self._grouped(flat, experts, weights)
@@ -359,6 +363,18 @@ def _fused():
 def _use_fused(x: torch.Tensor) -> bool:
     """The fused Triton kernels (triton_fused.py) for norms, gates and the prefill conv."""
     return x.is_cuda and TRITON_DECODE and _triton_ops() is not None
+
+
+def _moe():
+    from granite_runtime import triton_moe
+
+    return triton_moe
+
+
+def _moe_in_place(x: torch.Tensor, stack: nn.Module) -> bool:
+    """Decode's experts read in place by triton_moe (bf16/fp16/fp32 stacks; fp8.Fp8Weight
+    stacks keep the gather, which dequantizes)."""
+    return type(stack) is Weight and _use_fused(x)
 
 
 def _use_triton_scan(x: torch.Tensor) -> bool:

@@ -161,6 +161,7 @@ def activation_bytes(
     tp: int = 1,
     scan_workspace: bool = True,
     graphed_decode: bool = False,
+    experts_in_place: bool = True,
 ) -> int:
     """Workspace of the largest step: a prefill chunk or a decode batch, whichever is larger;
     with `graphed_decode` (gkit on CUDA) both: decode steps replay CUDA graphs whose
@@ -196,9 +197,12 @@ def activation_bytes(
         prefill += chunks * heads * state * d  # the entering states, in the model dtype
         if d != 4:
             decode = 2 * decode_batch * heads * c.mamba_head_dim * c.mamba_state * 4
-    if c.num_experts:  # layers.MoE._gathered copies k experts per token, up to 64 copies:
-        gathered = min(decode_batch, 64 // c.top_k) * c.top_k  # the largest such batch
-        decode += gathered * 3 * h * c.expert_size / tp * d
+    if c.num_experts:  # decode sends up to 64 token copies (k per token) to the experts:
+        copies = min(decode_batch, 64 // c.top_k) * c.top_k  # the largest such batch
+        # triton_moe reads the experts in place and keeps one activation row per copy;
+        # layers.MoE._gathered (fp8 stacks) copies each chosen expert's weights
+        width = c.expert_size if experts_in_place else 3 * h * c.expert_size
+        decode += copies * width / tp * d
     logits = decode_batch * c.vocab_size / tp * 4
     if graphed_decode:
         return int(chunk_tokens * per_token + prefill + decode_batch * per_token + decode + logits)
