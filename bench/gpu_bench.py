@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from granite_runtime import layers, memory, ssd
 from granite_runtime.cache import Batch, HybridCache
@@ -165,6 +166,11 @@ def gkit(
             }
         del graphed, graphed_torch, cache
         torch.cuda.empty_cache()
+    from granite_runtime import triton_gemv
+
+    # which path triton_gemv.linear kept per (rows, out, in) shape, measured at the warm-up
+    out["gemv_picked"] = {f"{k[0]}x{k[1]}x{k[2]}": str(v) for k, v in triton_gemv.CHOICE.items()}
+    triton_gemv.CHOICE.clear()
     return out  # the model and caches are freed with this frame
 
 
@@ -340,6 +346,42 @@ def moe_decode_kernels(config, tokens=(1, 8)) -> dict:
     return out
 
 
+@torch.inference_mode()
+def gemv_kernels(config, rows=(1, 8)) -> dict:
+    """Each decode-step weight shape of the model: cuBLAS (F.linear) against triton_gemv's
+    block shapes, in GB/s of weight bytes read; which one `triton_gemv.linear` would keep."""
+    from triton.testing import do_bench
+
+    from granite_runtime import triton_gemv
+
+    c, out = config, {}
+    shapes = {
+        "mamba_in": (2 * c.mamba_inner + 2 * c.mamba_groups * c.mamba_state + c.mamba_heads,
+                     c.hidden_size),
+        "mamba_out": (c.hidden_size, c.mamba_inner),
+        "mlp_in": (2 * c.shared_size, c.hidden_size),
+        "mlp_out": (c.hidden_size, c.shared_size),
+        "attn_q": (c.num_heads * c.head_dim, c.hidden_size),
+        "lm_head": (c.vocab_size, c.hidden_size),
+    }  # fmt: skip
+    for name, (n, k) in shapes.items():
+        w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
+        for m in rows:
+            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+            timings = {"cublas": do_bench(lambda x=x, w=w: F.linear(x, w), rep=100)}
+            for cfg in triton_gemv.CONFIGS:
+                if m > 1 and cfg[0] < 16:
+                    continue
+                timings[cfg] = do_bench(lambda x=x, w=w, cfg=cfg: triton_gemv.gemv(x, w, cfg))
+            best = min((t, str(k_)) for k_, t in timings.items() if k_ != "cublas")
+            out[f"gemv_{name}_m{m}"] = {
+                "cublas_gb_s": 2 * n * k / timings["cublas"] / 1e6,
+                "triton_gb_s": 2 * n * k / best[0] / 1e6,
+                "triton_config": best[1],
+            }
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="granite-4.0-h-micro")
@@ -368,7 +410,11 @@ def main() -> None:
             catalog = Path(__file__).resolve().parents[1] / "granite_ops_kit" / "catalog"
             config = GraniteConfig.from_dict(json.loads((catalog / f"{name}.json").read_text()))
             print(name)
-            kernels = {**state_update_kernels(config, peer=peer), **moe_decode_kernels(config)}
+            kernels = {
+                **state_update_kernels(config, peer=peer),
+                **moe_decode_kernels(config),
+                **gemv_kernels(config),
+            }
             for key, v in kernels.items():
                 print(f"  {key}: {v}")
             continue
@@ -396,9 +442,15 @@ def main() -> None:
         config = GraniteConfig.from_dict(json.loads((path / "config.json").read_text()), name)
         r.update(state_update_kernels(config, peer=peer))
         r.update(moe_decode_kernels(config))
+        r.update(gemv_kernels(config))
         for key, v in r.items():
             if key.startswith("state_update") and isinstance(v, dict):
                 print(f"  {key}: {v['us']:.1f} us, {v['gb_s']:,.0f} GB/s of state traffic")
+            if key.startswith("gemv_"):
+                print(
+                    f"  {key}: cuBLAS {v['cublas_gb_s']:,.0f} GB/s, Triton "
+                    f"{v['triton_gb_s']:,.0f} GB/s ({v['triton_config']})"
+                )
             if key.startswith("moe_t"):
                 print(
                     f"  {key}: {v['us']:.1f} us, {v['gb_s']:,.0f} GB/s of expert weights, "
@@ -412,6 +464,7 @@ def main() -> None:
                 f"({r[f'prefill_{length}_peak_vs_predicted']:+.1%} of weights + cache + "
                 "one chunk's activations)"
             )
+        print(f"  gemv picked: {r.pop('gemv_picked')}")
         for key, v in r.items():
             if key.startswith("decode_b"):
                 print(

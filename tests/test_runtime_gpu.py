@@ -443,3 +443,43 @@ def test_moe_decode_reads_experts_in_place(
     assert got.dtype == dtype and got.shape == (tokens, hidden)
     assert _rel(got, ref) < tol
     assert torch.equal(got[0], got[-1])
+
+
+@pytest.mark.parametrize(("tokens", "experts", "k", "hidden"), [(1, 64, 6, 1536), (10, 62, 8, 100)])
+def test_moe_route_picks_the_reference_experts(tokens, experts, k, hidden, poisoned_outputs):
+    """triton_moe.route (router product, top-k, softmax in one kernel) against PyTorch's
+    linear -> float -> topk -> softmax in fp32: the same experts in the same order, weights
+    within 1e-5; in bf16 (logits rounded like the linear's output) weights within 1e-2."""
+    from granite_runtime import triton_moe
+
+    gen = torch.Generator().manual_seed(tokens + experts)
+    x = torch.randn(tokens, hidden, generator=gen).cuda()
+    router = (torch.randn(experts, hidden, generator=gen) / hidden**0.5).cuda()
+    for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 1e-2)):
+        xs, rs = x.to(dtype), router.to(dtype)
+        top, chosen = torch.nn.functional.linear(xs, rs).float().topk(k, dim=-1)
+        got_experts, got_weights = triton_moe.route(xs, rs, k)
+        assert got_weights.dtype == dtype
+        if dtype == torch.float32:  # bf16 logits can tie, and ties may order either way
+            assert torch.equal(got_experts, chosen)
+        else:
+            assert (got_experts == chosen).float().mean() > 0.9
+        assert _rel(got_weights.sort(-1).values, torch.softmax(top, -1).sort(-1).values) < tol
+
+
+@pytest.mark.parametrize(("rows", "out", "inner"), [(1, 2048, 8192), (1, 100, 72), (5, 8512, 2048)])
+def test_triton_gemv_matches_cublas(rows, out, inner, poisoned_outputs):
+    """Every block shape of triton_gemv against F.linear on the same bf16 inputs; `linear`
+    then measures, records its pick for the shape, and returns the same product."""
+    from granite_runtime import triton_gemv
+
+    gen = torch.Generator(device="cuda").manual_seed(rows * out)
+    x = torch.randn(rows, inner, device="cuda", generator=gen).to(torch.bfloat16)
+    w = (torch.randn(out, inner, device="cuda", generator=gen) / inner**0.5).to(torch.bfloat16)
+    ref = torch.nn.functional.linear(x.float(), w.float())
+    for config in triton_gemv.CONFIGS:
+        assert _rel(triton_gemv.gemv(x, w, config), ref) < 8e-3, config
+    triton_gemv.CHOICE.clear()
+    got = triton_gemv.linear(x.view(rows, 1, inner), w)
+    assert got.shape == (rows, 1, out) and _rel(got.view(rows, out), ref) < 8e-3
+    assert (rows, out, inner, torch.bfloat16, x.device.index) in triton_gemv.CHOICE

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from granite_runtime import cpu_kernels
-from granite_runtime.layers import DecodeLinear
+from granite_runtime.layers import DecodeLinear, swap_linears
 
 
 class PackedLinear(nn.Module):
@@ -39,7 +39,7 @@ class PackedLinear(nn.Module):
 def prepare_for_cpu(model: nn.Module) -> str:
     """Swap the model's fp32 linears for the fastest CPU decode path here; returns its name."""
     if cpu_kernels.available():
-        _swap_linears(model, DecodeLinear)
+        swap_linears(model, DecodeLinear, _fp32_cpu_linear)
         return "c-kernels"
     return "onednn" if prepack_linears(model) else "pytorch"
 
@@ -50,16 +50,6 @@ def _fp32_cpu_linear(module: nn.Module) -> bool:
         and module.weight.device.type == "cpu"
         and module.weight.dtype == torch.float32
     )
-
-
-def _swap_linears(model: nn.Module, wrapper: type[nn.Module]) -> int:
-    swapped = 0
-    for module in list(model.modules()):
-        for name, child in list(module.named_children()):
-            if _fp32_cpu_linear(child):
-                setattr(module, name, wrapper(child))
-                swapped += 1
-    return swapped
 
 
 def prepack_linears(model: nn.Module) -> int:

@@ -76,9 +76,10 @@ def _cpu_kernel(x: torch.Tensor, *others: torch.Tensor) -> bool:
 
 
 class DecodeLinear(nn.Module):
-    """nn.Linear for CPU inference: a few rows go to the C matrix-vector kernel (one pass
-    over the weight at the read bandwidth), more rows to PyTorch's GEMM. Same parameter
-    names as nn.Linear, so state dicts still match."""
+    """nn.Linear for inference with a path for decode-sized inputs: on the CPU a few rows go
+    to the C matrix-vector kernel (one pass over the weight at the read bandwidth), on CUDA
+    to the Triton GEMV where it measured faster than cuBLAS (triton_gemv.py); more rows to
+    PyTorch's GEMM. Same parameter names as nn.Linear, so state dicts still match."""
 
     def __init__(self, linear: nn.Linear):
         super().__init__()
@@ -88,7 +89,23 @@ class DecodeLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if _cpu_kernel(x, self.weight) and (self.bias is None or cpu_kernels.accepts(self.bias)):
             return cpu_kernels.linear(x, self.weight, self.bias)
+        if x.is_cuda and TRITON_DECODE and _triton_ops() is not None:
+            from granite_runtime import triton_gemv
+
+            if triton_gemv.applies(x, self.weight, self.bias):
+                return triton_gemv.linear(x, self.weight)
         return F.linear(x, self.weight, self.bias)
+
+
+def swap_linears(model: nn.Module, wrapper: type[nn.Module], accept) -> int:
+    """Replace each nn.Linear child for which accept(child) holds by wrapper(child)."""
+    swapped = 0
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if type(child) is nn.Linear and accept(child):
+                setattr(module, name, wrapper(child))
+                swapped += 1
+    return swapped
 
 
 class Weight(nn.Module):
@@ -132,14 +149,17 @@ class MoE(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         flat = x.reshape(-1, shape[-1])
-        logits = self.router.layer(flat).float()
-        top_logits, experts = logits.topk(self.top_k, dim=-1)
-        weights = torch.softmax(top_logits, dim=-1).to(flat.dtype)
-        if flat.shape[0] * self.top_k <= 64 and _moe_in_place(flat, self.input_linear):
+        decode = flat.shape[0] * self.top_k <= 64
+        if decode and _moe_in_place(flat, self.input_linear):  # 3 kernels in all (triton_moe)
+            experts, weights = _moe().route(flat, self.router.layer.weight, self.top_k)
             out = _moe().moe_decode(
                 flat, experts, weights, self.input_linear.weight, self.output_linear.weight
             )
-        elif flat.shape[0] * self.top_k <= 64:
+            return out.view(shape)
+        logits = self.router.layer(flat).float()
+        top_logits, experts = logits.topk(self.top_k, dim=-1)
+        weights = torch.softmax(top_logits, dim=-1).to(flat.dtype)
+        if decode:
             out = self._gathered(flat, experts, weights)
         else:
             out = self._grouped(flat, experts, weights)
@@ -374,7 +394,7 @@ def _moe():
 def _moe_in_place(x: torch.Tensor, stack: nn.Module) -> bool:
     """Decode's experts read in place by triton_moe (bf16/fp16/fp32 stacks; fp8.Fp8Weight
     stacks keep the gather, which dequantizes)."""
-    return type(stack) is Weight and _use_fused(x)
+    return type(stack) is Weight and stack.weight.dtype == x.dtype and _use_fused(x)
 
 
 def _use_triton_scan(x: torch.Tensor) -> bool:

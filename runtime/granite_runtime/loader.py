@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from granite_runtime import fp8, tp
+from granite_runtime import fp8, layers, tp
 from granite_runtime.config import GraniteConfig
 from granite_runtime.errors import ModelLoadError
 from granite_runtime.model import GraniteForCausalLM
@@ -188,4 +188,6 @@ def load_model(
     if use_fp8:
         del tensors
         fp8.quantize_linears(model)
+    if torch.device(device).type == "cuda":  # few-row products may take the Triton GEMV
+        layers.swap_linears(model, layers.DecodeLinear, lambda linear: True)
     return model.eval()

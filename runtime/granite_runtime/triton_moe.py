@@ -6,7 +6,8 @@ read, written and read again, and a decode step is nothing but weight reads. Her
 index is read inside the kernel and its rows are loaded straight from the (E, rows, cols)
 stack, once per token copy.
 
-Two kernels per MoE layer (the model's widths are compile-time constants):
+`route` picks each token's experts (router product, top-k, softmax) in one kernel. Then two
+kernels per MoE layer (the model's widths are compile-time constants):
 - `_gate_up_kernel`: act[j] = silu(W1[e_j, :I] @ x) * (W1[e_j, I:] @ x) for each token copy
   j = token * k + slot; one program per (copy, block of I rows), gate and up rows together;
 - `_down_kernel`: out[t] = sum over slot of w[t, slot] * (W2[e] @ act[t * k + slot]); one
@@ -80,19 +81,72 @@ def _down_kernel(
     tl.store(out_ptr + t * HIDDEN + o, total.to(dtype), mask=o_ok)
 
 
+@triton.jit
+def _route_kernel(
+    x_ptr, w_ptr, experts_ptr, weights_ptr, sx, sw,
+    E: tl.constexpr, HIDDEN: tl.constexpr, K: tl.constexpr,
+    BLOCK_E: tl.constexpr, BLOCK_H: tl.constexpr,
+):  # fmt: skip
+    t = tl.program_id(0)
+    e = tl.arange(0, BLOCK_E)
+    e_ok = e < E
+    logits = tl.zeros([BLOCK_E], dtype=tl.float32)
+    for h0 in range(0, HIDDEN, BLOCK_H):
+        h = h0 + tl.arange(0, BLOCK_H)
+        h_ok = h < HIDDEN
+        x = tl.load(x_ptr + t * sx + h, mask=h_ok, other=0.0).to(tl.float32)
+        w_mask = e_ok[:, None] & h_ok[None, :]
+        w = tl.load(w_ptr + e[:, None] * sw + h[None, :], mask=w_mask, other=0.0)
+        logits += tl.sum(w.to(tl.float32) * x[None, :], axis=1)
+    # the router's linear rounds its logits to the model dtype before the float() and topk
+    logits = logits.to(weights_ptr.dtype.element_ty).to(tl.float32)
+    logits = tl.where(e_ok, logits, float("-inf"))
+    slots = tl.arange(0, BLOCK_E)
+    top = tl.full([BLOCK_E], float("-inf"), dtype=tl.float32)
+    for slot in tl.static_range(K):  # k rounds of argmax; ties go to the lower expert index
+        best = tl.max(logits, axis=0)
+        chosen = tl.min(tl.where(logits == best, e, BLOCK_E), axis=0)
+        tl.store(experts_ptr + t * K + slot, chosen.to(tl.int64))
+        top = tl.where(slots == slot, best, top)
+        logits = tl.where(e == chosen, float("-inf"), logits)
+    # softmax over the k chosen logits (the first is the largest)
+    p = tl.exp(top - tl.max(top, axis=0))
+    p = p / tl.sum(p, axis=0)
+    tl.store(weights_ptr + t * K + slots, p.to(weights_ptr.dtype.element_ty), mask=slots < K)
+
+
+def route(x: torch.Tensor, router: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(experts (T, k) int64, weights (T, k) in x's dtype) for x (T, H) and the router's
+    weight (E, H): the router's linear, top-k and the softmax over the k in one kernel, where
+    PyTorch runs five (linear, cast, topk's two, softmax, cast) per MoE layer."""
+    t, h = x.shape
+    e = router.shape[0]
+    assert router.stride(1) == 1 and x.stride(1) == 1 and k <= e
+    experts = torch.empty(t, k, dtype=torch.int64, device=x.device)
+    weights = torch.empty(t, k, dtype=x.dtype, device=x.device)
+    block_e = triton.next_power_of_2(max(e, k))
+    block_h = max(16, min(triton.next_power_of_2(h), 8192 // block_e))
+    _route_kernel[(t,)](
+        x, router, experts, weights, x.stride(0), router.stride(0),
+        E=e, HIDDEN=h, K=k, BLOCK_E=block_e, BLOCK_H=block_h,
+    )  # fmt: skip
+    return experts, weights
+
+
 def moe_decode(
     x: torch.Tensor,
     experts: torch.Tensor,
     weights: torch.Tensor,
     w1: torch.Tensor,
     w2: torch.Tensor,
-    block_rows: int = 8,
+    block_rows: int = 4,
     block_cols: int = 256,
 ) -> torch.Tensor:
     """out (T, H) = sum_k weights[:, k] * expert_k(x) for x (T, H), experts and weights
     (T, k), w1 (E, 2I, H) (gate rows then up rows), w2 (E, H, I). `block_rows` output rows
-    per program: small, so even one token's experts spread over every SM (8 rows gives 384
-    programs for h-tiny's gate/up at batch 1 on an H200's 132 SMs)."""
+    per program: small, so even one token's experts spread over every SM (4 rows: 768
+    programs for h-tiny's gate/up at batch 1; fastest of 4-32 at 1 and 8 tokens on an H200,
+    bench/NOTES.md)."""
     t, k = experts.shape
     i, h = w2.shape[2], w2.shape[1]
     assert w1.shape[1] == 2 * i and w1.shape[2] == h and x.shape == (t, h)
