@@ -446,7 +446,7 @@ def main() -> None:
         for key, v in r.items():
             if key.startswith("state_update") and isinstance(v, dict):
                 print(f"  {key}: {v['us']:.1f} us, {v['gb_s']:,.0f} GB/s of state traffic")
-            if key.startswith("gemv_"):
+            if key.startswith("gemv_") and "cublas_gb_s" in v:
                 print(
                     f"  {key}: cuBLAS {v['cublas_gb_s']:,.0f} GB/s, Triton "
                     f"{v['triton_gb_s']:,.0f} GB/s ({v['triton_config']})"
