@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -66,6 +67,39 @@ def profile_step(fn, top: int = 12) -> str:
     )
 
 
+def profile_graph_step(fn, steps: int = 20, top: int = 25) -> str:
+    """Where a graphed step's time goes: each kernel inside the graph (CUPTI reports them
+    one by one) summed per step, and the step's wall time against the sum of its kernels
+    (the rest is launch gaps and tails between dependent kernels)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        started = time.perf_counter()
+        for _ in range(steps):
+            fn()
+        torch.cuda.synchronize()
+        wall = (time.perf_counter() - started) / steps * 1e6
+    per_name: dict[str, list[float]] = {}
+    for event in prof.events():
+        if event.device_type == torch.autograd.DeviceType.CUDA:
+            per_name.setdefault(event.name, []).append(event.device_time)
+    busy = sum(sum(v) for v in per_name.values()) / steps
+    rows = sorted(per_name.items(), key=lambda kv: -sum(kv[1]))
+    lines = [
+        f"step wall {wall:.0f} us (profiled), kernels {busy:.0f} us, "
+        f"gaps {wall - busy:.0f} us; kernels per step "
+        f"{sum(len(v) for v in per_name.values()) / steps:.0f}"
+    ]
+    for name, times in rows[:top]:
+        lines.append(
+            f"  {sum(times) / steps:8.1f} us/step {len(times) / steps:5.0f}x "
+            f"{sum(times) / len(times):7.2f} us  {name[:90]}"
+        )
+    return "\n".join(lines)
+
+
 def weights_read(c, batch: int) -> float:
     """bf16 weight bytes one decode step must read: all of a dense model; for MoE the
     shared weights plus the experts that `batch` tokens are expected to pick
@@ -113,6 +147,7 @@ def gkit(
     compiled_batches: tuple[int, ...] = (),
     profile_batch: int = 0,
     profile_prefill: int = 0,
+    profile_graph: int = 0,
 ) -> dict:
     model = load_model(path, "bfloat16", "cuda")
     c = model.config
@@ -135,6 +170,14 @@ def gkit(
             512 * memory.kv_bytes_per_token(c) + 2 * memory.state_bytes_per_sequence(c)
         )
         variants = [("eager", lambda batch=batch, cache=cache, t=tokens: model(t, batch, cache))]
+        if graphed.supports(b) and b == 1:  # the one-row fusions (triton_fused_linear) off
+            layers.FUSED_LINEAR = False
+            unfused = GraphedDecoder(model, cache, b)
+            unfused.capture([b])
+            layers.FUSED_LINEAR = True
+            variants.append(
+                ("graph_unfused", lambda g=unfused, t=tokens, s=slots, p=starts: g(t, s, p))
+            )
         if graphed.supports(b):  # MoE models graph only batches whose experts fit (graphs.py)
             variants += [
                 (
@@ -157,6 +200,8 @@ def gkit(
             )
         if b == profile_batch:
             out[f"profile_b{b}_graph_kernels"] = profile_step(variants[0][1])
+        if b == profile_graph and graphed.supports(b):
+            out[f"profile_b{b}_graphed_step"] = profile_graph_step(variants[-1][1])
         for name, fn in variants:
             step = _timed(fn, 50)
             out[f"decode_b{b}_{name}"] = {
@@ -346,6 +391,84 @@ def moe_decode_kernels(config, tokens=(1, 8)) -> dict:
     return out
 
 
+def _cold_graph_us(calls, replays: int = 10) -> float:
+    """us per call of `calls` (closures over distinct weights) captured in one CUDA graph and
+    replayed: each weight read once per replay, cold from HBM as in a decode step, no launch
+    cost but the graph's own."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for call in calls:  # Triton compiles, cuBLAS picks its kernels
+            call()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for call in calls:
+            call()
+    graph.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(replays):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e3 / len(calls))
+    return sorted(times)[len(times) // 2]
+
+
+FUSED_SWEEP = [
+    (bn, bk, w, s) for bn in (4, 8, 16, 32, 64) for bk in (256, 512) for w, s in ((4, 3), (8, 4))
+]
+
+
+@torch.inference_mode()
+def fused_linear_kernels(config, copies: int = 24, sweep: bool = False) -> dict:
+    """Each one-row product of a decode step with its norm or gate (triton_fused_linear)
+    against the separate path (the triton_fused norm/gate kernel, then cuBLAS), `copies`
+    distinct weights per shape in one CUDA graph so every weight is read cold; GB/s of
+    weight bytes. With `sweep`, every block shape in FUSED_SWEEP too (what config_for picks
+    from)."""
+    from granite_runtime import triton_fused
+    from granite_runtime import triton_fused_linear as fl
+
+    c, out, dt, eps = config, {}, torch.bfloat16, 1e-5
+    h, inner, shared = c.hidden_size, c.mamba_inner, c.shared_size
+    proj = inner + c.mamba_conv_dim + c.mamba_heads
+    vec = lambda n, d=dt: torch.randn(1, 1, n, device="cuda", dtype=d)  # noqa: E731
+    x, delta, nw = vec(h), vec(h), vec(h).view(-1)
+    y, z, gnw, gate_up = vec(inner, torch.float32), vec(inner), vec(inner).view(-1), vec(2 * shared)
+    shapes = {  # name: (rows, inner, fused call, separate call)
+        "mamba_in": (proj, h, lambda w: fl.norm_linear(x, delta, 0.2, nw, eps, w),
+                     lambda w: F.linear(triton_fused.add_rms_norm(x, delta, 0.2, nw, eps)[1], w)),
+        "mamba_out": (h, inner, lambda w: fl.gated_norm_linear(y, z, gnw, eps, w),
+                      lambda w: F.linear(triton_fused.gated_rms_norm(y, z, gnw, eps, 1), w)),
+        "mlp_in": (2 * shared, h, lambda w: fl.norm_linear(x, delta, 0.2, nw, eps, w),
+                   lambda w: F.linear(triton_fused.add_rms_norm(x, delta, 0.2, nw, eps)[1], w)),
+        "mlp_out": (h, shared, lambda w: fl.silu_mul_linear(gate_up, w),
+                    lambda w: F.linear(triton_fused.silu_mul(gate_up), w)),
+    }  # fmt: skip
+    for name, (n, k, fused, separate) in shapes.items():
+        weights = [torch.randn(n, k, device="cuda", dtype=dt) * 0.02 for _ in range(copies)]
+        gb = 2 * n * k / 1e3
+        row = {"separate_us": _cold_graph_us([partial(separate, w) for w in weights])}
+        fl.CONFIG_OVERRIDE = None
+        row["fused_us"] = _cold_graph_us([partial(fused, w) for w in weights])
+        row["config"] = str(fl.config_for(n, k))
+        if sweep:
+            for cfg in FUSED_SWEEP:
+                fl.CONFIG_OVERRIDE = cfg
+                row[str(cfg)] = _cold_graph_us([partial(fused, w) for w in weights])
+            fl.CONFIG_OVERRIDE = None
+            best = min((v, key) for key, v in row.items() if key.startswith("("))
+            row["best"], row["best_us"] = best[1], best[0]
+        row["separate_gb_s"], row["fused_gb_s"] = gb / row["separate_us"], gb / row["fused_us"]
+        out[f"fused_{name}"] = row
+        del weights
+    return out
+
+
 @torch.inference_mode()
 def gemv_kernels(config, rows=(1, 8)) -> dict:
     """Each decode-step weight shape of the model: cuBLAS (F.linear) against triton_gemv's
@@ -382,6 +505,19 @@ def gemv_kernels(config, rows=(1, 8)) -> dict:
     return out
 
 
+def kernel_timings(config, which: str, peer: bool) -> dict:
+    chosen, out = set(which.split(",")), {}
+    if "state" in chosen:
+        out.update(state_update_kernels(config, peer=peer))
+    if "moe" in chosen:
+        out.update(moe_decode_kernels(config))
+    if "gemv" in chosen:
+        out.update(gemv_kernels(config))
+    if "fused" in chosen or "sweep" in chosen:
+        out.update(fused_linear_kernels(config, sweep="sweep" in chosen))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="granite-4.0-h-micro")
@@ -390,6 +526,15 @@ def main() -> None:
     ap.add_argument("--batches", default="1,8,64")
     ap.add_argument("--compiled", default="", help="batch sizes to also run torch.compile'd")
     ap.add_argument("--profile", type=int, default=0, help="profile the eager step at this B")
+    ap.add_argument(
+        "--profile-graph", type=int, default=0, help="profile the graphed step at this B"
+    )
+    ap.add_argument(
+        "--kernels",
+        default="state,moe,fused",
+        help="per-kernel timings to run: any of state, moe, gemv, fused, sweep (fused with "
+        "every block shape); empty for none",
+    )
     ap.add_argument("--profile-prefill", type=int, default=0, help="profile this prompt length")
     ap.add_argument("--no-transformers", action="store_true", help="skip the peer's decode")
     ap.add_argument(
@@ -410,11 +555,7 @@ def main() -> None:
             catalog = Path(__file__).resolve().parents[1] / "granite_ops_kit" / "catalog"
             config = GraniteConfig.from_dict(json.loads((catalog / f"{name}.json").read_text()))
             print(name)
-            kernels = {
-                **state_update_kernels(config, peer=peer),
-                **moe_decode_kernels(config),
-                **gemv_kernels(config),
-            }
+            kernels = kernel_timings(config, args.kernels, peer)
             for key, v in kernels.items():
                 print(f"  {key}: {v}")
             continue
@@ -425,24 +566,23 @@ def main() -> None:
         path = checkpoint(name, Path(args.root))
         r = gkit(
             path,
-            [int(v) for v in args.prompts.split(",")],
+            [int(v) for v in args.prompts.split(",") if v],
             [int(b) for b in args.batches.split(",")],
             bandwidth,
             tuple(int(b) for b in args.compiled.split(",") if b),
             args.profile,
             args.profile_prefill,
+            args.profile_graph,
         )
         for key in [k for k in r if k.startswith("profile_")]:
             print(f"{key}:\n{r.pop(key)}")
         torch.cuda.empty_cache()
-        prompt_lens = [int(v) for v in args.prompts.split(",")]
+        prompt_lens = [int(v) for v in args.prompts.split(",") if v]
         peer_name = "transformers + mamba_ssm" if peer else "transformers (PyTorch path)"
         theirs = {} if args.no_transformers else transformers_run(path, prompt_lens)
         r.update({f"transformers_{k}": v for k, v in theirs.items()})
         config = GraniteConfig.from_dict(json.loads((path / "config.json").read_text()), name)
-        r.update(state_update_kernels(config, peer=peer))
-        r.update(moe_decode_kernels(config))
-        r.update(gemv_kernels(config))
+        r.update(kernel_timings(config, args.kernels, peer))
         for key, v in r.items():
             if key.startswith("state_update") and isinstance(v, dict):
                 print(f"  {key}: {v['us']:.1f} us, {v['gb_s']:,.0f} GB/s of state traffic")
@@ -451,13 +591,20 @@ def main() -> None:
                     f"  {key}: cuBLAS {v['cublas_gb_s']:,.0f} GB/s, Triton "
                     f"{v['triton_gb_s']:,.0f} GB/s ({v['triton_config']})"
                 )
+            if key.startswith("fused_"):
+                sweep = f", best of sweep {v['best']} {v['best_us']:.1f} us" if "best" in v else ""
+                print(
+                    f"  {key}: norm/gate kernel + cuBLAS {v['separate_us']:.1f} us "
+                    f"({v['separate_gb_s']:,.0f} GB/s), fused {v['fused_us']:.1f} us "
+                    f"({v['fused_gb_s']:,.0f} GB/s) at {v['config']}{sweep}"
+                )
             if key.startswith("moe_t"):
                 print(
                     f"  {key}: {v['us']:.1f} us, {v['gb_s']:,.0f} GB/s of expert weights, "
                     f"rel. error vs gather {v['rel']:.1e}"
                 )
         report[name] = r
-        for length in args.prompts.split(","):
+        for length in [v for v in args.prompts.split(",") if v]:
             print(
                 f"{name}: prefill {length} tokens {r[f'prefill_{length}_tok_s']:,.0f} tok/s, "
                 f"peak {r[f'prefill_{length}_peak_gib']:.2f} GiB "

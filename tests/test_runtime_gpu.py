@@ -447,9 +447,9 @@ def test_moe_decode_reads_experts_in_place(
 
 @pytest.mark.parametrize(("tokens", "experts", "k", "hidden"), [(1, 64, 6, 1536), (10, 62, 8, 100)])
 def test_moe_route_picks_the_reference_experts(tokens, experts, k, hidden, poisoned_outputs):
-    """triton_moe.route (router product, top-k, softmax in one kernel) against PyTorch's
-    linear -> float -> topk -> softmax in fp32: the same experts in the same order, weights
-    within 1e-5; in bf16 (logits rounded like the linear's output) weights within 1e-2."""
+    """triton_moe.route (the router product, then top-k and softmax in one kernel) against
+    PyTorch's linear -> float -> topk -> softmax in fp32: the same experts in the same order,
+    weights within 1e-5; in bf16 (logits rounded like the linear's output) weights within 1e-2."""
     from granite_runtime import triton_moe
 
     gen = torch.Generator().manual_seed(tokens + experts)
@@ -483,3 +483,146 @@ def test_triton_gemv_matches_cublas(rows, out, inner, poisoned_outputs):
     got = triton_gemv.linear(x.view(rows, 1, inner), w)
     assert got.shape == (rows, 1, out) and _rel(got.view(rows, out), ref) < 8e-3
     assert (rows, out, inner, torch.bfloat16, x.device.index) in triton_gemv.CHOICE
+    # weights that fit in L2 are never timed (a repeated call reads them hot): cuBLAS
+    assert not triton_gemv.applies(x, w, None)
+    big = torch.empty(160 * 2**20 // 4096, 2048, device="cuda", dtype=torch.bfloat16)
+    assert triton_gemv.applies(x[:, :2048], big, None)
+
+
+def _separate(prologue, a, b, norm_w, eps, w):
+    """The PyTorch path of layers.py for each prologue, then the product in fp32."""
+    import torch.nn.functional as F
+
+    if prologue == "norm_add":
+        total = torch.add(a, b, alpha=0.3) if b is not None else a
+        h = norm_w * F.rms_norm(total.float(), (a.shape[-1],), eps=eps).to(a.dtype)
+        return total, F.linear(h.float(), w.float())
+    if prologue == "gated_norm":  # y fp32, z in the model dtype
+        h = norm_w * F.rms_norm(a * F.silu(b.float()), (a.shape[-1],), eps=eps)
+        return None, F.linear(h.to(b.dtype).float(), w.float())
+    gate, up = a.chunk(2, dim=-1)
+    return None, F.linear((F.silu(gate) * up).float(), w.float())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(("rows", "inner"), [(8512, 2048), (2048, 8192), (100, 72), (37, 1000)])
+def test_fused_linear_builds_its_input_like_the_separate_kernels(
+    rows, inner, dtype, poisoned_outputs
+):
+    """triton_fused_linear's three prologues (add + RMSNorm, gated RMSNorm, SiLU * up), each
+    with every block shape of config_for's range forced, against the PyTorch path of
+    layers.py: products within dtype rounding, the new residual bit-equal, the stacked
+    second weight's rows after the first's, the kept normed vector equal to PyTorch's."""
+    import torch.nn.functional as F
+
+    from granite_runtime import triton_fused_linear as fl
+
+    gen = torch.Generator(device="cuda").manual_seed(rows + inner)
+
+    def rand(*shape, d=dtype, scale=1.0):
+        return (torch.randn(*shape, device="cuda", generator=gen) * scale).to(d)
+
+    w, second = rand(rows, inner, scale=inner**-0.5), rand(24, inner, scale=inner**-0.5)
+    x, delta, nw = rand(1, 1, inner), rand(1, 1, inner), rand(inner, scale=0.5) + 1
+    y, z, gate_up = rand(1, 1, inner, d=torch.float32), rand(1, 1, inner), rand(1, 1, 2 * inner)
+    tol = 1e-2 if dtype == torch.bfloat16 else 2e-3
+    total, ref = _separate("norm_add", x, delta, nw, 1e-5, torch.cat([w, second]))
+    _, gated_ref = _separate("gated_norm", y, z, nw, 1e-5, w)
+    _, silu_ref = _separate("silu_mul", gate_up, None, None, 0, w)
+    _, first_ref = _separate("norm_add", x, None, nw, 1e-5, w)
+    normed_ref = nw * F.rms_norm(total.float(), (inner,), eps=1e-5).to(dtype)
+    for config in [None, (4, 256, 4, 3), (64, 512, 8, 4)]:
+        fl.CONFIG_OVERRIDE = config
+        try:
+            got_total, got, normed = fl.norm_linear(
+                x, delta, 0.3, nw, 1e-5, w, second=second, keep_normed=True
+            )
+            assert torch.equal(got_total, total) and got.shape == (1, 1, rows + 24)
+            assert _rel(got, ref) < tol, config
+            assert _rel(normed.view(-1), normed_ref.view(-1)) < 1e-2
+            same, first = fl.norm_linear(x, None, 0.3, nw, 1e-5, w)
+            assert same is x and _rel(first, first_ref) < tol
+            assert _rel(fl.gated_norm_linear(y, z, nw, 1e-5, w), gated_ref) < tol
+            assert _rel(fl.silu_mul_linear(gate_up, w), silu_ref) < tol
+        finally:
+            fl.CONFIG_OVERRIDE = None
+
+
+@pytest.mark.parametrize(("tokens", "experts", "k", "inner", "hidden", "shared"), [
+    (1, 64, 6, 512, 1536, 1024),  # h-tiny at batch 1
+    (3, 10, 3, 40, 100, 24),  # widths that are not multiples of the blocks
+    (2, 8, 2, 32, 64, 0),  # no shared MLP
+])  # fmt: skip
+def test_moe_decode_routed_picks_experts_and_adds_the_shared_mlp(
+    tokens, experts, k, inner, hidden, shared, poisoned_outputs
+):
+    """triton_moe.moe_decode_routed from one product's [logits | gate | up]: the same
+    experts and output as route + moe_decode + PyTorch's shared MLP (fp32, 1e-5), and in
+    bf16 within rounding of the fp32 result."""
+    import torch.nn.functional as F
+
+    from granite_runtime import triton_moe
+
+    gen = torch.Generator(device="cuda").manual_seed(tokens * experts)
+    x = torch.randn(tokens, hidden, device="cuda", generator=gen)
+    w1 = torch.randn(experts, 2 * inner, hidden, device="cuda", generator=gen) / hidden**0.5
+    w2 = torch.randn(experts, hidden, inner, device="cuda", generator=gen) / inner**0.5
+    router = torch.randn(experts, hidden, device="cuda", generator=gen) / hidden**0.5
+    s_in = torch.randn(2 * shared, hidden, device="cuda", generator=gen) / hidden**0.5
+    s_out = torch.randn(hidden, shared, device="cuda", generator=gen) / max(shared, 1) ** 0.5
+    chosen, weights = triton_moe.route(x, router, k)
+    ref = triton_moe.moe_decode(x, chosen, weights, w1, w2)
+    if shared:
+        gate, up = F.linear(x, s_in).chunk(2, dim=-1)
+        ref = ref + F.linear(F.silu(gate) * up, s_out)
+    for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 2e-2)):
+        c = [t.to(dtype) for t in (x, router, s_in, w1, w2, s_out)]
+        logits_gate_up = F.linear(c[0], torch.cat([c[1], c[2]]))
+        got = triton_moe.moe_decode_routed(
+            c[0], logits_gate_up, experts, k, c[3], c[4], c[5] if shared else None
+        )
+        assert got.dtype == dtype and got.shape == (tokens, hidden)
+        assert _rel(got, ref) < tol, dtype
+
+
+@pytest.mark.parametrize("fixture", ["tiny_hybrid", "tiny_dense"])
+def test_one_row_decode_runs_the_fused_products(fixture, request, monkeypatch):
+    """bf16 decode at batch 1 takes triton_fused_linear (the launches are counted: norms in
+    the products, and for MoE the router stacked with the shared MLP) and gives the logits
+    of the separate kernels within bf16 rounding, and of the fp32 CPU reference."""
+    from granite_runtime import layers, triton_fused_linear
+
+    path = request.getfixturevalue(fixture)
+    ids = torch.randint(0, 1000, (1, 24), generator=torch.Generator().manual_seed(5))
+    prologues = []
+    launch = triton_fused_linear._launch
+
+    def counted(prologue, *args, **kwargs):
+        prologues.append(prologue.value)
+        return launch(prologue, *args, **kwargs)
+
+    monkeypatch.setattr(triton_fused_linear, "_launch", counted)
+
+    def decode(model, device):
+        cache = HybridCache(model.config, 1, 32, model.lm_head.weight.dtype, device)
+        steps = []
+        with torch.no_grad():
+            model(ids[:, :16].to(device), Batch.make([0], [0], device), cache)
+            for pos in range(16, 24):  # the prompt's own next tokens, one at a time
+                token = ids[:, pos : pos + 1].to(device)
+                steps.append(model(token, Batch.make([0], [pos], device), cache)[0, -1].cpu())
+        return torch.stack(steps)
+
+    cpu = decode(load_model(path, "float32", "cpu"), "cpu")
+    model = load_model(path, "bfloat16", "cuda")
+    monkeypatch.setattr(layers, "FUSED_LINEAR", False)
+    separate = decode(model, "cuda")
+    assert prologues == []
+    monkeypatch.setattr(layers, "FUSED_LINEAR", True)
+    fused = decode(model, "cuda")
+    fl = triton_fused_linear
+    kinds = {fl.NORM_ADD.value, fl.GATED_NORM.value} if "hybrid" in fixture else {
+        fl.NORM_ADD.value, fl.SILU_MUL.value
+    }  # fmt: skip
+    assert set(prologues) == kinds
+    assert _rel(fused, separate) < 1e-2 and _rel(fused, cpu) < 3e-2

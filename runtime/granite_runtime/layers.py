@@ -150,9 +150,9 @@ class MoE(nn.Module):
         shape = x.shape
         flat = x.reshape(-1, shape[-1])
         decode = flat.shape[0] * self.top_k <= 64
-        if decode and _moe_in_place(flat, self.input_linear):  # 3 kernels in all (triton_moe)
-            experts, weights = _moe().route(flat, self.router.layer.weight, self.top_k)
-            out = _moe().moe_decode(
+        if decode and moe_in_place(flat, self.input_linear):  # 3 kernels in all (triton_moe)
+            experts, weights = moe_kernels().route(flat, self.router.layer.weight, self.top_k)
+            out = moe_kernels().moe_decode(
                 flat, experts, weights, self.input_linear.weight, self.output_linear.weight
             )
             return out.view(shape)
@@ -385,13 +385,37 @@ def _use_fused(x: torch.Tensor) -> bool:
     return x.is_cuda and TRITON_DECODE and _triton_ops() is not None
 
 
-def _moe():
+def moe_kernels():
     from granite_runtime import triton_moe
 
     return triton_moe
 
 
-def _moe_in_place(x: torch.Tensor, stack: nn.Module) -> bool:
+def fused_linear():
+    from granite_runtime import triton_fused_linear
+
+    return triton_fused_linear
+
+
+# One-row products with their norm or gate inside (triton_fused_linear.py); False keeps the
+# separate kernels (set by a benchmark comparing the two).
+FUSED_LINEAR = True
+
+
+def one_row_fused(x: torch.Tensor, *linears: nn.Module) -> bool:
+    """Whether x (one token) and these linears take triton_fused_linear: CUDA, one row,
+    bf16/fp16 weights of x's dtype without bias, one rank (under tensor parallelism the
+    norms need sums across ranks)."""
+    return (
+        FUSED_LINEAR
+        and _use_fused(x)
+        and tp.world_size() == 1
+        and all(getattr(m, "bias", None) is None for m in linears)
+        and fused_linear().applies(x, *(m.weight for m in linears))
+    )
+
+
+def moe_in_place(x: torch.Tensor, stack: nn.Module) -> bool:
     """Decode's experts read in place by triton_moe (bf16/fp16/fp32 stacks; fp8.Fp8Weight
     stacks keep the gather, which dequantizes)."""
     return type(stack) is Weight and stack.weight.dtype == x.dtype and _use_fused(x)
@@ -486,17 +510,22 @@ class Mamba2(nn.Module):
         return self.out_proj(y.view(x.shape[0], 1, self.inner))
 
     def forward(self, x: torch.Tensor, batch: Batch, cache: HybridCache) -> torch.Tensor:
-        b, length, _ = x.shape
         if x.device.type == "cpu" and (out := self._cpu_step(x, batch, cache)) is not None:
             return out
-        z, xbc, dt = self.in_proj(x).split([self.inner, self.conv_dim, self.heads], dim=-1)
+        return self.from_projection(self.in_proj(x), batch, cache)
+
+    def from_projection(self, proj: torch.Tensor, batch: Batch, cache: HybridCache):
+        """The mixer after in_proj (proj: (B, L, in_proj's width)), so a caller that fused
+        the norm into in_proj (model.DecoderLayer) continues from here."""
+        b, length, _ = proj.shape
+        z, xbc, dt = proj.split([self.inner, self.conv_dim, self.heads], dim=-1)
         xbc = self._conv(xbc, batch, cache)
         xs, Bm, Cm = xbc.split(
             [self.inner, self.groups * self.state, self.groups * self.state], dim=-1
         )
         xs = xs.view(b, length, self.heads, self.head_dim)
         Bm, Cm = (t.view(b, length, self.groups, self.state) for t in (Bm, Cm))
-        if _use_triton(x, length):  # softplus(dt) inside; the state updated in the pool
+        if _use_triton(proj, length):  # softplus(dt) inside; the state updated in the pool
             A, D, dt_bias, _ = self._constants()
             ssm = cache.ssm[cache.mamba_index[self.layer]]
             y = _triton.ssd_step(
@@ -506,7 +535,7 @@ class Mamba2(nn.Module):
         else:
             y = self._scan(xs, self._dt(dt), Bm, Cm, batch, cache)
         # The gated norm sees the fp32 scan output, as transformers' prefill path does.
-        return self._gated_out(y.reshape(b, length, self.inner), z, x.dtype)
+        return self._gated_out(y.reshape(b, length, self.inner), z, proj.dtype)
 
     def _dt(self, dt: torch.Tensor) -> torch.Tensor:
         dt = F.softplus(dt.float() + self._constants()[2])
@@ -542,8 +571,10 @@ class Mamba2(nn.Module):
         the norm's per-token scale commutes with out_proj, so each rank projects its
         unscaled part and one all-reduce carries both the partial outputs and the sums of
         squares: one collective where the plain order needs two."""
+        n = self.norm
+        if n.groups == 1 and self.out_proj.bias is None and one_row_fused(z, self.out_proj):
+            return fused_linear().gated_norm_linear(y, z, n.weight, n.eps, self.out_proj.weight)
         if not self.reduces_output and not self.norm.across_ranks and _use_fused(z):
-            n = self.norm
             return self.out_proj(_fused().gated_rms_norm(y, z, n.weight, n.eps, n.groups))
         if not self.reduces_output:
             return self.out_proj(self.norm(y, gate=z).to(dtype))

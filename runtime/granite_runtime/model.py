@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from granite_runtime import tp
+from granite_runtime import layers, tp
 from granite_runtime.cache import Batch, HybridCache
 from granite_runtime.config import GraniteConfig
 from granite_runtime.layers import Attention, Mamba2, MoE, RMSNorm, SwiGLU
@@ -33,20 +33,59 @@ class DecoderLayer(nn.Module):
         the norm that follows lets the two run as one kernel (RMSNorm.add_forward)."""
         mixer = self.mamba if self.is_mamba else self.self_attn
         r = self.residual_multiplier
-        if delta is None:
-            h = self.input_layernorm(x)
+        norm = self.input_layernorm
+        if self.is_mamba and layers.one_row_fused(x, mixer.in_proj):  # the norm in in_proj
+            x, proj = layers.fused_linear().norm_linear(
+                x, delta, r, norm.weight, norm.eps, mixer.in_proj.weight
+            )
+            mixed = mixer.from_projection(proj.view(*x.shape[:-1], -1), batch, cache)
         else:
-            x, h = self.input_layernorm.add_forward(x, delta, r)
-        # Under tensor parallelism each rank holds a partial sum of the mixer's and the
-        # MLPs' outputs (row-parallel projections); one all-reduce each completes them.
-        mixed = mixer(h, batch, cache)
-        if not getattr(mixer, "reduces_output", False):  # Mamba may have summed it already
-            mixed = tp.all_reduce(mixed)
+            if delta is None:
+                h = norm(x)
+            else:
+                x, h = norm.add_forward(x, delta, r)
+            # Under tensor parallelism each rank holds a partial sum of the mixer's and the
+            # MLPs' outputs (row-parallel projections); one all-reduce each completes them.
+            mixed = mixer(h, batch, cache)
+            if not getattr(mixer, "reduces_output", False):  # Mamba may have summed it
+                mixed = tp.all_reduce(mixed)
+        if (fused := self._one_row_mlp(x, mixed)) is not None:
+            return fused
         x, h = self.post_attention_layernorm.add_forward(x, mixed, r)
         out = self.shared_mlp(h)
         if self.block_sparse_moe is not None:
             out = out + self.block_sparse_moe(h)
         return x, tp.all_reduce(out)
+
+    def _one_row_mlp(self, x, mixed) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(x, MLP output) for one token in 2-3 kernels (triton_fused_linear, triton_moe):
+        the residual add and norm inside the shared MLP's input product (stacked with the
+        router for MoE), SiLU * up inside the output product or the experts' down kernel.
+        None where that path does not apply."""
+        shared, moe = self.shared_mlp, self.block_sparse_moe
+        norm, r = self.post_attention_layernorm, self.residual_multiplier
+        inputs = [shared.input_linear, shared.output_linear]
+        if moe is not None:
+            inputs.append(moe.router.layer)
+            if not layers.moe_in_place(x, moe.input_linear):
+                return None
+        if not layers.one_row_fused(x, *inputs):
+            return None
+        fl = layers.fused_linear()
+        if moe is None:
+            x, gate_up = fl.norm_linear(
+                x, mixed, r, norm.weight, norm.eps, shared.input_linear.weight
+            )
+            return x, fl.silu_mul_linear(gate_up, shared.output_linear.weight)
+        x, logits_gate_up, h = fl.norm_linear(
+            x, mixed, r, norm.weight, norm.eps, moe.router.layer.weight,
+            second=shared.input_linear.weight, keep_normed=True,
+        )  # fmt: skip
+        out = layers.moe_kernels().moe_decode_routed(
+            h, logits_gate_up.view(1, -1), moe.router.layer.out_features, moe.top_k,
+            moe.input_linear.weight, moe.output_linear.weight, shared.output_linear.weight,
+        )  # fmt: skip
+        return x, out.view(x.shape)
 
 
 class GraniteModel(nn.Module):
@@ -77,5 +116,11 @@ class GraniteForCausalLM(nn.Module):
             x, delta = layer(x, delta, batch, cache)
         if not all_logits:
             x, delta = x[:, -1:], delta[:, -1:]
-        _, x = self.model.norm.add_forward(x, delta, self.config.residual_multiplier)
+        norm, r = self.model.norm, self.config.residual_multiplier
+        if layers.one_row_fused(x, self.lm_head):  # the final norm inside the lm_head product
+            _, logits = layers.fused_linear().norm_linear(
+                x, delta, r, norm.weight, norm.eps, self.lm_head.weight
+            )
+            return logits.view(*x.shape[:-1], -1).float() / self.config.logits_scaling
+        _, x = norm.add_forward(x, delta, r)
         return tp.gather_logits(self.lm_head(x)).float() / self.config.logits_scaling

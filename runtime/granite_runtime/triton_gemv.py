@@ -11,6 +11,13 @@ Which of cuBLAS and this kernel's block shapes is fastest depends on the shape a
 so `linear` measures once per (rows, out, in, dtype) with CUDA events and keeps the winner.
 The measuring happens at the engine's warm-up, before CUDA graphs are captured; a shape first
 seen during a capture takes cuBLAS, which is never wrong.
+
+Only weights too large to stay in the L2 cache are measured (`MEASURED_L2_MULTIPLE`): a
+repeated call on a 33 MB weight reads it from the H200's 50 MB L2, while in a decode step
+every weight comes cold from HBM. Session 7 caught the chooser picking a 32-program block
+shape for h-micro's MLP output that was faster L2-hot and 3x slower cold (33 us against
+cuBLAS's 11 us in the graphed step, 364 -> 274 tok/s). Smaller weights keep cuBLAS here; the
+fused kernels (triton_fused_gemv.py) carry their own block shapes, measured cold.
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ import triton
 import triton.language as tl
 
 MAX_ROWS = 16  # the padded row tile of tl.dot; more rows go to cuBLAS
+# weights smaller than this many L2 caches keep cuBLAS (a repeated timing would read them hot)
+MEASURED_L2_MULTIPLE = 4
 
 
 @triton.jit
@@ -115,10 +124,16 @@ def _choose(x: torch.Tensor, weight: torch.Tensor) -> tuple | None:
     return min(timings, key=timings.get)
 
 
+def _l2_bytes(device: torch.device) -> int:
+    return getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 50 * 2**20)
+
+
 def applies(x: torch.Tensor, weight: torch.Tensor, bias) -> bool:
     rows = x.numel() // x.shape[-1]
+    big = weight.numel() * weight.element_size() >= MEASURED_L2_MULTIPLE * _l2_bytes(x.device)
     return (
-        bias is None
+        big
+        and bias is None
         and x.is_cuda
         and 0 < rows <= MAX_ROWS
         and x.dtype in (torch.bfloat16, torch.float16)
