@@ -410,6 +410,8 @@ def one_row_fused(x: torch.Tensor, *linears: nn.Module) -> bool:
         FUSED_LINEAR
         and _use_fused(x)
         and tp.world_size() == 1
+        # fp8.Fp8Linear holds `weight_fp8` and keeps its own matrix-vector kernel
+        and all(isinstance(getattr(m, "weight", None), torch.Tensor) for m in linears)
         and all(getattr(m, "bias", None) is None for m in linears)
         and fused_linear().applies(x, *(m.weight for m in linears))
     )

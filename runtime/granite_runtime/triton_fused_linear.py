@@ -14,8 +14,9 @@ rebuilds the (small, L2-resident) input it needs and then streams its block of w
 - the norm variant can stack two weights (`second`): the MoE router and the shared MLP's
   input read the same normed vector, so one launch gives [router logits | gate | up].
 
-The norms need the input's sum of squares before the first product, so each program makes
-two passes over the input (a few KB from L2) and one over its weight rows. The rounding is
+The kernel is persistent (a few programs per SM): each program builds the whole input row
+once (the norms need its sum of squares first; a few KB from L2) and keeps it in registers,
+then streams whole weight rows, BLOCK_N at a time. The rounding is
 the PyTorch path's (layers.py), step for step, as in triton_fused.py. One activation row only;
 batches keep the separate kernels and cuBLAS, whose tensor-core GEMMs serve many rows.
 """
@@ -31,18 +32,32 @@ PLAIN, NORM_ADD, GATED_NORM, SILU_MUL = (tl.constexpr(v) for v in range(4))
 
 
 @triton.jit
-def _input(a_ptr, b_ptr, k, k_ok, alpha, K: tl.constexpr, PROLOGUE: tl.constexpr,
-           HAS_DELTA: tl.constexpr, dtype: tl.constexpr):  # fmt: skip
-    """The input chunk at columns k before any norm scale, in fp32, rounded where PyTorch
-    rounds: x + alpha * delta (in the model dtype), y * silu(z) (fp32), silu(gate) * up."""
+def _input(a_ptr, b_ptr, nw_ptr, sum_ptr, normed_ptr, alpha, eps, first_program,
+           K: tl.constexpr, K_PAD: tl.constexpr, PROLOGUE: tl.constexpr,
+           HAS_DELTA: tl.constexpr, KEEP_NORMED: tl.constexpr, dtype: tl.constexpr):  # fmt: skip
+    """The product's whole input row (K_PAD fp32 values, zero past K), rounded where PyTorch
+    rounds: weight * rms_norm(x + alpha * delta) in the model dtype, weight * rms_norm(y *
+    silu(z)) (fp32 until the weight), or silu(gate) * up."""
+    k = tl.arange(0, K_PAD)
+    k_ok = k < K
     a = tl.load(a_ptr + k, mask=k_ok, other=0.0).to(tl.float32)
     if PROLOGUE == NORM_ADD:
         if HAS_DELTA:
             d = tl.load(b_ptr + k, mask=k_ok, other=0.0).to(tl.float32)
             a = (a + alpha * d).to(dtype).to(tl.float32)
+            # the new residual, written once (every program computes the same values)
+            tl.store(sum_ptr + k, a.to(dtype), mask=k_ok & first_program)
+        scale = tl.rsqrt(tl.sum(a * a, axis=0) / K + eps)
+        nw = tl.load(nw_ptr + k, mask=k_ok, other=0.0).to(tl.float32)
+        a = ((a * scale).to(dtype).to(tl.float32) * nw).to(dtype).to(tl.float32)
+        if KEEP_NORMED:  # the MoE experts read the normed vector too
+            tl.store(normed_ptr + k, a.to(dtype), mask=k_ok & first_program)
     elif PROLOGUE == GATED_NORM:
         z = tl.load(b_ptr + k, mask=k_ok, other=0.0).to(tl.float32)
         a = a * (z * tl.sigmoid(z))
+        scale = tl.rsqrt(tl.sum(a * a, axis=0) / K + eps)
+        nw = tl.load(nw_ptr + k, mask=k_ok, other=0.0).to(tl.float32)
+        a = (a * scale * nw).to(dtype).to(tl.float32)
     elif PROLOGUE == SILU_MUL:
         up = tl.load(a_ptr + K + k, mask=k_ok, other=0.0).to(tl.float32)
         a = ((a * tl.sigmoid(a)).to(dtype).to(tl.float32) * up).to(dtype).to(tl.float32)
@@ -50,79 +65,72 @@ def _input(a_ptr, b_ptr, k, k_ok, alpha, K: tl.constexpr, PROLOGUE: tl.constexpr
 
 
 @triton.jit
+def _rows_times(h, w_ptr, out_ptr, N, sw, first_block, step,
+                K: tl.constexpr, K_PAD: tl.constexpr, BLOCK_N: tl.constexpr):  # fmt: skip
+    """out[n] = w[n, :] . h for this program's blocks of BLOCK_N whole weight rows."""
+    k = tl.arange(0, K_PAD)
+    for block in range(first_block, tl.cdiv(N, BLOCK_N), step):
+        n = block * BLOCK_N + tl.arange(0, BLOCK_N)
+        n_ok = n < N
+        w = tl.load(w_ptr + n[:, None] * sw + k[None, :], mask=n_ok[:, None] & (k < K)[None, :])
+        out = tl.sum(w.to(tl.float32) * h[None, :], axis=1)
+        tl.store(out_ptr + n, out.to(out_ptr.dtype.element_ty), mask=n_ok)
+
+
+@triton.jit
 def _fused_linear_kernel(
     a_ptr, b_ptr, nw_ptr, sum_ptr, normed_ptr, w_ptr, w2_ptr, out_ptr,
     N, N2, sw, sw2, alpha, eps,
-    K: tl.constexpr, PROLOGUE: tl.constexpr, HAS_DELTA: tl.constexpr, KEEP_NORMED: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    K: tl.constexpr, K_PAD: tl.constexpr, PROLOGUE: tl.constexpr, HAS_DELTA: tl.constexpr,
+    KEEP_NORMED: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
-    pid = tl.program_id(0)
-    first = tl.cdiv(N, BLOCK_N)  # programs of the first weight; the rest read the second
+    # Persistent: a few programs per SM, each builds the input once (a few KB from L2) and
+    # then streams its share of whole weight rows; the loads of the next rows are in flight
+    # while the current ones are summed (num_stages).
+    pid, programs = tl.program_id(0), tl.num_programs(0)
     dtype = out_ptr.dtype.element_ty
-    if pid < first:
-        w_rows, stride, rows, col0 = w_ptr, sw, N, N * 0
-        n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
-    else:
-        w_rows, stride, rows, col0 = w2_ptr, sw2, N2, N
-        n = (pid - first) * BLOCK_N + tl.arange(0, BLOCK_N)
-    n_ok = n < rows
-    scale = 1.0
-    if PROLOGUE == NORM_ADD or PROLOGUE == GATED_NORM:  # noqa: SIM109 (Triton has no `in`)
-        squares = tl.zeros([BLOCK_K], dtype=tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            k = k0 + tl.arange(0, BLOCK_K)
-            k_ok = k < K
-            h = _input(a_ptr, b_ptr, k, k_ok, alpha, K, PROLOGUE, HAS_DELTA, dtype)
-            squares += h * h
-            if PROLOGUE == NORM_ADD and HAS_DELTA:
-                # the new residual, written once (every program computes the same values)
-                tl.store(sum_ptr + k, h.to(dtype), mask=k_ok & (pid == 0))
-        scale = tl.rsqrt(tl.sum(squares, axis=0) / K + eps)
-    acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        k = k0 + tl.arange(0, BLOCK_K)
-        k_ok = k < K
-        h = _input(a_ptr, b_ptr, k, k_ok, alpha, K, PROLOGUE, HAS_DELTA, dtype)
-        if PROLOGUE == NORM_ADD:  # weight * rms_norm(h).to(dtype), in the model dtype
-            nw = tl.load(nw_ptr + k, mask=k_ok, other=0.0).to(tl.float32)
-            h = ((h * scale).to(dtype).to(tl.float32) * nw).to(dtype).to(tl.float32)
-            if KEEP_NORMED:  # the MoE experts read the normed vector too
-                tl.store(normed_ptr + k, h.to(dtype), mask=k_ok & (pid == 0))
-        elif PROLOGUE == GATED_NORM:  # the norm stays fp32 (y's dtype) until the weight
-            nw = tl.load(nw_ptr + k, mask=k_ok, other=0.0).to(tl.float32)
-            h = (h * scale * nw).to(dtype).to(tl.float32)
-        w = tl.load(w_rows + n[:, None] * stride + k[None, :], mask=n_ok[:, None] & k_ok[None, :])
-        acc += w.to(tl.float32) * h[None, :]
-    out = tl.sum(acc, axis=1)
-    tl.store(out_ptr + col0 + n, out.to(dtype), mask=n_ok)
+    h = _input(a_ptr, b_ptr, nw_ptr, sum_ptr, normed_ptr, alpha, eps, pid == 0,
+               K, K_PAD, PROLOGUE, HAS_DELTA, KEEP_NORMED, dtype)  # fmt: skip
+    _rows_times(h, w_ptr, out_ptr, N, sw, pid, programs, K, K_PAD, BLOCK_N)
+    if N2 > 0:  # the stacked second weight: its rows land after the first's
+        _rows_times(h, w2_ptr, out_ptr + N, N2, sw2, pid, programs, K, K_PAD, BLOCK_N)
 
 
-# (BLOCK_N, BLOCK_K, num_warps, num_stages) by output rows; bench/gpu_bench.py
-# `fused_linear_kernels` times each against cuBLAS with every weight cold, as in a step.
+# (BLOCK_N, programs per SM, num_warps, num_stages); bench/gpu_bench.py `fused_linear_kernels`
+# times the block shapes against cuBLAS with every weight cold, as in a step.
+# Session 7 (H200, results-gpu_bench-h200-11-sweep.txt): 2 rows for inputs up to 2048 wide,
+# 4 up to 4096, 1 beyond (the tile stays 4-16K elements), 4 programs per SM, 8 warps.
 def config_for(rows: int, inner: int) -> tuple[int, int, int, int]:
-    block_n = 4
-    while block_n < 64 and triton.cdiv(rows, block_n * 2) >= 264:  # >= 2 programs per SM
-        block_n *= 2
-    return block_n, min(512, triton.next_power_of_2(inner)), 4, 3
+    width = triton.next_power_of_2(inner)
+    return (2 if width <= 2048 else 4 if width <= 4096 else 1), 4, 8, 3
 
 
 CONFIG_OVERRIDE: tuple[int, int, int, int] | None = None  # a benchmark's forced block shape
+_SMS: dict[int, int] = {}
+
+
+def _sms(device: torch.device) -> int:
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _SMS:
+        _SMS[index] = torch.cuda.get_device_properties(index).multi_processor_count
+    return _SMS[index]
 
 
 def _launch(prologue, a, b, norm_w, total, weight, second, alpha, eps, inner, dtype, normed=None):
     n = weight.shape[0]
     n2 = second.shape[0] if second is not None else 0
     out = torch.empty(1, n + n2, dtype=dtype, device=weight.device)
-    block_n, block_k, warps, stages = CONFIG_OVERRIDE or config_for(n + n2, inner)
-    grid = (triton.cdiv(n, block_n) + triton.cdiv(n2, block_n),)
+    block_n, per_sm, warps, stages = CONFIG_OVERRIDE or config_for(n + n2, inner)
+    blocks = triton.cdiv(n, block_n) + triton.cdiv(n2, block_n)
+    sms = _sms(weight.device) if weight.is_cuda else 4
     w2 = second if second is not None else weight
-    _fused_linear_kernel[grid](
+    _fused_linear_kernel[(min(blocks, per_sm * sms),)](
         a, b if b is not None else a, norm_w if norm_w is not None else a,
         total if total is not None else a, normed if normed is not None else a, weight, w2, out,
         n, n2, weight.stride(0), w2.stride(0), alpha, eps,
-        K=inner, PROLOGUE=prologue.value, HAS_DELTA=b is not None and prologue is NORM_ADD,
-        KEEP_NORMED=normed is not None,
-        BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages,
+        K=inner, K_PAD=triton.next_power_of_2(inner), PROLOGUE=prologue.value,
+        HAS_DELTA=b is not None and prologue is NORM_ADD, KEEP_NORMED=normed is not None,
+        BLOCK_N=block_n, num_warps=warps, num_stages=stages,
     )  # fmt: skip
     return out
 

@@ -165,18 +165,15 @@ def moe_decode(
     weights: torch.Tensor,
     w1: torch.Tensor,
     w2: torch.Tensor,
-    block_rows: int = 4,
-    block_cols: int = 256,
+    config: tuple[int, ...] | None = None,
 ) -> torch.Tensor:
     """out (T, H) = sum_k weights[:, k] * expert_k(x) for x (T, H), experts and weights
-    (T, k), w1 (E, 2I, H) (gate rows then up rows), w2 (E, H, I). `block_rows` output rows
-    per program: small, so even one token's experts spread over every SM (4 rows: 768
-    programs for h-tiny's gate/up at batch 1; fastest of 4-32 at 1 and 8 tokens on an H200,
-    bench/NOTES.md)."""
+    (T, k), w1 (E, 2I, H) (gate rows then up rows), w2 (E, H, I). `config` (see CONFIG)
+    overrides the block shapes."""
     k = experts.shape[1]
     experts = experts.reshape(-1).contiguous()
     weights = weights.reshape(-1).contiguous()
-    return _experts(x, None, experts, weights, k, w1, w2, None, block_rows, block_cols)
+    return _experts(x, None, experts, weights, k, w1, w2, None, config or CONFIG)
 
 
 def moe_decode_routed(
@@ -187,8 +184,7 @@ def moe_decode_routed(
     w1: torch.Tensor,
     w2: torch.Tensor,
     shared_out: torch.Tensor | None,
-    block_rows: int = 4,
-    block_cols: int = 256,
+    config: tuple[int, ...] | None = None,
 ) -> torch.Tensor:
     """shared_mlp(x) + moe(x) in two kernels, from one product's output
     logits_gate_up (T, E + 2S) = [router logits | shared gate | shared up] of x (T, H)
@@ -200,12 +196,18 @@ def moe_decode_routed(
     weights = torch.empty(t * k, dtype=x.dtype, device=x.device)
     shared = (logits_gate_up[:, num_experts:], shared_out) if shared_out is not None else None
     return _experts(
-        x, logits_gate_up[:, :num_experts], experts, weights, k, w1, w2, shared,
-        block_rows, block_cols,
+        x, logits_gate_up[:, :num_experts], experts, weights, k, w1, w2, shared, config or CONFIG
     )  # fmt: skip
 
 
-def _experts(x, logits, experts, weights, k, w1, w2, shared, block_rows, block_cols):
+# (gate/up rows per program, gate/up columns per load, its warps, down rows per program, down
+# columns per load, its warps). Whole rows per load keep more bytes in flight than the
+# 256-column loop of session 6 (bench/gpu_bench.py `moe_decode_kernels` times the choices
+# with cold weights).
+CONFIG = (4, 2048, 4, 4, 1024, 4)
+
+
+def _experts(x, logits, experts, weights, k, w1, w2, shared, config):
     """The two kernels: gate/up per token copy (routing first where `logits` is given),
     then down with the k experts summed in slot order (and the shared MLP added)."""
     t = x.shape[0]
@@ -215,22 +217,22 @@ def _experts(x, logits, experts, weights, k, w1, w2, shared, block_rows, block_c
     x = x if x.stride(1) == 1 else x.contiguous()
     act = torch.empty(t * k, i, dtype=x.dtype, device=x.device)
     out = torch.empty(t, h, dtype=x.dtype, device=x.device)
-    block_h = min(block_cols, triton.next_power_of_2(h))
-    block_i = min(block_cols, triton.next_power_of_2(i))
+    gate_rows, gate_cols, gate_warps, down_rows, down_cols, down_warps = config
     e = logits.shape[1] if logits is not None else 1
-    _gate_up_kernel[(t * k, triton.cdiv(i, block_rows))](
+    _gate_up_kernel[(t * k, triton.cdiv(i, gate_rows))](
         x, logits if logits is not None else x, experts, weights, w1, act,
         x.stride(0), logits.stride(0) if logits is not None else 0, w1.stride(0), w1.stride(1),
         HIDDEN=h, INNER=i, K=k, E=e, ROUTE=logits is not None,
-        BLOCK_E=triton.next_power_of_2(max(e, k)), BLOCK_I=block_rows, BLOCK_H=block_h,
+        BLOCK_E=triton.next_power_of_2(max(e, k)), BLOCK_I=gate_rows,
+        BLOCK_H=min(gate_cols, triton.next_power_of_2(h)), num_warps=gate_warps,
     )  # fmt: skip
     gate_up, shared_w = shared if shared is not None else (x, w2)
     s = shared_w.shape[1] if shared is not None else 0
     assert shared is None or (gate_up.shape[1] == 2 * s and shared_w.shape[0] == h)
-    _down_kernel[(t, triton.cdiv(h, block_rows))](
+    _down_kernel[(t, triton.cdiv(h, down_rows))](
         act, experts, weights, w2, out, w2.stride(0), w2.stride(1),
         gate_up, gate_up.stride(0), shared_w, shared_w.stride(0),
-        HIDDEN=h, INNER=i, K=k, SHARED=s, BLOCK_O=block_rows,
-        BLOCK_I=block_i if shared is None else min(block_cols, triton.next_power_of_2(max(i, s))),
+        HIDDEN=h, INNER=i, K=k, SHARED=s, BLOCK_O=down_rows,
+        BLOCK_I=min(down_cols, triton.next_power_of_2(max(i, s))), num_warps=down_warps,
     )  # fmt: skip
     return out
