@@ -98,11 +98,14 @@ def _fused_linear_kernel(
 
 # (BLOCK_N, programs per SM, num_warps, num_stages); bench/gpu_bench.py `fused_linear_kernels`
 # times the block shapes against cuBLAS with every weight cold, as in a step.
-# Session 7 (H200, results-gpu_bench-h200-11-sweep.txt): 2 rows for inputs up to 2048 wide,
-# 4 up to 4096, 1 beyond (the tile stays 4-16K elements), 4 programs per SM, 8 warps.
+# Session 7 (H200, results-gpu_bench-h200-11/12-sweep.txt, cold weights): inputs up to 2048
+# wide take 2 rows a load and 8 programs per SM, up to 4096 4 rows, wider 1 row (the tile
+# stays 4-16K elements) with 4 programs per SM; 8 warps throughout.
 def config_for(rows: int, inner: int) -> tuple[int, int, int, int]:
     width = triton.next_power_of_2(inner)
-    return (2 if width <= 2048 else 4 if width <= 4096 else 1), 4, 8, 3
+    if width <= 2048:
+        return 2, 8, 8, 3
+    return (4 if width <= 4096 else 1), 4, 8, 3
 
 
 CONFIG_OVERRIDE: tuple[int, int, int, int] | None = None  # a benchmark's forced block shape

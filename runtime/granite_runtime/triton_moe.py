@@ -202,9 +202,10 @@ def moe_decode_routed(
 
 # (gate/up rows per program, gate/up columns per load, its warps, down rows per program, down
 # columns per load, its warps). Whole rows per load keep more bytes in flight than the
-# 256-column loop of session 6 (bench/gpu_bench.py `moe_decode_kernels` times the choices
-# with cold weights).
-CONFIG = (4, 2048, 4, 4, 1024, 4)
+# 256-column loop of session 6; 2 down rows a program was the best of the one-at-a-time
+# sweep at h-tiny's shapes (19.2 us for the routed layer with cold weights, against 21.7 at
+# 4 rows; results-gpu_bench-h200-12-sweep.txt).
+CONFIG = (4, 2048, 4, 2, 1024, 4)
 
 
 def _experts(x, logits, experts, weights, k, w1, w2, shared, config):
