@@ -487,12 +487,6 @@ class Mamba2(nn.Module):
             out = F.conv1d(full, self.conv1d.weight, self.conv1d.bias, groups=self.conv_dim)
         return F.silu(out).transpose(1, 2)  # (B, L, C)
 
-    def conv_args(self, batch: Batch, cache: HybridCache) -> tuple:
-        """(pool, weight, bias, slots, first channel) for triton_fused_linear.norm_linear's
-        conv: one decode step's conv folded into in_proj's kernel."""
-        pool = cache.conv[cache.mamba_index[self.layer]]
-        return pool, self._constants()[3], self.conv1d.bias, batch.slots, self.inner
-
     def _cpu_step(self, x: torch.Tensor, batch: Batch, cache: HybridCache) -> torch.Tensor | None:
         """The whole decode step but the two projections in one C call (cpu_decode.c), or
         None where it does not apply (not fp32 on the CPU, a prefill, no compiler)."""
@@ -522,16 +516,12 @@ class Mamba2(nn.Module):
             return out
         return self.from_projection(self.in_proj(x), batch, cache)
 
-    def from_projection(
-        self, proj: torch.Tensor, batch: Batch, cache: HybridCache, conv_done: bool = False
-    ) -> torch.Tensor:
+    def from_projection(self, proj: torch.Tensor, batch: Batch, cache: HybridCache):
         """The mixer after in_proj (proj: (B, L, in_proj's width)), so a caller that fused
-        the norm into in_proj (model.DecoderLayer) continues from here; `conv_done` where
-        that product also ran the conv on its xBC channels (`conv_args`)."""
+        the norm into in_proj (model.DecoderLayer) continues from here."""
         b, length, _ = proj.shape
         z, xbc, dt = proj.split([self.inner, self.conv_dim, self.heads], dim=-1)
-        if not conv_done:
-            xbc = self._conv(xbc, batch, cache)
+        xbc = self._conv(xbc, batch, cache)
         xs, Bm, Cm = xbc.split(
             [self.inner, self.groups * self.state, self.groups * self.state], dim=-1
         )

@@ -34,14 +34,11 @@ class DecoderLayer(nn.Module):
         mixer = self.mamba if self.is_mamba else self.self_attn
         r = self.residual_multiplier
         norm = self.input_layernorm
-        if self.is_mamba and layers.one_row_fused(x, mixer.in_proj):  # norm, in_proj, conv
+        if self.is_mamba and layers.one_row_fused(x, mixer.in_proj):  # the norm in in_proj
             x, proj = layers.fused_linear().norm_linear(
-                x, delta, r, norm.weight, norm.eps, mixer.in_proj.weight,
-                conv=mixer.conv_args(batch, cache),
-            )  # fmt: skip
-            mixed = mixer.from_projection(
-                proj.view(*x.shape[:-1], -1), batch, cache, conv_done=True
+                x, delta, r, norm.weight, norm.eps, mixer.in_proj.weight
             )
+            mixed = mixer.from_projection(proj.view(*x.shape[:-1], -1), batch, cache)
         else:
             if delta is None:
                 h = norm(x)

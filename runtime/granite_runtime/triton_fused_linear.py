@@ -65,57 +65,24 @@ def _input(a_ptr, b_ptr, nw_ptr, sum_ptr, normed_ptr, alpha, eps, first_program,
 
 
 @triton.jit
-def _conv_epilogue(out, n, n_ok, pool_ptr, cw_ptr, cb_ptr, slots_ptr, s_slot, s_chan,
-                   conv_start, conv_c, CONV_K: tl.constexpr, HAS_CBIAS: tl.constexpr):  # fmt: skip
-    """Mamba's causal conv + SiLU on the product's conv channels (one token), continuing
-    the window in the conv pool, shifted in place: triton_ops.conv_update, step for step.
-    Each channel belongs to one program, so no other program reads its window."""
-    dtype = out.dtype
-    c = n - conv_start
-    in_conv = n_ok & (c >= 0) & (c < conv_c)
-    raw = out.to(tl.float32)  # in_proj's output in the model dtype: the conv's input
-    base = pool_ptr + tl.load(slots_ptr) * s_slot + c * s_chan
-    acc = tl.load(cw_ptr + c * CONV_K + (CONV_K - 1), mask=in_conv, other=0.0).to(tl.float32)
-    acc = acc * raw
-    for k in tl.static_range(CONV_K - 1):  # the CONV_K-1 past inputs, oldest first
-        past = tl.load(base + k, mask=in_conv, other=0.0)
-        w = tl.load(cw_ptr + c * CONV_K + k, mask=in_conv, other=0.0).to(tl.float32)
-        acc += w * past.to(tl.float32)
-        if k > 0:  # column k-1 was read already
-            tl.store(base + (k - 1), past, mask=in_conv)
-    tl.store(base + (CONV_K - 2), out.to(pool_ptr.dtype.element_ty), mask=in_conv)
-    if HAS_CBIAS:
-        acc += tl.load(cb_ptr + c, mask=in_conv, other=0.0).to(tl.float32)
-    return tl.where(in_conv, (acc * tl.sigmoid(acc)).to(dtype), out)
-
-
-@triton.jit
 def _rows_times(h, w_ptr, out_ptr, N, sw, first_block, step,
-                pool_ptr, cw_ptr, cb_ptr, slots_ptr, s_slot, s_chan, conv_start, conv_c,
-                K: tl.constexpr, K_PAD: tl.constexpr, BLOCK_N: tl.constexpr,
-                CONV_K: tl.constexpr, HAS_CBIAS: tl.constexpr):  # fmt: skip
-    """out[n] = w[n, :] . h for this program's blocks of BLOCK_N whole weight rows (then
-    the conv on the conv channels where CONV_K > 0)."""
+                K: tl.constexpr, K_PAD: tl.constexpr, BLOCK_N: tl.constexpr):  # fmt: skip
+    """out[n] = w[n, :] . h for this program's blocks of BLOCK_N whole weight rows."""
     k = tl.arange(0, K_PAD)
     for block in range(first_block, tl.cdiv(N, BLOCK_N), step):
         n = block * BLOCK_N + tl.arange(0, BLOCK_N)
         n_ok = n < N
         w = tl.load(w_ptr + n[:, None] * sw + k[None, :], mask=n_ok[:, None] & (k < K)[None, :])
-        out = tl.sum(w.to(tl.float32) * h[None, :], axis=1).to(out_ptr.dtype.element_ty)
-        if CONV_K > 0:
-            out = _conv_epilogue(out, n, n_ok, pool_ptr, cw_ptr, cb_ptr, slots_ptr, s_slot,
-                                 s_chan, conv_start, conv_c, CONV_K, HAS_CBIAS)  # fmt: skip
-        tl.store(out_ptr + n, out, mask=n_ok)
+        out = tl.sum(w.to(tl.float32) * h[None, :], axis=1)
+        tl.store(out_ptr + n, out.to(out_ptr.dtype.element_ty), mask=n_ok)
 
 
 @triton.jit
 def _fused_linear_kernel(
     a_ptr, b_ptr, nw_ptr, sum_ptr, normed_ptr, w_ptr, w2_ptr, out_ptr,
     N, N2, sw, sw2, alpha, eps,
-    pool_ptr, cw_ptr, cb_ptr, slots_ptr, s_slot, s_chan, conv_start, conv_c,
     K: tl.constexpr, K_PAD: tl.constexpr, PROLOGUE: tl.constexpr, HAS_DELTA: tl.constexpr,
-    KEEP_NORMED: tl.constexpr, BLOCK_N: tl.constexpr, CONV_K: tl.constexpr,
-    HAS_CBIAS: tl.constexpr,
+    KEEP_NORMED: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     # Persistent: a few programs per SM, each builds the input once (a few KB from L2) and
     # then streams its share of whole weight rows; the loads of the next rows are in flight
@@ -124,13 +91,9 @@ def _fused_linear_kernel(
     dtype = out_ptr.dtype.element_ty
     h = _input(a_ptr, b_ptr, nw_ptr, sum_ptr, normed_ptr, alpha, eps, pid == 0,
                K, K_PAD, PROLOGUE, HAS_DELTA, KEEP_NORMED, dtype)  # fmt: skip
-    _rows_times(h, w_ptr, out_ptr, N, sw, pid, programs,
-                pool_ptr, cw_ptr, cb_ptr, slots_ptr, s_slot, s_chan, conv_start, conv_c,
-                K, K_PAD, BLOCK_N, CONV_K, HAS_CBIAS)  # fmt: skip
-    if N2 > 0:  # the stacked second weight: its rows land after the first's (no conv)
-        _rows_times(h, w2_ptr, out_ptr + N, N2, sw2, pid, programs,
-                    pool_ptr, cw_ptr, cb_ptr, slots_ptr, s_slot, s_chan, conv_start, conv_c,
-                    K, K_PAD, BLOCK_N, 0, False)  # fmt: skip
+    _rows_times(h, w_ptr, out_ptr, N, sw, pid, programs, K, K_PAD, BLOCK_N)
+    if N2 > 0:  # the stacked second weight: its rows land after the first's
+        _rows_times(h, w2_ptr, out_ptr + N, N2, sw2, pid, programs, K, K_PAD, BLOCK_N)
 
 
 # (BLOCK_N, programs per SM, num_warps, num_stages); bench/gpu_bench.py `fused_linear_kernels`
@@ -156,10 +119,7 @@ def _sms(device: torch.device) -> int:
     return _SMS[index]
 
 
-def _launch(
-    prologue, a, b, norm_w, total, weight, second, alpha, eps, inner, dtype, normed=None,
-    conv=None,
-):  # fmt: skip
+def _launch(prologue, a, b, norm_w, total, weight, second, alpha, eps, inner, dtype, normed=None):
     n = weight.shape[0]
     n2 = second.shape[0] if second is not None else 0
     out = torch.empty(1, n + n2, dtype=dtype, device=weight.device)
@@ -167,21 +127,13 @@ def _launch(
     blocks = triton.cdiv(n, block_n) + triton.cdiv(n2, block_n)
     sms = _sms(weight.device) if weight.is_cuda else 4
     w2 = second if second is not None else weight
-    if conv is not None:
-        pool, conv_w, conv_b, slots, start = conv
-        assert pool.stride(-1) == 1 and conv_w.is_contiguous() and slots.numel() == 1
-        conv_args = (pool, conv_w, conv_b if conv_b is not None else conv_w, slots,
-                     pool.stride(0), pool.stride(1), start, pool.shape[1])  # fmt: skip
-        conv_k, conv_bias = conv_w.shape[1], conv_b is not None
-    else:
-        conv_args, conv_k, conv_bias = (a, a, a, a, 0, 0, 0, 0), 0, False
     _fused_linear_kernel[(min(blocks, per_sm * sms),)](
         a, b if b is not None else a, norm_w if norm_w is not None else a,
         total if total is not None else a, normed if normed is not None else a, weight, w2, out,
-        n, n2, weight.stride(0), w2.stride(0), alpha, eps, *conv_args,
+        n, n2, weight.stride(0), w2.stride(0), alpha, eps,
         K=inner, K_PAD=triton.next_power_of_2(inner), PROLOGUE=prologue.value,
         HAS_DELTA=b is not None and prologue is NORM_ADD, KEEP_NORMED=normed is not None,
-        BLOCK_N=block_n, CONV_K=conv_k, HAS_CBIAS=conv_bias, num_warps=warps, num_stages=stages,
+        BLOCK_N=block_n, num_warps=warps, num_stages=stages,
     )  # fmt: skip
     return out
 
@@ -201,22 +153,18 @@ def _row(t: torch.Tensor) -> torch.Tensor:
 
 
 def norm_linear(
-    x, delta, alpha: float, norm_weight, eps: float, weight, second=None, keep_normed=False,
-    conv=None,
-):  # fmt: skip
+    x, delta, alpha: float, norm_weight, eps: float, weight, second=None, keep_normed=False
+):
     """(x + alpha * delta, [weight | second] @ h) for one row, h = norm_weight *
     rms_norm(x + alpha * delta); delta None means no add (the first layer) and then x itself
-    comes back. With keep_normed, h (one row) is returned third. With conv = (conv pool
-    (S, C, K-1), conv weight (C, K), bias or None, slots (1,), first channel), output
-    channels first..first+C-1 come out through Mamba's causal conv + SiLU, the window
-    continued and shifted in the pool (the conv_update kernel folded in)."""
+    comes back. With keep_normed, h (one row) is returned third."""
     x1 = _row(x)
     total = torch.empty_like(x1) if delta is not None else None
     normed = torch.empty_like(x1) if keep_normed else None
     d1 = _row(delta) if delta is not None else None
     out = _launch(
         NORM_ADD, x1, d1, norm_weight, total, weight, second, alpha, eps, x1.numel(), x.dtype,
-        normed, conv,
+        normed,
     )  # fmt: skip
     lead = x.shape[:-1]
     result = (total.view(x.shape) if total is not None else x), out.view(*lead, -1)
