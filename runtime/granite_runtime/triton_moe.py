@@ -6,13 +6,17 @@ read, written and read again, and a decode step is nothing but weight reads. Her
 index is read inside the kernel and its rows are loaded straight from the (E, rows, cols)
 stack, once per token copy.
 
-`route` picks each token's experts (router product, top-k, softmax) in one kernel. Then two
-kernels per MoE layer (the model's widths are compile-time constants):
+Two kernels per MoE layer (the model's widths are compile-time constants):
 - `_gate_up_kernel`: act[j] = silu(W1[e_j, :I] @ x) * (W1[e_j, I:] @ x) for each token copy
-  j = token * k + slot; one program per (copy, block of I rows), gate and up rows together;
+  j = token * k + slot; one program per (copy, block of I rows), gate and up rows together.
+  Given the router's logits instead of the experts, it first picks them itself (top-k and
+  softmax over E values; `moe_decode_routed`, batch 1), so routing costs no launch;
 - `_down_kernel`: out[t] = sum over slot of w[t, slot] * (W2[e] @ act[t * k + slot]); one
   program per (token, block of output rows), the k experts summed in slot order (no
-  atomics, so the result does not depend on scheduling).
+  atomics, so the result does not depend on scheduling); in `moe_decode_routed` it also
+  adds the shared MLP (SiLU * up of its gate/up, then its output product).
+Batches of more rows pick their experts first with `route` (cuBLAS router product + one
+top-k kernel) and run `moe_decode`.
 
 Rounding follows the PyTorch path (bmm outputs, SiLU, products and the weighted sum each
 rounded to the model dtype where PyTorch rounds them), products accumulate in fp32.
