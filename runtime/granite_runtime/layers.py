@@ -150,8 +150,8 @@ class MoE(nn.Module):
         shape = x.shape
         flat = x.reshape(-1, shape[-1])
         decode = flat.shape[0] * self.top_k <= 64
-        # batch 1 never comes here on CUDA: model.DecoderLayer._one_row_mlp runs the router,
-        # the shared MLP and the experts in 3 kernels (triton_fused_linear, triton_moe)
+        # one token on one GPU usually takes model.DecoderLayer._one_row_mlp instead: the
+        # router, the shared MLP and the experts in 3 kernels (triton_fused_linear)
         if decode and moe_in_place(flat, self.input_linear):  # 4 kernels (triton_moe)
             experts, weights = moe_kernels().route(flat, self.router.layer.weight, self.top_k)
             out = moe_kernels().moe_decode(
