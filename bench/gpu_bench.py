@@ -20,7 +20,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import triton
 
 from granite_runtime import layers, memory, ssd
 from granite_runtime.cache import Batch, HybridCache
@@ -444,6 +443,8 @@ def fused_linear_kernels(config, copies: int = 24, sweep: bool = False) -> dict:
     distinct weights per shape in one CUDA graph so every weight is read cold; GB/s of
     weight bytes. With `sweep`, every block shape in FUSED_SWEEP too (what config_for picks
     from)."""
+    import triton
+
     from granite_runtime import triton_fused
     from granite_runtime import triton_fused_linear as fl
 
