@@ -410,6 +410,7 @@ def one_row_fused(x: torch.Tensor, *linears: nn.Module) -> bool:
     norms need sums across ranks)."""
     return (
         FUSED_LINEAR
+        and x.numel() == x.shape[-1]  # first: prefill chunks leave at once
         and _use_fused(x)
         and tp.world_size() == 1
         # fp8.Fp8Linear holds `weight_fp8` and keeps its own matrix-vector kernel
@@ -576,7 +577,7 @@ class Mamba2(nn.Module):
         unscaled part and one all-reduce carries both the partial outputs and the sums of
         squares: one collective where the plain order needs two."""
         n = self.norm
-        if n.groups == 1 and self.out_proj.bias is None and one_row_fused(z, self.out_proj):
+        if n.groups == 1 and one_row_fused(z, self.out_proj):
             return fused_linear().gated_norm_linear(y, z, n.weight, n.eps, self.out_proj.weight)
         if not self.reduces_output and not self.norm.across_ranks and _use_fused(z):
             return self.out_proj(_fused().gated_rms_norm(y, z, n.weight, n.eps, n.groups))
