@@ -510,10 +510,11 @@ def _separate(prologue, a, b, norm_w, eps, w):
 def test_fused_linear_builds_its_input_like_the_separate_kernels(
     rows, inner, dtype, poisoned_outputs
 ):
-    """triton_fused_linear's three prologues (add + RMSNorm, gated RMSNorm, SiLU * up), each
-    with every block shape of config_for's range forced, against the PyTorch path of
-    layers.py: products within dtype rounding, the new residual bit-equal, the stacked
-    second weight's rows after the first's, the kept normed vector equal to PyTorch's."""
+    """triton_fused_linear's three prologues (add + RMSNorm, gated RMSNorm, SiLU * up), at
+    config_for's block shape and two forced ones (1 row a load and 1 program per SM; 2 rows
+    and 8 per SM), against the PyTorch path of layers.py: products within dtype rounding,
+    the new residual bit-equal, the stacked second weight's rows after the first's, the kept
+    normed vector equal to PyTorch's."""
     import torch.nn.functional as F
 
     from granite_runtime import triton_fused_linear as fl
