@@ -138,6 +138,18 @@ def prefill(model, length: int, weights: int, profile: bool = False) -> dict:
     }
 
 
+def _captured_with(model, cache, batch: int, module, attr: str, value) -> GraphedDecoder:
+    """A decode graph for `batch` rows captured while module.attr is `value`."""
+    before = getattr(module, attr)
+    setattr(module, attr, value)
+    try:
+        graphed = GraphedDecoder(model, cache, batch)
+        graphed.capture([batch])
+    finally:
+        setattr(module, attr, before)
+    return graphed
+
+
 @torch.inference_mode()
 def gkit(
     path: Path,
@@ -149,6 +161,8 @@ def gkit(
     profile_prefill: int = 0,
     profile_graph: int = 0,
 ) -> dict:
+    from granite_runtime import triton_pdl
+
     model = load_model(path, "bfloat16", "cuda")
     c = model.config
     out = {}
@@ -170,13 +184,13 @@ def gkit(
             512 * memory.kv_bytes_per_token(c) + 2 * memory.state_bytes_per_sequence(c)
         )
         variants = [("eager", lambda batch=batch, cache=cache, t=tokens: model(t, batch, cache))]
-        if graphed.supports(b) and b == 1:  # the one-row fusions (triton_fused_linear) off
-            layers.FUSED_LINEAR = False
-            unfused = GraphedDecoder(model, cache, b)
-            unfused.capture([b])
-            layers.FUSED_LINEAR = True
+        switches = [("no_pdl", triton_pdl, "ENABLED", False)]  # kernels launched in turn
+        if b == 1:  # the one-row fusions (triton_fused_linear) off
+            switches.append(("unfused", layers, "FUSED_LINEAR", False))
+        for name, module, attr, value in switches if graphed.supports(b) else []:
+            other = _captured_with(model, cache, b, module, attr, value)
             variants.append(
-                ("graph_unfused", lambda g=unfused, t=tokens, s=slots, p=starts: g(t, s, p))
+                (f"graph_{name}", lambda g=other, t=tokens, s=slots, p=starts: g(t, s, p))
             )
         if graphed.supports(b):  # MoE models graph only batches whose experts fit (graphs.py)
             variants += [
@@ -362,7 +376,7 @@ def moe_decode_kernels(config, copies: int = 12, sweep: bool = False) -> dict:
     (top-k inside gate/up, the shared MLP inside down), at 8 tokens moe_decode after route.
     GB/s counts the chosen experts' (and shared MLP's) weight bytes once. With `sweep`, each
     kernel's block shape varied one at a time from triton_moe.CONFIG."""
-    from granite_runtime import triton_moe
+    from granite_runtime import triton_moe, triton_pdl
 
     c, out, dt = config, {}, torch.bfloat16
     if not c.num_experts:
@@ -385,9 +399,9 @@ def moe_decode_kernels(config, copies: int = 12, sweep: bool = False) -> dict:
     base = triton_moe.CONFIG
     configs = [base]
     if sweep:
-        for g in ((2, 2048, 4), (8, 2048, 4), (4, 2048, 8), (4, 256, 4), (8, 2048, 8)):
+        for g in ((2, 2048, 4), (8, 2048, 4), (4, 2048, 8), (4, 512, 4), (8, 2048, 8)):
             configs.append((*g, *base[3:]))
-        for d in ((2, 1024, 4), (8, 1024, 4), (4, 1024, 8), (4, 256, 4), (8, 1024, 8)):
+        for d in ((1, 4), (1, 2), (2, 8), (4, 4), (4, 8)):
             configs.append((*base[:3], *d))
     for cfg in configs:
         us = _cold_graph_us([
@@ -395,6 +409,12 @@ def moe_decode_kernels(config, copies: int = 12, sweep: bool = False) -> dict:
             for w in stacks
         ])  # fmt: skip
         out[f"moe_t1_routed_{cfg}"] = {"us": us, "gb_s": read1 / us / 1e3}
+    triton_pdl.ENABLED = False  # each layer's kernels launched only after the one before
+    us = _cold_graph_us([
+        partial(triton_moe.moe_decode_routed, x1, logits_gate_up, e, k, *w, base) for w in stacks
+    ])  # fmt: skip
+    triton_pdl.ENABLED = True
+    out[f"moe_t1_routed_{base}_no_pdl"] = {"us": us, "gb_s": read1 / us / 1e3}
     us = _cold_graph_us([
         partial(triton_moe.moe_decode, x8, experts8, weights8, w[0], w[1]) for w in stacks
     ])  # fmt: skip
@@ -445,7 +465,7 @@ def fused_linear_kernels(config, copies: int = 24, sweep: bool = False) -> dict:
     from)."""
     import triton
 
-    from granite_runtime import triton_fused
+    from granite_runtime import triton_fused, triton_pdl
     from granite_runtime import triton_fused_linear as fl
 
     c, out, dt, eps = config, {}, torch.bfloat16, 1e-5
@@ -471,6 +491,9 @@ def fused_linear_kernels(config, copies: int = 24, sweep: bool = False) -> dict:
         fl.CONFIG_OVERRIDE = None
         row["fused_us"] = _cold_graph_us([partial(fused, w) for w in weights])
         row["config"] = str(fl.config_for(n, k))
+        triton_pdl.ENABLED = False  # each launched after the one before has ended
+        row["fused_no_pdl_us"] = _cold_graph_us([partial(fused, w) for w in weights])
+        triton_pdl.ENABLED = True
         if sweep:
             for cfg in [c for c in FUSED_SWEEP if c[0] * triton.next_power_of_2(k) <= 16384]:
                 fl.CONFIG_OVERRIDE = cfg
@@ -524,8 +547,8 @@ def kernel_timings(config, which: str, peer: bool) -> dict:
     chosen, out = set(which.split(",")), {}
     if "state" in chosen:
         out.update(state_update_kernels(config, peer=peer))
-    if "moe" in chosen or "sweep" in chosen:
-        out.update(moe_decode_kernels(config, sweep="sweep" in chosen))
+    if chosen & {"moe", "sweep", "moe-sweep"}:
+        out.update(moe_decode_kernels(config, sweep=bool(chosen & {"sweep", "moe-sweep"})))
     if "gemv" in chosen:
         out.update(gemv_kernels(config))
     if "fused" in chosen or "sweep" in chosen:
@@ -547,8 +570,9 @@ def main() -> None:
     ap.add_argument(
         "--kernels",
         default="state,moe,fused",
-        help="per-kernel timings to run: any of state, moe, gemv, fused, sweep (fused with "
-        "every block shape); empty for none",
+        help="per-kernel timings to run: any of state, moe, moe-sweep (moe with other block "
+        "shapes), gemv, fused, sweep (moe-sweep and fused with every block shape); empty for "
+        "none",
     )
     ap.add_argument("--profile-prefill", type=int, default=0, help="profile this prompt length")
     ap.add_argument("--no-transformers", action="store_true", help="skip the peer's decode")
@@ -615,7 +639,8 @@ def main() -> None:
                 print(
                     f"  {key}: norm/gate kernel + cuBLAS {v['separate_us']:.1f} us "
                     f"({v['separate_gb_s']:,.0f} GB/s), fused {v['fused_us']:.1f} us "
-                    f"({v['fused_gb_s']:,.0f} GB/s) at {v['config']}{sweep}"
+                    f"({v['fused_gb_s']:,.0f} GB/s) at {v['config']}{sweep}; without "
+                    f"PDL {v['fused_no_pdl_us']:.1f} us"
                 )
             if key.startswith("moe_t"):
                 print(f"  {key}: {v['us']:.1f} us, {v['gb_s']:,.0f} GB/s of expert weights")

@@ -21,7 +21,9 @@ import torch
 import triton
 import triton.language as tl
 
+from granite_runtime import triton_pdl
 from granite_runtime.triton_autotune import autotune
+from granite_runtime.triton_pdl import wait_for_previous
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:
@@ -35,8 +37,10 @@ def _warps(block: int) -> int:
 
 @triton.jit
 def _add_rms_norm_kernel(
-    x_ptr, d_ptr, w_ptr, sum_ptr, out_ptr, D, sx, sd, alpha, eps, BLOCK: tl.constexpr
+    x_ptr, d_ptr, w_ptr, sum_ptr, out_ptr, D, sx, sd, alpha, eps, BLOCK: tl.constexpr,
+    PDL: tl.constexpr,
 ):  # fmt: skip
+    wait_for_previous(PDL)
     row = tl.program_id(0)
     k = tl.arange(0, BLOCK)
     ok = k < D
@@ -61,15 +65,16 @@ def add_rms_norm(x, delta, alpha: float, weight, eps: float) -> tuple[torch.Tens
     block = triton.next_power_of_2(size)
     _add_rms_norm_kernel[(rows,)](
         x2, d2, weight, total, out, size, x2.stride(0), d2.stride(0), alpha, eps,
-        BLOCK=block, num_warps=_warps(block),
+        BLOCK=block, num_warps=_warps(block), **triton_pdl.options(x),
     )  # fmt: skip
     return total, out
 
 
 @triton.jit
 def _gated_rms_norm_kernel(
-    y_ptr, z_ptr, w_ptr, out_ptr, D, sy, sz, eps, BLOCK: tl.constexpr
+    y_ptr, z_ptr, w_ptr, out_ptr, D, sy, sz, eps, BLOCK: tl.constexpr, PDL: tl.constexpr
 ):  # fmt: skip
+    wait_for_previous(PDL)
     row, group = tl.program_id(0), tl.program_id(1)
     k = tl.arange(0, BLOCK)
     ok = k < D
@@ -96,13 +101,14 @@ def gated_rms_norm(y, z, weight, eps: float, groups: int) -> torch.Tensor:
     block = triton.next_power_of_2(size)
     _gated_rms_norm_kernel[(rows, groups)](
         y2, z2, weight, out, size, y2.stride(0), z2.stride(0), eps,
-        BLOCK=block, num_warps=_warps(block),
+        BLOCK=block, num_warps=_warps(block), **triton_pdl.options(z),
     )  # fmt: skip
     return out
 
 
 @triton.jit
-def _silu_mul_kernel(gu_ptr, out_ptr, inner, s_row, BLOCK: tl.constexpr):
+def _silu_mul_kernel(gu_ptr, out_ptr, inner, s_row, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    wait_for_previous(PDL)
     row = tl.program_id(0)
     k = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     ok = k < inner
@@ -119,7 +125,7 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
     out = torch.empty(*gate_up.shape[:-1], inner, dtype=gate_up.dtype, device=gate_up.device)
     block = min(2048, triton.next_power_of_2(inner))
     _silu_mul_kernel[(rows, triton.cdiv(inner, block))](
-        g2, out, inner, g2.stride(0), BLOCK=block, num_warps=4
+        g2, out, inner, g2.stride(0), BLOCK=block, num_warps=4, **triton_pdl.options(g2)
     )
     return out
 

@@ -27,6 +27,9 @@ import torch
 import triton
 import triton.language as tl
 
+from granite_runtime import triton_pdl
+from granite_runtime.triton_pdl import wait_for_previous
+
 # the input each kernel builds (globals a jit function reads must be tl.constexpr)
 NORM_ADD, GATED_NORM, SILU_MUL = (tl.constexpr(v) for v in range(1, 4))
 
@@ -82,12 +85,15 @@ def _fused_linear_kernel(
     a_ptr, b_ptr, nw_ptr, sum_ptr, normed_ptr, w_ptr, w2_ptr, out_ptr,
     N, N2, sw, sw2, alpha, eps,
     K: tl.constexpr, K_PAD: tl.constexpr, PROLOGUE: tl.constexpr, HAS_DELTA: tl.constexpr,
-    KEEP_NORMED: tl.constexpr, BLOCK_N: tl.constexpr,
+    KEEP_NORMED: tl.constexpr, BLOCK_N: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
     # Persistent: a few programs per SM, each builds the input once (a few KB from L2) and
     # then streams its share of whole weight rows; the loads of the next rows are in flight
-    # while the current ones are summed (num_stages).
+    # while the current ones are summed (num_stages). Launched early (triton_pdl), programs
+    # wait for the kernel before them at the start. Loading the first block of rows before
+    # that wait measured slower (h-tiny 577 -> 526 tok/s; bench/NOTES.md, session 8).
     pid, programs = tl.program_id(0), tl.num_programs(0)
+    wait_for_previous(PDL)
     dtype = out_ptr.dtype.element_ty
     h = _input(a_ptr, b_ptr, nw_ptr, sum_ptr, normed_ptr, alpha, eps, pid == 0,
                K, K_PAD, PROLOGUE, HAS_DELTA, KEEP_NORMED, dtype)  # fmt: skip
@@ -134,6 +140,7 @@ def _launch(prologue, a, b, norm_w, total, weight, second, alpha, eps, inner, dt
         K=inner, K_PAD=triton.next_power_of_2(inner), PROLOGUE=prologue.value,
         HAS_DELTA=b is not None and prologue is NORM_ADD, KEEP_NORMED=normed is not None,
         BLOCK_N=block_n, num_warps=warps, num_stages=stages,
+        **triton_pdl.options(weight),
     )  # fmt: skip
     return out
 

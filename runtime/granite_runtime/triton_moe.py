@@ -12,9 +12,10 @@ Two kernels per MoE layer (the model's widths are compile-time constants):
   Given the router's logits instead of the experts, it first picks them itself (top-k and
   softmax over E values; `moe_decode_routed`, batch 1), so routing costs no launch;
 - `_down_kernel`: out[t] = sum over slot of w[t, slot] * (W2[e] @ act[t * k + slot]); one
-  program per (token, block of output rows), the k experts summed in slot order (no
-  atomics, so the result does not depend on scheduling); in `moe_decode_routed` it also
-  adds the shared MLP (SiLU * up of its gate/up, then its output product).
+  program per (token, block of output rows) loads all k experts' rows at once and sums
+  them in a fixed order (no atomics, so the result does not depend on scheduling); in
+  `moe_decode_routed` it also adds the shared MLP (SiLU * up of its gate/up, then its
+  output product), whose rows it asks for before the kernel before it ends (triton_pdl).
 Batches of more rows pick their experts first with `route` (cuBLAS router product + one
 top-k kernel) and run `moe_decode`.
 
@@ -28,23 +29,30 @@ import torch
 import triton
 import triton.language as tl
 
+from granite_runtime import triton_pdl
+from granite_runtime.triton_pdl import wait_for_previous
+
 
 @triton.jit
-def _top_k(logits, K: tl.constexpr, BLOCK_E: tl.constexpr):
-    """([BLOCK_E] experts, [BLOCK_E] softmax weights) whose first K entries are each slot's
-    choice: k rounds of argmax (ties to the lower expert index), then the softmax over the
-    k chosen logits, as PyTorch's topk + softmax on the router's (rounded) logits."""
+def _ranks(logits, BLOCK_E: tl.constexpr):
+    """Each expert's rank among the router's logits: how many experts beat it (a larger
+    logit, or the same and a lower index, as PyTorch's topk orders ties). One comparison of
+    every pair and one reduction, where k rounds of argmax took 2k reductions, each a round
+    trip through shared memory that held up the weight loads after it."""
     e = tl.arange(0, BLOCK_E)
-    top = tl.full([BLOCK_E], float("-inf"), dtype=tl.float32)
-    chosen_at = tl.zeros([BLOCK_E], dtype=tl.int32)
-    for slot in tl.static_range(K):
-        best = tl.max(logits, axis=0)
-        chosen = tl.min(tl.where(logits == best, e, BLOCK_E), axis=0)
-        chosen_at = tl.where(e == slot, chosen, chosen_at)
-        top = tl.where(e == slot, best, top)
-        logits = tl.where(e == chosen, float("-inf"), logits)
-    p = tl.exp(top - tl.max(top, axis=0))  # the first slot holds the largest
-    return chosen_at, p / tl.sum(p, axis=0)
+    mine, theirs = logits[:, None], logits[None, :]
+    beats = (theirs > mine) | ((theirs == mine) & (e[None, :] < e[:, None]))
+    return tl.sum(beats.to(tl.int32), axis=1)
+
+
+@triton.jit
+def _slot_choice(logits, rank, slot, K: tl.constexpr, BLOCK_E: tl.constexpr):
+    """(expert, weight) of one slot: the expert ranked `slot`, and its share of the softmax
+    over the k chosen logits."""
+    here = rank == slot
+    expert = tl.sum(tl.where(here, tl.arange(0, BLOCK_E), 0), axis=0)
+    p = tl.where(rank < K, tl.exp(logits - tl.max(logits, axis=0)), 0.0)
+    return expert, tl.sum(tl.where(here, p, 0.0), axis=0) / tl.sum(p, axis=0)
 
 
 @triton.jit
@@ -59,18 +67,19 @@ def _gate_up_kernel(
     x_ptr, logits_ptr, experts_ptr, weights_ptr, w_ptr, act_ptr, sx, sl, sw_e, sw_r,
     HIDDEN: tl.constexpr, INNER: tl.constexpr, K: tl.constexpr, E: tl.constexpr,
     ROUTE: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_H: tl.constexpr,
+    PDL: tl.constexpr,
 ):  # fmt: skip
     j = tl.program_id(0)
     i = tl.program_id(1) * BLOCK_I + tl.arange(0, BLOCK_I)
     i_ok = i < INNER
+    wait_for_previous(PDL)  # which rows to read depends on the router: nothing to load first
     if ROUTE:  # top-k of the token's router logits here (E values), no kernel of its own
-        slots = tl.arange(0, BLOCK_E)
-        chosen, p = _top_k(_load_logits(logits_ptr, j // K, sl, E, BLOCK_E), K, BLOCK_E)
-        mine = slots == j % K
-        e = tl.sum(tl.where(mine, chosen, 0), axis=0).to(tl.int64)
-        first = tl.program_id(1) == 0  # one program per copy records the choice for _down
-        tl.store(experts_ptr + j + slots * 0, e, mask=mine & first)
-        tl.store(weights_ptr + j + slots * 0, p.to(weights_ptr.dtype.element_ty), mask=mine & first)
+        logits = _load_logits(logits_ptr, j // K, sl, E, BLOCK_E)
+        e, weight = _slot_choice(logits, _ranks(logits, BLOCK_E), j % K, K, BLOCK_E)
+        e = e.to(tl.int64)
+        if tl.program_id(1) == 0:  # one program per copy records the choice for _down
+            tl.store(experts_ptr + j, e)
+            tl.store(weights_ptr + j, weight.to(weights_ptr.dtype.element_ty))
     else:
         e = tl.load(experts_ptr + j).to(tl.int64)
     x_row = x_ptr + (j // K) * sx
@@ -78,7 +87,7 @@ def _gate_up_kernel(
     up_rows = gate_rows + INNER * sw_r
     gate = tl.zeros([BLOCK_I], dtype=tl.float32)
     up = tl.zeros([BLOCK_I], dtype=tl.float32)
-    for h0 in range(0, HIDDEN, BLOCK_H):
+    for h0 in tl.static_range(0, HIDDEN, BLOCK_H):  # one load when BLOCK_H covers HIDDEN
         h = h0 + tl.arange(0, BLOCK_H)
         h_ok = h < HIDDEN
         x = tl.load(x_row + h, mask=h_ok, other=0.0).to(tl.float32)[None, :]
@@ -97,51 +106,60 @@ def _down_kernel(
     act_ptr, experts_ptr, weights_ptr, w_ptr, out_ptr, sw_e, sw_r,
     gu_ptr, s_gu, ws_ptr, sws,
     HIDDEN: tl.constexpr, INNER: tl.constexpr, K: tl.constexpr, SHARED: tl.constexpr,
-    BLOCK_O: tl.constexpr, BLOCK_I: tl.constexpr,
+    BLOCK_O: tl.constexpr, SLOTS: tl.constexpr, I_PAD: tl.constexpr, S_PAD: tl.constexpr,
+    PDL: tl.constexpr,
 ):  # fmt: skip
+    # Every slot's rows in one [SLOTS, BLOCK_O, I_PAD] load (and the shared MLP's in one
+    # more): one round trip to HBM per program. Session 7's loop over the slots waited for
+    # each slot's rows before asking for the next: 7 round trips, 1.1 TB/s.
     t = tl.program_id(0)
     o = tl.program_id(1) * BLOCK_O + tl.arange(0, BLOCK_O)
     o_ok = o < HIDDEN
+    s = tl.arange(0, S_PAD)
+    s_ok = s < SHARED
+    if SHARED > 0:  # the shared MLP's rows do not depend on the router: asked for first
+        ws = tl.load(ws_ptr + o[:, None] * sws + s[None, :], mask=o_ok[:, None] & s_ok[None, :])
+    wait_for_previous(PDL)
     dtype = out_ptr.dtype.element_ty
-    total = tl.zeros([BLOCK_O], dtype=tl.float32)
-    for slot in tl.static_range(K):
-        j = t * K + slot
-        e = tl.load(experts_ptr + j).to(tl.int64)
-        rows = w_ptr + e * sw_e + o[:, None] * sw_r
-        acc = tl.zeros([BLOCK_O], dtype=tl.float32)
-        for i0 in range(0, INNER, BLOCK_I):
-            i = i0 + tl.arange(0, BLOCK_I)
-            i_ok = i < INNER
-            a = tl.load(act_ptr + j * INNER + i, mask=i_ok, other=0.0).to(tl.float32)[None, :]
-            w = tl.load(rows + i[None, :], mask=o_ok[:, None] & i_ok[None, :], other=0.0)
-            acc += tl.sum(w * a, axis=1)
-        weight = tl.load(weights_ptr + j).to(tl.float32)
-        total += (acc.to(dtype).to(tl.float32) * weight).to(dtype).to(tl.float32)
+    slot = tl.arange(0, SLOTS)
+    slot_ok = slot < K
+    j = t * K + slot
+    e = tl.load(experts_ptr + j, mask=slot_ok, other=0).to(tl.int64)
+    i = tl.arange(0, I_PAD)
+    i_ok = i < INNER
+    a = tl.load(act_ptr + j[:, None] * INNER + i[None, :], mask=slot_ok[:, None] & i_ok[None, :],
+                other=0.0).to(tl.float32)  # fmt: skip
+    rows = w_ptr + e[:, None, None] * sw_e + o[None, :, None] * sw_r + i[None, None, :]
+    mask = slot_ok[:, None, None] & o_ok[None, :, None] & i_ok[None, None, :]
+    w = tl.load(rows, mask=mask, other=0.0)
+    acc = tl.sum(w.to(tl.float32) * a[:, None, :], axis=2)  # [SLOTS, BLOCK_O]
+    weight = tl.load(weights_ptr + j, mask=slot_ok, other=0.0).to(tl.float32)
+    # each expert's output and its weighted copy rounded as PyTorch rounds them, summed in fp32
+    part = (acc.to(dtype).to(tl.float32) * weight[:, None]).to(dtype).to(tl.float32)
+    total = tl.sum(part, axis=0)
     if SHARED > 0:  # + the shared MLP's output product, its silu(gate) * up made here
-        acc = tl.zeros([BLOCK_O], dtype=tl.float32)
-        for s0 in range(0, SHARED, BLOCK_I):
-            s = s0 + tl.arange(0, BLOCK_I)
-            s_ok = s < SHARED
-            g = tl.load(gu_ptr + t * s_gu + s, mask=s_ok, other=0.0).to(tl.float32)
-            u = tl.load(gu_ptr + t * s_gu + SHARED + s, mask=s_ok, other=0.0).to(tl.float32)
-            a = ((g * tl.sigmoid(g)).to(dtype).to(tl.float32) * u).to(dtype).to(tl.float32)
-            w = tl.load(ws_ptr + o[:, None] * sws + s[None, :], mask=o_ok[:, None] & s_ok[None, :])
-            acc += tl.sum(w.to(tl.float32) * a[None, :], axis=1)
+        g = tl.load(gu_ptr + t * s_gu + s, mask=s_ok, other=0.0).to(tl.float32)
+        u = tl.load(gu_ptr + t * s_gu + SHARED + s, mask=s_ok, other=0.0).to(tl.float32)
+        a_s = ((g * tl.sigmoid(g)).to(dtype).to(tl.float32) * u).to(dtype).to(tl.float32)
+        shared = tl.sum(ws.to(tl.float32) * a_s[None, :], axis=1)
         # shared_mlp(h) + moe(h): each rounded, then their sum
-        total = total.to(dtype).to(tl.float32) + acc.to(dtype).to(tl.float32)
+        total = total.to(dtype).to(tl.float32) + shared.to(dtype).to(tl.float32)
     tl.store(out_ptr + t * HIDDEN + o, total.to(dtype), mask=o_ok)
 
 
 @triton.jit
 def _top_k_kernel(
     logits_ptr, experts_ptr, weights_ptr, sl,
-    E: tl.constexpr, K: tl.constexpr, BLOCK_E: tl.constexpr,
+    E: tl.constexpr, K: tl.constexpr, BLOCK_E: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
     t = tl.program_id(0)
-    chosen, p = _top_k(_load_logits(logits_ptr, t, sl, E, BLOCK_E), K, BLOCK_E)
-    slots = tl.arange(0, BLOCK_E)
-    tl.store(experts_ptr + t * K + slots, chosen.to(tl.int64), mask=slots < K)
-    tl.store(weights_ptr + t * K + slots, p.to(weights_ptr.dtype.element_ty), mask=slots < K)
+    wait_for_previous(PDL)
+    logits = _load_logits(logits_ptr, t, sl, E, BLOCK_E)
+    rank = _ranks(logits, BLOCK_E)
+    for slot in tl.static_range(K):
+        expert, weight = _slot_choice(logits, rank, slot, K, BLOCK_E)
+        tl.store(experts_ptr + t * K + slot, expert.to(tl.int64))
+        tl.store(weights_ptr + t * K + slot, weight.to(weights_ptr.dtype.element_ty))
 
 
 def route(x: torch.Tensor, router: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -158,7 +176,7 @@ def route(x: torch.Tensor, router: torch.Tensor, k: int) -> tuple[torch.Tensor, 
     weights = torch.empty(t, k, dtype=x.dtype, device=x.device)
     _top_k_kernel[(t,)](
         logits, experts, weights, logits.stride(0),
-        E=e, K=k, BLOCK_E=triton.next_power_of_2(max(e, k)),
+        E=e, K=k, BLOCK_E=triton.next_power_of_2(max(e, k)), **triton_pdl.options(x),
     )  # fmt: skip
     return experts, weights
 
@@ -204,17 +222,20 @@ def moe_decode_routed(
     )  # fmt: skip
 
 
-# (gate/up rows per program, gate/up columns per load, its warps, down rows per program, down
-# columns per load, its warps). Whole rows per load keep more bytes in flight than the
-# 256-column loop of session 6; 2 down rows a program was the best of the one-at-a-time
-# sweep at h-tiny's shapes (19.2 us for the routed layer with cold weights, against 21.7 at
-# 4 rows; results-gpu_bench-h200-12-sweep.txt).
-CONFIG = (4, 2048, 4, 2, 1024, 4)
+# (gate/up rows per program, gate/up columns per load, its warps, down rows per program, its
+# warps). gate/up: whole rows per load kept more bytes in flight than the 256-column loop of
+# session 6. down: every slot's rows come in one load, so a program holds k x rows x I
+# weights; `_experts` narrows the rows where that would pass 16K elements (h-small: k = 10).
+# Session 8 sweep (h-tiny, routed layer, 12 cold stacks in one graph): 16.7-17.8 us for
+# every shape within one change of this one except 8 gate rows with 4 warps (21.2 us) and
+# 512-column gate loads (19.0); session 7's kernels took 19.2 us
+# (results-gpu_bench-h200-16-pdl.txt).
+CONFIG = (4, 2048, 4, 2, 4)
 
 
 def _experts(x, logits, experts, weights, k, w1, w2, shared, config):
     """The two kernels: gate/up per token copy (routing first where `logits` is given),
-    then down with the k experts summed in slot order (and the shared MLP added)."""
+    then down with the k experts summed (and the shared MLP added)."""
     t = x.shape[0]
     i, h = w2.shape[2], w2.shape[1]
     assert w1.shape[1] == 2 * i and w1.shape[2] == h and x.shape == (t, h)
@@ -222,22 +243,25 @@ def _experts(x, logits, experts, weights, k, w1, w2, shared, config):
     x = x if x.stride(1) == 1 else x.contiguous()
     act = torch.empty(t * k, i, dtype=x.dtype, device=x.device)
     out = torch.empty(t, h, dtype=x.dtype, device=x.device)
-    gate_rows, gate_cols, gate_warps, down_rows, down_cols, down_warps = config
+    gate_rows, gate_cols, gate_warps, down_rows, down_warps = config
+    pdl = triton_pdl.options(x)
     e = logits.shape[1] if logits is not None else 1
     _gate_up_kernel[(t * k, triton.cdiv(i, gate_rows))](
         x, logits if logits is not None else x, experts, weights, w1, act,
         x.stride(0), logits.stride(0) if logits is not None else 0, w1.stride(0), w1.stride(1),
         HIDDEN=h, INNER=i, K=k, E=e, ROUTE=logits is not None,
         BLOCK_E=triton.next_power_of_2(max(e, k)), BLOCK_I=gate_rows,
-        BLOCK_H=min(gate_cols, triton.next_power_of_2(h)), num_warps=gate_warps,
+        BLOCK_H=min(gate_cols, triton.next_power_of_2(h)), num_warps=gate_warps, **pdl,
     )  # fmt: skip
     gate_up, shared_w = shared if shared is not None else (x, w2)
     s = shared_w.shape[1] if shared is not None else 0
     assert shared is None or (gate_up.shape[1] == 2 * s and shared_w.shape[0] == h)
+    slots, i_pad = triton.next_power_of_2(k), triton.next_power_of_2(i)
+    down_rows = max(1, min(down_rows, 16384 // (slots * i_pad)))
     _down_kernel[(t, triton.cdiv(h, down_rows))](
         act, experts, weights, w2, out, w2.stride(0), w2.stride(1),
         gate_up, gate_up.stride(0), shared_w, shared_w.stride(0),
-        HIDDEN=h, INNER=i, K=k, SHARED=s, BLOCK_O=down_rows,
-        BLOCK_I=min(down_cols, triton.next_power_of_2(max(i, s))), num_warps=down_warps,
+        HIDDEN=h, INNER=i, K=k, SHARED=s, BLOCK_O=down_rows, SLOTS=slots, I_PAD=i_pad,
+        S_PAD=max(64, triton.next_power_of_2(s)), num_warps=down_warps, **pdl,
     )  # fmt: skip
     return out

@@ -13,6 +13,9 @@ import torch
 import triton
 import triton.language as tl
 
+from granite_runtime import triton_pdl
+from granite_runtime.triton_pdl import wait_for_previous
+
 
 @triton.jit
 def _ssd_step_kernel(
@@ -20,8 +23,9 @@ def _ssd_step_kernel(
     dt_min, dt_max,
     sx_row, sdt_row, sb_row, sc_row, s_slot, s_head, s_p,
     H: tl.constexpr, P: tl.constexpr, N: tl.constexpr, HEADS_PER_GROUP: tl.constexpr,
-    SOFTPLUS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+    SOFTPLUS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
+    wait_for_previous(PDL)  # the state pool is written by this kernel: nothing before it
     row = tl.program_id(0)
     head = tl.program_id(1)
     pb = tl.program_id(2)
@@ -79,6 +83,7 @@ def ssd_step(
         state_pool.stride(0), state_pool.stride(1), state_pool.stride(2),
         H=h, P=p, N=n, HEADS_PER_GROUP=h // g, SOFTPLUS=dt_bias is not None,
         BLOCK_P=block_p, BLOCK_N=triton.next_power_of_2(n), num_warps=4,
+        **triton_pdl.options(x),
     )  # fmt: skip
     return y
 
@@ -97,7 +102,9 @@ def _conv_update_kernel(
     HAS_BIAS: tl.constexpr,
     K: tl.constexpr,
     BLOCK_C: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    wait_for_previous(PDL)
     row = tl.program_id(0)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     ok = c < C
@@ -139,6 +146,7 @@ def conv_update(x, conv_pool, weight, bias, slots) -> torch.Tensor:
         K=k,
         BLOCK_C=block,
         num_warps=4,
+        **triton_pdl.options(x),
     )
     return out
 
@@ -211,8 +219,9 @@ def _decode_attention_kernel(
     q_ptr, k_ptr, v_ptr, slots_ptr, starts_ptr, o_ptr, scale,
     s_slot, s_head, s_pos,
     GROUP: tl.constexpr, D: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_L: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_L: tl.constexpr, PRECISION: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
+    wait_for_previous(PDL)
     row = tl.program_id(0)
     kvh = tl.program_id(1)
     heads = tl.num_programs(1) * GROUP
@@ -268,6 +277,6 @@ def decode_attention(q, k_pool, v_pool, slots, starts, scale: float) -> torch.Te
         GROUP=group, D=d, BLOCK_G=max(16, triton.next_power_of_2(group)),
         BLOCK_D=max(16, triton.next_power_of_2(d)), BLOCK_L=64,
         # fp32 stays fp32 (the CPU reference's precision); tf32 would be 1e-3 off
-        PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        PRECISION="ieee" if q.dtype == torch.float32 else "tf32", **triton_pdl.options(q),
     )  # fmt: skip
     return out

@@ -1,0 +1,66 @@
+"""Programmatic dependent launch (Hopper and later): the next kernel of a decode step starts
+while this one drains, and fetches its weights before the activations it needs exist.
+
+A batch-1 decode step is ~300 kernels in a CUDA graph, each streaming a few MB of weights.
+Every kernel ends with a tail in which its last programs finish while HBM sits partly idle,
+and the next kernel's programs are only launched after that tail and a memory flush. With
+programmatic dependent launch (cudaLaunchAttributeProgrammaticStreamSerialization, Triton's
+`launch_pdl`), a kernel's programs may be placed on the SMs as soon as every program of the
+kernel before it has called `griddepcontrol.launch_dependents`; they then wait in
+`griddepcontrol.wait` until that kernel has completed and its writes are visible.
+
+The contract each kernel launched this way keeps (`wait_for_previous`):
+- before the wait it reads nothing but weights (never written while a graph runs) and
+  writes nothing: a buffer it writes may be one the kernel before it still reads, since
+  the caching allocator hands a freed buffer to the next allocation in stream order;
+- every program waits, unconditionally: a kernel that completed without waiting could let
+  the kernel after it run ahead of the kernel before it;
+- it lets the next kernel launch only after its own wait, so at most one kernel runs ahead.
+Before its wait a kernel may read weights. Two ways of starting its weight reads early were
+measured slower on an H200 and are not used (session 8, bench/NOTES.md): an L2 prefetch
+instruction per 128-byte line of a program's first rows (h-tiny's step 1.5x slower), and a
+load of the first block of rows into registers (577 -> 526 tok/s). What remains is the
+launch itself: the programs are resident and start the moment the previous kernel ends.
+
+The launch attribute is set where `options` says so: a CUDA device of compute capability 9
+or later, not the Triton interpreter, and `ENABLED` (a benchmark switches it off to measure
+what it gives).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+try:  # Triton 3.3 and later
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+except ImportError:  # pragma: no cover - older Triton: `options` never turns it on
+    gdc_launch_dependents = gdc_wait = None
+
+ENABLED = True
+_CAPABLE: dict[int, bool] = {}
+
+
+def options(t: torch.Tensor) -> dict:
+    """Launch keywords for a decode kernel on t's device: {"PDL": constexpr flag, and
+    "launch_pdl": True where it is on}."""
+    if not (ENABLED and t.is_cuda and gdc_wait is not None):
+        return {"PDL": False}
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return {"PDL": False}
+    index = t.device.index if t.device.index is not None else torch.cuda.current_device()
+    if index not in _CAPABLE:
+        _CAPABLE[index] = torch.cuda.get_device_capability(index)[0] >= 9
+    return {"PDL": True, "launch_pdl": True} if _CAPABLE[index] else {"PDL": False}
+
+
+@triton.jit
+def wait_for_previous(PDL: tl.constexpr):
+    """Block until the kernel before this one has completed (its writes visible), then let
+    the kernel after this one launch. A no-op without PDL."""
+    if PDL:
+        gdc_wait()
+        gdc_launch_dependents()
