@@ -187,6 +187,7 @@ def gkit(
         switches = [("no_pdl", triton_pdl, "ENABLED", False)]  # kernels launched in turn
         if b == 1:  # the one-row fusions (triton_fused_linear) off
             switches.append(("unfused", layers, "FUSED_LINEAR", False))
+            switches.append(("attention_unfused", layers, "FUSED_ATTENTION", False))
         for name, module, attr, value in switches if graphed.supports(b) else []:
             other = _captured_with(model, cache, b, module, attr, value)
             variants.append(

@@ -438,6 +438,28 @@ def test_triton_decode_attention_matches_sdpa(heads, kv_heads, d, dtype, poisone
             q[row, :, None].float(), keys.float(), values.float(), scale=0.1, enable_gqa=True
         )[:, 0]
         assert _rel(ours[row], expected) < (1e-2 if dtype == torch.bfloat16 else 1e-5)
+    # the same with each row's new key/value handed over (rows of one [q | k | v] tensor,
+    # as the fused q/k/v product gives them): written into the pool, then attended to
+    qkv = torch.cat([q.flatten(1), torch.randn(3, 2 * kv_heads * d, device="cuda").to(dtype)], 1)
+    q2 = qkv[:, : heads * d].view(3, heads, d)
+    new_k = qkv[:, heads * d : (heads + kv_heads) * d].view(3, kv_heads, d)
+    new_v = qkv[:, (heads + kv_heads) * d :].view(3, kv_heads, d)
+    before_k, before_v = k_pool.clone(), v_pool.clone()
+    written = decode_attention(
+        q2, k_pool, v_pool, torch.tensor(slots, device="cuda"),
+        torch.tensor(starts, device="cuda"), 0.1, new_k, new_v,
+    )  # fmt: skip
+    for pool, before, new in ((k_pool, before_k, new_k), (v_pool, before_v, new_v)):
+        for row, (slot, start) in enumerate(zip(slots, starts, strict=True)):
+            assert torch.equal(pool[slot, :, start], new[row])
+            before[slot, :, start] = new[row]
+        assert torch.equal(pool, before)  # nothing else written
+    for row, (slot, start) in enumerate(zip(slots, starts, strict=True)):
+        keys, values = k_pool[slot, :, : start + 1], v_pool[slot, :, : start + 1]
+        expected = F.scaled_dot_product_attention(
+            q[row, :, None].float(), keys.float(), values.float(), scale=0.1, enable_gqa=True
+        )[:, 0]
+        assert _rel(written[row], expected) < (1e-2 if dtype == torch.bfloat16 else 1e-5)
 
 
 @pytest.mark.parametrize(("dtype", "tol"), [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
@@ -548,11 +570,12 @@ def _separate(prologue, a, b, norm_w, eps, w):
 def test_fused_linear_builds_its_input_like_the_separate_kernels(
     rows, inner, dtype, poisoned_outputs
 ):
-    """triton_fused_linear's three prologues (add + RMSNorm, gated RMSNorm, SiLU * up), at
+    """triton_fused_linear's prologues (add + RMSNorm, gated RMSNorm, SiLU * up, none), at
     config_for's block shape and two forced ones (1 row a load and 1 program per SM; 2 rows
     and 8 per SM), against the PyTorch path of layers.py: products within dtype rounding,
-    the new residual bit-equal, the stacked second weight's rows after the first's, the kept
-    normed vector equal to PyTorch's."""
+    the new residual bit-equal, the stacked second and third weights' rows after the
+    first's (odd row counts, so blocks straddle the seams), the kept normed vector equal to
+    PyTorch's."""
     import torch.nn.functional as F
 
     from granite_runtime import triton_fused_linear as fl
@@ -562,11 +585,12 @@ def test_fused_linear_builds_its_input_like_the_separate_kernels(
     def rand(*shape, d=dtype, scale=1.0):
         return (torch.randn(*shape, device="cuda", generator=gen) * scale).to(d)
 
-    w, second = rand(rows, inner, scale=inner**-0.5), rand(24, inner, scale=inner**-0.5)
+    w, second = rand(rows, inner, scale=inner**-0.5), rand(25, inner, scale=inner**-0.5)
+    third = rand(7, inner, scale=inner**-0.5)
     x, delta, nw = rand(1, 1, inner), rand(1, 1, inner), rand(inner, scale=0.5) + 1
     y, z, gate_up = rand(1, 1, inner, d=torch.float32), rand(1, 1, inner), rand(1, 1, 2 * inner)
     tol = 1e-2 if dtype == torch.bfloat16 else 2e-3
-    total, ref = _separate("norm_add", x, delta, nw, 1e-5, torch.cat([w, second]))
+    total, ref = _separate("norm_add", x, delta, nw, 1e-5, torch.cat([w, second, third]))
     _, gated_ref = _separate("gated_norm", y, z, nw, 1e-5, w)
     _, silu_ref = _separate("silu_mul", gate_up, None, None, 0, w)
     _, first_ref = _separate("norm_add", x, None, nw, 1e-5, w)
@@ -575,15 +599,16 @@ def test_fused_linear_builds_its_input_like_the_separate_kernels(
         fl.CONFIG_OVERRIDE = config
         try:
             got_total, got, normed = fl.norm_linear(
-                x, delta, 0.3, nw, 1e-5, w, second=second, keep_normed=True
+                x, delta, 0.3, nw, 1e-5, w, second, third, keep_normed=True
             )
-            assert torch.equal(got_total, total) and got.shape == (1, 1, rows + 24)
+            assert torch.equal(got_total, total) and got.shape == (1, 1, rows + 32)
             assert _rel(got, ref) < tol, config
             assert _rel(normed.view(-1), normed_ref.view(-1)) < 1e-2
             same, first = fl.norm_linear(x, None, 0.3, nw, 1e-5, w)
             assert same is x and _rel(first, first_ref) < tol
             assert _rel(fl.gated_norm_linear(y, z, nw, 1e-5, w), gated_ref) < tol
             assert _rel(fl.silu_mul_linear(gate_up, w), silu_ref) < tol
+            assert _rel(fl.linear(z, w), F.linear(z.float(), w.float())) < tol
         finally:
             fl.CONFIG_OVERRIDE = None
 
@@ -628,8 +653,10 @@ def test_moe_decode_routed_picks_experts_and_adds_the_shared_mlp(
 @pytest.mark.parametrize("fixture", ["tiny_hybrid", "tiny_dense"])
 def test_one_row_decode_runs_the_fused_products(fixture, request, monkeypatch):
     """bf16 decode at batch 1 takes triton_fused_linear (the launches are counted: norms in
-    the products, and for MoE the router stacked with the shared MLP) and gives the logits
-    of the separate kernels within bf16 rounding, and of the fp32 CPU reference."""
+    the products, for MoE the router stacked with the shared MLP, for attention without
+    RoPE q/k/v stacked and the output product) and gives the logits of the separate kernels
+    within bf16 rounding, and of the fp32 CPU reference; the Mamba pools and the KV pool
+    (written by the attention kernel itself on the fused path) end up the same."""
     from granite_runtime import layers, triton_fused_linear
 
     path = request.getfixturevalue(fixture)
@@ -661,14 +688,16 @@ def test_one_row_decode_runs_the_fused_products(fixture, request, monkeypatch):
     assert prologues == []
     monkeypatch.setattr(layers, "FUSED_LINEAR", True)
     fused, fused_cache = decode(model, "cuda", slot=2)
-    # Mamba's conv window (continued inside in_proj's kernel) and state end up the same,
-    # in the row of the slot used, the other slots untouched
-    for pool in ("conv", "ssm"):
+    # Mamba's conv window and state and the new keys/values end up the same, in the row of
+    # the slot used, the other slots untouched
+    for pool in ("conv", "ssm", "k", "v"):
         got, want = getattr(fused_cache, pool), getattr(separate_cache, pool)
         if want.numel():
-            assert _rel(got[:, 2], want[:, 2]) < 1e-2 and not got[:, :2].any()
+            assert want[:, 2].any() and _rel(got[:, 2], want[:, 2]) < 1e-2, pool
+            assert not got[:, :2].any(), pool
     fl = triton_fused_linear
-    kinds = {fl.NORM_ADD.value, fl.GATED_NORM.value} if "hybrid" in fixture else {
+    # tiny-hybrid: MoE, attention without RoPE; tiny-dense: dense MLP, attention with RoPE
+    kinds = {fl.NORM_ADD.value, fl.GATED_NORM.value, fl.PLAIN.value} if "hybrid" in fixture else {
         fl.NORM_ADD.value, fl.SILU_MUL.value
     }  # fmt: skip
     assert set(prologues) == kinds

@@ -317,6 +317,32 @@ class Attention(nn.Module):
         )
         return self.o_proj(out.transpose(1, 2).reshape(b, length, -1))
 
+    def fused_input(self, x: torch.Tensor, cache: HybridCache) -> list[torch.Tensor] | None:
+        """[q, k, v] weights where one token's norm and q/k/v products run as one kernel
+        (triton_fused_linear, model.DecoderLayer) and `from_projection` follows: no RoPE
+        (Granite 4.0's hybrids use none), a KV pool in the model dtype; else None."""
+        linears = (self.q_proj, self.k_proj, self.v_proj, self.o_proj)
+        if not FUSED_ATTENTION or self.rope_theta is not None or cache.k.dtype != x.dtype:
+            return None
+        if not (_use_triton(x, 1) and one_row_fused(x, *linears)):
+            return None
+        return [self.q_proj.weight, self.k_proj.weight, self.v_proj.weight]
+
+    def from_projection(self, qkv: torch.Tensor, batch: Batch, cache: HybridCache):
+        """Attention for one token from its [q | k | v] row: the decode kernel writes the new
+        key and value into the pool and attends (no scatter kernels), then the output
+        product; 3 kernels with the q/k/v product, where the separate path runs 10."""
+        nq, nk, hd = self.heads * self.head_dim, self.kv_heads * self.head_dim, self.head_dim
+        qkv = qkv.view(1, -1)
+        q = qkv[:, :nq].view(1, self.heads, hd)
+        k = qkv[:, nq : nq + nk].view(1, self.kv_heads, hd)
+        v = qkv[:, nq + nk :].view(1, self.kv_heads, hd)
+        index = cache.attn_index[self.layer]
+        out = _triton.decode_attention(
+            q, cache.k[index], cache.v[index], batch.slots, batch.starts, self.scale, k, v
+        )
+        return fused_linear().linear(out.view(1, 1, nq), self.o_proj.weight)
+
     def _static_decode(self, q, k, v, kc, vc, batch: Batch) -> torch.Tensor:
         """One token per row, every shape fixed: scatter the new key/value to (slot, start),
         then attend over the slot's whole row, masked past the start."""
@@ -402,6 +428,9 @@ def fused_linear():
 # One-row products with their norm or gate inside (triton_fused_linear.py); False keeps the
 # separate kernels (set by a benchmark comparing the two).
 FUSED_LINEAR = True
+# One token's attention layer as 3 kernels (Attention.fused_input); False keeps the separate
+# products and the KV scatter (set by a benchmark comparing the two).
+FUSED_ATTENTION = True
 
 
 def one_row_fused(x: torch.Tensor, *linears: nn.Module) -> bool:
@@ -518,6 +547,11 @@ class Mamba2(nn.Module):
         if x.device.type == "cpu" and (out := self._cpu_step(x, batch, cache)) is not None:
             return out
         return self.from_projection(self.in_proj(x), batch, cache)
+
+    def fused_input(self, x: torch.Tensor, cache: HybridCache) -> list[torch.Tensor] | None:
+        """[in_proj's weight] where one token's norm and in_proj run as one kernel
+        (triton_fused_linear, model.DecoderLayer) and `from_projection` follows; else None."""
+        return [self.in_proj.weight] if one_row_fused(x, self.in_proj) else None
 
     def from_projection(self, proj: torch.Tensor, batch: Batch, cache: HybridCache):
         """The mixer after in_proj (proj: (B, L, in_proj's width)), so a caller that fused

@@ -34,9 +34,9 @@ class DecoderLayer(nn.Module):
         mixer = self.mamba if self.is_mamba else self.self_attn
         r = self.residual_multiplier
         norm = self.input_layernorm
-        if self.is_mamba and layers.one_row_fused(x, mixer.in_proj):  # the norm in in_proj
+        if (weights := mixer.fused_input(x, cache)) is not None:  # the norm in the product
             x, proj = layers.fused_linear().norm_linear(
-                x, delta, r, norm.weight, norm.eps, mixer.in_proj.weight
+                x, delta, r, norm.weight, norm.eps, *weights
             )
             mixed = mixer.from_projection(proj.view(*x.shape[:-1], -1), batch, cache)
         else:
@@ -79,7 +79,7 @@ class DecoderLayer(nn.Module):
             return x, fl.silu_mul_linear(gate_up, shared.output_linear.weight)
         x, logits_gate_up, h = fl.norm_linear(
             x, mixed, r, norm.weight, norm.eps, moe.router.layer.weight,
-            second=shared.input_linear.weight, keep_normed=True,
+            shared.input_linear.weight, keep_normed=True,
         )  # fmt: skip
         out = layers.moe_kernels().moe_decode_routed(
             h, logits_gate_up.view(1, -1), moe.router.layer.out_features, moe.top_k,

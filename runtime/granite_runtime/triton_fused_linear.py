@@ -8,11 +8,12 @@ product that follows each of them reads the whole input vector anyway, so here e
 rebuilds the (small, L2-resident) input it needs and then streams its block of weight rows:
 
 - `norm_linear`: W @ rms_norm(x + alpha * delta) (the residual add; program 0 also writes
-  the new residual), before Mamba's in_proj and the MLP's input;
+  the new residual), before Mamba's in_proj, attention's q/k/v and the MLP's input;
 - `gated_norm_linear`: W @ rms_norm(y * silu(z)), Mamba's gated norm before out_proj;
 - `silu_mul_linear`: W @ (silu(gate) * up), the MLP's output product;
-- the norm variant can stack two weights (`second`): the MoE router and the shared MLP's
-  input read the same normed vector, so one launch gives [router logits | gate | up].
+- `linear`: W @ x, attention's output product;
+- the norm variant stacks up to three weights that read the same normed vector: one launch
+  gives [q | k | v], or for MoE [router logits | shared gate | up].
 
 The kernel is persistent (a few programs per SM): each program builds the whole input row
 once (the norms need its sum of squares first; a few KB from L2) and keeps it in registers,
@@ -31,7 +32,7 @@ from granite_runtime import triton_pdl
 from granite_runtime.triton_pdl import wait_for_previous
 
 # the input each kernel builds (globals a jit function reads must be tl.constexpr)
-NORM_ADD, GATED_NORM, SILU_MUL = (tl.constexpr(v) for v in range(1, 4))
+PLAIN, NORM_ADD, GATED_NORM, SILU_MUL = (tl.constexpr(v) for v in range(4))
 
 
 @triton.jit
@@ -68,22 +69,9 @@ def _input(a_ptr, b_ptr, nw_ptr, sum_ptr, normed_ptr, alpha, eps, first_program,
 
 
 @triton.jit
-def _rows_times(h, w_ptr, out_ptr, N, sw, first_block, step,
-                K: tl.constexpr, K_PAD: tl.constexpr, BLOCK_N: tl.constexpr):  # fmt: skip
-    """out[n] = w[n, :] . h for this program's blocks of BLOCK_N whole weight rows."""
-    k = tl.arange(0, K_PAD)
-    for block in range(first_block, tl.cdiv(N, BLOCK_N), step):
-        n = block * BLOCK_N + tl.arange(0, BLOCK_N)
-        n_ok = n < N
-        w = tl.load(w_ptr + n[:, None] * sw + k[None, :], mask=n_ok[:, None] & (k < K)[None, :])
-        out = tl.sum(w.to(tl.float32) * h[None, :], axis=1)
-        tl.store(out_ptr + n, out.to(out_ptr.dtype.element_ty), mask=n_ok)
-
-
-@triton.jit
 def _fused_linear_kernel(
-    a_ptr, b_ptr, nw_ptr, sum_ptr, normed_ptr, w_ptr, w2_ptr, out_ptr,
-    N, N2, sw, sw2, alpha, eps,
+    a_ptr, b_ptr, nw_ptr, sum_ptr, normed_ptr, w_ptr, w2_ptr, w3_ptr, out_ptr,
+    N, N2, N3, sw, sw2, sw3, alpha, eps,
     K: tl.constexpr, K_PAD: tl.constexpr, PROLOGUE: tl.constexpr, HAS_DELTA: tl.constexpr,
     KEEP_NORMED: tl.constexpr, BLOCK_N: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
@@ -92,14 +80,24 @@ def _fused_linear_kernel(
     # while the current ones are summed (num_stages). Launched early (triton_pdl), programs
     # wait for the kernel before them at the start. Loading the first block of rows before
     # that wait measured slower (h-tiny 577 -> 526 tok/s; bench/NOTES.md, session 8).
+    # Up to three weights are stacked into one row space (row n of the output is row n of
+    # w, then of w2, then of w3), so the programs share all rows evenly.
     pid, programs = tl.program_id(0), tl.num_programs(0)
     wait_for_previous(PDL)
     dtype = out_ptr.dtype.element_ty
     h = _input(a_ptr, b_ptr, nw_ptr, sum_ptr, normed_ptr, alpha, eps, pid == 0,
                K, K_PAD, PROLOGUE, HAS_DELTA, KEEP_NORMED, dtype)  # fmt: skip
-    _rows_times(h, w_ptr, out_ptr, N, sw, pid, programs, K, K_PAD, BLOCK_N)
-    if N2 > 0:  # the stacked second weight: its rows land after the first's
-        _rows_times(h, w2_ptr, out_ptr + N, N2, sw2, pid, programs, K, K_PAD, BLOCK_N)
+    k = tl.arange(0, K_PAD)
+    rows = N + N2 + N3
+    for block in range(pid, tl.cdiv(rows, BLOCK_N), programs):
+        n = block * BLOCK_N + tl.arange(0, BLOCK_N)
+        row_ptr = tl.where(
+            n < N, w_ptr + n * sw, tl.where(n < N + N2, w2_ptr + (n - N) * sw2,
+                                            w3_ptr + (n - N - N2) * sw3)
+        )  # fmt: skip
+        w = tl.load(row_ptr[:, None] + k[None, :], mask=(n < rows)[:, None] & (k < K)[None, :])
+        out = tl.sum(w.to(tl.float32) * h[None, :], axis=1)
+        tl.store(out_ptr + n, out.to(dtype), mask=n < rows)
 
 
 # (BLOCK_N, programs per SM, num_warps, num_stages); bench/gpu_bench.py `fused_linear_kernels`
@@ -125,22 +123,22 @@ def _sms(device: torch.device) -> int:
     return _SMS[index]
 
 
-def _launch(prologue, a, b, norm_w, total, weight, second, alpha, eps, inner, dtype, normed=None):
-    n = weight.shape[0]
-    n2 = second.shape[0] if second is not None else 0
-    out = torch.empty(1, n + n2, dtype=dtype, device=weight.device)
-    block_n, per_sm, warps, stages = CONFIG_OVERRIDE or config_for(n + n2, inner)
-    blocks = triton.cdiv(n, block_n) + triton.cdiv(n2, block_n)
-    sms = _sms(weight.device) if weight.is_cuda else 4
-    w2 = second if second is not None else weight
-    _fused_linear_kernel[(min(blocks, per_sm * sms),)](
+def _launch(prologue, a, b, norm_w, total, weights, alpha, eps, inner, dtype, normed=None):
+    assert 1 <= len(weights) <= 3
+    w1, w2, w3 = (*weights, *[weights[0]] * (3 - len(weights)))
+    counts = [w.shape[0] for w in weights] + [0] * (3 - len(weights))
+    rows = sum(counts)
+    out = torch.empty(1, rows, dtype=dtype, device=w1.device)
+    block_n, per_sm, warps, stages = CONFIG_OVERRIDE or config_for(rows, inner)
+    sms = _sms(w1.device) if w1.is_cuda else 4
+    _fused_linear_kernel[(min(triton.cdiv(rows, block_n), per_sm * sms),)](
         a, b if b is not None else a, norm_w if norm_w is not None else a,
-        total if total is not None else a, normed if normed is not None else a, weight, w2, out,
-        n, n2, weight.stride(0), w2.stride(0), alpha, eps,
+        total if total is not None else a, normed if normed is not None else a, w1, w2, w3,
+        out, *counts, w1.stride(0), w2.stride(0), w3.stride(0), alpha, eps,
         K=inner, K_PAD=triton.next_power_of_2(inner), PROLOGUE=prologue.value,
         HAS_DELTA=b is not None and prologue is NORM_ADD, KEEP_NORMED=normed is not None,
         BLOCK_N=block_n, num_warps=warps, num_stages=stages,
-        **triton_pdl.options(weight),
+        **triton_pdl.options(w1),
     )  # fmt: skip
     return out
 
@@ -159,20 +157,17 @@ def _row(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(-1) if t.is_contiguous() else t.reshape(-1).contiguous()
 
 
-def norm_linear(
-    x, delta, alpha: float, norm_weight, eps: float, weight, second=None, keep_normed=False
-):
-    """(x + alpha * delta, [weight | second] @ h) for one row, h = norm_weight *
-    rms_norm(x + alpha * delta); delta None means no add (the first layer) and then x itself
-    comes back. With keep_normed, h (one row) is returned third."""
+def norm_linear(x, delta, alpha: float, norm_weight, eps: float, *weights, keep_normed=False):
+    """(x + alpha * delta, [w1 | w2 | w3] @ h) for one row and 1-3 stacked weights, h =
+    norm_weight * rms_norm(x + alpha * delta); delta None means no add (the first layer) and
+    then x itself comes back. With keep_normed, h (one row) is returned third."""
     x1 = _row(x)
     total = torch.empty_like(x1) if delta is not None else None
     normed = torch.empty_like(x1) if keep_normed else None
     d1 = _row(delta) if delta is not None else None
     out = _launch(
-        NORM_ADD, x1, d1, norm_weight, total, weight, second, alpha, eps, x1.numel(), x.dtype,
-        normed,
-    )  # fmt: skip
+        NORM_ADD, x1, d1, norm_weight, total, weights, alpha, eps, x1.numel(), x.dtype, normed
+    )
     lead = x.shape[:-1]
     result = (total.view(x.shape) if total is not None else x), out.view(*lead, -1)
     return (*result, normed.view(1, -1)) if keep_normed else result
@@ -182,8 +177,8 @@ def gated_norm_linear(y, z, norm_weight, eps: float, weight):
     """weight @ (norm_weight * rms_norm(y * silu(z))) for one row (one norm group), in z's
     dtype; y may be fp32 (the scan's output) and z a strided view."""
     out = _launch(
-        GATED_NORM, _row(y), _row(z), norm_weight, None, weight, None, 1.0, eps,
-        z.shape[-1], z.dtype,
+        GATED_NORM, _row(y), _row(z), norm_weight, None, [weight], 1.0, eps, z.shape[-1],
+        z.dtype,
     )  # fmt: skip
     return out.view(*z.shape[:-1], -1)
 
@@ -192,6 +187,13 @@ def silu_mul_linear(gate_up, weight):
     """weight @ (silu(gate) * up) for one row of gate_up = [gate | up]."""
     inner = gate_up.shape[-1] // 2
     out = _launch(
-        SILU_MUL, _row(gate_up), None, None, None, weight, None, 1.0, 0.0, inner, gate_up.dtype
+        SILU_MUL, _row(gate_up), None, None, None, [weight], 1.0, 0.0, inner, gate_up.dtype
     )
     return out.view(*gate_up.shape[:-1], -1)
+
+
+def linear(x, weight):
+    """weight @ x for one row, in this kernel's persistent form (no prologue): the attention
+    output product, where cuBLAS would break the chain of early-launched kernels."""
+    out = _launch(PLAIN, _row(x), None, None, None, [weight], 1.0, 0.0, x.shape[-1], x.dtype)
+    return out.view(*x.shape[:-1], -1)

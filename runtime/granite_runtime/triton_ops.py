@@ -216,24 +216,33 @@ def fp8_matvec(x, weight_fp8, scale, bias) -> torch.Tensor:
 # head's group of query heads, padded to 16 rows for tl.dot, with an online softmax.
 @triton.jit
 def _decode_attention_kernel(
-    q_ptr, k_ptr, v_ptr, slots_ptr, starts_ptr, o_ptr, scale,
-    s_slot, s_head, s_pos,
+    q_ptr, k_ptr, v_ptr, slots_ptr, starts_ptr, o_ptr, new_k_ptr, new_v_ptr, scale,
+    s_slot, s_head, s_pos, s_q, s_new,
     GROUP: tl.constexpr, D: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_L: tl.constexpr, PRECISION: tl.constexpr, PDL: tl.constexpr,
+    BLOCK_L: tl.constexpr, PRECISION: tl.constexpr, WRITE_NEW: tl.constexpr,
+    PDL: tl.constexpr,
 ):  # fmt: skip
     wait_for_previous(PDL)
     row = tl.program_id(0)
     kvh = tl.program_id(1)
     heads = tl.num_programs(1) * GROUP
     slot = tl.load(slots_ptr + row)
-    length = tl.load(starts_ptr + row) + 1  # the new key was written at `start`
+    start = tl.load(starts_ptr + row)
+    length = start + 1  # the new key is at `start`
     offs_g = tl.arange(0, BLOCK_G)
     offs_d = tl.arange(0, BLOCK_D)
-    q_rows = row * heads + kvh * GROUP + offs_g
+    if WRITE_NEW:  # this head's new key and value into the pool first (no scatter kernels)
+        new = row * s_new + kvh * D + offs_d
+        at = slot * s_slot + kvh * s_head + start * s_pos + offs_d
+        tl.store(k_ptr + at, tl.load(new_k_ptr + new, mask=offs_d < D), mask=offs_d < D)
+        tl.store(v_ptr + at, tl.load(new_v_ptr + new, mask=offs_d < D), mask=offs_d < D)
+        tl.debug_barrier()  # the writes visible to every thread of the program below
+    q_heads = kvh * GROUP + offs_g
     g_mask = offs_g < GROUP
     d_mask = offs_d < D
     q = tl.load(
-        q_ptr + q_rows[:, None] * D + offs_d[None, :], mask=g_mask[:, None] & d_mask[None, :]
+        q_ptr + row * s_q + q_heads[:, None] * D + offs_d[None, :],
+        mask=g_mask[:, None] & d_mask[None, :],
     )
     base = slot * s_slot + kvh * s_head
     m = tl.full((BLOCK_G,), float("-inf"), tl.float32)
@@ -257,26 +266,36 @@ def _decode_attention_kernel(
         m = m_new
     out = acc / total[:, None]
     tl.store(
-        o_ptr + q_rows[:, None] * D + offs_d[None, :],
+        o_ptr + (row * heads + q_heads[:, None]) * D + offs_d[None, :],
         out.to(o_ptr.dtype.element_ty),
         mask=g_mask[:, None] & d_mask[None, :],
     )
 
 
-def decode_attention(q, k_pool, v_pool, slots, starts, scale: float) -> torch.Tensor:
+def decode_attention(
+    q, k_pool, v_pool, slots, starts, scale: float, new_k=None, new_v=None
+) -> torch.Tensor:
     """q (B, H, D) one token per row; k_pool/v_pool (slots, KVH, max_len, D) one layer's
-    pool, already holding each row's new key/value at `starts`. Returns (B, H, D)."""
+    pool. Each row's new key/value must be at `starts` in the pool, or be given as new_k and
+    new_v (B, KVH, D; rows of one wider tensor are fine), which the kernel writes there
+    first. Returns (B, H, D)."""
     b, h, d = q.shape
     kvh = k_pool.shape[1]
-    q = q.contiguous()
-    out = torch.empty_like(q)
+    q = q if q[0].is_contiguous() else q.contiguous()
+    out = torch.empty(b, h, d, dtype=q.dtype, device=q.device)
     group = h // kvh
+    write = new_k is not None
+    if write:
+        assert new_k[0].is_contiguous() and new_v[0].is_contiguous()
+        assert new_k.stride(0) == new_v.stride(0) and new_k.dtype == k_pool.dtype
     _decode_attention_kernel[(b, kvh)](
-        q, k_pool, v_pool, slots, starts, out, scale,
-        k_pool.stride(0), k_pool.stride(1), k_pool.stride(2),
+        q, k_pool, v_pool, slots, starts, out, new_k if write else q, new_v if write else q,
+        scale, k_pool.stride(0), k_pool.stride(1), k_pool.stride(2), q.stride(0),
+        new_k.stride(0) if write else 0,
         GROUP=group, D=d, BLOCK_G=max(16, triton.next_power_of_2(group)),
         BLOCK_D=max(16, triton.next_power_of_2(d)), BLOCK_L=64,
         # fp32 stays fp32 (the CPU reference's precision); tf32 would be 1e-3 off
-        PRECISION="ieee" if q.dtype == torch.float32 else "tf32", **triton_pdl.options(q),
+        PRECISION="ieee" if q.dtype == torch.float32 else "tf32", WRITE_NEW=write,
+        **triton_pdl.options(q),
     )  # fmt: skip
     return out
