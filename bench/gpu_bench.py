@@ -454,7 +454,7 @@ def _cold_graph_us(calls, replays: int = 10) -> float:
 # (BLOCK_N, programs per SM, num_warps, num_stages), as triton_fused_linear.config_for
 FUSED_SWEEP = [
     (bn, per_sm, w, s) for bn in (1, 2, 4) for per_sm in (4, 8) for w, s in ((8, 3), (8, 4))
-] + [(2, 4, 4, 3), (8, 4, 8, 3)]
+] + [(2, 4, 4, 3), (8, 4, 8, 3), (2, 2, 8, 3), (4, 2, 8, 3), (8, 2, 8, 3), (4, 2, 4, 3)]
 
 
 @torch.inference_mode()

@@ -104,11 +104,18 @@ def _fused_linear_kernel(
 # times the block shapes against cuBLAS with every weight cold, as in a step.
 # Session 7 (H200, results-gpu_bench-h200-11/12-sweep.txt, cold weights): inputs up to 2048
 # wide take 2 rows a load and 8 programs per SM, up to 4096 4 rows, wider 1 row (the tile
-# stays 4-16K elements) with 4 programs per SM; 8 warps throughout.
+# stays 4-16K elements) with 4 programs per SM; 8 warps throughout. Session 8 (launched
+# early, results-gpu_bench-h200-18-sweep.txt; 2 programs per SM lost everywhere): h-micro's
+# MLP input (16384 rows) 18.9 us at 4 rows against 19.6 at 2, but its in_proj (8512 rows)
+# 12.0 against 11.4; an input exactly 4096 wide (h-micro's out_proj) 8.7 us at 1 row and 8
+# programs per SM against 9.4, while 3072 padded to 4096 (h-tiny's) keeps 4 rows (7.4 us
+# against 7.7).
 def config_for(rows: int, inner: int) -> tuple[int, int, int, int]:
     width = triton.next_power_of_2(inner)
     if width <= 2048:
-        return 2, 8, 8, 3
+        return (4 if rows >= 16384 else 2), 8, 8, 3
+    if width == 4096 and inner == width:
+        return 1, 8, 8, 3
     return (4 if width <= 4096 else 1), 4, 8, 3
 
 
