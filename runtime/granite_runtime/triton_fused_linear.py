@@ -73,7 +73,7 @@ def _fused_linear_kernel(
     a_ptr, b_ptr, nw_ptr, sum_ptr, normed_ptr, w_ptr, w2_ptr, w3_ptr, out_ptr,
     N, N2, N3, sw, sw2, sw3, alpha, eps,
     K: tl.constexpr, K_PAD: tl.constexpr, PROLOGUE: tl.constexpr, HAS_DELTA: tl.constexpr,
-    KEEP_NORMED: tl.constexpr, BLOCK_N: tl.constexpr, PDL: tl.constexpr,
+    KEEP_NORMED: tl.constexpr, BLOCK_N: tl.constexpr, STACKED: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
     # Persistent: a few programs per SM, each builds the input once (a few KB from L2) and
     # then streams its share of whole weight rows; the loads of the next rows are in flight
@@ -91,10 +91,13 @@ def _fused_linear_kernel(
     rows = N + N2 + N3
     for block in range(pid, tl.cdiv(rows, BLOCK_N), programs):
         n = block * BLOCK_N + tl.arange(0, BLOCK_N)
-        row_ptr = tl.where(
-            n < N, w_ptr + n * sw, tl.where(n < N + N2, w2_ptr + (n - N) * sw2,
-                                            w3_ptr + (n - N - N2) * sw3)
-        )  # fmt: skip
+        if STACKED:
+            row_ptr = tl.where(
+                n < N, w_ptr + n * sw, tl.where(n < N + N2, w2_ptr + (n - N) * sw2,
+                                                w3_ptr + (n - N - N2) * sw3)
+            )  # fmt: skip
+        else:  # one weight: no per-row choice in the streaming loop
+            row_ptr = w_ptr + n * sw
         w = tl.load(row_ptr[:, None] + k[None, :], mask=(n < rows)[:, None] & (k < K)[None, :])
         out = tl.sum(w.to(tl.float32) * h[None, :], axis=1)
         tl.store(out_ptr + n, out.to(dtype), mask=n < rows)
@@ -144,7 +147,7 @@ def _launch(prologue, a, b, norm_w, total, weights, alpha, eps, inner, dtype, no
         out, *counts, w1.stride(0), w2.stride(0), w3.stride(0), alpha, eps,
         K=inner, K_PAD=triton.next_power_of_2(inner), PROLOGUE=prologue.value,
         HAS_DELTA=b is not None and prologue is NORM_ADD, KEEP_NORMED=normed is not None,
-        BLOCK_N=block_n, num_warps=warps, num_stages=stages,
+        BLOCK_N=block_n, STACKED=len(weights) > 1, num_warps=warps, num_stages=stages,
         **triton_pdl.options(w1),
     )  # fmt: skip
     return out
