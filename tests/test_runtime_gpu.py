@@ -432,12 +432,16 @@ def test_triton_decode_attention_matches_sdpa(heads, kv_heads, d, dtype, poisone
         torch.tensor(starts, device="cuda"),
         0.1,
     )
-    for row, (slot, start) in enumerate(zip(slots, starts, strict=True)):
-        keys, values = k_pool[slot, :, : start + 1], v_pool[slot, :, : start + 1]
-        expected = F.scaled_dot_product_attention(
-            q[row, :, None].float(), keys.float(), values.float(), scale=0.1, enable_gqa=True
-        )[:, 0]
-        assert _rel(ours[row], expected) < (1e-2 if dtype == torch.bfloat16 else 1e-5)
+
+    def assert_attends_to_the_pool(out):
+        for row, (slot, start) in enumerate(zip(slots, starts, strict=True)):
+            keys, values = k_pool[slot, :, : start + 1], v_pool[slot, :, : start + 1]
+            expected = F.scaled_dot_product_attention(
+                q[row, :, None].float(), keys.float(), values.float(), scale=0.1, enable_gqa=True
+            )[:, 0]
+            assert _rel(out[row], expected) < (1e-2 if dtype == torch.bfloat16 else 1e-5)
+
+    assert_attends_to_the_pool(ours)
     # the same with each row's new key/value handed over (rows of one [q | k | v] tensor,
     # as the fused q/k/v product gives them): written into the pool, then attended to
     qkv = torch.cat([q.flatten(1), torch.randn(3, 2 * kv_heads * d, device="cuda").to(dtype)], 1)
@@ -454,12 +458,7 @@ def test_triton_decode_attention_matches_sdpa(heads, kv_heads, d, dtype, poisone
             assert torch.equal(pool[slot, :, start], new[row])
             before[slot, :, start] = new[row]
         assert torch.equal(pool, before)  # nothing else written
-    for row, (slot, start) in enumerate(zip(slots, starts, strict=True)):
-        keys, values = k_pool[slot, :, : start + 1], v_pool[slot, :, : start + 1]
-        expected = F.scaled_dot_product_attention(
-            q[row, :, None].float(), keys.float(), values.float(), scale=0.1, enable_gqa=True
-        )[:, 0]
-        assert _rel(written[row], expected) < (1e-2 if dtype == torch.bfloat16 else 1e-5)
+    assert_attends_to_the_pool(written)
 
 
 @pytest.mark.parametrize(("dtype", "tol"), [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
