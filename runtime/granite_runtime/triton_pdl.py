@@ -23,8 +23,8 @@ load of the first block of rows into registers (577 -> 526 tok/s). What remains 
 launch itself: the programs are resident and start the moment the previous kernel ends.
 
 The launch attribute is set where `options` says so: a CUDA device of compute capability 9
-or later, not the Triton interpreter, and `ENABLED` (a benchmark switches it off to measure
-what it gives).
+or later, not the Triton interpreter, and `ENABLED` (`GKIT_PDL=0` turns it off, for a driver
+that mishandles it; a benchmark switches it off to measure what it gives).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ try:  # Triton 3.3 and later
 except ImportError:  # pragma: no cover - older Triton: `options` never turns it on
     gdc_launch_dependents = gdc_wait = None
 
-ENABLED = True
+ENABLED = os.environ.get("GKIT_PDL", "1") != "0"
 _CAPABLE: dict[int, bool] = {}
 
 
