@@ -135,7 +135,22 @@ def prefill(model, length: int, weights: int, profile: bool = False) -> dict:
         f"prefill_{length}_peak_gib": peak / 2**30,
         f"prefill_{length}_predicted_gib": predicted / 2**30,
         f"prefill_{length}_peak_vs_predicted": peak / predicted - 1,
+        f"prefill_{length}_tuned": _tuned_configs(),
     }
+
+
+def _tuned_configs() -> str:
+    """The block shapes the prefill kernels' autotuners kept so far, per shape key: the 4k
+    prefill has read 50-78k tok/s across sessions with its code unchanged, and a noisy
+    autotuning pick (timed without an L2 flush, triton_autotune.py) is one suspect."""
+    from granite_runtime import triton_fused, triton_ssd
+
+    kernels = {"scan": triton_ssd._chunk_scan_kernel, "conv": triton_fused._conv_prefill_kernel}
+    return "; ".join(
+        f"{name} {key}: {config}"
+        for name, kernel in kernels.items()
+        for key, config in getattr(kernel, "cache", {}).items()
+    )
 
 
 def _captured_with(model, cache, batch: int, module, attr: str, value) -> GraphedDecoder:
@@ -651,7 +666,7 @@ def main() -> None:
                 f"{name}: prefill {length} tokens {r[f'prefill_{length}_tok_s']:,.0f} tok/s, "
                 f"peak {r[f'prefill_{length}_peak_gib']:.2f} GiB "
                 f"({r[f'prefill_{length}_peak_vs_predicted']:+.1%} of weights + cache + "
-                "one chunk's activations)"
+                f"one chunk's activations); tuned {r[f'prefill_{length}_tuned']}"
             )
         print(f"  gemv picked: {r.pop('gemv_picked')}")
         for key, v in r.items():
