@@ -117,20 +117,23 @@ def test_graphed_decode_equals_eager(fixture, request):
 @pytest.mark.parametrize("rows", [1, 3])
 def test_early_launched_kernels_change_nothing(tiny_hybrid, rows):
     """Graphed bf16 decode with programmatic dependent launch (triton_pdl: each kernel placed
-    on the GPU before the one before it ends, prefetching weights) gives bit for bit the
+    on the GPU before the one before it ends, waiting there) gives bit for bit the
     logits and Mamba/KV state of the same graph launched kernel after kernel, over 8 greedy
     steps: a kernel that read or wrote before its wait would race and break the equality.
     Batch 1 runs the fused one-row products and the routed MoE kernels, batch 3 the rest."""
     from granite_runtime import triton_pdl
     from granite_runtime.graphs import GraphedDecoder
 
-    if torch.cuda.get_device_capability()[0] < 9:
-        pytest.skip("programmatic dependent launch needs compute capability 9.0")
+    probe, hopper = torch.zeros(1, device="cuda"), torch.cuda.get_device_capability()[0] >= 9
     model = load_model(tiny_hybrid, "bfloat16", "cuda")
-    runs = []
+    runs, before = [], triton_pdl.ENABLED
     for enabled in (True, False):
         triton_pdl.ENABLED = enabled
         try:
+            # the first run really launches early on Hopper (else it compares a run to
+            # itself); before Hopper the attribute is never set and both launch in turn
+            on = {"PDL": True, "launch_pdl": True} if enabled and hopper else {"PDL": False}
+            assert triton_pdl.options(probe) == on
             cache = HybridCache(model.config, rows, 64, torch.bfloat16, "cuda")
             dec = GraphedDecoder(model, cache, rows)
             dec.capture([rows])
@@ -143,7 +146,7 @@ def test_early_launched_kernels_change_nothing(tiny_hybrid, rows):
                     tokens = [[t] for t in logits[:, -1].argmax(-1).tolist()]
                     starts = [s + 1 for s in starts]
         finally:
-            triton_pdl.ENABLED = True
+            triton_pdl.ENABLED = before
         runs.append((torch.stack(steps), cache))
     (early, early_cache), (plain, plain_cache) = runs
     assert torch.isfinite(early).all() and early.abs().max() > 0

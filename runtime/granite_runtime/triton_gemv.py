@@ -17,7 +17,7 @@ repeated call on a 33 MB weight reads it from the H200's 50 MB L2, while in a de
 every weight comes cold from HBM. Session 7 caught the chooser picking a 32-program block
 shape for h-micro's MLP output that was faster L2-hot and 3x slower cold (33 us against
 cuBLAS's 11 us in the graphed step, 364 -> 274 tok/s). Smaller weights keep cuBLAS here; the
-fused kernels (triton_fused_gemv.py) carry their own block shapes, measured cold.
+fused kernels (triton_fused_linear.py) carry their own block shapes, measured cold.
 """
 
 from __future__ import annotations
