@@ -153,16 +153,68 @@ def _tuned_configs() -> str:
     )
 
 
-def _captured_with(model, cache, batch: int, module, attr: str, value) -> GraphedDecoder:
-    """A decode graph for `batch` rows captured while module.attr is `value`."""
-    before = getattr(module, attr)
-    setattr(module, attr, value)
+def kernel_resources() -> str:
+    """Registers, spills and shared memory of every decode kernel compiled so far, and how
+    many of its programs fit on one SM: the one-row products are launched "persistent"
+    (a fixed number of programs per SM), which only holds if that many are resident."""
+    import triton
+
+    from granite_runtime import triton_fused, triton_fused_linear, triton_moe, triton_ops
+
+    lines = []
+    for module in (triton_fused_linear, triton_moe, triton_ops, triton_fused):
+        for name in dir(module):
+            fn = getattr(module, name)
+            fn = getattr(fn, "fn", fn)  # an autotuner wraps the jit function
+            if not isinstance(fn, triton.runtime.JITFunction):
+                continue
+            for device_cache in fn.device_caches.values():
+                for compiled in device_cache[0].values():
+                    compiled._init_handles()
+                    warps = compiled.metadata.num_warps
+                    regs = max(compiled.n_regs, 1)
+                    fit = min(
+                        64 // warps,
+                        65536 // (((regs * 32 + 255) // 256) * 256 * warps),
+                        (228 * 1024) // max(compiled.metadata.shared, 1),
+                    )
+                    lines.append(
+                        f"{name}: {warps} warps, {compiled.n_regs} regs, {compiled.n_spills} "
+                        f"spills, {compiled.metadata.shared} B shared -> {fit} programs/SM"
+                    )
+    return "\n".join(sorted(set(lines)))
+
+
+def _captured_with(model, cache, batch: int, settings) -> GraphedDecoder:
+    """A decode graph for `batch` rows captured while each (module, attr, value) of
+    `settings` holds."""
+    before = [(module, attr, getattr(module, attr)) for module, attr, _ in settings]
+    for module, attr, value in settings:
+        setattr(module, attr, value)
     try:
         graphed = GraphedDecoder(model, cache, batch)
         graphed.capture([batch])
     finally:
-        setattr(module, attr, before)
+        for module, attr, value in before:
+            setattr(module, attr, value)
     return graphed
+
+
+def decode_switches(batch: int) -> list[tuple[str, list]]:
+    """(name, settings) of the graphed decode variants measured beside the default."""
+    from granite_runtime import triton_fused_linear, triton_pdl
+
+    late, preload = (triton_pdl, "TRIGGER", "late"), (triton_fused_linear, "PRELOAD", True)
+    switches = [("no_pdl", [(triton_pdl, "ENABLED", False)])]  # kernels launched in turn
+    if batch == 1:  # the one-row fusions (triton_fused_linear) off, and their launch options
+        switches += [
+            ("unfused", [(layers, "FUSED_LINEAR", False)]),
+            ("attention_unfused", [(layers, "FUSED_ATTENTION", False)]),
+            ("pdl_late", [late]),
+            ("preload", [preload]),
+            ("pdl_late_preload", [late, preload]),
+        ]
+    return switches
 
 
 @torch.inference_mode()
@@ -175,9 +227,8 @@ def gkit(
     profile_batch: int = 0,
     profile_prefill: int = 0,
     profile_graph: int = 0,
+    only_variants: tuple[str, ...] = (),
 ) -> dict:
-    from granite_runtime import triton_pdl
-
     model = load_model(path, "bfloat16", "cuda")
     c = model.config
     out = {}
@@ -199,12 +250,10 @@ def gkit(
             512 * memory.kv_bytes_per_token(c) + 2 * memory.state_bytes_per_sequence(c)
         )
         variants = [("eager", lambda batch=batch, cache=cache, t=tokens: model(t, batch, cache))]
-        switches = [("no_pdl", triton_pdl, "ENABLED", False)]  # kernels launched in turn
-        if b == 1:  # the one-row fusions (triton_fused_linear) off
-            switches.append(("unfused", layers, "FUSED_LINEAR", False))
-            switches.append(("attention_unfused", layers, "FUSED_ATTENTION", False))
-        for name, module, attr, value in switches if graphed.supports(b) else []:
-            other = _captured_with(model, cache, b, module, attr, value)
+        for name, settings in decode_switches(b) if graphed.supports(b) else []:
+            if only_variants and name not in only_variants:
+                continue
+            other = _captured_with(model, cache, b, settings)
             variants.append(
                 (f"graph_{name}", lambda g=other, t=tokens, s=slots, p=starts: g(t, s, p))
             )
@@ -228,6 +277,8 @@ def gkit(
             variants.append(
                 ("compiled_graph", lambda g=fused, t=tokens, s=slots, p=starts: g(t, s, p))
             )
+        if b == 1:
+            out["profile_kernel_resources"] = kernel_resources()
         if b == profile_batch:
             out[f"profile_b{b}_graph_kernels"] = profile_step(variants[0][1])
         if b == profile_graph and graphed.supports(b):
@@ -590,6 +641,12 @@ def main() -> None:
         "shapes), gemv, fused, sweep (moe-sweep and fused with every block shape); empty for "
         "none",
     )
+    ap.add_argument(
+        "--variants",
+        default="",
+        help="comma-separated graphed decode variants to run beside the default (all when "
+        "empty): no_pdl, unfused, attention_unfused, pdl_late, preload, pdl_late_preload",
+    )
     ap.add_argument("--profile-prefill", type=int, default=0, help="profile this prompt length")
     ap.add_argument("--no-transformers", action="store_true", help="skip the peer's decode")
     ap.add_argument(
@@ -632,6 +689,7 @@ def main() -> None:
             args.profile,
             args.profile_prefill,
             args.profile_graph,
+            tuple(v for v in args.variants.split(",") if v),
         )
         for key in [k for k in r if k.startswith("profile_")]:
             print(f"{key}:\n{r.pop(key)}")

@@ -29,7 +29,7 @@ import triton
 import triton.language as tl
 
 from granite_runtime import triton_pdl
-from granite_runtime.triton_pdl import wait_for_previous
+from granite_runtime.triton_pdl import release_next, wait_for_previous
 
 # the input each kernel builds (globals a jit function reads must be tl.constexpr)
 PLAIN, NORM_ADD, GATED_NORM, SILU_MUL = (tl.constexpr(v) for v in range(4))
@@ -69,38 +69,65 @@ def _input(a_ptr, b_ptr, nw_ptr, sum_ptr, normed_ptr, alpha, eps, first_program,
 
 
 @triton.jit
+def _block_rows(w_ptr, w2_ptr, w3_ptr, N, N2, sw, sw2, sw3, block, rows, K: tl.constexpr,
+                K_PAD: tl.constexpr, BLOCK_N: tl.constexpr, STACKED: tl.constexpr):  # fmt: skip
+    """Load one block of BLOCK_N weight rows (row n of the stack: of w, then w2, then w3)."""
+    n = block * BLOCK_N + tl.arange(0, BLOCK_N)
+    k = tl.arange(0, K_PAD)
+    if STACKED:
+        row_ptr = tl.where(
+            n < N, w_ptr + n * sw, tl.where(n < N + N2, w2_ptr + (n - N) * sw2,
+                                            w3_ptr + (n - N - N2) * sw3)
+        )  # fmt: skip
+    else:  # one weight: no per-row choice in the streaming loop
+        row_ptr = w_ptr + n * sw
+    return tl.load(row_ptr[:, None] + k[None, :], mask=(n < rows)[:, None] & (k < K)[None, :])
+
+
+@triton.jit
+def _store_block(out_ptr, w, h, block, rows, BLOCK_N: tl.constexpr):
+    n = block * BLOCK_N + tl.arange(0, BLOCK_N)
+    out = tl.sum(w.to(tl.float32) * h[None, :], axis=1)
+    tl.store(out_ptr + n, out.to(out_ptr.dtype.element_ty), mask=n < rows)
+
+
+@triton.jit
 def _fused_linear_kernel(
     a_ptr, b_ptr, nw_ptr, sum_ptr, normed_ptr, w_ptr, w2_ptr, w3_ptr, out_ptr,
     N, N2, N3, sw, sw2, sw3, alpha, eps,
     K: tl.constexpr, K_PAD: tl.constexpr, PROLOGUE: tl.constexpr, HAS_DELTA: tl.constexpr,
-    KEEP_NORMED: tl.constexpr, BLOCK_N: tl.constexpr, STACKED: tl.constexpr, PDL: tl.constexpr,
+    KEEP_NORMED: tl.constexpr, BLOCK_N: tl.constexpr, STACKED: tl.constexpr,
+    PRELOAD: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
     # Persistent: a few programs per SM, each builds the input once (a few KB from L2) and
     # then streams its share of whole weight rows; the loads of the next rows are in flight
     # while the current ones are summed (num_stages). Launched early (triton_pdl), programs
-    # wait for the kernel before them at the start. Loading the first block of rows before
-    # that wait measured slower (h-tiny 577 -> 526 tok/s; bench/NOTES.md, session 8).
+    # wait for the kernel before them at the start. With PRELOAD a program asks for its first
+    # block of rows before that wait (session 8, with the early trigger: h-tiny 577 -> 526
+    # tok/s; measured again with the late trigger, bench/NOTES.md session 9).
     # Up to three weights are stacked into one row space (row n of the output is row n of
     # w, then of w2, then of w3), so the programs share all rows evenly.
     pid, programs = tl.program_id(0), tl.num_programs(0)
-    wait_for_previous(PDL)
-    dtype = out_ptr.dtype.element_ty
-    h = _input(a_ptr, b_ptr, nw_ptr, sum_ptr, normed_ptr, alpha, eps, pid == 0,
-               K, K_PAD, PROLOGUE, HAS_DELTA, KEEP_NORMED, dtype)  # fmt: skip
-    k = tl.arange(0, K_PAD)
     rows = N + N2 + N3
-    for block in range(pid, tl.cdiv(rows, BLOCK_N), programs):
-        n = block * BLOCK_N + tl.arange(0, BLOCK_N)
-        if STACKED:
-            row_ptr = tl.where(
-                n < N, w_ptr + n * sw, tl.where(n < N + N2, w2_ptr + (n - N) * sw2,
-                                                w3_ptr + (n - N - N2) * sw3)
-            )  # fmt: skip
-        else:  # one weight: no per-row choice in the streaming loop
-            row_ptr = w_ptr + n * sw
-        w = tl.load(row_ptr[:, None] + k[None, :], mask=(n < rows)[:, None] & (k < K)[None, :])
-        out = tl.sum(w.to(tl.float32) * h[None, :], axis=1)
-        tl.store(out_ptr + n, out.to(dtype), mask=n < rows)
+    blocks = tl.cdiv(rows, BLOCK_N)
+    if PRELOAD:
+        first = _block_rows(w_ptr, w2_ptr, w3_ptr, N, N2, sw, sw2, sw3, pid, rows,
+                            K, K_PAD, BLOCK_N, STACKED)  # fmt: skip
+    wait_for_previous(PDL)
+    h = _input(a_ptr, b_ptr, nw_ptr, sum_ptr, normed_ptr, alpha, eps, pid == 0,
+               K, K_PAD, PROLOGUE, HAS_DELTA, KEEP_NORMED, out_ptr.dtype.element_ty)  # fmt: skip
+    start = pid
+    if PRELOAD:
+        if pid + programs >= blocks:
+            release_next(PDL)
+        _store_block(out_ptr, first, h, pid, rows, BLOCK_N)
+        start = pid + programs
+    for block in range(start, blocks, programs):
+        if block + programs >= blocks:  # this program's last block
+            release_next(PDL)
+        w = _block_rows(w_ptr, w2_ptr, w3_ptr, N, N2, sw, sw2, sw3, block, rows,
+                        K, K_PAD, BLOCK_N, STACKED)  # fmt: skip
+        _store_block(out_ptr, w, h, block, rows, BLOCK_N)
 
 
 # (BLOCK_N, programs per SM, num_warps, num_stages); bench/gpu_bench.py `fused_linear_kernels`
@@ -123,6 +150,7 @@ def config_for(rows: int, inner: int) -> tuple[int, int, int, int]:
 
 
 CONFIG_OVERRIDE: tuple[int, int, int, int] | None = None  # a benchmark's forced block shape
+PRELOAD = False  # the first block of rows asked for before the wait (a benchmark switch)
 _SMS: dict[int, int] = {}
 
 
@@ -147,7 +175,8 @@ def _launch(prologue, a, b, norm_w, total, weights, alpha, eps, inner, dtype, no
         out, *counts, w1.stride(0), w2.stride(0), w3.stride(0), alpha, eps,
         K=inner, K_PAD=triton.next_power_of_2(inner), PROLOGUE=prologue.value,
         HAS_DELTA=b is not None and prologue is NORM_ADD, KEEP_NORMED=normed is not None,
-        BLOCK_N=block_n, STACKED=len(weights) > 1, num_warps=warps, num_stages=stages,
+        BLOCK_N=block_n, STACKED=len(weights) > 1, PRELOAD=PRELOAD, num_warps=warps,
+        num_stages=stages,
         **triton_pdl.options(w1),
     )  # fmt: skip
     return out
