@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from functools import partial
 from pathlib import Path
@@ -153,6 +154,21 @@ def _tuned_configs() -> str:
     )
 
 
+def _resources(compiled) -> str:
+    compiled._init_handles()
+    warps = compiled.metadata.num_warps
+    regs = max(compiled.n_regs, 1)
+    fit = min(
+        64 // warps,
+        65536 // (((regs * 32 + 255) // 256) * 256 * warps),
+        (228 * 1024) // max(compiled.metadata.shared, 1),
+    )
+    return (
+        f"{warps} warps, {compiled.n_regs} regs, {compiled.n_spills} spills, "
+        f"{compiled.metadata.shared} B shared -> {fit} programs/SM"
+    )
+
+
 def kernel_resources() -> str:
     """Registers, spills and shared memory of every decode kernel compiled so far, and how
     many of its programs fit on one SM: the one-row products are launched "persistent"
@@ -161,27 +177,20 @@ def kernel_resources() -> str:
 
     from granite_runtime import triton_fused, triton_fused_linear, triton_moe, triton_ops
 
-    lines = []
+    lines, seen = [], []
     for module in (triton_fused_linear, triton_moe, triton_ops, triton_fused):
         for name in dir(module):
             fn = getattr(module, name)
             fn = getattr(fn, "fn", fn)  # an autotuner wraps the jit function
-            if not isinstance(fn, triton.runtime.JITFunction):
+            caches = getattr(fn, "device_caches", None)
+            if not isinstance(fn, triton.runtime.JITFunction) or caches is None:
                 continue
-            for device_cache in fn.device_caches.values():
+            seen.append(f"{name}[{sum(len(c[0]) for c in caches.values())}]")
+            for device_cache in caches.values():
                 for compiled in device_cache[0].values():
-                    compiled._init_handles()
-                    warps = compiled.metadata.num_warps
-                    regs = max(compiled.n_regs, 1)
-                    fit = min(
-                        64 // warps,
-                        65536 // (((regs * 32 + 255) // 256) * 256 * warps),
-                        (228 * 1024) // max(compiled.metadata.shared, 1),
-                    )
-                    lines.append(
-                        f"{name}: {warps} warps, {compiled.n_regs} regs, {compiled.n_spills} "
-                        f"spills, {compiled.metadata.shared} B shared -> {fit} programs/SM"
-                    )
+                    lines.append(f"{name}: {_resources(compiled)}")
+    if not lines:  # a Triton whose caches are laid out otherwise: say what was found
+        return "no compiled kernels found in " + ", ".join(seen)
     return "\n".join(sorted(set(lines)))
 
 
@@ -204,7 +213,9 @@ def decode_switches(batch: int) -> list[tuple[str, list]]:
     """(name, settings) of the graphed decode variants measured beside the default."""
     from granite_runtime import triton_fused_linear, triton_pdl
 
-    late, preload = (triton_pdl, "TRIGGER", "late"), (triton_fused_linear, "PRELOAD", True)
+    late = (triton_pdl, "TRIGGER", "late")
+    preload = (triton_fused_linear, "PRELOAD_FROM", 0)
+    preload_big = (triton_fused_linear, "PRELOAD_FROM", 16 << 20)
     switches = [("no_pdl", [(triton_pdl, "ENABLED", False)])]  # kernels launched in turn
     if batch == 1:  # the one-row fusions (triton_fused_linear) off, and their launch options
         switches += [
@@ -212,6 +223,7 @@ def decode_switches(batch: int) -> list[tuple[str, list]]:
             ("attention_unfused", [(layers, "FUSED_ATTENTION", False)]),
             ("pdl_late", [late]),
             ("preload", [preload]),
+            ("preload_big", [preload_big]),
             ("pdl_late_preload", [late, preload]),
         ]
     return switches
@@ -228,6 +240,7 @@ def gkit(
     profile_prefill: int = 0,
     profile_graph: int = 0,
     only_variants: tuple[str, ...] = (),
+    rounds: int = 1,
 ) -> dict:
     model = load_model(path, "bfloat16", "cuda")
     c = model.config
@@ -283,12 +296,17 @@ def gkit(
             out[f"profile_b{b}_graph_kernels"] = profile_step(variants[0][1])
         if b == profile_graph and graphed.supports(b):
             out[f"profile_b{b}_graphed_step"] = profile_graph_step(variants[-1][1])
-        for name, fn in variants:
-            step = _timed(fn, 50)
+        steps = {name: [] for name, _ in variants}
+        for _ in range(rounds):  # variants interleaved, so a drift in clocks hits them all
+            for name, fn in variants:
+                steps[name].append(_timed(fn, 50))
+        for name, times in steps.items():
+            step = statistics.median(times)
             out[f"decode_b{b}_{name}"] = {
                 "tok_s": b / step,
                 "step_ms": step * 1e3,
                 "roofline_fraction": moved / step / 1e9 / bandwidth,
+                "rounds_tok_s": [round(b / t, 1) for t in times],
             }
         del graphed, graphed_torch, cache
         torch.cuda.empty_cache()
@@ -645,7 +663,14 @@ def main() -> None:
         "--variants",
         default="",
         help="comma-separated graphed decode variants to run beside the default (all when "
-        "empty): no_pdl, unfused, attention_unfused, pdl_late, preload, pdl_late_preload",
+        "empty): no_pdl, unfused, attention_unfused, pdl_late, preload, preload_big "
+        "(weights of 16 MiB and more), pdl_late_preload",
+    )
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="time every decode variant this many times, interleaved, and report the median",
     )
     ap.add_argument("--profile-prefill", type=int, default=0, help="profile this prompt length")
     ap.add_argument("--no-transformers", action="store_true", help="skip the peer's decode")
@@ -690,6 +715,7 @@ def main() -> None:
             args.profile_prefill,
             args.profile_graph,
             tuple(v for v in args.variants.split(",") if v),
+            args.rounds,
         )
         for key in [k for k in r if k.startswith("profile_")]:
             print(f"{key}:\n{r.pop(key)}")
@@ -732,6 +758,7 @@ def main() -> None:
                 print(
                     f"  {key}: {v['tok_s']:,.1f} tok/s, {v['step_ms']:.1f} ms/step, "
                     f"{v['roofline_fraction']:.1%} of the memory roofline"
+                    + (f" (rounds: {v['rounds_tok_s']})" if len(v["rounds_tok_s"]) > 1 else "")
                 )
         for key, v in theirs.items():
             mine = r.get(key.replace("decode_b1_tok_s", "decode_b1_graph"), None)

@@ -150,7 +150,9 @@ def config_for(rows: int, inner: int) -> tuple[int, int, int, int]:
 
 
 CONFIG_OVERRIDE: tuple[int, int, int, int] | None = None  # a benchmark's forced block shape
-PRELOAD = False  # the first block of rows asked for before the wait (a benchmark switch)
+# Weights of at least this many bytes have their programs ask for the first block of rows
+# before the wait (None: never); a benchmark switch for now.
+PRELOAD_FROM: int | None = None
 _SMS: dict[int, int] = {}
 
 
@@ -175,7 +177,9 @@ def _launch(prologue, a, b, norm_w, total, weights, alpha, eps, inner, dtype, no
         out, *counts, w1.stride(0), w2.stride(0), w3.stride(0), alpha, eps,
         K=inner, K_PAD=triton.next_power_of_2(inner), PROLOGUE=prologue.value,
         HAS_DELTA=b is not None and prologue is NORM_ADD, KEEP_NORMED=normed is not None,
-        BLOCK_N=block_n, STACKED=len(weights) > 1, PRELOAD=PRELOAD, num_warps=warps,
+        BLOCK_N=block_n, STACKED=len(weights) > 1,
+        PRELOAD=PRELOAD_FROM is not None and rows * inner * w1.element_size() >= PRELOAD_FROM,
+        num_warps=warps,
         num_stages=stages,
         **triton_pdl.options(w1),
     )  # fmt: skip
