@@ -183,14 +183,18 @@ def kernel_resources() -> str:
             fn = getattr(module, name)
             fn = getattr(fn, "fn", fn)  # an autotuner wraps the jit function
             caches = getattr(fn, "device_caches", None)
-            if not isinstance(fn, triton.runtime.JITFunction) or caches is None:
+            if not name.startswith("_") or not hasattr(caches, "values"):
                 continue
             seen.append(f"{name}[{sum(len(c[0]) for c in caches.values())}]")
             for device_cache in caches.values():
                 for compiled in device_cache[0].values():
                     lines.append(f"{name}: {_resources(compiled)}")
     if not lines:  # a Triton whose caches are laid out otherwise: say what was found
-        return "no compiled kernels found in " + ", ".join(seen)
+        probe = triton_fused_linear._fused_linear_kernel
+        return (
+            f"no compiled kernels found in {', '.join(seen)} (triton {triton.__version__}; "
+            f"{type(probe).__name__} has {[a for a in vars(probe) if 'cache' in a]})"
+        )
     return "\n".join(sorted(set(lines)))
 
 
@@ -211,19 +215,19 @@ def _captured_with(model, cache, batch: int, settings) -> GraphedDecoder:
 
 def decode_switches(batch: int) -> list[tuple[str, list]]:
     """(name, settings) of the graphed decode variants measured beside the default."""
-    from granite_runtime import triton_fused_linear, triton_pdl
+    from granite_runtime import triton_fused_linear, triton_moe, triton_pdl
 
     late = (triton_pdl, "TRIGGER", "late")
-    preload = (triton_fused_linear, "PRELOAD_FROM", 0)
-    preload_big = (triton_fused_linear, "PRELOAD_FROM", 16 << 20)
+    preload = (triton_fused_linear, "PRELOAD", "all")
     switches = [("no_pdl", [(triton_pdl, "ENABLED", False)])]  # kernels launched in turn
     if batch == 1:  # the one-row fusions (triton_fused_linear) off, and their launch options
         switches += [
             ("unfused", [(layers, "FUSED_LINEAR", False)]),
             ("attention_unfused", [(layers, "FUSED_ATTENTION", False)]),
             ("pdl_late", [late]),
-            ("preload", [preload]),
-            ("preload_big", [preload_big]),
+            ("no_preload", [(triton_fused_linear, "PRELOAD", "none")]),
+            ("preload_all", [preload]),
+            ("moe_late", [(triton_moe, "RELEASE_LATE", True)]),
             ("pdl_late_preload", [late, preload]),
         ]
     return switches
@@ -663,8 +667,9 @@ def main() -> None:
         "--variants",
         default="",
         help="comma-separated graphed decode variants to run beside the default (all when "
-        "empty): no_pdl, unfused, attention_unfused, pdl_late, preload, preload_big "
-        "(weights of 16 MiB and more), pdl_late_preload",
+        "empty): no_pdl, unfused, attention_unfused, pdl_late, no_preload, preload_all "
+        "(triton_fused_linear.PRELOAD), moe_late (the experts' kernels release late), "
+        "pdl_late_preload",
     )
     ap.add_argument(
         "--rounds",

@@ -150,9 +150,12 @@ def config_for(rows: int, inner: int) -> tuple[int, int, int, int]:
 
 
 CONFIG_OVERRIDE: tuple[int, int, int, int] | None = None  # a benchmark's forced block shape
-# Weights of at least this many bytes have their programs ask for the first block of rows
-# before the wait (None: never); a benchmark switch for now.
-PRELOAD_FROM: int | None = None
+# Whether a product's programs ask for their first block of rows before the wait:
+# "auto" where the caller says so (every product but the one after the MoE experts' kernels,
+# see DecoderLayer), "all" or "none" (benchmark switches). Session 9, H200, same run:
+# h-micro 423.8 -> 443.4 tok/s with every product preloading, h-tiny 595.5 -> 587.6, and
+# 576.5 when only its in_proj (after the experts) preloaded (bench/NOTES.md).
+PRELOAD = "auto"
 _SMS: dict[int, int] = {}
 
 
@@ -163,7 +166,9 @@ def _sms(device: torch.device) -> int:
     return _SMS[index]
 
 
-def _launch(prologue, a, b, norm_w, total, weights, alpha, eps, inner, dtype, normed=None):
+def _launch(
+    prologue, a, b, norm_w, total, weights, alpha, eps, inner, dtype, normed=None, preload=True
+):
     assert 1 <= len(weights) <= 3
     w1, w2, w3 = (*weights, *[weights[0]] * (3 - len(weights)))
     counts = [w.shape[0] for w in weights] + [0] * (3 - len(weights))
@@ -178,7 +183,7 @@ def _launch(prologue, a, b, norm_w, total, weights, alpha, eps, inner, dtype, no
         K=inner, K_PAD=triton.next_power_of_2(inner), PROLOGUE=prologue.value,
         HAS_DELTA=b is not None and prologue is NORM_ADD, KEEP_NORMED=normed is not None,
         BLOCK_N=block_n, STACKED=len(weights) > 1,
-        PRELOAD=PRELOAD_FROM is not None and rows * inner * w1.element_size() >= PRELOAD_FROM,
+        PRELOAD=PRELOAD == "all" or (PRELOAD == "auto" and preload),
         num_warps=warps,
         num_stages=stages,
         **triton_pdl.options(w1),
@@ -200,17 +205,21 @@ def _row(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(-1) if t.is_contiguous() else t.reshape(-1).contiguous()
 
 
-def norm_linear(x, delta, alpha: float, norm_weight, eps: float, *weights, keep_normed=False):
+def norm_linear(
+    x, delta, alpha: float, norm_weight, eps: float, *weights, keep_normed=False, preload=True
+):
     """(x + alpha * delta, [w1 | w2 | w3] @ h) for one row and 1-3 stacked weights, h =
     norm_weight * rms_norm(x + alpha * delta); delta None means no add (the first layer) and
-    then x itself comes back. With keep_normed, h (one row) is returned third."""
+    then x itself comes back. With keep_normed, h (one row) is returned third. `preload`
+    False keeps the weight reads after the wait (PRELOAD)."""
     x1 = _row(x)
     total = torch.empty_like(x1) if delta is not None else None
     normed = torch.empty_like(x1) if keep_normed else None
     d1 = _row(delta) if delta is not None else None
     out = _launch(
-        NORM_ADD, x1, d1, norm_weight, total, weights, alpha, eps, x1.numel(), x.dtype, normed
-    )
+        NORM_ADD, x1, d1, norm_weight, total, weights, alpha, eps, x1.numel(), x.dtype, normed,
+        preload,
+    )  # fmt: skip
     lead = x.shape[:-1]
     result = (total.view(x.shape) if total is not None else x), out.view(*lead, -1)
     return (*result, normed.view(1, -1)) if keep_normed else result

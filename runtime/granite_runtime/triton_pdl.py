@@ -49,10 +49,10 @@ TRIGGER = os.environ.get("GKIT_PDL_TRIGGER", "early")
 _CAPABLE: dict[int, bool] = {}
 
 
-def options(t: torch.Tensor) -> dict:
+def options(t: torch.Tensor, late: bool = False) -> dict:
     """Launch keywords for a decode kernel on t's device: {"PDL": 0 off, 1 launched early and
     releasing the next kernel at its wait, 2 releasing it late; and "launch_pdl": True where
-    it is on}."""
+    it is on}. `late` asks for the late trigger whatever TRIGGER says."""
     if not (ENABLED and t.is_cuda and gdc_wait is not None):
         return {"PDL": False}
     if os.environ.get("TRITON_INTERPRET") == "1":
@@ -62,7 +62,7 @@ def options(t: torch.Tensor) -> dict:
         _CAPABLE[index] = torch.cuda.get_device_capability(index)[0] >= 9
     if not _CAPABLE[index]:
         return {"PDL": False}
-    return {"PDL": 2 if TRIGGER == "late" else 1, "launch_pdl": True}
+    return {"PDL": 2 if late or TRIGGER == "late" else 1, "launch_pdl": True}
 
 
 @triton.jit
