@@ -215,7 +215,7 @@ def _captured_with(model, cache, batch: int, settings) -> GraphedDecoder:
 
 def decode_switches(batch: int) -> list[tuple[str, list]]:
     """(name, settings) of the graphed decode variants measured beside the default."""
-    from granite_runtime import triton_fused_linear, triton_moe, triton_pdl
+    from granite_runtime import triton_fused_linear, triton_moe, triton_ops, triton_pdl
 
     late = (triton_pdl, "TRIGGER", "late")
     preload = (triton_fused_linear, "PRELOAD", "all")
@@ -228,6 +228,8 @@ def decode_switches(batch: int) -> list[tuple[str, list]]:
             ("no_preload", [(triton_fused_linear, "PRELOAD", "none")]),
             ("preload_all", [preload]),
             ("moe_late", [(triton_moe, "RELEASE_LATE", True)]),
+            ("preload2", [(triton_fused_linear, "PRELOAD_BLOCKS", 2)]),
+            ("late_state", [(triton_ops, "EARLY_STATE", False)]),
             ("pdl_late_preload", [late, preload]),
         ]
     return switches
@@ -669,7 +671,8 @@ def main() -> None:
         help="comma-separated graphed decode variants to run beside the default (all when "
         "empty): no_pdl, unfused, attention_unfused, pdl_late, no_preload, preload_all "
         "(triton_fused_linear.PRELOAD), moe_late (the experts' kernels release late), "
-        "pdl_late_preload",
+        "preload2 (two blocks before the wait), late_state (the state kernels read their "
+        "pools after the wait), pdl_late_preload",
     )
     ap.add_argument(
         "--rounds",

@@ -110,19 +110,20 @@ def _fused_linear_kernel(
     pid, programs = tl.program_id(0), tl.num_programs(0)
     rows = N + N2 + N3
     blocks = tl.cdiv(rows, BLOCK_N)
-    if PRELOAD:
+    if PRELOAD >= 1:  # (a block past the end loads nothing: its rows are all masked)
         first = _block_rows(w_ptr, w2_ptr, w3_ptr, N, N2, sw, sw2, sw3, pid, rows,
                             K, K_PAD, BLOCK_N, STACKED)  # fmt: skip
+    if PRELOAD >= 2:
+        second = _block_rows(w_ptr, w2_ptr, w3_ptr, N, N2, sw, sw2, sw3, pid + programs, rows,
+                             K, K_PAD, BLOCK_N, STACKED)  # fmt: skip
     wait_for_previous(PDL)
     h = _input(a_ptr, b_ptr, nw_ptr, sum_ptr, normed_ptr, alpha, eps, pid == 0,
                K, K_PAD, PROLOGUE, HAS_DELTA, KEEP_NORMED, out_ptr.dtype.element_ty)  # fmt: skip
-    start = pid
-    if PRELOAD:
-        if pid + programs >= blocks:
-            release_next(PDL)
+    if PRELOAD >= 1:
         _store_block(out_ptr, first, h, pid, rows, BLOCK_N)
-        start = pid + programs
-    for block in range(start, blocks, programs):
+    if PRELOAD >= 2:
+        _store_block(out_ptr, second, h, pid + programs, rows, BLOCK_N)
+    for block in range(pid + PRELOAD * programs, blocks, programs):
         if block + programs >= blocks:  # this program's last block
             release_next(PDL)
         w = _block_rows(w_ptr, w2_ptr, w3_ptr, N, N2, sw, sw2, sw3, block, rows,
@@ -156,6 +157,7 @@ CONFIG_OVERRIDE: tuple[int, int, int, int] | None = None  # a benchmark's forced
 # h-micro 423.8 -> 443.4 tok/s with every product preloading, h-tiny 595.5 -> 587.6, and
 # 576.5 when only its in_proj (after the experts) preloaded (bench/NOTES.md).
 PRELOAD = "auto"
+PRELOAD_BLOCKS = 1  # how many blocks each program asks for before the wait
 _SMS: dict[int, int] = {}
 
 
@@ -183,7 +185,7 @@ def _launch(
         K=inner, K_PAD=triton.next_power_of_2(inner), PROLOGUE=prologue.value,
         HAS_DELTA=b is not None and prologue is NORM_ADD, KEEP_NORMED=normed is not None,
         BLOCK_N=block_n, STACKED=len(weights) > 1,
-        PRELOAD=PRELOAD == "all" or (PRELOAD == "auto" and preload),
+        PRELOAD=PRELOAD_BLOCKS if PRELOAD == "all" or (PRELOAD == "auto" and preload) else 0,
         num_warps=warps,
         num_stages=stages,
         **triton_pdl.options(w1),

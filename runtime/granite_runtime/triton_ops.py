@@ -16,6 +16,11 @@ import triton.language as tl
 from granite_runtime import triton_pdl
 from granite_runtime.triton_pdl import wait_for_previous
 
+# The state kernels read their own pools before waiting for the kernel before them
+# (triton_pdl): that kernel never writes them. False reads everything after the wait (a
+# benchmark switch).
+EARLY_STATE = True
+
 
 @triton.jit
 def _ssd_step_kernel(
@@ -23,9 +28,14 @@ def _ssd_step_kernel(
     dt_min, dt_max,
     sx_row, sdt_row, sb_row, sc_row, s_slot, s_head, s_p,
     H: tl.constexpr, P: tl.constexpr, N: tl.constexpr, HEADS_PER_GROUP: tl.constexpr,
-    SOFTPLUS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, PDL: tl.constexpr,
+    SOFTPLUS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+    EARLY_STATE: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
-    wait_for_previous(PDL)  # the state pool is written by this kernel: nothing before it
+    # Before the wait only what the kernel before this one (the conv) cannot be writing:
+    # this row's state (only this kernel writes the state pool), the slots (copied in before
+    # the step) and the head's parameters. The state is the bulk of this kernel's reads.
+    if not EARLY_STATE:
+        wait_for_previous(PDL)
     row = tl.program_id(0)
     head = tl.program_id(1)
     pb = tl.program_id(2)
@@ -34,21 +44,27 @@ def _ssd_step_kernel(
     p = pb * BLOCK_P + tl.arange(0, BLOCK_P)
     n = tl.arange(0, BLOCK_N)
     p_ok, n_ok = p < P, n < N
-    dt = tl.load(dt_ptr + row * sdt_row + head).to(tl.float32)
-    if SOFTPLUS:  # dt straight from in_proj: softplus(dt + dt_bias), clamped, as layers.py
-        dt = dt + tl.load(bias_ptr + head).to(tl.float32)
-        dt = tl.where(dt > 20.0, dt, tl.log(1.0 + tl.exp(dt)))  # F.softplus, threshold 20
-        dt = tl.minimum(tl.maximum(dt, dt_min), dt_max)
-    decay = tl.exp(dt * tl.load(a_ptr + head).to(tl.float32))
-    x = tl.load(x_ptr + row * sx_row + head * P + p, mask=p_ok, other=0.0).to(tl.float32)
-    bv = tl.load(b_ptr + row * sb_row + group * N + n, mask=n_ok, other=0.0).to(tl.float32)
-    cv = tl.load(c_ptr + row * sc_row + group * N + n, mask=n_ok, other=0.0).to(tl.float32)
     offs = slot * s_slot + head * s_head + p[:, None] * s_p + n[None, :]
     mask = p_ok[:, None] & n_ok[None, :]
     state = tl.load(state_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    a = tl.load(a_ptr + head).to(tl.float32)
+    d = tl.load(d_ptr + head).to(tl.float32)
+    if SOFTPLUS:
+        bias = tl.load(bias_ptr + head).to(tl.float32)
+    if EARLY_STATE:
+        wait_for_previous(PDL)
+    dt = tl.load(dt_ptr + row * sdt_row + head).to(tl.float32)
+    if SOFTPLUS:  # dt straight from in_proj: softplus(dt + dt_bias), clamped, as layers.py
+        dt = dt + bias
+        dt = tl.where(dt > 20.0, dt, tl.log(1.0 + tl.exp(dt)))  # F.softplus, threshold 20
+        dt = tl.minimum(tl.maximum(dt, dt_min), dt_max)
+    decay = tl.exp(dt * a)
+    x = tl.load(x_ptr + row * sx_row + head * P + p, mask=p_ok, other=0.0).to(tl.float32)
+    bv = tl.load(b_ptr + row * sb_row + group * N + n, mask=n_ok, other=0.0).to(tl.float32)
+    cv = tl.load(c_ptr + row * sc_row + group * N + n, mask=n_ok, other=0.0).to(tl.float32)
     state = state * decay + (dt * x)[:, None] * bv[None, :]
     tl.store(state_ptr + offs, state.to(state_ptr.dtype.element_ty), mask=mask)
-    y = tl.sum(state * cv[None, :], axis=1) + tl.load(d_ptr + head).to(tl.float32) * x
+    y = tl.sum(state * cv[None, :], axis=1) + d * x
     tl.store(y_ptr + (row * H + head) * P + p, y, mask=p_ok)
 
 
@@ -82,8 +98,8 @@ def ssd_step(
         x.stride(0), dt.stride(0), Bm.stride(0), Cm.stride(0),
         state_pool.stride(0), state_pool.stride(1), state_pool.stride(2),
         H=h, P=p, N=n, HEADS_PER_GROUP=h // g, SOFTPLUS=dt_bias is not None,
-        BLOCK_P=block_p, BLOCK_N=triton.next_power_of_2(n), num_warps=4,
-        **triton_pdl.options(x),
+        BLOCK_P=block_p, BLOCK_N=triton.next_power_of_2(n), EARLY_STATE=EARLY_STATE,
+        num_warps=4, **triton_pdl.options(x),
     )  # fmt: skip
     return y
 
@@ -102,24 +118,33 @@ def _conv_update_kernel(
     HAS_BIAS: tl.constexpr,
     K: tl.constexpr,
     BLOCK_C: tl.constexpr,
+    EARLY_STATE: tl.constexpr,
     PDL: tl.constexpr,
 ):
-    wait_for_previous(PDL)
+    # Only x (in_proj's output) needs the kernel before this one. The window is this
+    # kernel's own (nothing else reads or writes the conv pool during a step), so with
+    # EARLY_STATE it is read, summed and shifted before the wait.
+    if not EARLY_STATE:
+        wait_for_previous(PDL)
     row = tl.program_id(0)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     ok = c < C
     slot = tl.load(slots_ptr + row)
     base = pool_ptr + slot * s_slot + c * s_chan
-    x = tl.load(x_ptr + row * C + c, mask=ok, other=0.0)
-    acc = tl.load(w_ptr + c * K + (K - 1), mask=ok, other=0.0).to(tl.float32) * x.to(tl.float32)
+    acc = tl.zeros([BLOCK_C], dtype=tl.float32)
     for k in tl.static_range(K - 1):  # the K-1 past inputs, oldest first
         past = tl.load(base + k, mask=ok, other=0.0)
         acc += tl.load(w_ptr + c * K + k, mask=ok, other=0.0).to(tl.float32) * past.to(tl.float32)
         if k > 0:  # shift the window left by one, in place (column k-1 was read already)
             tl.store(base + (k - 1), past, mask=ok)
-    tl.store(base + (K - 2), x.to(pool_ptr.dtype.element_ty), mask=ok)
+    w_new = tl.load(w_ptr + c * K + (K - 1), mask=ok, other=0.0).to(tl.float32)
     if HAS_BIAS:
         acc += tl.load(b_ptr + c, mask=ok, other=0.0).to(tl.float32)
+    if EARLY_STATE:
+        wait_for_previous(PDL)
+    x = tl.load(x_ptr + row * C + c, mask=ok, other=0.0)
+    tl.store(base + (K - 2), x.to(pool_ptr.dtype.element_ty), mask=ok)
+    acc += w_new * x.to(tl.float32)
     tl.store(out_ptr + row * C + c, (acc * tl.sigmoid(acc)).to(out_ptr.dtype.element_ty), mask=ok)
 
 
@@ -145,6 +170,7 @@ def conv_update(x, conv_pool, weight, bias, slots) -> torch.Tensor:
         HAS_BIAS=bias is not None,
         K=k,
         BLOCK_C=block,
+        EARLY_STATE=EARLY_STATE,
         num_warps=4,
         **triton_pdl.options(x),
     )

@@ -10,17 +10,20 @@ kernel before it has called `griddepcontrol.launch_dependents`; they then wait i
 `griddepcontrol.wait` until that kernel has completed and its writes are visible.
 
 The contract each kernel launched this way keeps (`wait_for_previous`):
-- before the wait it reads nothing but weights (never written while a graph runs) and
-  writes nothing: a buffer it writes may be one the kernel before it still reads, since
-  the caching allocator hands a freed buffer to the next allocation in stream order;
+- when its programs run, every kernel but the one just before it has completed (that one
+  released it only after its own wait). So before the wait a kernel may read what that
+  kernel cannot be writing: weights (never written while a graph runs) and the state pools
+  only this kernel touches in a step (the conv window, the SSM state: triton_ops.EARLY_STATE);
+- before the wait it writes nothing but such a pool of its own: any other buffer may be one
+  the kernel before it still reads, since the caching allocator hands a freed buffer to the
+  next allocation in stream order;
 - every program waits, unconditionally: a kernel that completed without waiting could let
   the kernel after it run ahead of the kernel before it;
 - it lets the next kernel launch only after its own wait, so at most one kernel runs ahead.
-Before its wait a kernel may read weights. Two ways of starting its weight reads early were
-measured slower on an H200 and are not used (session 8, bench/NOTES.md): an L2 prefetch
-instruction per 128-byte line of a program's first rows (h-tiny's step 1.5x slower), and a
-load of the first block of rows into registers (577 -> 526 tok/s). What remains is the
-launch itself: the programs are resident and start the moment the previous kernel ends.
+What is read early, measured on an H200 (bench/NOTES.md): each fused product's first block
+of weight rows (triton_fused_linear.PRELOAD: h-micro 423.7 -> 443.2 tok/s, session 9),
+except after the MoE experts' kernels; an L2 prefetch instruction per 128-byte line instead
+made h-tiny's step 1.5x slower (session 8).
 
 The launch attribute is set where `options` says so: a CUDA device of compute capability 9
 or later, not the Triton interpreter, and `ENABLED` (`GKIT_PDL=0` turns it off, for a driver
