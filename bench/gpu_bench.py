@@ -213,6 +213,18 @@ def _captured_with(model, cache, batch: int, settings) -> GraphedDecoder:
     return graphed
 
 
+def _session8_config_for(rows: int, inner: int) -> tuple[int, int, int, int]:
+    """triton_fused_linear's block shapes before session 9's sweep with PRELOAD."""
+    import triton
+
+    width = triton.next_power_of_2(inner)
+    if width <= 2048:
+        return (4 if rows >= 16384 else 2), 8, 8, 3
+    if width == 4096 and inner == width:
+        return 1, 8, 8, 3
+    return (4 if width <= 4096 else 1), 4, 8, 3
+
+
 def decode_switches(batch: int) -> list[tuple[str, list]]:
     """(name, settings) of the graphed decode variants measured beside the default."""
     from granite_runtime import triton_fused_linear, triton_moe, triton_ops, triton_pdl
@@ -230,6 +242,7 @@ def decode_switches(batch: int) -> list[tuple[str, list]]:
             ("moe_late", [(triton_moe, "RELEASE_LATE", True)]),
             ("preload2", [(triton_fused_linear, "PRELOAD_BLOCKS", 2)]),
             ("late_state", [(triton_ops, "EARLY_STATE", False)]),
+            ("session8_shapes", [(triton_fused_linear, "config_for", _session8_config_for)]),
             ("pdl_late_preload", [late, preload]),
         ]
     return switches
@@ -672,7 +685,8 @@ def main() -> None:
         "empty): no_pdl, unfused, attention_unfused, pdl_late, no_preload, preload_all "
         "(triton_fused_linear.PRELOAD), moe_late (the experts' kernels release late), "
         "preload2 (two blocks before the wait), late_state (the state kernels read their "
-        "pools after the wait), pdl_late_preload",
+        "pools after the wait), session8_shapes (the fused products' block shapes before "
+        "session 9), pdl_late_preload",
     )
     ap.add_argument(
         "--rounds",

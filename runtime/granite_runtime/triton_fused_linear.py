@@ -133,21 +133,21 @@ def _fused_linear_kernel(
 
 # (BLOCK_N, programs per SM, num_warps, num_stages); bench/gpu_bench.py `fused_linear_kernels`
 # times the block shapes against cuBLAS with every weight cold, as in a step.
-# Session 7 (H200, results-gpu_bench-h200-11/12-sweep.txt, cold weights): inputs up to 2048
-# wide take 2 rows a load and 8 programs per SM, up to 4096 4 rows, wider 1 row (the tile
-# stays 4-16K elements) with 4 programs per SM; 8 warps throughout. Session 8 (launched
-# early, results-gpu_bench-h200-18-sweep.txt; 2 programs per SM lost everywhere): h-micro's
-# MLP input (16384 rows) 18.9 us at 4 rows against 19.6 at 2, but its in_proj (8512 rows)
-# 12.0 against 11.4; an input exactly 4096 wide (h-micro's out_proj) 8.7 us at 1 row and 8
-# programs per SM against 9.4, while 3072 padded to 4096 (h-tiny's) keeps 4 rows (7.4 us
-# against 7.7).
+# Session 7 (H200, results-gpu_bench-h200-11/12-sweep.txt): 2-4 rows a load, 8 programs
+# per SM. Session 9, with the first block asked for before the wait (PRELOAD), the winners
+# moved to fewer programs per SM holding 4 rows each (results-gpu_bench-h200-23-sweep.txt,
+# us per product, old shape -> new): h-micro in_proj 13.1 -> 10.1, out_proj (4096 wide)
+# 8.2 -> 5.9, MLP input 18.2 -> 17.9; h-tiny in_proj 9.2 -> 6.8, out_proj (3072) 5.8 ->
+# 5.1, router + shared input 4.6 -> 3.5. Inputs wider than 4096 (h-micro's MLP output,
+# 8192) keep 1 row a load, 4 programs per SM (10.8 us, unchanged); the tile stays <= 16K
+# elements.
 def config_for(rows: int, inner: int) -> tuple[int, int, int, int]:
     width = triton.next_power_of_2(inner)
     if width <= 2048:
-        return (4 if rows >= 16384 else 2), 8, 8, 3
-    if width == 4096 and inner == width:
-        return 1, 8, 8, 3
-    return (4 if width <= 4096 else 1), 4, 8, 3
+        return 4, 4, 8, 4
+    if width <= 4096:
+        return 4, 2, 8, 3
+    return 1, 4, 8, 3
 
 
 CONFIG_OVERRIDE: tuple[int, int, int, int] | None = None  # a benchmark's forced block shape
