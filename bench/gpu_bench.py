@@ -213,7 +213,7 @@ def _captured_with(model, cache, batch: int, settings) -> GraphedDecoder:
     return graphed
 
 
-def _session8_config_for(rows: int, inner: int) -> tuple[int, int, int, int]:
+def _session8_config_for(rows: int, inner: int, preload: bool = True) -> tuple[int, ...]:
     """triton_fused_linear's block shapes before session 9's sweep with PRELOAD."""
     import triton
 

@@ -572,8 +572,9 @@ def _separate(prologue, a, b, norm_w, eps, w):
 def test_fused_linear_builds_its_input_like_the_separate_kernels(
     rows, inner, dtype, poisoned_outputs
 ):
-    """triton_fused_linear's prologues (add + RMSNorm, gated RMSNorm, SiLU * up, none), at
-    config_for's block shape and two forced ones (1 row a load and 1 program per SM; 2 rows
+    """triton_fused_linear's prologues (add + RMSNorm, gated RMSNorm, SiLU * up, none), with
+    and without the first block read before the wait, at config_for's block shape and two
+    forced ones (1 row a load and 1 program per SM; 2 rows
     and 8 per SM), against the PyTorch path of layers.py: products within dtype rounding,
     the new residual bit-equal, the stacked second and third weights' rows after the
     first's (odd row counts, so blocks straddle the seams), the kept normed vector equal to
@@ -605,6 +606,10 @@ def test_fused_linear_builds_its_input_like_the_separate_kernels(
             )
             assert torch.equal(got_total, total) and got.shape == (1, 1, rows + 32)
             assert _rel(got, ref) < tol, config
+            # the same product with its weight reads after the wait (and, unforced, its
+            # own block shape): the product after the MoE experts (model.DecoderLayer)
+            late = fl.norm_linear(x, delta, 0.3, nw, 1e-5, w, second, third, preload=False)
+            assert torch.equal(late[0], total) and _rel(late[1], ref) < tol, config
             assert _rel(normed.view(-1), normed_ref.view(-1)) < 1e-2
             same, first = fl.norm_linear(x, None, 0.3, nw, 1e-5, w)
             assert same is x and _rel(first, first_ref) < tol

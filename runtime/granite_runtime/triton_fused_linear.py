@@ -140,9 +140,13 @@ def _fused_linear_kernel(
 # 8.2 -> 5.9, MLP input 18.2 -> 17.9; h-tiny in_proj 9.2 -> 6.8, out_proj (3072) 5.8 ->
 # 5.1, router + shared input 4.6 -> 3.5. Inputs wider than 4096 (h-micro's MLP output,
 # 8192) keep 1 row a load, 4 programs per SM (10.8 us, unchanged); the tile stays <= 16K
-# elements.
-def config_for(rows: int, inner: int) -> tuple[int, int, int, int]:
+# elements. These shapes need the preload: without it h-micro's step fell from 474 to 368
+# tok/s, so a product that does not preload (after the MoE experts) keeps session 8's
+# 2 rows and 8 programs per SM.
+def config_for(rows: int, inner: int, preload: bool = True) -> tuple[int, int, int, int]:
     width = triton.next_power_of_2(inner)
+    if width <= 2048 and not preload:
+        return (4 if rows >= 16384 else 2), 8, 8, 3
     if width <= 2048:
         return 4, 4, 8, 4
     if width <= 4096:
@@ -176,7 +180,8 @@ def _launch(
     counts = [w.shape[0] for w in weights] + [0] * (3 - len(weights))
     rows = sum(counts)
     out = torch.empty(1, rows, dtype=dtype, device=w1.device)
-    block_n, per_sm, warps, stages = CONFIG_OVERRIDE or config_for(rows, inner)
+    preload = PRELOAD == "all" or (PRELOAD == "auto" and preload)
+    block_n, per_sm, warps, stages = CONFIG_OVERRIDE or config_for(rows, inner, preload)
     sms = _sms(w1.device) if w1.is_cuda else 4
     _fused_linear_kernel[(min(triton.cdiv(rows, block_n), per_sm * sms),)](
         a, b if b is not None else a, norm_w if norm_w is not None else a,
@@ -185,7 +190,7 @@ def _launch(
         K=inner, K_PAD=triton.next_power_of_2(inner), PROLOGUE=prologue.value,
         HAS_DELTA=b is not None and prologue is NORM_ADD, KEEP_NORMED=normed is not None,
         BLOCK_N=block_n, STACKED=len(weights) > 1,
-        PRELOAD=PRELOAD_BLOCKS if PRELOAD == "all" or (PRELOAD == "auto" and preload) else 0,
+        PRELOAD=PRELOAD_BLOCKS if preload else 0,
         num_warps=warps,
         num_stages=stages,
         **triton_pdl.options(w1),
