@@ -240,7 +240,6 @@ def decode_switches(batch: int) -> list[tuple[str, list]]:
             ("no_preload", [(triton_fused_linear, "PRELOAD", "none")]),
             ("preload_all", [preload]),
             ("moe_late", [(triton_moe, "RELEASE_LATE", True)]),
-            ("down_waits", [(triton_moe, "DOWN_ROUTES", False)]),
             ("preload2", [(triton_fused_linear, "PRELOAD_BLOCKS", 2)]),
             ("late_state", [(triton_ops, "EARLY_STATE", False)]),
             ("session8_shapes", [(triton_fused_linear, "config_for", _session8_config_for)]),
@@ -685,7 +684,6 @@ def main() -> None:
         help="comma-separated graphed decode variants to run beside the default (all when "
         "empty): no_pdl, unfused, attention_unfused, pdl_late, no_preload, preload_all "
         "(triton_fused_linear.PRELOAD), moe_late (the experts' kernels release late), "
-        "down_waits (the down kernel reads the experts gate/up chose after its wait), "
         "preload2 (two blocks before the wait), late_state (the state kernels read their "
         "pools after the wait), session8_shapes (the fused products' block shapes before "
         "session 9), pdl_late_preload",

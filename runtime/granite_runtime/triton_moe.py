@@ -15,9 +15,7 @@ Two kernels per MoE layer (the model's widths are compile-time constants):
   program per (token, block of output rows) loads all k experts' rows at once and sums
   them in a fixed order (no atomics, so the result does not depend on scheduling); in
   `moe_decode_routed` it also adds the shared MLP (SiLU * up of its gate/up, then its
-  output product), and it ranks the router's logits itself, so that both the shared
-  rows and the chosen experts' rows are asked for before the kernel before it (gate/up)
-  ends (triton_pdl).
+  output product), whose rows it asks for before the kernel before it ends (triton_pdl).
 Batches of more rows pick their experts first with `route` (cuBLAS router product + one
 top-k kernel) and run `moe_decode`.
 
@@ -55,16 +53,6 @@ def _slot_choice(logits, rank, slot, K: tl.constexpr, BLOCK_E: tl.constexpr):
     expert = tl.sum(tl.where(here, tl.arange(0, BLOCK_E), 0), axis=0)
     p = tl.where(rank < K, tl.exp(logits - tl.max(logits, axis=0)), 0.0)
     return expert, tl.sum(tl.where(here, p, 0.0), axis=0) / tl.sum(p, axis=0)
-
-
-@triton.jit
-def _slot_choices(logits, rank, K: tl.constexpr, SLOTS: tl.constexpr, BLOCK_E: tl.constexpr):
-    """_slot_choice for slots 0..SLOTS-1 at once: ([SLOTS] experts, [SLOTS] weights); the
-    entries past K are meaningless and must be masked by the caller."""
-    here = rank[None, :] == tl.arange(0, SLOTS)[:, None]
-    expert = tl.sum(tl.where(here, tl.arange(0, BLOCK_E)[None, :], 0), axis=1)
-    p = tl.where(rank < K, tl.exp(logits - tl.max(logits, axis=0)), 0.0)
-    return expert, tl.sum(tl.where(here, p[None, :], 0.0), axis=1) / tl.sum(p, axis=0)
 
 
 @triton.jit
@@ -116,18 +104,14 @@ def _gate_up_kernel(
 @triton.jit
 def _down_kernel(
     act_ptr, experts_ptr, weights_ptr, w_ptr, out_ptr, sw_e, sw_r,
-    gu_ptr, s_gu, ws_ptr, sws, logits_ptr, sl,
+    gu_ptr, s_gu, ws_ptr, sws,
     HIDDEN: tl.constexpr, INNER: tl.constexpr, K: tl.constexpr, SHARED: tl.constexpr,
     BLOCK_O: tl.constexpr, SLOTS: tl.constexpr, I_PAD: tl.constexpr, S_PAD: tl.constexpr,
-    ROUTE: tl.constexpr, E: tl.constexpr, BLOCK_E: tl.constexpr, PDL: tl.constexpr,
+    PDL: tl.constexpr,
 ):  # fmt: skip
     # Every slot's rows in one [SLOTS, BLOCK_O, I_PAD] load (and the shared MLP's in one
     # more): one round trip to HBM per program. Session 7's loop over the slots waited for
     # each slot's rows before asking for the next: 7 round trips, 1.1 TB/s.
-    # With ROUTE the kernel ranks the router's logits itself, before its wait: they come
-    # from the kernel two back (the router's product), which has completed when this one's
-    # programs run (triton_pdl), so the chosen experts' rows are asked for while gate/up
-    # still runs; only the activations need the wait.
     t = tl.program_id(0)
     o = tl.program_id(1) * BLOCK_O + tl.arange(0, BLOCK_O)
     o_ok = o < HIDDEN
@@ -135,29 +119,21 @@ def _down_kernel(
     s_ok = s < SHARED
     if SHARED > 0:  # the shared MLP's rows do not depend on the router: asked for first
         ws = tl.load(ws_ptr + o[:, None] * sws + s[None, :], mask=o_ok[:, None] & s_ok[None, :])
+    wait_for_previous(PDL)
     dtype = out_ptr.dtype.element_ty
     slot = tl.arange(0, SLOTS)
     slot_ok = slot < K
     j = t * K + slot
+    e = tl.load(experts_ptr + j, mask=slot_ok, other=0).to(tl.int64)
     i = tl.arange(0, I_PAD)
     i_ok = i < INNER
-    if ROUTE:
-        logits = _load_logits(logits_ptr, t, sl, E, BLOCK_E)
-        e, weight = _slot_choices(logits, _ranks(logits, BLOCK_E), K, SLOTS, BLOCK_E)
-        weight = weight.to(dtype).to(tl.float32)  # as gate/up stores it for this kernel
-        e = tl.where(slot_ok, e, 0).to(tl.int64)
-    else:
-        wait_for_previous(PDL)
-        e = tl.load(experts_ptr + j, mask=slot_ok, other=0).to(tl.int64)
-        weight = tl.load(weights_ptr + j, mask=slot_ok, other=0.0).to(tl.float32)
+    a = tl.load(act_ptr + j[:, None] * INNER + i[None, :], mask=slot_ok[:, None] & i_ok[None, :],
+                other=0.0).to(tl.float32)  # fmt: skip
     rows = w_ptr + e[:, None, None] * sw_e + o[None, :, None] * sw_r + i[None, None, :]
     mask = slot_ok[:, None, None] & o_ok[None, :, None] & i_ok[None, None, :]
     w = tl.load(rows, mask=mask, other=0.0)
-    if ROUTE:
-        wait_for_previous(PDL)
-    a = tl.load(act_ptr + j[:, None] * INNER + i[None, :], mask=slot_ok[:, None] & i_ok[None, :],
-                other=0.0).to(tl.float32)  # fmt: skip
     acc = tl.sum(w.to(tl.float32) * a[:, None, :], axis=2)  # [SLOTS, BLOCK_O]
+    weight = tl.load(weights_ptr + j, mask=slot_ok, other=0.0).to(tl.float32)
     # each expert's output and its weighted copy rounded as PyTorch rounds them, summed in fp32
     part = (acc.to(dtype).to(tl.float32) * weight[:, None]).to(dtype).to(tl.float32)
     total = tl.sum(part, axis=0)
@@ -260,10 +236,6 @@ CONFIG = (4, 2048, 4, 2, 4)
 # next product's programs sit beside them, and if those ask for weights before their wait
 # (triton_fused_linear.PRELOAD_FROM) they compete with the experts' single round trip.
 RELEASE_LATE = False
-# The down kernel picks the experts from the router's logits itself and asks for their rows
-# before its wait (False: it waits, then reads the choice gate/up recorded; a benchmark
-# switch).
-DOWN_ROUTES = True
 
 
 def _experts(x, logits, experts, weights, k, w1, w2, shared, config):
@@ -291,13 +263,10 @@ def _experts(x, logits, experts, weights, k, w1, w2, shared, config):
     assert shared is None or (gate_up.shape[1] == 2 * s and shared_w.shape[0] == h)
     slots, i_pad = triton.next_power_of_2(k), triton.next_power_of_2(i)
     down_rows = max(1, min(down_rows, 16384 // (slots * i_pad)))
-    route = logits is not None and DOWN_ROUTES
     _down_kernel[(t, triton.cdiv(h, down_rows))](
         act, experts, weights, w2, out, w2.stride(0), w2.stride(1),
         gate_up, gate_up.stride(0), shared_w, shared_w.stride(0),
-        logits if route else x, logits.stride(0) if route else 0,
         HIDDEN=h, INNER=i, K=k, SHARED=s, BLOCK_O=down_rows, SLOTS=slots, I_PAD=i_pad,
-        S_PAD=max(64, triton.next_power_of_2(s)), ROUTE=route, E=e,
-        BLOCK_E=triton.next_power_of_2(max(e, k)), num_warps=down_warps, **pdl,
+        S_PAD=max(64, triton.next_power_of_2(s)), num_warps=down_warps, **pdl,
     )  # fmt: skip
     return out
