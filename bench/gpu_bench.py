@@ -181,7 +181,8 @@ def kernel_resources() -> str:
     for module in (triton_fused_linear, triton_moe, triton_ops, triton_fused):
         for name in dir(module):
             fn = getattr(module, name)
-            fn = getattr(fn, "fn", fn)  # an autotuner wraps the jit function
+            if not hasattr(fn, "device_caches"):  # an autotuner wraps the jit function
+                fn = getattr(fn, "fn", None)  # (a jit function's own .fn is the Python one)
             caches = getattr(fn, "device_caches", None)
             if not name.startswith("_") or not hasattr(caches, "values"):
                 continue
