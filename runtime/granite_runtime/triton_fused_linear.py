@@ -102,9 +102,10 @@ def _fused_linear_kernel(
     # Persistent: a few programs per SM, each builds the input once (a few KB from L2) and
     # then streams its share of whole weight rows; the loads of the next rows are in flight
     # while the current ones are summed (num_stages). Launched early (triton_pdl), programs
-    # wait for the kernel before them at the start. With PRELOAD a program asks for its first
-    # block of rows before that wait (session 8, with the early trigger: h-tiny 577 -> 526
-    # tok/s; measured again with the late trigger, bench/NOTES.md session 9).
+    # wait for the kernel before them at the start. With PRELOAD (1 or 2) a program asks for
+    # its first block(s) of rows before that wait, so they stream while the kernel before
+    # drains (one block: h-micro's step 423.7 -> 443.2 tok/s; two: 410.9, see PRELOAD).
+    # With the late trigger (triton_pdl) the next kernel is released at the last block.
     # Up to three weights are stacked into one row space (row n of the output is row n of
     # w, then of w2, then of w3), so the programs share all rows evenly.
     pid, programs = tl.program_id(0), tl.num_programs(0)
@@ -161,7 +162,7 @@ CONFIG_OVERRIDE: tuple[int, int, int, int] | None = None  # a benchmark's forced
 # h-micro 423.8 -> 443.4 tok/s with every product preloading, h-tiny 595.5 -> 587.6, and
 # 576.5 when only its in_proj (after the experts) preloaded (bench/NOTES.md).
 PRELOAD = "auto"
-PRELOAD_BLOCKS = 1  # how many blocks each program asks for before the wait
+PRELOAD_BLOCKS = 1  # blocks asked for before the wait (2 measured slower: registers)
 _SMS: dict[int, int] = {}
 
 
@@ -189,11 +190,8 @@ def _launch(
         out, *counts, w1.stride(0), w2.stride(0), w3.stride(0), alpha, eps,
         K=inner, K_PAD=triton.next_power_of_2(inner), PROLOGUE=prologue.value,
         HAS_DELTA=b is not None and prologue is NORM_ADD, KEEP_NORMED=normed is not None,
-        BLOCK_N=block_n, STACKED=len(weights) > 1,
-        PRELOAD=PRELOAD_BLOCKS if preload else 0,
-        num_warps=warps,
-        num_stages=stages,
-        **triton_pdl.options(w1),
+        BLOCK_N=block_n, STACKED=len(weights) > 1, PRELOAD=PRELOAD_BLOCKS if preload else 0,
+        num_warps=warps, num_stages=stages, **triton_pdl.options(w1),
     )  # fmt: skip
     return out
 
