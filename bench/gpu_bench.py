@@ -236,23 +236,17 @@ def _session8_config_for(rows: int, inner: int, preload: bool = True) -> tuple[i
 
 def decode_switches(batch: int) -> list[tuple[str, list]]:
     """(name, settings) of the graphed decode variants measured beside the default."""
-    from granite_runtime import triton_fused_linear, triton_moe, triton_ops, triton_pdl
+    from granite_runtime import triton_fused_linear, triton_ops, triton_pdl
 
-    late = (triton_pdl, "TRIGGER", "late")
-    preload = (triton_fused_linear, "PRELOAD", "all")
     switches = [("no_pdl", [(triton_pdl, "ENABLED", False)])]  # kernels launched in turn
     if batch == 1:  # the one-row fusions (triton_fused_linear) off, and their launch options
         switches += [
             ("unfused", [(layers, "FUSED_LINEAR", False)]),
             ("attention_unfused", [(layers, "FUSED_ATTENTION", False)]),
-            ("pdl_late", [late]),
             ("no_preload", [(triton_fused_linear, "PRELOAD", "none")]),
-            ("preload_all", [preload]),
-            ("moe_late", [(triton_moe, "RELEASE_LATE", True)]),
-            ("preload2", [(triton_fused_linear, "PRELOAD_BLOCKS", 2)]),
+            ("preload_all", [(triton_fused_linear, "PRELOAD", "all")]),
             ("late_state", [(triton_ops, "EARLY_STATE", False)]),
             ("session8_shapes", [(triton_fused_linear, "config_for", _session8_config_for)]),
-            ("pdl_late_preload", [late, preload]),
         ]
     return switches
 
@@ -691,11 +685,9 @@ def main() -> None:
         "--variants",
         default="",
         help="comma-separated graphed decode variants to run beside the default (all when "
-        "empty): no_pdl, unfused, attention_unfused, pdl_late, no_preload, preload_all "
-        "(triton_fused_linear.PRELOAD), moe_late (the experts' kernels release late), "
-        "preload2 (two blocks before the wait), late_state (the state kernels read their "
-        "pools after the wait), session8_shapes (the fused products' block shapes before "
-        "session 9), pdl_late_preload",
+        "empty): no_pdl, unfused, attention_unfused, no_preload, preload_all "
+        "(triton_fused_linear.PRELOAD), late_state (the state kernels read their pools after "
+        "the wait), session8_shapes (the fused products' block shapes before session 9)",
     )
     ap.add_argument(
         "--rounds",

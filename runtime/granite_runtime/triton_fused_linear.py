@@ -29,7 +29,7 @@ import triton
 import triton.language as tl
 
 from granite_runtime import triton_pdl
-from granite_runtime.triton_pdl import release_next, wait_for_previous
+from granite_runtime.triton_pdl import wait_for_previous
 
 # the input each kernel builds (globals a jit function reads must be tl.constexpr)
 PLAIN, NORM_ADD, GATED_NORM, SILU_MUL = (tl.constexpr(v) for v in range(4))
@@ -102,31 +102,22 @@ def _fused_linear_kernel(
     # Persistent: a few programs per SM, each builds the input once (a few KB from L2) and
     # then streams its share of whole weight rows; the loads of the next rows are in flight
     # while the current ones are summed (num_stages). Launched early (triton_pdl), programs
-    # wait for the kernel before them at the start. With PRELOAD (1 or 2) a program asks for
-    # its first block(s) of rows before that wait, so they stream while the kernel before
-    # drains (one block: h-micro's step 423.7 -> 443.2 tok/s; two: 410.9, see PRELOAD).
-    # With the late trigger (triton_pdl) the next kernel is released at the last block.
+    # wait for the kernel before them at the start. With PRELOAD a program asks for its
+    # first block of rows before that wait, so it streams while the kernel before drains
+    # (h-micro's step 423.7 -> 443.2 tok/s; two blocks measured slower, 410.9: registers).
     # Up to three weights are stacked into one row space (row n of the output is row n of
     # w, then of w2, then of w3), so the programs share all rows evenly.
     pid, programs = tl.program_id(0), tl.num_programs(0)
     rows = N + N2 + N3
-    blocks = tl.cdiv(rows, BLOCK_N)
-    if PRELOAD >= 1:  # (a block past the end loads nothing: its rows are all masked)
+    if PRELOAD:
         first = _block_rows(w_ptr, w2_ptr, w3_ptr, N, N2, sw, sw2, sw3, pid, rows,
                             K, K_PAD, BLOCK_N, STACKED)  # fmt: skip
-    if PRELOAD >= 2:
-        second = _block_rows(w_ptr, w2_ptr, w3_ptr, N, N2, sw, sw2, sw3, pid + programs, rows,
-                             K, K_PAD, BLOCK_N, STACKED)  # fmt: skip
     wait_for_previous(PDL)
     h = _input(a_ptr, b_ptr, nw_ptr, sum_ptr, normed_ptr, alpha, eps, pid == 0,
                K, K_PAD, PROLOGUE, HAS_DELTA, KEEP_NORMED, out_ptr.dtype.element_ty)  # fmt: skip
-    if PRELOAD >= 1:
+    if PRELOAD:  # (the grid never has more programs than blocks)
         _store_block(out_ptr, first, h, pid, rows, BLOCK_N)
-    if PRELOAD >= 2:
-        _store_block(out_ptr, second, h, pid + programs, rows, BLOCK_N)
-    for block in range(pid + PRELOAD * programs, blocks, programs):
-        if block + programs >= blocks:  # this program's last block
-            release_next(PDL)
+    for block in range(pid + PRELOAD * programs, tl.cdiv(rows, BLOCK_N), programs):
         w = _block_rows(w_ptr, w2_ptr, w3_ptr, N, N2, sw, sw2, sw3, block, rows,
                         K, K_PAD, BLOCK_N, STACKED)  # fmt: skip
         _store_block(out_ptr, w, h, block, rows, BLOCK_N)
@@ -162,7 +153,6 @@ CONFIG_OVERRIDE: tuple[int, int, int, int] | None = None  # a benchmark's forced
 # h-micro 423.8 -> 443.4 tok/s with every product preloading, h-tiny 595.5 -> 587.6, and
 # 576.5 when only its in_proj (after the experts) preloaded (bench/NOTES.md).
 PRELOAD = "auto"
-PRELOAD_BLOCKS = 1  # blocks asked for before the wait (2 measured slower: registers)
 _SMS: dict[int, int] = {}
 
 
@@ -190,7 +180,7 @@ def _launch(
         out, *counts, w1.stride(0), w2.stride(0), w3.stride(0), alpha, eps,
         K=inner, K_PAD=triton.next_power_of_2(inner), PROLOGUE=prologue.value,
         HAS_DELTA=b is not None and prologue is NORM_ADD, KEEP_NORMED=normed is not None,
-        BLOCK_N=block_n, STACKED=len(weights) > 1, PRELOAD=PRELOAD_BLOCKS if preload else 0,
+        BLOCK_N=block_n, STACKED=len(weights) > 1, PRELOAD=int(preload),
         num_warps=warps, num_stages=stages, **triton_pdl.options(w1),
     )  # fmt: skip
     return out

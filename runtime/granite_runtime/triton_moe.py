@@ -231,12 +231,6 @@ def moe_decode_routed(
 # 512-column gate loads (19.0); session 7's kernels took 19.2 us
 # (results-gpu_bench-h200-16-pdl.txt).
 CONFIG = (4, 2048, 4, 2, 4)
-# The expert kernels release the kernel after them only as their programs exit (a benchmark
-# switch for now): all of their programs are resident at once, so with the early trigger the
-# next product's programs sit beside them, and if those ask for weights before their wait
-# (triton_fused_linear.PRELOAD) they compete with the experts' single round trip. Measured
-# slower all the same (h-tiny 587.6 -> 562.6 tok/s with every product preloading, session 9).
-RELEASE_LATE = False
 
 
 def _experts(x, logits, experts, weights, k, w1, w2, shared, config):
@@ -250,7 +244,7 @@ def _experts(x, logits, experts, weights, k, w1, w2, shared, config):
     act = torch.empty(t * k, i, dtype=x.dtype, device=x.device)
     out = torch.empty(t, h, dtype=x.dtype, device=x.device)
     gate_rows, gate_cols, gate_warps, down_rows, down_warps = config
-    pdl = triton_pdl.options(x, late=RELEASE_LATE)
+    pdl = triton_pdl.options(x)
     e = logits.shape[1] if logits is not None else 1
     _gate_up_kernel[(t * k, triton.cdiv(i, gate_rows))](
         x, logits if logits is not None else x, experts, weights, w1, act,

@@ -44,18 +44,12 @@ except ImportError:  # pragma: no cover - older Triton: `options` never turns it
     gdc_launch_dependents = gdc_wait = None
 
 ENABLED = os.environ.get("GKIT_PDL", "1") != "0"
-# When a kernel lets the next one launch: "early" right after its own wait (the next
-# kernel's programs then take SM slots as soon as they free up), "late" only near its end
-# (`release_next`, or when its programs exit), so that the next kernel's early weight reads
-# (triton_fused_linear.PRELOAD) fall into this kernel's tail instead of competing with it.
-TRIGGER = os.environ.get("GKIT_PDL_TRIGGER", "early")
 _CAPABLE: dict[int, bool] = {}
 
 
-def options(t: torch.Tensor, late: bool = False) -> dict:
-    """Launch keywords for a decode kernel on t's device: {"PDL": 0 off, 1 launched early and
-    releasing the next kernel at its wait, 2 releasing it late; and "launch_pdl": True where
-    it is on}. `late` asks for the late trigger whatever TRIGGER says."""
+def options(t: torch.Tensor) -> dict:
+    """Launch keywords for a decode kernel on t's device: {"PDL": constexpr flag, and
+    "launch_pdl": True where it is on}."""
     if not (ENABLED and t.is_cuda and gdc_wait is not None):
         return {"PDL": False}
     if os.environ.get("TRITON_INTERPRET") == "1":
@@ -63,24 +57,17 @@ def options(t: torch.Tensor, late: bool = False) -> dict:
     index = t.device.index if t.device.index is not None else torch.cuda.current_device()
     if index not in _CAPABLE:
         _CAPABLE[index] = torch.cuda.get_device_capability(index)[0] >= 9
-    if not _CAPABLE[index]:
-        return {"PDL": False}
-    return {"PDL": 2 if late or TRIGGER == "late" else 1, "launch_pdl": True}
+    return {"PDL": True, "launch_pdl": True} if _CAPABLE[index] else {"PDL": False}
 
 
 @triton.jit
 def wait_for_previous(PDL: tl.constexpr):
-    """Block until the kernel before this one has completed (its writes visible), then (the
-    early trigger) let the kernel after this one launch. A no-op without PDL."""
+    """Block until the kernel before this one has completed (its writes visible), then let
+    the kernel after this one launch. A no-op without PDL.
+
+    Releasing the next kernel only near the end instead (so its early reads fall into this
+    kernel's tail) measured slower in session 9: h-micro 443 -> 415 tok/s with the preload,
+    h-tiny 588 -> 563 with only the experts releasing late (bench/NOTES.md)."""
     if PDL:
         gdc_wait()
-        if PDL == 1:
-            gdc_launch_dependents()
-
-
-@triton.jit
-def release_next(PDL: tl.constexpr):
-    """The late trigger: let the kernel after this one launch (called after the wait, near
-    the end of a program's work; a program that never calls it releases at its exit)."""
-    if PDL == 2:
         gdc_launch_dependents()
