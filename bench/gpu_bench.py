@@ -243,8 +243,7 @@ def decode_switches(batch: int) -> list[tuple[str, list]]:
         switches += [
             ("unfused", [(layers, "FUSED_LINEAR", False)]),
             ("attention_unfused", [(layers, "FUSED_ATTENTION", False)]),
-            ("no_preload", [(triton_fused_linear, "PRELOAD", "none")]),
-            ("preload_all", [(triton_fused_linear, "PRELOAD", "all")]),
+            ("no_preload", [(triton_fused_linear, "PRELOAD", False)]),
             ("late_state", [(triton_ops, "EARLY_STATE", False)]),
             ("session8_shapes", [(triton_fused_linear, "config_for", _session8_config_for)]),
         ]
@@ -685,7 +684,7 @@ def main() -> None:
         "--variants",
         default="",
         help="comma-separated graphed decode variants to run beside the default (all when "
-        "empty): no_pdl, unfused, attention_unfused, no_preload, preload_all "
+        "empty): no_pdl, unfused, attention_unfused, no_preload "
         "(triton_fused_linear.PRELOAD), late_state (the state kernels read their pools after "
         "the wait), session8_shapes (the fused products' block shapes before session 9)",
     )

@@ -606,9 +606,11 @@ def test_fused_linear_builds_its_input_like_the_separate_kernels(
             )
             assert torch.equal(got_total, total) and got.shape == (1, 1, rows + 32)
             assert _rel(got, ref) < tol, config
-            # the same product with its weight reads after the wait (and, unforced, its
-            # own block shape): the product after the MoE experts (model.DecoderLayer)
-            late = fl.norm_linear(x, delta, 0.3, nw, 1e-5, w, second, third, preload=False)
+            # the same product with its weight reads after the wait (the benchmark's
+            # switch; unforced, its own block shape)
+            fl.PRELOAD = False
+            late = fl.norm_linear(x, delta, 0.3, nw, 1e-5, w, second, third)
+            fl.PRELOAD = True
             assert torch.equal(late[0], total) and _rel(late[1], ref) < tol, config
             assert _rel(normed.view(-1), normed_ref.view(-1)) < 1e-2
             same, first = fl.norm_linear(x, None, 0.3, nw, 1e-5, w)
@@ -617,7 +619,7 @@ def test_fused_linear_builds_its_input_like_the_separate_kernels(
             assert _rel(fl.silu_mul_linear(gate_up, w), silu_ref) < tol
             assert _rel(fl.linear(z, w), F.linear(z.float(), w.float())) < tol
         finally:
-            fl.CONFIG_OVERRIDE = None
+            fl.CONFIG_OVERRIDE, fl.PRELOAD = None, True
 
 
 @pytest.mark.parametrize(("tokens", "experts", "k", "inner", "hidden", "shared"), [

@@ -35,15 +35,8 @@ class DecoderLayer(nn.Module):
         r = self.residual_multiplier
         norm = self.input_layernorm
         if (weights := mixer.fused_input(x, cache)) is not None:  # the norm in the product
-            # After an MoE layer the kernel before this product is the experts' down kernel,
-            # whose programs are all resident at once: this product's programs then sit
-            # beside them, and asking for weights early slows the experts' one round trip
-            # (h-tiny 595.5 -> 576.5 tok/s with session 8's block shapes; not yet measured
-            # with the preload's own shapes; triton_fused_linear.PRELOAD).
-            x, proj = layers.fused_linear().norm_linear(
-                x, delta, r, norm.weight, norm.eps, *weights,
-                preload=self.block_sparse_moe is None,
-            )  # fmt: skip
+            products = layers.fused_linear()
+            x, proj = products.norm_linear(x, delta, r, norm.weight, norm.eps, *weights)
             mixed = mixer.from_projection(proj.view(*x.shape[:-1], -1), batch, cache)
         else:
             if delta is None:

@@ -133,7 +133,7 @@ def _fused_linear_kernel(
 # 5.1, router + shared input 4.6 -> 3.5. Inputs wider than 4096 (h-micro's MLP output,
 # 8192) keep 1 row a load, 4 programs per SM (10.8 us, unchanged); the tile stays <= 16K
 # elements. These shapes need the preload: without it h-micro's step fell from 474 to 368
-# tok/s, so a product that does not preload (after the MoE experts) keeps session 8's
+# tok/s, so with PRELOAD off (a benchmark switch) the narrow products keep session 8's
 # 2 rows and 8 programs per SM.
 def config_for(rows: int, inner: int, preload: bool = True) -> tuple[int, int, int, int]:
     width = triton.next_power_of_2(inner)
@@ -147,12 +147,12 @@ def config_for(rows: int, inner: int, preload: bool = True) -> tuple[int, int, i
 
 
 CONFIG_OVERRIDE: tuple[int, int, int, int] | None = None  # a benchmark's forced block shape
-# Whether a product's programs ask for their first block of rows before the wait:
-# "auto" where the caller says so (every product but the one after the MoE experts' kernels,
-# see DecoderLayer), "all" or "none" (benchmark switches). Session 9, H200, same run:
-# h-micro 423.8 -> 443.4 tok/s with every product preloading, h-tiny 595.5 -> 587.6, and
-# 576.5 when only its in_proj (after the experts) preloaded (bench/NOTES.md).
-PRELOAD = "auto"
+# Whether a product's programs ask for their first block of rows before the wait (False is
+# a benchmark switch). Session 9, H200: h-micro 423.8 -> 443.4 tok/s. The product after the
+# MoE experts first stayed out (with session 8's shapes, h-tiny 595.5 -> 576.5 when it
+# preloaded); with the preload's own shapes it pays there too: h-tiny 664.8 -> 680.0
+# (session 10, results-gpu_bench-h200-28-preload-all.txt).
+PRELOAD = True
 _SMS: dict[int, int] = {}
 
 
@@ -163,16 +163,13 @@ def _sms(device: torch.device) -> int:
     return _SMS[index]
 
 
-def _launch(
-    prologue, a, b, norm_w, total, weights, alpha, eps, inner, dtype, normed=None, preload=True
-):
+def _launch(prologue, a, b, norm_w, total, weights, alpha, eps, inner, dtype, normed=None):
     assert 1 <= len(weights) <= 3
     w1, w2, w3 = (*weights, *[weights[0]] * (3 - len(weights)))
     counts = [w.shape[0] for w in weights] + [0] * (3 - len(weights))
     rows = sum(counts)
     out = torch.empty(1, rows, dtype=dtype, device=w1.device)
-    preload = PRELOAD == "all" or (PRELOAD == "auto" and preload)
-    block_n, per_sm, warps, stages = CONFIG_OVERRIDE or config_for(rows, inner, preload)
+    block_n, per_sm, warps, stages = CONFIG_OVERRIDE or config_for(rows, inner, PRELOAD)
     sms = _sms(w1.device) if w1.is_cuda else 4
     _fused_linear_kernel[(min(triton.cdiv(rows, block_n), per_sm * sms),)](
         a, b if b is not None else a, norm_w if norm_w is not None else a,
@@ -180,7 +177,7 @@ def _launch(
         out, *counts, w1.stride(0), w2.stride(0), w3.stride(0), alpha, eps,
         K=inner, K_PAD=triton.next_power_of_2(inner), PROLOGUE=prologue.value,
         HAS_DELTA=b is not None and prologue is NORM_ADD, KEEP_NORMED=normed is not None,
-        BLOCK_N=block_n, STACKED=len(weights) > 1, PRELOAD=int(preload),
+        BLOCK_N=block_n, STACKED=len(weights) > 1, PRELOAD=int(PRELOAD),
         num_warps=warps, num_stages=stages, **triton_pdl.options(w1),
     )  # fmt: skip
     return out
@@ -200,20 +197,16 @@ def _row(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(-1) if t.is_contiguous() else t.reshape(-1).contiguous()
 
 
-def norm_linear(
-    x, delta, alpha: float, norm_weight, eps: float, *weights, keep_normed=False, preload=True
-):
+def norm_linear(x, delta, alpha: float, norm_weight, eps: float, *weights, keep_normed=False):
     """(x + alpha * delta, [w1 | w2 | w3] @ h) for one row and 1-3 stacked weights, h =
     norm_weight * rms_norm(x + alpha * delta); delta None means no add (the first layer) and
-    then x itself comes back. With keep_normed, h (one row) is returned third. `preload`
-    False keeps the weight reads after the wait (PRELOAD)."""
+    then x itself comes back. With keep_normed, h (one row) is returned third."""
     x1 = _row(x)
     total = torch.empty_like(x1) if delta is not None else None
     normed = torch.empty_like(x1) if keep_normed else None
     d1 = _row(delta) if delta is not None else None
     out = _launch(
-        NORM_ADD, x1, d1, norm_weight, total, weights, alpha, eps, x1.numel(), x.dtype, normed,
-        preload,
+        NORM_ADD, x1, d1, norm_weight, total, weights, alpha, eps, x1.numel(), x.dtype, normed
     )  # fmt: skip
     lead = x.shape[:-1]
     result = (total.view(x.shape) if total is not None else x), out.view(*lead, -1)
