@@ -236,7 +236,7 @@ def _session8_config_for(rows: int, inner: int, preload: bool = True) -> tuple[i
 
 def decode_switches(batch: int) -> list[tuple[str, list]]:
     """(name, settings) of the graphed decode variants measured beside the default."""
-    from granite_runtime import triton_fused_linear, triton_ops, triton_pdl
+    from granite_runtime import triton_fused_linear, triton_moe, triton_ops, triton_pdl
 
     switches = [("no_pdl", [(triton_pdl, "ENABLED", False)])]  # kernels launched in turn
     if batch == 1:  # the one-row fusions (triton_fused_linear) off, and their launch options
@@ -245,6 +245,7 @@ def decode_switches(batch: int) -> list[tuple[str, list]]:
             ("attention_unfused", [(layers, "FUSED_ATTENTION", False)]),
             ("no_preload", [(triton_fused_linear, "PRELOAD", False)]),
             ("late_state", [(triton_ops, "EARLY_STATE", False)]),
+            ("down_late", [(triton_moe, "DOWN_EARLY", False)]),
             ("session8_shapes", [(triton_fused_linear, "config_for", _session8_config_for)]),
         ]
     return switches
@@ -686,12 +687,13 @@ def main() -> None:
         help="comma-separated graphed decode variants to run beside the default (all when "
         "empty): no_pdl, unfused, attention_unfused, no_preload "
         "(triton_fused_linear.PRELOAD), late_state (the state kernels read their pools after "
-        "the wait), session8_shapes (the fused products' block shapes before session 9)",
+        "the wait), down_late (the MoE down kernel reads its experts' rows after the wait), "
+        "session8_shapes (the fused products' block shapes before session 9)",
     )
     ap.add_argument(
         "--rounds",
         type=int,
-        default=1,
+        default=3,
         help="time every decode variant this many times, interleaved, and report the median",
     )
     ap.add_argument("--profile-prefill", type=int, default=0, help="profile this prompt length")

@@ -15,7 +15,9 @@ Two kernels per MoE layer (the model's widths are compile-time constants):
   program per (token, block of output rows) loads all k experts' rows at once and sums
   them in a fixed order (no atomics, so the result does not depend on scheduling); in
   `moe_decode_routed` it also adds the shared MLP (SiLU * up of its gate/up, then its
-  output product), whose rows it asks for before the kernel before it ends (triton_pdl).
+  output product). It asks for all of these rows before the kernel before it (gate/up)
+  ends (triton_pdl): the shared rows need nothing, and which experts to read comes from
+  the kernel two back (the router's logits, ranked again here, or `route`'s choice).
 Batches of more rows pick their experts first with `route` (cuBLAS router product + one
 top-k kernel) and run `moe_decode`.
 
@@ -102,37 +104,63 @@ def _gate_up_kernel(
 
 
 @triton.jit
+def _slot_experts(logits_ptr, experts_ptr, t, sl, K: tl.constexpr, E: tl.constexpr,
+                  ROUTE: tl.constexpr, SLOTS: tl.constexpr, BLOCK_E: tl.constexpr):  # fmt: skip
+    """[SLOTS] experts of token t (0 past K): ranked from its router logits with ROUTE, else
+    read from the recorded choice. One scalar pick per slot: picking all slots as one
+    [SLOTS, BLOCK_E] reduction took 244 registers (2 programs per SM, 3 waves of down's 768
+    programs: h-tiny 655.9 -> 465.9 tok/s, session 9); this takes 80."""
+    slot = tl.arange(0, SLOTS)
+    if ROUTE:
+        rank = _ranks(_load_logits(logits_ptr, t, sl, E, BLOCK_E), BLOCK_E)
+        e = tl.zeros([SLOTS], dtype=tl.int32)
+        for s in tl.static_range(K):
+            e = tl.where(slot == s, tl.sum(tl.where(rank == s, tl.arange(0, BLOCK_E), 0)), e)
+    else:
+        e = tl.load(experts_ptr + t * K + slot, mask=slot < K, other=0)
+    return e.to(tl.int64)
+
+
+@triton.jit
 def _down_kernel(
-    act_ptr, experts_ptr, weights_ptr, w_ptr, out_ptr, sw_e, sw_r,
+    act_ptr, logits_ptr, experts_ptr, weights_ptr, w_ptr, out_ptr, sl, sw_e, sw_r,
     gu_ptr, s_gu, ws_ptr, sws,
-    HIDDEN: tl.constexpr, INNER: tl.constexpr, K: tl.constexpr, SHARED: tl.constexpr,
-    BLOCK_O: tl.constexpr, SLOTS: tl.constexpr, I_PAD: tl.constexpr, S_PAD: tl.constexpr,
+    HIDDEN: tl.constexpr, INNER: tl.constexpr, K: tl.constexpr, E: tl.constexpr,
+    ROUTE: tl.constexpr, SHARED: tl.constexpr, BLOCK_O: tl.constexpr, SLOTS: tl.constexpr,
+    I_PAD: tl.constexpr, S_PAD: tl.constexpr, BLOCK_E: tl.constexpr, EARLY: tl.constexpr,
     PDL: tl.constexpr,
 ):  # fmt: skip
     # Every slot's rows in one [SLOTS, BLOCK_O, I_PAD] load (and the shared MLP's in one
     # more): one round trip to HBM per program. Session 7's loop over the slots waited for
     # each slot's rows before asking for the next: 7 round trips, 1.1 TB/s.
+    # All of it is asked for before the wait (triton_pdl): the shared rows depend on
+    # nothing, and which experts to read on the kernel two back, complete when this one's
+    # programs run (the router's logits, or route's choice); gate/up writes only `act`.
     t = tl.program_id(0)
     o = tl.program_id(1) * BLOCK_O + tl.arange(0, BLOCK_O)
     o_ok = o < HIDDEN
     s = tl.arange(0, S_PAD)
     s_ok = s < SHARED
-    if SHARED > 0:  # the shared MLP's rows do not depend on the router: asked for first
+    if SHARED > 0:
         ws = tl.load(ws_ptr + o[:, None] * sws + s[None, :], mask=o_ok[:, None] & s_ok[None, :])
-    wait_for_previous(PDL)
-    dtype = out_ptr.dtype.element_ty
+    if not EARLY:  # (the benchmark's comparison: the experts' rows after the wait)
+        wait_for_previous(PDL)
     slot = tl.arange(0, SLOTS)
     slot_ok = slot < K
-    j = t * K + slot
-    e = tl.load(experts_ptr + j, mask=slot_ok, other=0).to(tl.int64)
+    e = _slot_experts(logits_ptr, experts_ptr, t, sl, K, E, ROUTE, SLOTS, BLOCK_E)
     i = tl.arange(0, I_PAD)
     i_ok = i < INNER
-    a = tl.load(act_ptr + j[:, None] * INNER + i[None, :], mask=slot_ok[:, None] & i_ok[None, :],
-                other=0.0).to(tl.float32)  # fmt: skip
     rows = w_ptr + e[:, None, None] * sw_e + o[None, :, None] * sw_r + i[None, None, :]
     mask = slot_ok[:, None, None] & o_ok[None, :, None] & i_ok[None, None, :]
     w = tl.load(rows, mask=mask, other=0.0)
+    if EARLY:
+        wait_for_previous(PDL)
+    dtype = out_ptr.dtype.element_ty
+    j = t * K + slot
+    a = tl.load(act_ptr + j[:, None] * INNER + i[None, :], mask=slot_ok[:, None] & i_ok[None, :],
+                other=0.0).to(tl.float32)  # fmt: skip
     acc = tl.sum(w.to(tl.float32) * a[:, None, :], axis=2)  # [SLOTS, BLOCK_O]
+    # the softmax weights: recorded by gate/up (or route) as rounded for this product
     weight = tl.load(weights_ptr + j, mask=slot_ok, other=0.0).to(tl.float32)
     # each expert's output and its weighted copy rounded as PyTorch rounds them, summed in fp32
     part = (acc.to(dtype).to(tl.float32) * weight[:, None]).to(dtype).to(tl.float32)
@@ -231,6 +259,9 @@ def moe_decode_routed(
 # 512-column gate loads (19.0); session 7's kernels took 19.2 us
 # (results-gpu_bench-h200-16-pdl.txt).
 CONFIG = (4, 2048, 4, 2, 4)
+# The down kernel asks for its experts' rows before its wait (False, a benchmark switch:
+# after it, as before session 10).
+DOWN_EARLY = True
 
 
 def _experts(x, logits, experts, weights, k, w1, w2, shared, config):
@@ -259,9 +290,12 @@ def _experts(x, logits, experts, weights, k, w1, w2, shared, config):
     slots, i_pad = triton.next_power_of_2(k), triton.next_power_of_2(i)
     down_rows = max(1, min(down_rows, 16384 // (slots * i_pad)))
     _down_kernel[(t, triton.cdiv(h, down_rows))](
-        act, experts, weights, w2, out, w2.stride(0), w2.stride(1),
+        act, logits if logits is not None else x, experts, weights, w2, out,
+        logits.stride(0) if logits is not None else 0, w2.stride(0), w2.stride(1),
         gate_up, gate_up.stride(0), shared_w, shared_w.stride(0),
-        HIDDEN=h, INNER=i, K=k, SHARED=s, BLOCK_O=down_rows, SLOTS=slots, I_PAD=i_pad,
-        S_PAD=max(64, triton.next_power_of_2(s)), num_warps=down_warps, **pdl,
+        HIDDEN=h, INNER=i, K=k, E=e, ROUTE=logits is not None, SHARED=s, BLOCK_O=down_rows,
+        SLOTS=slots, I_PAD=i_pad, S_PAD=max(64, triton.next_power_of_2(s)),
+        BLOCK_E=triton.next_power_of_2(max(e, k)), EARLY=DOWN_EARLY, num_warps=down_warps,
+        **pdl,
     )  # fmt: skip
     return out
