@@ -234,11 +234,17 @@ def _session8_config_for(rows: int, inner: int, preload: bool = True) -> tuple[i
     return (4 if width <= 4096 else 1), 4, 8, 3
 
 
-def decode_switches(batch: int) -> list[tuple[str, list]]:
-    """(name, settings) of the graphed decode variants measured beside the default."""
+def decode_switches(batch: int, named: tuple[str, ...] = ()) -> list[tuple[str, list]]:
+    """(name, settings) of the graphed decode variants measured beside the default; a name
+    `moe=4:2048:4:2:4` in `named` is a variant with that triton_moe.CONFIG."""
     from granite_runtime import triton_fused_linear, triton_moe, triton_ops, triton_pdl
 
     switches = [("no_pdl", [(triton_pdl, "ENABLED", False)])]  # kernels launched in turn
+    for name in named:
+        if name.startswith("moe="):  # a sixth number sets triton_moe.DOWN_TILE
+            config = tuple(int(v) for v in name[4:].split(":"))
+            tile = [(triton_moe, "DOWN_TILE", config[5])] if len(config) > 5 else []
+            switches.append((name, [(triton_moe, "CONFIG", config[:5]), *tile]))
     if batch == 1:  # the one-row fusions (triton_fused_linear) off, and their launch options
         switches += [
             ("unfused", [(layers, "FUSED_LINEAR", False)]),
@@ -285,7 +291,7 @@ def gkit(
             512 * memory.kv_bytes_per_token(c) + 2 * memory.state_bytes_per_sequence(c)
         )
         variants = [("eager", lambda batch=batch, cache=cache, t=tokens: model(t, batch, cache))]
-        for name, settings in decode_switches(b) if graphed.supports(b) else []:
+        for name, settings in decode_switches(b, only_variants) if graphed.supports(b) else []:
             if only_variants and name not in only_variants:
                 continue
             other = _captured_with(model, cache, b, settings)
@@ -688,7 +694,8 @@ def main() -> None:
         "empty): no_pdl, unfused, attention_unfused, no_preload "
         "(triton_fused_linear.PRELOAD), late_state (the state kernels read their pools after "
         "the wait), down_late (the MoE down kernel reads its experts' rows after the wait), "
-        "session8_shapes (the fused products' block shapes before session 9)",
+        "session8_shapes (the fused products' block shapes before session 9), moe=R:C:W:O:V[:T] "
+        "(triton_moe.CONFIG: gate/up rows, columns, warps, down rows, warps; DOWN_TILE)",
     )
     ap.add_argument(
         "--rounds",

@@ -253,12 +253,17 @@ def moe_decode_routed(
 # (gate/up rows per program, gate/up columns per load, its warps, down rows per program, its
 # warps). gate/up: whole rows per load kept more bytes in flight than the 256-column loop of
 # session 6. down: every slot's rows come in one load, so a program holds k x rows x I
-# weights; `_experts` narrows the rows where that would pass 16K elements (h-small: k = 10).
-# Session 8 sweep (h-tiny, routed layer, 12 cold stacks in one graph): 16.7-17.8 us for
-# every shape within one change of this one except 8 gate rows with 4 warps (21.2 us) and
-# 512-column gate loads (19.0); session 7's kernels took 19.2 us
-# (results-gpu_bench-h200-16-pdl.txt).
-CONFIG = (4, 2048, 4, 2, 4)
+# weights; `_experts` narrows the rows where that would pass DOWN_TILE elements (h-small:
+# k = 10). Session 8 sweep (h-tiny, routed layer, 12 cold stacks in one graph): 16.7-17.8 us
+# for every shape within one change of this one except 8 gate rows with 4 warps (21.2 us)
+# and 512-column gate loads (19.0); session 7's kernels took 19.2 us
+# (results-gpu_bench-h200-16-pdl.txt). Session 10, down reading before its wait, measured
+# in the graphed h-tiny step (results-gpu_bench-h200-29-moe-shapes.txt, tok/s): down with 4
+# rows 699.2, 2 rows 675.9, 1 row 618.2 (1,536 programs: two waves); 2 rows at 8 warps
+# 612.0 (4 programs per SM, two waves); gate/up with 2 rows 658.5, 8 rows at 8 warps 661.2.
+# Down's programs must all be resident at once (registers: 4 rows take 128, 4 per SM).
+CONFIG = (4, 2048, 4, 4, 4)
+DOWN_TILE = 16384  # the most weights (k x rows x I) one down program holds
 # The down kernel asks for its experts' rows before its wait (False, a benchmark switch:
 # after it, as before session 10).
 DOWN_EARLY = True
@@ -288,7 +293,7 @@ def _experts(x, logits, experts, weights, k, w1, w2, shared, config):
     s = shared_w.shape[1] if shared is not None else 0
     assert shared is None or (gate_up.shape[1] == 2 * s and shared_w.shape[0] == h)
     slots, i_pad = triton.next_power_of_2(k), triton.next_power_of_2(i)
-    down_rows = max(1, min(down_rows, 16384 // (slots * i_pad)))
+    down_rows = max(1, min(down_rows, DOWN_TILE // (slots * i_pad)))
     _down_kernel[(t, triton.cdiv(h, down_rows))](
         act, logits if logits is not None else x, experts, weights, w2, out,
         logits.stride(0) if logits is not None else 0, w2.stride(0), w2.stride(1),
