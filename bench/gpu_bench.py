@@ -244,7 +244,8 @@ def decode_switches(batch: int, named: tuple[str, ...] = ()) -> list[tuple[str, 
         if name.startswith("moe="):  # a sixth number sets triton_moe.DOWN_TILE
             config = tuple(int(v) for v in name[4:].split(":"))
             tile = [(triton_moe, "DOWN_TILE", config[5])] if len(config) > 5 else []
-            switches.append((name, [(triton_moe, "CONFIG", config[:5]), *tile]))
+            shapes = [(triton_moe, "CONFIG", config[:5]), (triton_moe, "ROUTED_CONFIG", config[:5])]
+            switches.append((name, [*shapes, *tile]))
     if batch == 1:  # the one-row fusions (triton_fused_linear) off, and their launch options
         switches += [
             ("unfused", [(layers, "FUSED_LINEAR", False)]),
@@ -695,7 +696,8 @@ def main() -> None:
         "(triton_fused_linear.PRELOAD), late_state (the state kernels read their pools after "
         "the wait), down_late (the MoE down kernel reads its experts' rows after the wait), "
         "session8_shapes (the fused products' block shapes before session 9), moe=R:C:W:O:V[:T] "
-        "(triton_moe.CONFIG: gate/up rows, columns, warps, down rows, warps; DOWN_TILE)",
+        "(triton_moe.CONFIG and ROUTED_CONFIG: gate/up rows, columns, warps, down rows, warps; "
+        "DOWN_TILE)",
     )
     ap.add_argument(
         "--rounds",

@@ -219,7 +219,10 @@ def moe_decode(
 ) -> torch.Tensor:
     """out (T, H) = sum_k weights[:, k] * expert_k(x) for x (T, H), experts and weights
     (T, k), w1 (E, 2I, H) (gate rows then up rows), w2 (E, H, I). `config` (see CONFIG)
-    overrides the block shapes."""
+    overrides the block shapes.
+
+    The down kernel reads `experts` before its wait (triton_pdl): they must come from a
+    kernel launched before this call (route's top-k, or a copy), as they always do."""
     k = experts.shape[1]
     experts = experts.reshape(-1).contiguous()
     weights = weights.reshape(-1).contiguous()
@@ -246,7 +249,8 @@ def moe_decode_routed(
     weights = torch.empty(t * k, dtype=x.dtype, device=x.device)
     shared = (logits_gate_up[:, num_experts:], shared_out) if shared_out is not None else None
     return _experts(
-        x, logits_gate_up[:, :num_experts], experts, weights, k, w1, w2, shared, config or CONFIG
+        x, logits_gate_up[:, :num_experts], experts, weights, k, w1, w2, shared,
+        config or ROUTED_CONFIG,
     )  # fmt: skip
 
 
@@ -257,12 +261,16 @@ def moe_decode_routed(
 # k = 10). Session 8 sweep (h-tiny, routed layer, 12 cold stacks in one graph): 16.7-17.8 us
 # for every shape within one change of this one except 8 gate rows with 4 warps (21.2 us)
 # and 512-column gate loads (19.0); session 7's kernels took 19.2 us
-# (results-gpu_bench-h200-16-pdl.txt). Session 10, down reading before its wait, measured
-# in the graphed h-tiny step (results-gpu_bench-h200-29-moe-shapes.txt, tok/s): down with 4
-# rows 699.2, 2 rows 675.9, 1 row 618.2 (1,536 programs: two waves); 2 rows at 8 warps
-# 612.0 (4 programs per SM, two waves); gate/up with 2 rows 658.5, 8 rows at 8 warps 661.2.
-# Down's programs must all be resident at once (registers: 4 rows take 128, 4 per SM).
-CONFIG = (4, 2048, 4, 4, 4)
+# (results-gpu_bench-h200-16-pdl.txt). Session 10, with down reading before its wait,
+# measured in the graphed h-tiny step (tok/s, batch 1; results-gpu_bench-h200-29/30/31):
+# from session 8's shape (675.9), down with 4 rows 699.2 (1 row: 618.2, its 1,536 programs
+# do not fit at once), then gate/up with fewer rows and warps per program, more programs:
+# 2 rows at 2 warps 713.3, 1 row at 1 warp (3,072 programs) 727.6. Down's programs must all
+# be resident at once (4 rows at 4 warps take 128 registers: 4 per SM, 528 >= 384). With 8
+# tokens (`moe_decode`, batch 8, tok/s): 1 row at 1 warp 1,803, 2 rows at 2 warps 1,864,
+# and down with 1 row at 1 warp beside that 1,899.5; session 8's shape 1,727.9.
+ROUTED_CONFIG = (1, 2048, 1, 4, 4)  # one token, routing in the kernels (moe_decode_routed)
+CONFIG = (2, 2048, 2, 1, 1)  # tokens routed first (moe_decode)
 DOWN_TILE = 16384  # the most weights (k x rows x I) one down program holds
 # The down kernel asks for its experts' rows before its wait (False, a benchmark switch:
 # after it, as before session 10).
