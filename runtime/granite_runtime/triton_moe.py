@@ -265,11 +265,13 @@ def moe_decode_routed(
 # measured in the graphed h-tiny step (tok/s, batch 1; results-gpu_bench-h200-29/30/31):
 # from session 8's shape (675.9), down with 4 rows 699.2 (1 row: 618.2, its 1,536 programs
 # do not fit at once), then gate/up with fewer rows and warps per program, more programs:
-# 2 rows at 2 warps 713.3, 1 row at 1 warp (3,072 programs) 727.6. Down's programs must all
-# be resident at once (4 rows at 4 warps take 128 registers: 4 per SM, 528 >= 384). With 8
-# tokens (`moe_decode`, batch 8, tok/s): 1 row at 1 warp 1,803, 2 rows at 2 warps 1,864,
-# and down with 1 row at 1 warp beside that 1,899.5; session 8's shape 1,727.9.
-ROUTED_CONFIG = (1, 2048, 1, 4, 4)  # one token, routing in the kernels (moe_decode_routed)
+# 2 rows at 2 warps 713.3, 1 row at 1 warp (3,072 programs) 727.6; beside that (h200-32)
+# down with 1 row at 1 warp 731.6 against 726.1 with 4 rows at 4 warps. Down's programs
+# must all be resident at once (1 row at 1 warp: 126 registers, 16 per SM, 2,112 >= 1,536;
+# 1 row at 2 warps does not fit). With 8 tokens (`moe_decode`, batch 8, tok/s): 1 row at
+# 1 warp 1,803, 2 rows at 2 warps 1,864, and down with 1 row at 1 warp beside that 1,899.5;
+# session 8's shape 1,727.9.
+ROUTED_CONFIG = (1, 2048, 1, 1, 1)  # one token, routing in the kernels (moe_decode_routed)
 CONFIG = (2, 2048, 2, 1, 1)  # tokens routed first (moe_decode)
 DOWN_TILE = 16384  # the most weights (k x rows x I) one down program holds
 # The down kernel asks for its experts' rows before its wait (False, a benchmark switch:
