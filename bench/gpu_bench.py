@@ -236,7 +236,7 @@ def _session8_config_for(rows: int, inner: int, preload: bool = True) -> tuple[i
 
 def decode_switches(batch: int, named: tuple[str, ...] = ()) -> list[tuple[str, list]]:
     """(name, settings) of the graphed decode variants measured beside the default; a name
-    `moe=4:2048:4:2:4` in `named` is a variant with that triton_moe.CONFIG."""
+    `moe=4:2048:4:2:4` in `named` is a variant with that triton_moe.CONFIG and ROUTED_CONFIG."""
     from granite_runtime import triton_fused_linear, triton_moe, triton_ops, triton_pdl
 
     switches = [("no_pdl", [(triton_pdl, "ENABLED", False)])]  # kernels launched in turn
@@ -489,7 +489,7 @@ def moe_decode_kernels(config, copies: int = 12, sweep: bool = False) -> dict:
     in one CUDA graph (cold weights, as in a step): at 1 token the routed path batch 1 takes
     (top-k inside gate/up, the shared MLP inside down), at 8 tokens moe_decode after route.
     GB/s counts the chosen experts' (and shared MLP's) weight bytes once. With `sweep`, each
-    kernel's block shape varied one at a time from triton_moe.CONFIG."""
+    kernel's block shape varied one at a time from triton_moe.ROUTED_CONFIG."""
     from granite_runtime import triton_moe, triton_pdl
 
     c, out, dt = config, {}, torch.bfloat16
@@ -510,7 +510,7 @@ def moe_decode_kernels(config, copies: int = 12, sweep: bool = False) -> dict:
     experts8, weights8 = triton_moe.route(x8, torch.randn(e, h, device="cuda", dtype=dt), k)
     read1 = (k * 3 * h * i + 3 * h * s) * 2
     read8 = (experts8.unique().numel() * 3 * h * i) * 2
-    base = triton_moe.CONFIG
+    base = triton_moe.ROUTED_CONFIG
     configs = [base]
     if sweep:
         for g in ((2, 2048, 4), (8, 2048, 4), (4, 2048, 8), (4, 512, 4), (8, 2048, 8)):
