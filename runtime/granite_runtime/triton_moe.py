@@ -304,12 +304,18 @@ def _experts(x, logits, experts, weights, k, w1, w2, shared, config):
     assert shared is None or (gate_up.shape[1] == 2 * s and shared_w.shape[0] == h)
     slots, i_pad = triton.next_power_of_2(k), triton.next_power_of_2(i)
     down_rows = max(1, min(down_rows, DOWN_TILE // (slots * i_pad)))
+    s_pad = max(64, triton.next_power_of_2(s))
+    # Warps enough that a thread holds at most ~128 of the weights it asks for before its
+    # wait: h-tiny's 1 warp would give h-small (k = 10, I = 768) 512 a thread and spills
+    # (255 registers, 152 bytes of stack, compiled for sm_90); 4 warps take 167 registers.
+    held = (slots * i_pad + s_pad) * down_rows // (32 * 128)
+    down_warps = max(down_warps, triton.next_power_of_2(max(1, held)))
     _down_kernel[(t, triton.cdiv(h, down_rows))](
         act, logits if logits is not None else x, experts, weights, w2, out,
         logits.stride(0) if logits is not None else 0, w2.stride(0), w2.stride(1),
         gate_up, gate_up.stride(0), shared_w, shared_w.stride(0),
         HIDDEN=h, INNER=i, K=k, E=e, ROUTE=logits is not None, SHARED=s, BLOCK_O=down_rows,
-        SLOTS=slots, I_PAD=i_pad, S_PAD=max(64, triton.next_power_of_2(s)),
+        SLOTS=slots, I_PAD=i_pad, S_PAD=s_pad,
         BLOCK_E=triton.next_power_of_2(max(e, k)), EARLY=DOWN_EARLY, num_warps=down_warps,
         **pdl,
     )  # fmt: skip
