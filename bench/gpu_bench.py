@@ -162,15 +162,17 @@ def _tuned_configs() -> str:
     )
 
 
+def programs_per_sm(warps: int, regs: int, shared: int) -> int:
+    """How many programs of a kernel fit on one Hopper SM at once (32 programs, 64 warps,
+    64K registers allocated 256 a warp at a time, 228 KB of shared memory)."""
+    by_regs = 65536 // (((max(regs, 1) * 32 + 255) // 256) * 256 * warps)
+    return min(32, 64 // warps, by_regs, (228 * 1024) // max(shared, 1))
+
+
 def _resources(compiled) -> str:
     compiled._init_handles()
     warps = compiled.metadata.num_warps
-    regs = max(compiled.n_regs, 1)
-    fit = min(
-        64 // warps,
-        65536 // (((regs * 32 + 255) // 256) * 256 * warps),
-        (228 * 1024) // max(compiled.metadata.shared, 1),
-    )
+    fit = programs_per_sm(warps, compiled.n_regs, compiled.metadata.shared)
     return (
         f"{warps} warps, {compiled.n_regs} regs, {compiled.n_spills} spills, "
         f"{compiled.metadata.shared} B shared -> {fit} programs/SM"

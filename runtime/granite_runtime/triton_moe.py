@@ -279,6 +279,19 @@ DOWN_TILE = 16384  # the most weights (k x rows x I) one down program holds
 DOWN_EARLY = True
 
 
+def down_shape(k: int, inner: int, shared: int, rows: int, warps: int) -> tuple[int, ...]:
+    """(slots, I_PAD, S_PAD, rows, warps) of the down kernel for k experts of `inner` rows
+    and a shared MLP `shared` wide (0: none), from the configured rows and warps."""
+    slots, i_pad = triton.next_power_of_2(k), triton.next_power_of_2(inner)
+    s_pad = max(64, triton.next_power_of_2(shared))
+    rows = max(1, min(rows, DOWN_TILE // (slots * i_pad)))
+    # Warps enough that a thread holds at most ~128 of the weights it asks for before its
+    # wait: h-tiny's 1 warp would give h-small (k = 10, I = 768) 512 a thread and spills
+    # (255 registers, 152 bytes of stack; bench/kernel_registers.py); 4 warps take 167.
+    held = (slots * i_pad + s_pad) * rows // (32 * 128)
+    return slots, i_pad, s_pad, rows, max(warps, triton.next_power_of_2(max(1, held)))
+
+
 def _experts(x, logits, experts, weights, k, w1, w2, shared, config):
     """The two kernels: gate/up per token copy (routing first where `logits` is given),
     then down with the k experts summed (and the shared MLP added)."""
@@ -302,14 +315,7 @@ def _experts(x, logits, experts, weights, k, w1, w2, shared, config):
     gate_up, shared_w = shared if shared is not None else (x, w2)
     s = shared_w.shape[1] if shared is not None else 0
     assert shared is None or (gate_up.shape[1] == 2 * s and shared_w.shape[0] == h)
-    slots, i_pad = triton.next_power_of_2(k), triton.next_power_of_2(i)
-    down_rows = max(1, min(down_rows, DOWN_TILE // (slots * i_pad)))
-    s_pad = max(64, triton.next_power_of_2(s))
-    # Warps enough that a thread holds at most ~128 of the weights it asks for before its
-    # wait: h-tiny's 1 warp would give h-small (k = 10, I = 768) 512 a thread and spills
-    # (255 registers, 152 bytes of stack, compiled for sm_90); 4 warps take 167 registers.
-    held = (slots * i_pad + s_pad) * down_rows // (32 * 128)
-    down_warps = max(down_warps, triton.next_power_of_2(max(1, held)))
+    slots, i_pad, s_pad, down_rows, down_warps = down_shape(k, i, s, down_rows, down_warps)
     _down_kernel[(t, triton.cdiv(h, down_rows))](
         act, logits if logits is not None else x, experts, weights, w2, out,
         logits.stride(0) if logits is not None else 0, w2.stride(0), w2.stride(1),
