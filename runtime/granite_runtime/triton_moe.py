@@ -79,8 +79,8 @@ def _gate_up_kernel(
         logits = _load_logits(logits_ptr, j // K, sl, E, BLOCK_E)
         e, weight = _slot_choice(logits, _ranks(logits, BLOCK_E), j % K, K, BLOCK_E)
         e = e.to(tl.int64)
-        if tl.program_id(1) == 0:  # one program per copy records the choice for _down
-            tl.store(experts_ptr + j, e)
+        if tl.program_id(1) == 0:  # one program per copy records the weight for _down
+            # (which ranks the experts again itself, before its wait)
             tl.store(weights_ptr + j, weight.to(weights_ptr.dtype.element_ty))
     else:
         e = tl.load(experts_ptr + j).to(tl.int64)

@@ -21,9 +21,11 @@ The contract each kernel launched this way keeps (`wait_for_previous`):
   the kernel after it run ahead of the kernel before it;
 - it lets the next kernel launch only after its own wait, so at most one kernel runs ahead.
 What is read early, measured on an H200 (bench/NOTES.md): each fused product's first block
-of weight rows (triton_fused_linear.PRELOAD: h-micro 423.7 -> 443.2 tok/s, session 9),
-except after the MoE experts' kernels; an L2 prefetch instruction per 128-byte line instead
-made h-tiny's step 1.5x slower (session 8).
+of weight rows (triton_fused_linear.PRELOAD: h-micro 423.7 -> 443.2 tok/s, session 9); the
+MoE down kernel its experts' rows, ranking the router's logits from the kernel two back
+(triton_moe.DOWN_EARLY: h-tiny 685.4 -> 733.0, session 10); the state kernels their pools
+(triton_ops.EARLY_STATE). An L2 prefetch instruction per 128-byte line instead made h-tiny's
+step 1.5x slower (session 8).
 
 The launch attribute is set where `options` says so: a CUDA device of compute capability 9
 or later, not the Triton interpreter, and `ENABLED` (`GKIT_PDL=0` turns it off, for a driver
