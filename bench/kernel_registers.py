@@ -20,10 +20,14 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-import triton
+try:
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+except ImportError:  # the CPU torch wheel brings no Triton
+    raise SystemExit("kernel_registers.py needs Triton: pip install triton==3.6.0") from None
+
 from gpu_bench import programs_per_sm
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
 
 from granite_ops_kit.catalog import __file__ as catalog_init
 from granite_runtime import triton_moe
