@@ -63,22 +63,20 @@ def compile_for_hopper(kernel, constexprs: dict, warps: int) -> dict:
 
 
 def moe_kernels(h: int, i: int, e: int, k: int, s: int, routed: bool, config) -> list[tuple]:
-    """(name, kernel, constexprs, warps, programs) of one MoE layer's two kernels for one
-    token (`routed`: the router's top-k inside the kernels, shared MLP inside down) or 8."""
-    gate_rows, gate_cols, gate_warps, down_rows, down_warps = config
-    tokens, shared = (1, s) if routed else (8, 0)
-    block_e = triton.next_power_of_2(max(e, k))
-    gate = dict(HIDDEN=h, INNER=i, K=k, E=e, ROUTE=routed, BLOCK_E=block_e, BLOCK_I=gate_rows,
-                BLOCK_H=min(gate_cols, triton.next_power_of_2(h)), PDL=True)  # fmt: skip
-    slots, i_pad, s_pad, rows, warps = triton_moe.down_shape(k, i, shared, down_rows, down_warps)
-    down = dict(HIDDEN=h, INNER=i, K=k, E=e, ROUTE=routed, SHARED=shared, BLOCK_O=rows,
-                SLOTS=slots, I_PAD=i_pad, S_PAD=s_pad, BLOCK_E=block_e,
-                EARLY=triton_moe.DOWN_EARLY, PDL=True)  # fmt: skip
-    return [
-        ("gate_up", triton_moe._gate_up_kernel, gate, gate_warps,
-         tokens * k * triton.cdiv(i, gate_rows)),
-        ("down", triton_moe._down_kernel, down, warps, tokens * triton.cdiv(h, rows)),
-    ]  # fmt: skip
+    """(name, kernel, constexprs, warps, programs) of one MoE layer's two kernels as
+    triton_moe launches them, for one token (`routed`: the router's top-k inside the
+    kernels, the shared MLP inside down) or for 8 routed first."""
+    tokens, shared, experts = (1, s, e) if routed else (8, 0, 1)
+    shapes = triton_moe.launch_shapes(tokens, k, experts, h, i, shared, routed, config)
+    kernels = []
+    for name, kernel, grid, constexprs in zip(
+        ("gate_up", "down"), (triton_moe._gate_up_kernel, triton_moe._down_kernel),
+        shapes[0::2], shapes[1::2], strict=True,
+    ):  # fmt: skip
+        constexprs = dict(constexprs, PDL=True)
+        warps = constexprs.pop("num_warps")
+        kernels.append((name, kernel, constexprs, warps, grid[0] * grid[1]))
+    return kernels
 
 
 def main() -> None:

@@ -279,17 +279,31 @@ DOWN_TILE = 16384  # the most weights (k x rows x I) one down program holds
 DOWN_EARLY = True
 
 
-def down_shape(k: int, inner: int, shared: int, rows: int, warps: int) -> tuple[int, ...]:
-    """(slots, I_PAD, S_PAD, rows, warps) of the down kernel for k experts of `inner` rows
-    and a shared MLP `shared` wide (0: none), from the configured rows and warps."""
+def launch_shapes(
+    tokens: int, k: int, experts: int, hidden: int, inner: int, shared: int, routed: bool,
+    config: tuple[int, ...],
+) -> tuple[tuple, dict, tuple, dict]:  # fmt: skip
+    """(grid, compile-time constants and warps) of gate/up, then of down, for `tokens` rows
+    of k experts of `inner` rows over `hidden`, a shared MLP `shared` wide (0: none) and the
+    router's top-k inside the kernels when `routed` (`experts` logits). One description for
+    the launcher and bench/kernel_registers.py, which compiles the same kernels offline."""
+    gate_rows, gate_cols, gate_warps, down_rows, down_warps = config
+    common = dict(HIDDEN=hidden, INNER=inner, K=k, E=experts, ROUTE=routed,
+                  BLOCK_E=triton.next_power_of_2(max(experts, k)))  # fmt: skip
+    gate = dict(common, BLOCK_I=gate_rows, BLOCK_H=min(gate_cols, triton.next_power_of_2(hidden)),
+                num_warps=gate_warps)  # fmt: skip
     slots, i_pad = triton.next_power_of_2(k), triton.next_power_of_2(inner)
     s_pad = max(64, triton.next_power_of_2(shared))
-    rows = max(1, min(rows, DOWN_TILE // (slots * i_pad)))
+    rows = max(1, min(down_rows, DOWN_TILE // (slots * i_pad)))
     # Warps enough that a thread holds at most ~128 of the weights it asks for before its
     # wait: h-tiny's 1 warp would give h-small (k = 10, I = 768) 512 a thread and spills
     # (255 registers, 152 bytes of stack; bench/kernel_registers.py); 4 warps take 167.
     held = (slots * i_pad + s_pad) * rows // (32 * 128)
-    return slots, i_pad, s_pad, rows, max(warps, triton.next_power_of_2(max(1, held)))
+    warps = max(down_warps, triton.next_power_of_2(max(1, held)))
+    down = dict(common, SHARED=shared, BLOCK_O=rows, SLOTS=slots, I_PAD=i_pad, S_PAD=s_pad,
+                EARLY=DOWN_EARLY, num_warps=warps)  # fmt: skip
+    gate_grid = (tokens * k, triton.cdiv(inner, gate_rows))
+    return gate_grid, gate, (tokens, triton.cdiv(hidden, rows)), down
 
 
 def _experts(x, logits, experts, weights, k, w1, w2, shared, config):
@@ -302,27 +316,20 @@ def _experts(x, logits, experts, weights, k, w1, w2, shared, config):
     x = x if x.stride(1) == 1 else x.contiguous()
     act = torch.empty(t * k, i, dtype=x.dtype, device=x.device)
     out = torch.empty(t, h, dtype=x.dtype, device=x.device)
-    gate_rows, gate_cols, gate_warps, down_rows, down_warps = config
-    pdl = triton_pdl.options(x)
-    e = logits.shape[1] if logits is not None else 1
-    _gate_up_kernel[(t * k, triton.cdiv(i, gate_rows))](
-        x, logits if logits is not None else x, experts, weights, w1, act,
-        x.stride(0), logits.stride(0) if logits is not None else 0, w1.stride(0), w1.stride(1),
-        HIDDEN=h, INNER=i, K=k, E=e, ROUTE=logits is not None,
-        BLOCK_E=triton.next_power_of_2(max(e, k)), BLOCK_I=gate_rows,
-        BLOCK_H=min(gate_cols, triton.next_power_of_2(h)), num_warps=gate_warps, **pdl,
-    )  # fmt: skip
     gate_up, shared_w = shared if shared is not None else (x, w2)
     s = shared_w.shape[1] if shared is not None else 0
     assert shared is None or (gate_up.shape[1] == 2 * s and shared_w.shape[0] == h)
-    slots, i_pad, s_pad, down_rows, down_warps = down_shape(k, i, s, down_rows, down_warps)
-    _down_kernel[(t, triton.cdiv(h, down_rows))](
-        act, logits if logits is not None else x, experts, weights, w2, out,
-        logits.stride(0) if logits is not None else 0, w2.stride(0), w2.stride(1),
-        gate_up, gate_up.stride(0), shared_w, shared_w.stride(0),
-        HIDDEN=h, INNER=i, K=k, E=e, ROUTE=logits is not None, SHARED=s, BLOCK_O=down_rows,
-        SLOTS=slots, I_PAD=i_pad, S_PAD=s_pad,
-        BLOCK_E=triton.next_power_of_2(max(e, k)), EARLY=DOWN_EARLY, num_warps=down_warps,
-        **pdl,
+    routed = logits is not None
+    e = logits.shape[1] if routed else 1
+    gate_grid, gate, down_grid, down = launch_shapes(t, k, e, h, i, s, routed, config)
+    pdl = triton_pdl.options(x)
+    logits, sl = (logits, logits.stride(0)) if routed else (x, 0)
+    _gate_up_kernel[gate_grid](
+        x, logits, experts, weights, w1, act, x.stride(0), sl, w1.stride(0), w1.stride(1),
+        **gate, **pdl,
+    )  # fmt: skip
+    _down_kernel[down_grid](
+        act, logits, experts, weights, w2, out, sl, w2.stride(0), w2.stride(1),
+        gate_up, gate_up.stride(0), shared_w, shared_w.stride(0), **down, **pdl,
     )  # fmt: skip
     return out
