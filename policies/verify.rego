@@ -44,6 +44,38 @@ deny contains msg if {
 }
 
 deny contains msg if {
+	input.signature.method == "key"
+	count(data.policy.signers.public_keys) > 0
+	not input.signature.key_fingerprint in data.policy.signers.public_keys
+	msg := sprintf("the model is signed by key sha256:%s, which policy '%s' does not pin (it pins %v)",
+		[input.signature.key_fingerprint, data.policy.id, data.policy.signers.public_keys])
+}
+
+deny contains msg if {
+	input.signature.method == "certificate"
+	count(data.policy.signers.certificate_roots) > 0
+	not input.signature.root_fingerprint in data.policy.signers.certificate_roots
+	msg := sprintf("the signing certificate chains to root sha256:%s, which policy '%s' does not pin (it pins %v)",
+		[input.signature.root_fingerprint, data.policy.id, data.policy.signers.certificate_roots])
+}
+
+deny contains msg if {
+	input.signature.method == "certificate"
+	count(data.policy.signers.certificate_identities) > 0
+	count({i | some i in input.signature.identities; i in data.policy.signers.certificate_identities}) == 0
+	msg := sprintf("the signing certificate names %v, none of which policy '%s' pins (it pins %v)",
+		[input.signature.identities, data.policy.id, data.policy.signers.certificate_identities])
+}
+
+# A signature whose ignore paths leave every weight out vouches for a config and a
+# tokenizer only; the weights served would be whatever lies there.
+deny contains msg if {
+	data.policy.require_weight_file
+	count(weight_files) == 0
+	msg := sprintf("the signature covers no weight file (safetensors or GGUF); policy '%s' requires at least one", [data.policy.id])
+}
+
+deny contains msg if {
 	some f in disallowed_files
 	msg := sprintf("%s is a %s-format weight file; policy '%s' allows %v only",
 		[f.name, weight_suffixes[f.ext], data.policy.id, data.policy.weight_formats])
@@ -66,6 +98,16 @@ deny contains msg if {
 reasons contains msg if {
 	input.signature.method in data.policy.methods
 	msg := sprintf("signature method '%s' is accepted", [input.signature.method])
+}
+
+reasons contains msg if {
+	input.signature.key_fingerprint in data.policy.signers.public_keys
+	msg := sprintf("key sha256:%s is pinned", [input.signature.key_fingerprint])
+}
+
+reasons contains msg if {
+	input.signature.root_fingerprint in data.policy.signers.certificate_roots
+	msg := sprintf("certificate root sha256:%s is pinned", [input.signature.root_fingerprint])
 }
 
 reasons contains msg if {

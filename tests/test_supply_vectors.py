@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_gkit
+from tests.conftest import REPO, run_gkit
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "oms-upstream"  # see its README
 KEYS = FIXTURES / "keys"
@@ -36,10 +36,22 @@ VECTORS = [
 ]
 
 
+@pytest.fixture(scope="module")
+def conformance_policy(tmp_path_factory) -> Path:
+    """The default policy without its weight-file rule: the vectors sign two text files."""
+    policy = json.loads((REPO / "policies" / "default.json").read_text())
+    policy.update(id="oms-conformance", require_weight_file=False)
+    path = tmp_path_factory.mktemp("policy") / "oms-conformance.json"
+    path.write_text(json.dumps(policy))
+    return path
+
+
 @pytest.mark.parametrize(
     ("vector", "inside", "args", "method", "digest", "files"), VECTORS, ids=[v[0] for v in VECTORS]
 )
-def test_upstream_vector_verifies_offline(vector, inside, args, method, digest, files):
+def test_upstream_vector_verifies_offline(
+    vector, inside, args, method, digest, files, conformance_policy
+):
     model = FIXTURES / vector / inside if inside else FIXTURES / vector
     result = run_gkit(
         "verify",
@@ -47,6 +59,8 @@ def test_upstream_vector_verifies_offline(vector, inside, args, method, digest, 
         "--signature",
         str(FIXTURES / vector / "model.sig"),
         *args,
+        "--policy",
+        str(conformance_policy),
         "--json",
         env={"HF_HUB_OFFLINE": "1", "no_proxy": "*", "https_proxy": "http://127.0.0.1:9"},
     )
@@ -54,7 +68,8 @@ def test_upstream_vector_verifies_offline(vector, inside, args, method, digest, 
     out = json.loads(result.stdout)
     assert out["ok"] is True and out["method"] == method and out["files"] == files
     if digest:
-        assert out["manifest_digest"] == digest
+        assert out["subject_digest"] == digest  # what model_signing computes
+    assert out["manifest_digest"].startswith("sha256:") and out["manifest_digest"] != digest
     legacy = vector == "v0.2.0-certificate"
     assert out["predicate_type"].endswith("Digests/v0.1" if legacy else "signature/v1.0")
 

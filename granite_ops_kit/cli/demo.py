@@ -118,6 +118,7 @@ def _demo_key(root: Path) -> tuple[Path, Path]:
 def _sign_and_verify(model_path: Path, private: Path, public: Path) -> dict:
     from granite_ops_kit.cli.supply_cmds import _verify, record
     from granite_ops_kit.supply.sign import SignRequest, sign
+    from granite_ops_kit.supply.trust import TrustInputs
     from granite_ops_kit.supply.verify import VerifyRequest
 
     signed = sign(SignRequest(model_path, private))
@@ -129,7 +130,7 @@ def _sign_and_verify(model_path: Path, private: Path, public: Path) -> dict:
         digest=signed.manifest_digest,
         details={"signature": signed.signature},
     )
-    return _verify(VerifyRequest(model_path, public_key=public))
+    return _verify(VerifyRequest(model_path, trust=TrustInputs.from_files(public_key=public)))
 
 
 def _render_chart(model_path: Path, output_dir: Path, public_key: Path) -> dict:

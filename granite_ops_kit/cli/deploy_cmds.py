@@ -9,8 +9,17 @@ from typing import TYPE_CHECKING
 import typer
 
 from granite_ops_kit.cli import output
-from granite_ops_kit.cli.options import JSON_OPTION
-from granite_ops_kit.cli.supply_cmds import record
+from granite_ops_kit.cli.options import (
+    JSON_OPTION,
+    POLICY_HELP,
+    CertificateChain,
+    Identity,
+    Issuer,
+    PublicKey,
+    TrustConfig,
+    trust_inputs,
+)
+from granite_ops_kit.cli.supply_cmds import hashing_progress, record
 from granite_ops_kit.errors import UsageError
 
 if TYPE_CHECKING:
@@ -59,13 +68,20 @@ def build(
     allow_unverified: bool = typer.Option(
         False, "--allow-unverified", help="Build even without a passing gkit verify (audited)."
     ),
+    policy: str = typer.Option("default", help=POLICY_HELP),
+    public_key: PublicKey = None,
+    certificate_chain: CertificateChain = None,
+    identity: Identity = None,
+    issuer: Issuer = None,
+    trust_config: TrustConfig = None,
     json_: bool = JSON_OPTION,
 ) -> None:
     """Build a non-root container image of the runtime (and, with --bake-model, the model).
 
     The build needs no network: gkit and its dependencies are installed from wheels built
-    on this host. The image's labels carry the model's manifest digest and verification.
-    The image id is recorded in the audit log.
+    on this host. The model's signature is checked again first, with the trust inputs
+    given here or else the ones its last `gkit verify` recorded. The image's labels carry
+    the model's manifest digest and verification. The image id is recorded in the audit log.
     """
     from granite_ops_kit.deploy import gate, image
     from granite_ops_kit.deploy.pipeline import default_image, verification_label
@@ -73,7 +89,11 @@ def build(
     output.use_json(json_)
     if model_from not in ("pvc", "hf"):
         raise UsageError(f"--model-from must be pvc or hf, not '{model_from}'.")
-    checked = gate.check(model_path, allow_unverified, _actor())
+    trust = trust_inputs(public_key, certificate_chain, identity, issuer, trust_config)
+    with hashing_progress() as progress:
+        checked = gate.check(
+            model_path, allow_unverified, _actor(), trust=trust, policy=policy, progress=progress
+        )
     tag = tag or default_image(model_path)
     req = image.BuildRequest(
         model_path,
@@ -144,7 +164,16 @@ def deploy(
     storage_class: str = typer.Option("", help="Storage class for a new model PVC."),
     hf_repo: str = typer.Option("", help="Hub repo (model-source hf)."),
     hf_revision: str = typer.Option("", help="Pinned commit (model-source hf)."),
-    policy: str = typer.Option("default", help="Policy the verify initContainer applies."),
+    policy: str = typer.Option(
+        "default",
+        help="Policy the gate and the verify initContainer apply; one that pins signers "
+        "refuses any other key, root or identity.",
+    ),
+    public_key: PublicKey = None,
+    certificate_chain: CertificateChain = None,
+    identity: Identity = None,
+    issuer: Issuer = None,
+    trust_config: TrustConfig = None,
     verify_arg: list[str] = typer.Option(
         None,
         help="Trust input for the verify step, e.g. "
@@ -163,9 +192,11 @@ def deploy(
     """Deploy a verified model sized by gkit size: a Helm chart, a Kubernetes release, or a
     container on this host.
 
-    Refuses a model whose exact manifest has no passing `gkit verify` in the audit log,
-    a fractional --gpus (exit 2) and a plan that does not fit (exit 1). Every deploy is an
-    audit record.
+    The gate first checks the model's signature again as it is now, with the trust inputs
+    given here or else the ones its last `gkit verify` recorded, under --policy. It refuses
+    a model that fails, one whose exact manifest has no passing `gkit verify` in the audit
+    log, a fractional --gpus (exit 2) and a plan that does not fit (exit 1). Every deploy is
+    an audit record.
 
     Examples:
 
@@ -199,8 +230,10 @@ def deploy(
         trust_config_map,
         kube_context,
         allow_unverified,
+        trust_inputs(public_key, certificate_chain, identity, issuer, trust_config),
     )
-    result = run_deploy(req, _actor())
+    with hashing_progress() as progress:
+        result = run_deploy(req, _actor(), progress)
     release = result["release"]
 
     def render(con: Console) -> None:

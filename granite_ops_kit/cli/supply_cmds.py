@@ -13,7 +13,16 @@ from pathlib import Path
 import typer
 
 from granite_ops_kit.cli import output
-from granite_ops_kit.cli.options import JSON_OPTION
+from granite_ops_kit.cli.options import (
+    JSON_OPTION,
+    POLICY_HELP,
+    CertificateChain,
+    Identity,
+    Issuer,
+    PublicKey,
+    TrustConfig,
+    trust_inputs,
+)
 from granite_ops_kit.errors import GkitError, UsageError
 
 PROGRESS_MIN_BYTES = 64 << 20
@@ -91,6 +100,8 @@ def _verify(req) -> dict:
             "serialization": result.serialization,
             "reasons": result.policy["reasons"],
             "predicate_type": result.predicate_type,
+            "subject_digest": result.subject_digest,
+            "trust": result.trust,
         },
         policy=result.policy,
     )
@@ -120,46 +131,6 @@ def _render_verify(r: dict):
     return render
 
 
-TRUST_HELP = {
-    "public_key": "PEM public key, for key signatures.",
-    "certificate_chain": "PEM file(s) of the root (and intermediate) CAs you trust, for "
-    "certificate signatures. Repeatable.",
-    "identity": "Signer identity that must appear in the certificate (SAN email or URI). "
-    "Repeatable: any one matches.",
-    "issuer": "OIDC issuer a Sigstore certificate must name, e.g. "
-    "https://sigstore.verify.ibm.com/oauth2.",
-    "trust_config": "Sigstore client trust config (or trusted root) JSON for a private "
-    "Sigstore; default: the public-good root shipped with sigstore, offline.",
-    "policy": "Policy name (default, ibm-granite) or a policy JSON file.",
-}
-
-
-def _request(
-    model_path,
-    signature,
-    public_key,
-    certificate_chain,
-    identity,
-    issuer,
-    trust_config,
-    ignore_paths,
-    policy,
-):
-    from granite_ops_kit.supply.verify import VerifyRequest
-
-    return VerifyRequest(
-        model_path=model_path,
-        signature=signature,
-        public_key=public_key,
-        certificate_chain=list(certificate_chain or []),
-        identities=list(identity or []),
-        issuer=issuer,
-        trust_config=trust_config,
-        ignore_paths=list(ignore_paths or []),
-        policy=policy,
-    )
-
-
 def verify(
     model_path: Path = typer.Argument(..., help="Model directory, or a single model file."),
     signature: Path = typer.Option(
@@ -167,15 +138,15 @@ def verify(
         help="Signature bundle; default MODEL_PATH/model.sig "
         "(beside the file for a single-file model).",
     ),
-    public_key: Path = typer.Option(None, help=TRUST_HELP["public_key"]),
-    certificate_chain: list[Path] = typer.Option(None, help=TRUST_HELP["certificate_chain"]),
-    identity: list[str] = typer.Option(None, help=TRUST_HELP["identity"]),
-    issuer: str = typer.Option(None, help=TRUST_HELP["issuer"]),
-    trust_config: Path = typer.Option(None, help=TRUST_HELP["trust_config"]),
+    public_key: PublicKey = None,
+    certificate_chain: CertificateChain = None,
+    identity: Identity = None,
+    issuer: Issuer = None,
+    trust_config: TrustConfig = None,
     ignore_paths: list[str] = typer.Option(
         None, help="Path to leave out, relative to the model directory. Repeatable."
     ),
-    policy: str = typer.Option("default", help=TRUST_HELP["policy"]),
+    policy: str = typer.Option("default", help=POLICY_HELP),
     expect_digest: str = typer.Option(
         None,
         help="Also require this manifest digest (sha256:...): the model verified earlier "
@@ -186,7 +157,9 @@ def verify(
     """Verify a model's OpenSSF Model Signing signature, then apply a policy.
 
     The trust method (key, certificate, Sigstore keyless) is read from the bundle; give the
-    matching trust input. Sigstore works offline with the shipped public-good root.
+    matching trust input. Sigstore works offline with the shipped public-good root. The
+    audit record keeps the trust inputs used (key and root PEMs with their fingerprints,
+    identities, issuer), so `gkit deploy` can check the model again with the same ones.
 
     Examples:
 
@@ -199,19 +172,17 @@ def verify(
     Exit codes: 0 verified; 1 the signature, the files or the policy said no; 2 bad usage.
     Each run appends an audit event.
     """
+    from granite_ops_kit.supply.verify import VerifyRequest
+
     output.use_json(json_)
-    req = _request(
-        model_path,
-        signature,
-        public_key,
-        certificate_chain,
-        identity,
-        issuer,
-        trust_config,
-        ignore_paths,
-        policy,
+    req = VerifyRequest(
+        model_path=model_path,
+        signature=signature,
+        trust=trust_inputs(public_key, certificate_chain, identity, issuer, trust_config),
+        ignore_paths=list(ignore_paths or []),
+        policy=policy,
+        expect_digest=expect_digest,
     )
-    req.expect_digest = expect_digest
     result = _verify(req)
     output.emit(result, _render_verify(result))
 
@@ -294,12 +265,12 @@ def pull(
     ),
     revision: str = typer.Option(None, help="Branch, tag or commit; resolved to a commit."),
     dest: Path = typer.Option(None, help="Directory for the model's files; default ./NAME."),
-    public_key: Path = typer.Option(None, help=TRUST_HELP["public_key"]),
-    certificate_chain: list[Path] = typer.Option(None, help=TRUST_HELP["certificate_chain"]),
-    identity: list[str] = typer.Option(None, help=TRUST_HELP["identity"]),
-    issuer: str = typer.Option(None, help=TRUST_HELP["issuer"]),
-    trust_config: Path = typer.Option(None, help=TRUST_HELP["trust_config"]),
-    policy: str = typer.Option("ibm-granite", help=TRUST_HELP["policy"]),
+    public_key: PublicKey = None,
+    certificate_chain: CertificateChain = None,
+    identity: Identity = None,
+    issuer: Issuer = None,
+    trust_config: TrustConfig = None,
+    policy: str = typer.Option("ibm-granite", help=POLICY_HELP),
     json_: bool = JSON_OPTION,
 ) -> None:
     """Download a model at a pinned commit, then verify its model.sig per policy.
@@ -319,16 +290,12 @@ def pull(
         revision=pulled.commit,
         details={"dest": pulled.dest, "bytes": pulled.bytes, "requested": pulled.revision},
     )
-    req = _request(
-        Path(pulled.dest),
-        None,
-        public_key,
-        certificate_chain,
-        identity,
-        issuer,
-        trust_config,
-        None,
-        policy,
+    from granite_ops_kit.supply.verify import VerifyRequest
+
+    req = VerifyRequest(
+        model_path=Path(pulled.dest),
+        trust=trust_inputs(public_key, certificate_chain, identity, issuer, trust_config),
+        policy=policy,
     )
     verified = _verify(req)
     result = {

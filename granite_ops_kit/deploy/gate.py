@@ -1,13 +1,28 @@
-"""What must be true before anything is deployed: this exact manifest passed `gkit verify`
-(recorded in the audit log), and the deploy policy's approval rule holds."""
+"""What must be true before anything is built or deployed.
+
+1. The model's signature verifies *now*, with pinned trust inputs: the ones given to this
+   command, or else the ones the last passing `gkit verify` of this model recorded. The
+   whole `gkit verify` runs again (signature, statement, policy, every file's digest), so
+   nothing in the model directory or its bundle decides before its signature is checked.
+2. The verifying policy is the deploy's own (`--policy`): a policy that pins signers
+   refuses a verification made with any other key, root or identity.
+3. A passing `gkit verify` of this exact manifest is recorded in the audit log (the deploy
+   policy's `require_verification`), and the approval rule holds.
+
+Decisions read the hashed record JSON, never the store's indexed columns beside it.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from granite_ops_kit.errors import PolicyDenied, UsageError, VerificationFailed
+from granite_ops_kit.errors import GkitError, PolicyDenied
+from granite_ops_kit.supply.trust import TrustInputs
+
+VERIFIED = "artifact.verified"
 
 
 @dataclass
@@ -16,6 +31,9 @@ class GateResult:
     verified_record: int | None  # seq of the artifact.verified record, if any
     allowed_unverified: bool
     approval: str
+    signer: dict | None = None
+    trust_source: str = ""
+    failure: str = ""  # why verification failed, when --allow-unverified let it through
 
 
 def _deploy_policy() -> dict:
@@ -24,49 +42,92 @@ def _deploy_policy() -> dict:
     return json.loads((policies_dir() / "deploy.json").read_text())
 
 
-def _last_verification(store, digest: str) -> dict | None:
-    from granite_ops_kit.audit.store import Query
+def _verifications(store, subject: str) -> list[dict]:
+    """Passing verifications of this model path, oldest first, by the records themselves."""
+    return [
+        r
+        for r in store.records()
+        if r.get("event") == VERIFIED
+        and r.get("outcome") == "success"
+        and (r.get("subject") or {}).get("name") == subject
+    ]
 
-    found = None
-    for record in store.records(Query(event="artifact.verified", outcome="success")):
-        if record["subject"].get("digest") == digest:
-            found = record
-    return found
+
+def _pinned_inputs(given: TrustInputs | None, records: list[dict], model: Path) -> TrustInputs:
+    if given is not None and given.given:
+        return given
+    if not records:
+        raise PolicyDenied(
+            f"no passing 'gkit verify' is recorded for {model}, and no trust input was given: "
+            "verify it first (gkit verify MODEL --public-key K, or a policy), or pass the "
+            "trust inputs here."
+        )
+    last = records[-1]
+    trust = (last.get("details") or {}).get("trust")
+    if not isinstance(trust, dict):
+        raise PolicyDenied(
+            f"audit record {last.get('seq')} (the last verification of {model}) holds no "
+            "trust inputs (made by an older gkit): verify the model again."
+        )
+    return TrustInputs.from_record(trust, f"the trust inputs of audit record {last.get('seq')}")
 
 
-def check(model_path: Path, allow_unverified: bool, requester: str) -> GateResult:
-    """Hash the model as it is now; find a passing verification of that manifest."""
+def _verify_now(model: Path, inputs: TrustInputs, policy: str, progress):
+    from granite_ops_kit.supply.verify import VerifyRequest, verify
+
+    return verify(VerifyRequest(model_path=model, trust=inputs, policy=policy), progress)
+
+
+def check(
+    model_path: Path,
+    allow_unverified: bool,
+    requester: str,
+    *,
+    trust: TrustInputs | None = None,
+    policy: str = "default",
+    progress: Callable | None = None,
+) -> GateResult:
+    """Verify the model as it is now; find a recorded passing verification of its manifest."""
     from granite_ops_kit.audit.approvals import deployment_allowed
     from granite_ops_kit.audit.store import open_store
-    from granite_ops_kit.supply.verify import current_manifest_digest
 
-    policy = _deploy_policy()
+    deploy_policy = _deploy_policy()
+    subject = str(model_path.resolve())
     store = open_store()
     try:
+        records = _verifications(store, subject)
+        digest, signer, failure, source = None, None, "", ""
         try:
-            digest = current_manifest_digest(model_path)
-        except UsageError as e:  # no signature: it cannot have passed verification
-            if not allow_unverified:
-                raise PolicyDenied(
-                    f"{e.message} An unsigned model was never verified; sign "
-                    "and verify it, or pass --allow-unverified."
-                ) from None
-            digest = None
-        except VerificationFailed:
+            inputs = _pinned_inputs(trust, records, model_path)
+            source = inputs.source
+            result = _verify_now(model_path, inputs, policy, progress)
+            digest, signer = result.manifest_digest, result.signer
+        except GkitError as e:
             if not allow_unverified:
                 raise
-            digest = None  # changed since signing: only --allow-unverified gets here
-        record = _last_verification(store, digest) if digest else None
-        if record is None and policy.get("require_verification", True) and not allow_unverified:
+            failure = e.message  # recorded with the deployment: --allow-unverified is audited
+        record = next(
+            (r for r in reversed(records) if (r.get("subject") or {}).get("digest") == digest),
+            None,
+        )
+        required = deploy_policy.get("require_verification", True)
+        if digest and record is None and required and not allow_unverified:
             raise PolicyDenied(
-                f"no passing 'gkit verify' is recorded for {model_path} (manifest {digest}); "
-                "verify it first, or pass --allow-unverified (recorded in the audit log)."
+                f"{model_path} verifies (manifest {digest}), but no passing 'gkit verify' of "
+                "this manifest is recorded; verify it first, or pass --allow-unverified "
+                "(recorded in the audit log)."
             )
-        approval = deployment_allowed(store, policy, str(model_path.resolve()), requester, digest)
+        approval = deployment_allowed(store, deploy_policy, subject, requester, digest)
         if not approval.allowed:
             raise PolicyDenied(f"deploy policy: {approval.reason}.")
         return GateResult(
-            digest, record["seq"] if record else None, record is None, approval.reason
+            digest,
+            record["seq"] if record else None,
+            record is None,
+            approval.reason,
+            signer,
+            source,
+            failure,
         )
     finally:
         store.close()

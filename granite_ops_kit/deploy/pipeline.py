@@ -6,9 +6,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from granite_ops_kit import __version__
 from granite_ops_kit.errors import UsageError
+
+if TYPE_CHECKING:
+    from granite_ops_kit.supply.trust import TrustInputs
 
 TARGETS = ("render", "kubernetes", "docker")
 RELEASE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,51}[a-z0-9])?$")
@@ -36,6 +40,7 @@ class DeployRequest:
     trust_config_map: str = ""
     kube_context: str | None = None
     allow_unverified: bool = False
+    trust: TrustInputs | None = None  # else the last recorded verification's
 
 
 def slug(model_path: Path) -> str:
@@ -49,7 +54,9 @@ def default_image(model_path: Path) -> str:
 
 def verification_label(checked) -> str:
     if checked.verified_record is not None:
-        return f"verified (audit record {checked.verified_record})"
+        return f"verified now with {checked.trust_source} (audit record {checked.verified_record})"
+    if checked.manifest_digest:
+        return "signature verified now, but no gkit verify recorded (--allow-unverified)"
     return "unverified (--allow-unverified)"
 
 
@@ -75,12 +82,19 @@ def plan_for(req: DeployRequest) -> dict:
     return require_fit(make_plan(Request(shape, find_gpu(req.gpu), req.gpus, "gkit", workload)))
 
 
-def deploy(req: DeployRequest, actor: str) -> dict:
+def deploy(req: DeployRequest, actor: str, progress=None) -> dict:
     from granite_ops_kit.audit.service import record
     from granite_ops_kit.deploy import gate, values
 
     release = _check(req)
-    checked = gate.check(req.model_path, req.allow_unverified, actor)
+    checked = gate.check(
+        req.model_path,
+        req.allow_unverified,
+        actor,
+        trust=req.trust,
+        policy=req.policy,
+        progress=progress,
+    )
     plan = plan_for(req)
     repo, _, tag = (req.image or default_image(req.model_path)).rpartition(":")
     chart_values = values.build(
@@ -110,6 +124,8 @@ def deploy(req: DeployRequest, actor: str) -> dict:
         "namespace": req.namespace,
         "manifest_digest": checked.manifest_digest,
         "verification": verification_label(checked),
+        "signer": checked.signer,
+        **({"verification_failure": checked.failure} if checked.failure else {}),
         "approval": checked.approval,
         "plan": {
             "gpu": req.gpu,

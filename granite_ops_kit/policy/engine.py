@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from granite_ops_kit.errors import UsageError
+from granite_runtime import bounded_read
 
 REQUIRED_KEYS = ("id", "methods", "weight_formats")
+SIGNER_LISTS = ("public_keys", "certificate_roots", "certificate_identities")
+MAX_POLICY_BYTES = 1 << 20
 
 
 def policies_dir() -> Path:
@@ -74,25 +78,44 @@ def load(name_or_file: str) -> Policy:
                 f"{', '.join(available())} (or pass a JSON file)."
             )
     try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UsageError(f"policy file {path} does not exist.") from None
-    except json.JSONDecodeError as e:
-        raise UsageError(
-            f"policy file {path} is not valid JSON ({e.msg}, line {e.lineno})."
-        ) from None
+        data = bounded_read.read_json(path, MAX_POLICY_BYTES, what="policy file")
+    except bounded_read.UnsafeInput as e:
+        raise UsageError(e.message) from None
+    if not isinstance(data, dict):
+        raise UsageError(f"policy file {path} is not a JSON object.")
     missing = [k for k in REQUIRED_KEYS if k not in data]
     if missing:
         raise UsageError(f"policy file {path} lacks {', '.join(missing)}.")
-    data.setdefault("sigstore", {"issuer": None, "identities": []})
-    data["sigstore"].setdefault("issuer", None)
-    data["sigstore"].setdefault("identities", [])
-    for key in ("allow_symlinks", "accept_signing_time_validity"):
-        data.setdefault(key, False)
-    data.setdefault("allow_legacy_predicate", True)
+    _normalise(data, path)
     rego = (path.parent / data["rego"]) if data.get("rego") else policies_dir() / "verify.rego"
     text = path.read_bytes() + b"\n" + rego.read_bytes()
     return Policy(data["id"], path, data, rego, hashlib.sha256(text).hexdigest())
+
+
+def fingerprint(value: str) -> str:
+    """A pinned fingerprint as a policy may write it ('sha256:ab..', 'AB:CD:..', bare hex),
+    as the verifier reports it: bare lower-case hex."""
+    return re.sub(r"[^0-9a-f]", "", value.lower().removeprefix("sha256:"))
+
+
+def _normalise(data: dict, path: Path) -> None:
+    """Defaults for optional keys, and pins in one spelling, so the Rego rules compare
+    like with like."""
+    sigstore = data.setdefault("sigstore", {})
+    signers = data.setdefault("signers", {})
+    if not isinstance(sigstore, dict) or not isinstance(signers, dict):
+        raise UsageError(f"policy file {path}: 'sigstore' and 'signers' must be objects.")
+    sigstore.setdefault("issuer", None)
+    lists = [(sigstore, "identities"), *((signers, k) for k in SIGNER_LISTS)]
+    for holder, key in lists:
+        value = holder.setdefault(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise UsageError(f"policy file {path}: '{key}' must be a list of strings.")
+    for key in ("public_keys", "certificate_roots"):
+        signers[key] = [fingerprint(v) for v in signers[key]]
+    for key in ("allow_symlinks", "accept_signing_time_validity", "require_weight_file"):
+        data.setdefault(key, False)
+    data.setdefault("allow_legacy_predicate", True)
 
 
 def evaluate(policy: Policy, facts: dict) -> Decision:

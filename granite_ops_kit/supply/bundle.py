@@ -14,6 +14,7 @@ from pathlib import Path
 
 from granite_ops_kit.errors import UsageError, VerificationFailed
 from granite_ops_kit.supply.statement import PAYLOAD_TYPE
+from granite_runtime import bounded_read
 
 MEDIA_TYPE_V03 = "application/vnd.dev.sigstore.bundle.v0.3+json"
 MEDIA_TYPES = (
@@ -22,7 +23,8 @@ MEDIA_TYPES = (
     "application/vnd.dev.sigstore.bundle+json;version=0.2",
     "application/vnd.dev.sigstore.bundle+json;version=0.1",
 )
-MAX_BUNDLE_BYTES = 64 << 20  # a manifest of a million files is ~100 MB; refuse absurd input
+MAX_BUNDLE_BYTES = 64 << 20  # statement.MAX_RESOURCES resources fit in ~20 MB
+MAX_CERTIFICATES = 10
 
 
 @dataclass
@@ -65,20 +67,23 @@ def _truncated(text: bytes, e: json.JSONDecodeError) -> bool:
     return e.msg.startswith("Unterminated string") and b'"' not in text[e.pos + 1 :]
 
 
-def _load_json(path: Path) -> dict:
-    if not path.exists():
-        raise UsageError(
-            f"signature file {path} does not exist (sign the model, or pass --signature PATH)."
+def _load_json(path: Path, follow_links: bool) -> dict:
+    try:
+        text = bounded_read.read_bytes(
+            path, MAX_BUNDLE_BYTES, follow_links=follow_links, what="signature file"
         )
-    if path.stat().st_size > MAX_BUNDLE_BYTES:
-        raise VerificationFailed(
-            f"{path} is larger than {MAX_BUNDLE_BYTES >> 20} MiB; not a model signature."
-        )
-    text = path.read_bytes()
+    except bounded_read.UnsafeInput as e:
+        if e.missing:
+            raise UsageError(
+                f"signature file {path} does not exist (sign the model, or pass --signature PATH)."
+            ) from None
+        raise VerificationFailed(f"{e.message} It is not a model signature.") from None
     if not text.strip():
         raise VerificationFailed(f"{path} is empty; it holds no signature.")
     try:
         doc = json.loads(text)
+    except RecursionError:
+        doc = None
     except UnicodeDecodeError:
         raise VerificationFailed(f"{path} is not UTF-8 JSON; not a Sigstore bundle.") from None
     except json.JSONDecodeError as e:
@@ -86,9 +91,18 @@ def _load_json(path: Path) -> dict:
         raise VerificationFailed(
             f"{path} {where}: invalid JSON at byte {e.pos} of {len(text)} ({e.msg})."
         ) from None
+    if doc is None or bounded_read.too_deep(doc, bounded_read.MAX_JSON_DEPTH):
+        raise VerificationFailed(
+            f"{path} is nested deeper than {bounded_read.MAX_JSON_DEPTH} levels; not a "
+            "Sigstore bundle."
+        )
     if not isinstance(doc, dict):
         raise VerificationFailed(f"{path} is JSON but not a Sigstore bundle object.")
     return doc
+
+
+def _obj(value) -> dict:
+    return value if isinstance(value, dict) else {}
 
 
 def _method(vm: dict, path: Path) -> str:
@@ -104,8 +118,11 @@ def _method(vm: dict, path: Path) -> str:
     )
 
 
-def read(path: Path) -> Bundle:
-    doc = _load_json(path)
+def read(path: Path, *, follow_links: bool = False) -> Bundle:
+    """Parse the bundle; nothing in it is trusted until trust.check has verified it.
+
+    The default model.sig inside a model directory is never read through a link."""
+    doc = _load_json(path, follow_links)
     media = doc.get("mediaType")
     if media not in MEDIA_TYPES:
         raise VerificationFailed(f"{path}: mediaType {media!r} is not a Sigstore bundle.")
@@ -133,18 +150,23 @@ def read(path: Path) -> Bundle:
             f"{path}: payloadType {bundle.payload_type!r} is not {PAYLOAD_TYPE}."
         )
     if method == "key":
-        pk = vm["publicKey"] if isinstance(vm["publicKey"], dict) else {}
-        bundle.key_hint = pk.get("hint") or None
+        pk = _obj(vm["publicKey"])
+        bundle.key_hint = str(pk.get("hint") or "") or None
         if pk.get("rawBytes"):
             bundle.embedded_key_pem = _b64(pk["rawBytes"], "publicKey.rawBytes", path)
     elif "certificate" in vm:
         bundle.certificates = [
-            _b64((vm["certificate"] or {}).get("rawBytes"), "certificate.rawBytes", path)
+            _b64(_obj(vm["certificate"]).get("rawBytes"), "certificate.rawBytes", path)
         ]
     else:
-        certs = (vm["x509CertificateChain"] or {}).get("certificates") or []
-        if not certs:
+        certs = _obj(vm["x509CertificateChain"]).get("certificates")
+        if not isinstance(certs, list) or not certs:
             raise VerificationFailed(f"{path}: x509CertificateChain holds no certificate.")
+        if len(certs) > MAX_CERTIFICATES:
+            raise VerificationFailed(
+                f"{path}: x509CertificateChain holds {len(certs)} certificates; at most "
+                f"{MAX_CERTIFICATES} make a chain."
+            )
         bundle.certificates = [
             _b64(
                 c.get("rawBytes") if isinstance(c, dict) else None,

@@ -12,12 +12,13 @@ from __future__ import annotations
 import hashlib
 import mmap
 import os
+import stat
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from granite_ops_kit.errors import UsageError
+from granite_ops_kit.errors import UsageError, VerificationFailed
 from granite_ops_kit.supply.model_files import ModelFile, sort_key
 
 WINDOW_BYTES = 16 << 20
@@ -53,6 +54,13 @@ class Piece:
     end: int
 
 
+def count_pieces(files: list[ModelFile], method: str, shard_size: int) -> int:
+    """How many pieces `pieces` would make, computed without making them."""
+    if method == "files":
+        return len(files)
+    return sum(-(-f.size // shard_size) for f in files)
+
+
 def pieces(files: list[ModelFile], method: str, shard_size: int = DEFAULT_SHARD_SIZE):
     if method == "files":
         return [Piece(f.name, f.name, f.path, 0, f.size) for f in files]
@@ -74,8 +82,12 @@ def algorithm_name(hash_type: str, method: str, shard_size: int) -> str:
 
 def _hash_piece(piece: Piece, hash_type: str, advance) -> str:
     hasher = _new_hasher(hash_type)
-    with open(piece.path, "rb", buffering=0) as f:
-        fd = f.fileno()
+    # Listed as a regular file, but it may have been swapped since: never block on a FIFO
+    # or stream a device.
+    fd = os.open(piece.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with open(fd, "rb", buffering=0):
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise VerificationFailed(f"{piece.file} became something other than a regular file.")
         for off in range(piece.start, piece.end, WINDOW_BYTES):
             n = min(WINDOW_BYTES, piece.end - off)
             # A map past the end of a file that shrank would fault (SIGBUS): check first. A

@@ -138,7 +138,7 @@ def sign(
         model_path=str(req.model_path.resolve()),
         signature=str(signature),
         method="certificate" if req.certificate else "key",
-        manifest_digest=f"sha256:{doc['subject'][0]['digest']['sha256']}",
+        manifest_digest=statement.parse(payload).manifest_digest,
         serialization=ser,
         files=len(files),
         bytes=total,

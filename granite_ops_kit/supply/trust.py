@@ -1,17 +1,24 @@
 """Is the signature good, and whose is it? One check per trust method in the bundle.
 
-- key: ECDSA over the DSSE PAE with the given public key (hint checked first).
-- certificate: a chain built from the bundle to the roots the user names; each link's
-  signature, CA constraints and validity are checked, the leaf must be usable for code
-  signing, and its SAN must match `--identity` when given. The leaf must be valid *now*
-  unless the policy accepts signing-time validity (the reference accepts an expired leaf).
+- key: ECDSA over the DSSE PAE with the pinned public key. The bundle's key hint and any
+  key it carries are read only after a failure, to say why: they vouch for nothing.
+- certificate: cryptography's X.509 path validation (the WebPKI CA profile: basic and name
+  constraints, path length, key usage, validity) from the bundle's leaf to the roots the
+  user pins, with a code-signing extended key usage required of the leaf, and its SAN
+  matched against `--identity` when given. The leaf must be valid *now* unless the policy
+  accepts signing-time validity (the reference accepts an expired leaf).
 - sigstore: sigstore-python's verifier, offline, with the trusted root it ships (or
   `--trust-config`), identity and issuer matched exactly.
+
+`TrustInputs` holds the pinned inputs themselves (PEM bytes, not paths), so the audit record
+of a verification can carry them and the deploy gate can check the model again later with
+exactly what the user trusted then.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,23 +27,122 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID
+from cryptography.x509 import verification
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from granite_ops_kit.errors import UsageError, VerificationFailed
 from granite_ops_kit.supply.bundle import Bundle, pae, pae_compat
+from granite_runtime import bounded_read
 
 CURVE_HASH = {256: hashes.SHA256, 384: hashes.SHA384, 521: hashes.SHA512}
+MAX_TRUST_FILE_BYTES = 1 << 20  # a PEM bundle of roots, or a Sigstore trusted root
+MAX_CHAIN_DEPTH = 8
+
+
+def _read_trust_file(path: Path, what: str) -> bytes:
+    try:
+        return bounded_read.read_bytes(path, MAX_TRUST_FILE_BYTES, what=what)
+    except bounded_read.UnsafeInput as e:
+        raise UsageError(e.message) from None
 
 
 @dataclass
 class TrustInputs:
-    public_key: Path | None = None
-    certificate_chain: list[Path] = field(default_factory=list)
+    """What the user pinned: a public key, certificate roots, a Sigstore identity and root."""
+
+    public_key_pem: bytes | None = None
+    certificate_roots_pem: list[bytes] = field(default_factory=list)
     identities: list[str] = field(default_factory=list)
     issuer: str | None = None
-    trust_config: Path | None = None
+    trust_config_json: bytes | None = None
+    source: str = "the command line"  # where they came from, for messages
     accept_signing_time_validity: bool = False
     now: datetime | None = None
+
+    @classmethod
+    def from_files(
+        cls,
+        public_key: Path | None = None,
+        certificate_chain: list[Path] | tuple[Path, ...] = (),
+        identities: list[str] | tuple[str, ...] = (),
+        issuer: str | None = None,
+        trust_config: Path | None = None,
+    ) -> TrustInputs:
+        return cls(
+            public_key_pem=_read_trust_file(public_key, "public key") if public_key else None,
+            certificate_roots_pem=[
+                _read_trust_file(p, "certificate chain file") for p in certificate_chain
+            ],
+            identities=list(identities),
+            issuer=issuer,
+            trust_config_json=_read_trust_file(trust_config, "trust config")
+            if trust_config
+            else None,
+            source=", ".join(str(p) for p in [public_key, *certificate_chain, trust_config] if p)
+            or "the command line",
+        )
+
+    @property
+    def given(self) -> bool:
+        return bool(
+            self.public_key_pem
+            or self.certificate_roots_pem
+            or self.identities
+            or self.issuer
+            or self.trust_config_json
+        )
+
+    def to_record(self) -> dict:
+        """The inputs as the audit record keeps them: fingerprints beside the PEMs."""
+        keys = []
+        if self.public_key_pem:
+            keys.append(
+                {"fingerprint": key_hint(_public_key(self)), "pem": self.public_key_pem.decode()}
+            )
+        roots = [
+            {
+                "fingerprint": certificate_fingerprint(c),
+                "subject": c.subject.rfc4514_string(),
+                "pem": c.public_bytes(serialization.Encoding.PEM).decode(),
+            }
+            for c in _anchors(self)
+        ]
+        config = self.trust_config_json
+        return {
+            "public_keys": keys,
+            "certificate_roots": roots,
+            "identities": list(self.identities),
+            "issuer": self.issuer,
+            "trust_config": {
+                "sha256": hashlib.sha256(config).hexdigest(),
+                "json": config.decode("utf-8", errors="replace"),
+            }
+            if config
+            else None,
+        }
+
+    @classmethod
+    def from_record(cls, trust: dict, source: str) -> TrustInputs:
+        """Inverse of to_record; a record that does not hold inputs of this shape is refused."""
+        try:
+            keys = [k["pem"].encode() for k in trust.get("public_keys") or []]
+            roots = [r["pem"].encode() for r in trust.get("certificate_roots") or []]
+            config = trust.get("trust_config")
+            inputs = cls(
+                public_key_pem=keys[0] if keys else None,
+                certificate_roots_pem=[b"".join(roots)] if roots else [],
+                identities=[str(i) for i in trust.get("identities") or []],
+                issuer=str(trust["issuer"]) if trust.get("issuer") else None,
+                trust_config_json=config["json"].encode() if config else None,
+                source=source,
+            )
+        except (AttributeError, KeyError, TypeError, IndexError):
+            raise VerificationFailed(
+                f"{source} does not hold the trust inputs of a verification."
+            ) from None
+        if len(keys) > 1:
+            raise VerificationFailed(f"{source} holds more than one public key.")
+        return inputs
 
 
 @dataclass
@@ -50,6 +156,7 @@ class Signer:
     subject: str | None = None
     not_before: str | None = None
     not_after: str | None = None
+    root_fingerprint: str = ""  # sha256 of the DER root certificate the chain ends in
 
 
 def key_hint(public_key) -> str:
@@ -88,38 +195,42 @@ def _verify_envelope(public_key, bundle: Bundle, who: str) -> None:
     )
 
 
-def _load_public_key(path: Path):
+def certificate_fingerprint(cert: x509.Certificate) -> str:
+    """sha256 of the DER certificate: what `openssl x509 -fingerprint -sha256` prints."""
+    return cert.fingerprint(hashes.SHA256()).hex()
+
+
+def _public_key(inputs: TrustInputs):
     try:
-        return serialization.load_pem_public_key(path.read_bytes())
-    except FileNotFoundError:
-        raise UsageError(f"public key {path} does not exist.") from None
-    except ValueError:
-        raise UsageError(f"{path} is not a PEM public key.") from None
+        key = serialization.load_pem_public_key(inputs.public_key_pem)
+    except (ValueError, TypeError):
+        raise UsageError(f"{inputs.source} is not a PEM public key.") from None
+    _ec_hash(key, f"public key {inputs.source}")
+    return key
+
+
+def _why_key_failed(bundle: Bundle, hint: str, source: str) -> str:
+    """The bundle's own claims, read only to explain a signature that did not verify."""
+    if bundle.key_hint and bundle.key_hint.lower() != hint:
+        return (
+            f"{bundle.path} was signed by a different key: its key hint is {bundle.key_hint}, "
+            f"{source} has {hint}."
+        )
+    return (
+        f"{bundle.path}: the signature does not verify with public key {source}: the signed "
+        "statement was edited after signing, or it was signed by a different key."
+    )
 
 
 def check_key(bundle: Bundle, inputs: TrustInputs) -> Signer:
-    if inputs.public_key is None:
+    if inputs.public_key_pem is None:
         raise UsageError(f"{bundle.path} is signed with a key: pass --public-key PEM.")
-    key = _load_public_key(inputs.public_key)
-    _ec_hash(key, f"public key {inputs.public_key}")
+    key = _public_key(inputs)
     hint = key_hint(key)
-    if bundle.key_hint and bundle.key_hint.lower() != hint:
-        raise VerificationFailed(
-            f"{bundle.path} was signed by a different key: its key hint is {bundle.key_hint}, "
-            f"{inputs.public_key} has {hint}."
-        )
-    if bundle.embedded_key_pem:
-        try:
-            embedded = serialization.load_pem_public_key(bundle.embedded_key_pem)
-        except ValueError:
-            raise VerificationFailed(
-                f"{bundle.path}: publicKey.rawBytes is not a PEM key."
-            ) from None
-        if embedded != key:
-            raise VerificationFailed(
-                f"{bundle.path} was signed by a different key than {inputs.public_key}."
-            )
-    _verify_envelope(key, bundle, f"public key {inputs.public_key}")
+    try:
+        _verify_envelope(key, bundle, f"public key {inputs.source}")
+    except VerificationFailed:
+        raise VerificationFailed(_why_key_failed(bundle, hint, inputs.source)) from None
     return Signer("key", key_fingerprint=hint)
 
 
@@ -134,99 +245,84 @@ def _sans(cert: x509.Certificate) -> list[str]:
     ]
 
 
-def _load_anchors(paths: list[Path]) -> list[x509.Certificate]:
+def _anchors(inputs: TrustInputs) -> list[x509.Certificate]:
     anchors = []
-    for p in paths:
+    for pem in inputs.certificate_roots_pem:
         try:
-            anchors += x509.load_pem_x509_certificates(p.read_bytes())
-        except FileNotFoundError:
-            raise UsageError(f"certificate chain file {p} does not exist.") from None
+            anchors += x509.load_pem_x509_certificates(pem)
         except ValueError:
-            raise UsageError(f"{p} holds no PEM certificate.") from None
+            raise UsageError(
+                f"{inputs.source}: a certificate chain file holds no PEM certificate."
+            ) from None
     return anchors
 
 
-def _check_leaf_usage(leaf: x509.Certificate, path: Path) -> None:
-    """Key usage must allow digital signatures and extended key usage code signing, where
-    present; at least one must be present (stricter than the reference, which takes either)."""
-    ku = eku = None
-    for ext in leaf.extensions:
-        if ext.oid == ExtensionOID.KEY_USAGE:
-            ku = ext.value
-        elif ext.oid == ExtensionOID.EXTENDED_KEY_USAGE:
-            eku = ext.value
-    if ku is None and eku is None:
-        raise VerificationFailed(
-            f"{path}: the signing certificate declares no key usage; it is not meant for signing."
-        )
+def _require_code_signing(_policy, _cert, eku: x509.ExtendedKeyUsage) -> None:
+    if ExtendedKeyUsageOID.CODE_SIGNING not in eku:
+        raise ValueError("the extended key usage does not include code signing")
+
+
+def _allow_digital_signature(_policy, _cert, ku: x509.KeyUsage | None) -> None:
     if ku is not None and not ku.digital_signature:
-        raise VerificationFailed(
-            f"{path}: the signing certificate's key usage does not include digitalSignature."
+        raise ValueError("the key usage does not include digitalSignature")
+
+
+def _chain_verifier(anchors: list[x509.Certificate], when: datetime):
+    """cryptography's path validation, with a code-signing leaf instead of a TLS client.
+
+    CAs get the WebPKI profile (basic constraints, path length, name constraints, key
+    usage keyCertSign), except that an authority key identifier may be absent, as in many
+    private PKIs. The leaf must carry a code-signing extended key usage; its other
+    extensions are the signer's business (the reference's own test leaf asserts cA)."""
+    ca = verification.ExtensionPolicy.webpki_defaults_ca().may_be_present(
+        x509.AuthorityKeyIdentifier, verification.Criticality.NON_CRITICAL, None
+    )
+    leaf = (
+        verification.ExtensionPolicy.permit_all()
+        .require_present(
+            x509.ExtendedKeyUsage, verification.Criticality.AGNOSTIC, _require_code_signing
         )
-    if eku is not None and ExtendedKeyUsageOID.CODE_SIGNING not in eku:
-        raise VerificationFailed(
-            f"{path}: the signing certificate's extended key usage does not include code signing."
+        .may_be_present(x509.KeyUsage, verification.Criticality.AGNOSTIC, _allow_digital_signature)
+    )
+    return (
+        verification.PolicyBuilder()
+        .store(verification.Store(anchors))
+        .time(when)
+        .max_chain_depth(MAX_CHAIN_DEPTH)
+        .extension_policies(ca_policy=ca, ee_policy=leaf)
+        .build_client_verifier()
+    )
+
+
+def _chain_error(e: Exception) -> str:
+    """cryptography's message, without the certificate repr it appends."""
+    text = str(e).removeprefix("validation failed: ")
+    return re.sub(
+        r"\s*\(encountered processing <Certificate\(subject=<Name\(([^)]*)\).*$",
+        r" (at '\1')",
+        text,
+    )[:240]
+
+
+def _chain_failure(bundle: Bundle, certs: list, inputs: TrustInputs, error: Exception) -> str:
+    reason = _chain_error(error)
+    if "candidates exhausted" in reason:
+        top = certs[-1]
+        return (
+            f"{bundle.path}: the certificate chain does not lead to a trusted root: it ends at "
+            f"'{top.subject.rfc4514_string()}' (issued by '{top.issuer.rfc4514_string()}'), "
+            f"which no root in {inputs.source} issued."
         )
-
-
-def _within(cert: x509.Certificate, when: datetime) -> bool:
-    return cert.not_valid_before_utc <= when <= cert.not_valid_after_utc
-
-
-def _issuer_of(cert, pool):
-    for candidate in pool:
-        if candidate.subject != cert.issuer:
-            continue
-        try:
-            cert.verify_directly_issued_by(candidate)
-        except (ValueError, TypeError, InvalidSignature):
-            continue
-        return candidate
-    return None
-
-
-def _check_ca(cert: x509.Certificate, path: Path) -> None:
-    try:
-        bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
-    except x509.ExtensionNotFound:
-        bc = None
-    if bc is None or not bc.ca:
-        raise VerificationFailed(
-            f"{path}: '{cert.subject.rfc4514_string()}' issues a certificate but is not a CA."
-        )
-
-
-def _build_chain(leaf, intermediates, anchors, path: Path, when: datetime) -> list:
-    chain, cert = [leaf], leaf
-    for _ in range(10):
-        if cert in anchors:
-            return chain
-        issuer = _issuer_of(cert, anchors) or _issuer_of(cert, intermediates)
-        if issuer is None:
-            raise VerificationFailed(
-                f"{path}: the certificate chain does not lead to a trusted root: no trusted "
-                f"issuer for '{cert.subject.rfc4514_string()}' (issued by "
-                f"'{cert.issuer.rfc4514_string()}')."
-            )
-        _check_ca(issuer, path)
-        if not _within(issuer, when):
-            raise VerificationFailed(
-                f"{path}: CA certificate '{issuer.subject.rfc4514_string()}' is not valid at "
-                f"{when.isoformat()} (valid {issuer.not_valid_before_utc.isoformat()} to "
-                f"{issuer.not_valid_after_utc.isoformat()})."
-            )
-        chain.append(issuer)
-        cert = issuer
-    raise VerificationFailed(f"{path}: the certificate chain is longer than 10 links.")
+    return f"{bundle.path}: the certificate chain is refused: {reason}."
 
 
 def check_certificate(bundle: Bundle, inputs: TrustInputs) -> Signer:
-    if not inputs.certificate_chain:
+    if not inputs.certificate_roots_pem:
         raise UsageError(
             f"{bundle.path} is signed with a certificate: pass --certificate-chain with the "
             "root (and intermediate) certificates you trust."
         )
-    anchors = _load_anchors(inputs.certificate_chain)
+    anchors = _anchors(inputs)
     try:
         certs = [x509.load_der_x509_certificate(c) for c in bundle.certificates]
     except ValueError:
@@ -243,8 +339,10 @@ def check_certificate(bundle: Bundle, inputs: TrustInputs) -> Signer:
                 "does not accept signing-time validity."
             )
         now = leaf.not_valid_before_utc  # validity at signing time, as the reference checks
-    _build_chain(leaf, certs[1:], anchors, bundle.path, now)
-    _check_leaf_usage(leaf, bundle.path)
+    try:
+        verified = _chain_verifier(anchors, now).verify(leaf, certs[1:])
+    except verification.VerificationError as e:
+        raise VerificationFailed(_chain_failure(bundle, certs, inputs, e)) from None
     sans = _sans(leaf)
     if inputs.identities and not set(inputs.identities) & set(sans):
         raise VerificationFailed(
@@ -260,30 +358,55 @@ def check_certificate(bundle: Bundle, inputs: TrustInputs) -> Signer:
         issuer=leaf.issuer.rfc4514_string(),
         not_before=leaf.not_valid_before_utc.isoformat(),
         not_after=leaf.not_valid_after_utc.isoformat(),
+        root_fingerprint=certificate_fingerprint(verified.chain[-1]),
     )
 
 
-def _sigstore_verifier(trust_config: Path | None):
+def _within(cert: x509.Certificate, when: datetime) -> bool:
+    return cert.not_valid_before_utc <= when <= cert.not_valid_after_utc
+
+
+def _sigstore_verifier(inputs: TrustInputs):
     from sigstore.models import ClientTrustConfig, TrustedRoot
     from sigstore.verify import Verifier
+    from sigstore_models.trustroot import v1 as trustroot_v1
 
-    if trust_config is None:
+    text = inputs.trust_config_json
+    if text is None:
         return Verifier(trusted_root=ClientTrustConfig.production(offline=True).trusted_root)
-    try:
-        text = trust_config.read_text()
-    except FileNotFoundError:
-        raise UsageError(f"trust config {trust_config} does not exist.") from None
     for load in (
-        lambda: ClientTrustConfig.from_json(text).trusted_root,
-        lambda: TrustedRoot.from_file(str(trust_config)),
+        lambda: ClientTrustConfig.from_json(text.decode()).trusted_root,
+        lambda: TrustedRoot(trustroot_v1.TrustedRoot.from_json(text)),
     ):
         try:
             return Verifier(trusted_root=load())
         except Exception:  # sigstore raises several types; try the other form
             continue
     raise UsageError(
-        f"{trust_config} is neither a Sigstore client trust config nor a trusted root."
+        f"{inputs.source} is neither a Sigstore client trust config nor a trusted root."
     )
+
+
+# sigstore's messages print whole Merkle proofs as Python bytes (~2,000 characters); these
+# say what failed in one sentence.
+SIGSTORE_FAILURES = (
+    ("inclusion proof", "the Rekor inclusion proof does not match its checkpoint"),
+    ("checkpoint", "the Rekor checkpoint is not signed by a log in the trusted root"),
+    ("SET", "the Rekor inclusion promise (signed entry timestamp) does not verify"),
+    ("Timestamp", "the RFC 3161 timestamp does not verify against the trusted root"),
+    ("certificate", "the signing certificate does not chain to the trusted Fulcio root"),
+    ("signature", "the DSSE signature does not verify with the signing certificate's key"),
+)
+
+
+def sigstore_reason(error: Exception) -> str:
+    """One short sentence for a sigstore error, never its raw bytes."""
+    text = str(error)
+    for needle, sentence in SIGSTORE_FAILURES:
+        if needle in text:
+            return sentence
+    text = re.sub(r"b'[^']*'|b\"[^\"]*\"", "<bytes>", text)
+    return text[:200] + ("..." if len(text) > 200 else "")
 
 
 def _oidc_issuer(cert: x509.Certificate) -> str | None:
@@ -310,11 +433,13 @@ def check_sigstore(bundle: Bundle, inputs: TrustInputs) -> Signer:
             f"{bundle.path} is a Sigstore keyless signature: pass --identity and --issuer, or "
             "a policy that names them (e.g. --policy ibm-granite)."
         )
-    verifier = _sigstore_verifier(inputs.trust_config)
+    verifier = _sigstore_verifier(inputs)
     try:
         sb = SigstoreBundle.from_json(json.dumps(bundle.raw))
     except Exception as e:  # sigstore's parser raises many types
-        raise VerificationFailed(f"{bundle.path} is not a valid Sigstore bundle: {e}") from None
+        raise VerificationFailed(
+            f"{bundle.path} is not a valid Sigstore bundle: {sigstore_reason(e)}"
+        ) from None
     rule = policy.AnyOf(
         [policy.Identity(identity=i, issuer=inputs.issuer) for i in inputs.identities]
     )
@@ -332,7 +457,9 @@ def check_sigstore(bundle: Bundle, inputs: TrustInputs) -> Signer:
                 f"{bundle.path}: signed by {', '.join(sans) or '(no identity)'}, which is not "
                 f"one of {', '.join(inputs.identities)}."
             ) from None
-        raise VerificationFailed(f"{bundle.path}: Sigstore verification failed: {e}") from None
+        raise VerificationFailed(
+            f"{bundle.path}: Sigstore verification failed: {sigstore_reason(e)}."
+        ) from None
     return Signer(
         "sigstore",
         key_fingerprint=key_hint(cert.public_key()),

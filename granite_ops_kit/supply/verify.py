@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
 from granite_ops_kit.errors import PolicyDenied, UsageError, VerificationFailed
@@ -22,13 +22,11 @@ SIGNATURE_NAME = "model.sig"
 
 @dataclass
 class VerifyRequest:
+    """A verification: the model, its signature, and the pinned trust inputs."""
+
     model_path: Path
     signature: Path | None = None
-    public_key: Path | None = None
-    certificate_chain: list[Path] = field(default_factory=list)
-    identities: list[str] = field(default_factory=list)
-    issuer: str | None = None
-    trust_config: Path | None = None
+    trust: trust.TrustInputs = field(default_factory=trust.TrustInputs)
     ignore_paths: list[str] = field(default_factory=list)
     policy: str = "default"
     expect_digest: str | None = None
@@ -40,12 +38,14 @@ class VerifyResult:
     signature: str
     method: str
     signer: dict
-    manifest_digest: str
+    manifest_digest: str  # names, digests and serialization (SignedManifest.manifest_digest)
+    subject_digest: str  # OMS's subject digest (digests only), as model_signing prints it
     predicate_type: str
     serialization: dict
     files: int
     bytes: int
     policy: dict
+    trust: dict  # the pinned inputs used, as TrustInputs.to_record gives them
     seconds: float
 
     def to_json(self) -> dict:
@@ -56,13 +56,12 @@ def default_signature(model_path: Path) -> Path:
     return (model_path if model_path.is_dir() else model_path.parent) / SIGNATURE_NAME
 
 
-def _trust_inputs(req: VerifyRequest, policy: engine.Policy) -> trust.TrustInputs:
-    return trust.TrustInputs(
-        public_key=req.public_key,
-        certificate_chain=list(req.certificate_chain),
-        identities=list(req.identities) or policy.sigstore_identities,
-        issuer=req.issuer or policy.sigstore_issuer,
-        trust_config=req.trust_config,
+def _pinned(inputs: trust.TrustInputs, policy: engine.Policy) -> trust.TrustInputs:
+    """The request's inputs, with the policy's Sigstore identity and issuer where unset."""
+    return replace(
+        inputs,
+        identities=list(inputs.identities) or policy.sigstore_identities,
+        issuer=inputs.issuer or policy.sigstore_issuer,
         accept_signing_time_validity=policy.accept_signing_time_validity,
     )
 
@@ -81,6 +80,8 @@ def _facts(signer: trust.Signer, files, signed: statement.SignedManifest) -> dic
             "method": signer.method,
             "identities": signer.identities,
             "issuer": signer.issuer,
+            "key_fingerprint": signer.key_fingerprint,
+            "root_fingerprint": signer.root_fingerprint,
         },
         "files": [
             {
@@ -91,7 +92,7 @@ def _facts(signer: trust.Signer, files, signed: statement.SignedManifest) -> dic
             }
             for f in files
         ],
-        "manifest": {"digest": signed.digest, "legacy": signed.legacy},
+        "manifest": {"digest": signed.manifest_digest, "legacy": signed.legacy},
     }
 
 
@@ -127,6 +128,19 @@ def compare(
             )
 
 
+def _pieces(files, signed: statement.SignedManifest, model: Path) -> list[hashing.Piece]:
+    """The pieces to hash, refused before they are made if they cannot match the statement
+    (a forged shard size would otherwise make millions of them)."""
+    shard = signed.shard_size or hashing.DEFAULT_SHARD_SIZE
+    count = hashing.count_pieces(files, signed.method, shard)
+    if signed.method == "shards" and count > len(signed.resources):
+        raise VerificationFailed(
+            f"{model}: the signature lists {len(signed.resources):,} shard(s) of "
+            f"{shard:,} bytes, but the files make {count:,}: they are not the files signed."
+        )
+    return hashing.pieces(files, signed.method, shard)
+
+
 def verify(
     req: VerifyRequest, progress: Callable[[int, int], Callable[[int], None]] | None = None
 ) -> VerifyResult:
@@ -138,12 +152,13 @@ def verify(
         raise UsageError(f"model path {req.model_path} does not exist.")
     policy = engine.load(req.policy)
     signature = req.signature or default_signature(req.model_path)
-    bundle = bundle_io.read(signature)
-    signer = trust.check(bundle, _trust_inputs(req, policy))
-    signed = statement.parse(bundle.payload)
-    if req.expect_digest and req.expect_digest != f"sha256:{signed.digest}":
+    bundle = bundle_io.read(signature, follow_links=req.signature is not None)
+    inputs = _pinned(req.trust, policy)
+    signer = trust.check(bundle, inputs)
+    signed = statement.parse(bundle.payload)  # only now: its signature has verified
+    if req.expect_digest and req.expect_digest != signed.manifest_digest:
         raise VerificationFailed(
-            f"{req.model_path} is signed with manifest sha256:{signed.digest}, not the "
+            f"{req.model_path} is signed with manifest {signed.manifest_digest}, not the "
             f"expected {req.expect_digest} (a different model from the one verified before)."
         )
     try:
@@ -159,11 +174,11 @@ def verify(
             f"policy '{policy.id}' denies {req.model_path}: " + "; ".join(decision.deny) + ".",
             details={"deny": decision.deny, "policy": policy.id},
         )
-    shard = signed.shard_size or hashing.DEFAULT_SHARD_SIZE
-    pieces = hashing.pieces(files, signed.method, shard)
+    pieces = _pieces(files, signed, req.model_path)
     total = sum(p.end - p.start for p in pieces)
     advance = progress(total, len(pieces)) if progress else None
     actual = hashing.hash_pieces(pieces, hash_type, progress=advance)
+    shard = signed.shard_size or hashing.DEFAULT_SHARD_SIZE
     compare(
         signed.resources,
         actual,
@@ -175,7 +190,8 @@ def verify(
         signature=str(signature),
         method=signer.method,
         signer=asdict(signer),
-        manifest_digest=f"sha256:{signed.digest}",
+        manifest_digest=signed.manifest_digest,
+        subject_digest=f"sha256:{signed.subject_digest}",
         predicate_type=signed.predicate_type,
         serialization={
             "method": signed.method,
@@ -190,36 +206,6 @@ def verify(
             "allow": True,
             "reasons": decision.reasons,
         },
+        trust=inputs.to_record(),
         seconds=round(time.perf_counter() - start, 3),
     )
-
-
-def current_manifest_digest(
-    model_path: Path, signature: Path | None = None, ignore_paths: list[str] | None = None
-) -> str:
-    """The manifest digest of the model as it is on disk now, per its signature's statement.
-
-    No trust check: this answers "is this still exactly the model that was signed, and which
-    manifest is it?", so that a later step (deploy) can look up whether `gkit verify` passed
-    for that manifest. Raises VerificationFailed if the files no longer match.
-    """
-    if not model_path.exists():
-        raise UsageError(f"model path {model_path} does not exist.")
-    signature = signature or default_signature(model_path)
-    signed = statement.parse(bundle_io.read(signature).payload)
-    hash_type = hashing.canonical_hash_type(signed.hash_type)
-    ignores = [
-        *signed.ignore_paths,
-        *(ignore_paths or []),
-        *model_files.signature_ignore(model_path, signature),
-    ]
-    files = model_files.list_files(model_path, ignores, allow_symlinks=False)
-    shard = signed.shard_size or hashing.DEFAULT_SHARD_SIZE
-    actual = hashing.hash_pieces(hashing.pieces(files, signed.method, shard), hash_type)
-    compare(
-        signed.resources,
-        actual,
-        hashing.algorithm_name(hash_type, signed.method, shard),
-        model_path,
-    )
-    return f"sha256:{signed.digest}"
