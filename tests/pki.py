@@ -58,6 +58,8 @@ def certificate(
     san_email: str | None = None,
     not_before: datetime | None = None,
     not_after: datetime | None = None,
+    path_length: int | None = None,
+    permitted_emails: list[str] | None = None,
 ):
     issuer_key = issuer_key or subject_key
     b = (
@@ -68,8 +70,15 @@ def certificate(
         .serial_number(x509.random_serial_number())
         .not_valid_before(not_before or NOW - timedelta(days=1))
         .not_valid_after(not_after or NOW + timedelta(days=365))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        .add_extension(
+            x509.BasicConstraints(ca=ca, path_length=path_length if ca else None), critical=True
+        )
     )
+    if permitted_emails:
+        b = b.add_extension(
+            x509.NameConstraints([x509.RFC822Name(e) for e in permitted_emails], None),
+            critical=True,
+        )
     if ca:
         b = b.add_extension(
             x509.KeyUsage(False, False, False, False, False, True, True, False, False),

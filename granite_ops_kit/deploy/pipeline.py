@@ -54,7 +54,10 @@ def default_image(model_path: Path) -> str:
 
 def verification_label(checked) -> str:
     if checked.verified_record is not None:
-        return f"verified now with {checked.trust_source} (audit record {checked.verified_record})"
+        return (
+            f"verified (audit record {checked.verified_record}), signature checked again "
+            f"with {checked.trust_source}"
+        )
     if checked.manifest_digest:
         return "signature verified now, but no gkit verify recorded (--allow-unverified)"
     return "unverified (--allow-unverified)"

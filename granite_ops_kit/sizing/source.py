@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from granite_ops_kit import catalog
-from granite_ops_kit.errors import UsageError
+from granite_ops_kit.errors import ModelFormatError, UsageError
+from granite_runtime import bounded_read
 
 # Dense siblings of the hybrids (REFERENCE.md section 1); the MoE hybrids have none.
 SIBLINGS = {
@@ -24,11 +24,17 @@ class ModelShape:
     config: dict
 
 
+MAX_CONFIG_BYTES = 4 << 20
+
+
 def _read(path: Path, name: str, source: str) -> ModelShape:
     try:
-        return ModelShape(name, source, json.loads(path.read_text(encoding="utf-8")))
-    except (OSError, json.JSONDecodeError) as bad:
-        raise UsageError(f"{path}: cannot read a config.json ({bad}).") from None
+        config = bounded_read.read_json(path, MAX_CONFIG_BYTES, what="config")
+    except bounded_read.UnsafeInput as bad:
+        raise UsageError(f"cannot read a config.json: {bad.message}") from None
+    if not isinstance(config, dict):
+        raise ModelFormatError(f"{path}: a config.json is a JSON object; this one is not.")
+    return ModelShape(name, source, config)
 
 
 def _from_hub(repo_id: str) -> ModelShape:

@@ -231,7 +231,26 @@ def check_key(bundle: Bundle, inputs: TrustInputs) -> Signer:
         _verify_envelope(key, bundle, f"public key {inputs.source}")
     except VerificationFailed:
         raise VerificationFailed(_why_key_failed(bundle, hint, inputs.source)) from None
+    # Unsigned, but read by other tools: a hint or carried key that names another key is an
+    # edited bundle, refused rather than passed on.
+    if bundle.key_hint and bundle.key_hint.lower() != hint:
+        raise VerificationFailed(
+            f"{bundle.path}: the bundle's key hint {bundle.key_hint} does not name the key that "
+            f"verified it ({hint}); the bundle was edited after signing."
+        )
+    if bundle.embedded_key_pem and _carried_key(bundle) != key:
+        raise VerificationFailed(
+            f"{bundle.path}: the public key the bundle carries is not the pinned key that "
+            "verified it; the bundle was edited after signing."
+        )
     return Signer("key", key_fingerprint=hint)
+
+
+def _carried_key(bundle: Bundle):
+    try:
+        return serialization.load_pem_public_key(bundle.embedded_key_pem)
+    except (ValueError, TypeError):
+        return None
 
 
 def _sans(cert: x509.Certificate) -> list[str]:
@@ -297,6 +316,7 @@ def _chain_verifier(anchors: list[x509.Certificate], when: datetime):
 def _chain_error(e: Exception) -> str:
     """cryptography's message, without the certificate repr it appends."""
     text = str(e).removeprefix("validation failed: ")
+    text = re.sub(r"Python extension validator failed: \w+: ", "", text)
     return re.sub(
         r"\s*\(encountered processing <Certificate\(subject=<Name\(([^)]*)\).*$",
         r" (at '\1')",
@@ -306,13 +326,14 @@ def _chain_error(e: Exception) -> str:
 
 def _chain_failure(bundle: Bundle, certs: list, inputs: TrustInputs, error: Exception) -> str:
     reason = _chain_error(error)
-    if "candidates exhausted" in reason:
+    if "no interior errors" in reason:
         top = certs[-1]
         return (
             f"{bundle.path}: the certificate chain does not lead to a trusted root: it ends at "
             f"'{top.subject.rfc4514_string()}' (issued by '{top.issuer.rfc4514_string()}'), "
             f"which no root in {inputs.source} issued."
         )
+    reason = reason.removeprefix("candidates exhausted: ")
     return f"{bundle.path}: the certificate chain is refused: {reason}."
 
 

@@ -6,10 +6,10 @@ heavy dependencies.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from granite_runtime import bounded_read
 from granite_runtime.errors import ModelLoadError
 
 # Hub configs say mamba/attention; transformers 5.x save_pretrained writes
@@ -21,6 +21,20 @@ LAYER_SPELLINGS = {
     "full_attention": "attention",
 }
 MODEL_TYPES = {"granitemoehybrid"}
+MAX_CONFIG_BYTES = 4 << 20
+MAX_DIMENSION = 1 << 24  # above any real width, vocabulary or context; keeps arithmetic sane
+ALWAYS_POSITIVE = (
+    "vocab_size",
+    "hidden_size",
+    "num_heads",
+    "num_kv_heads",
+    "head_dim",
+    "max_position_embeddings",
+    "shared_size",
+    "mamba_groups",
+)
+MAMBA_POSITIVE = ("mamba_heads", "mamba_head_dim", "mamba_state", "mamba_conv", "mamba_chunk")
+NON_NEGATIVE = ("num_experts", "top_k", "expert_size")
 
 
 def _float(value) -> float:
@@ -94,8 +108,34 @@ class GraniteConfig:
     def mamba_conv_dim(self) -> int:
         return self.mamba_inner + 2 * self.mamba_groups * self.mamba_state
 
+    def check_shape(self) -> None:
+        """Every size a positive integer of sane magnitude, before anything divides by one
+        or allocates from one (a config is as untrusted as any file of the model)."""
+        mamba = MAMBA_POSITIVE if self.mamba_layers else ()
+        for name in (*ALWAYS_POSITIVE, *mamba, *NON_NEGATIVE):
+            value = getattr(self, name)
+            low = 0 if name in NON_NEGATIVE else 1
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError(f"{name} is {value!r}, not an integer")
+            if not low <= value <= MAX_DIMENSION:
+                raise ValueError(f"{name} is {value}; it must be {low} to {MAX_DIMENSION:,}")
+        if self.num_experts and not 1 <= self.top_k <= self.num_experts:
+            raise ValueError(f"num_experts_per_tok {self.top_k} is not 1 to {self.num_experts}")
+        if self.num_experts and not self.expert_size:
+            raise ValueError("a model with experts needs intermediate_size")
+        eos = self.eos_token_id
+        ids = eos if isinstance(eos, list) else [eos]
+        if eos is not None and not all(
+            isinstance(i, int) and 0 <= i < self.vocab_size for i in ids
+        ):
+            raise ValueError(f"eos_token_id {eos!r} is not a token id or a list of token ids")
+        if not self.layer_types:
+            raise ValueError("the model has no layers")
+
     @classmethod
     def from_dict(cls, raw: dict, source: str = "config.json") -> GraniteConfig:
+        if not isinstance(raw, dict):
+            raise ModelLoadError(f"{source}: not a JSON object.")
         if raw.get("model_type") not in MODEL_TYPES:
             raise ModelLoadError(
                 f"{source}: model_type '{raw.get('model_type')}' is not a "
@@ -105,7 +145,7 @@ class GraniteConfig:
             return cls._parse(raw)
         except KeyError as missing:
             raise ModelLoadError(f"{source}: required key {missing} is missing.") from None
-        except (TypeError, ValueError) as bad:
+        except (TypeError, ValueError, ArithmeticError, AttributeError, IndexError) as bad:
             raise ModelLoadError(f"{source}: {bad}.") from None
 
     @classmethod
@@ -114,6 +154,10 @@ class GraniteConfig:
         types = raw.get("layer_types") or raw.get("layers_block_type")
         if types is None:
             raise KeyError("layer_types")
+        if not isinstance(types, list) or not all(isinstance(t, str) for t in types):
+            raise ValueError("layer_types is not a list of layer names")
+        if not isinstance(heads, int) or isinstance(heads, bool) or heads <= 0:
+            raise ValueError(f"num_attention_heads is {heads!r}, not a positive integer")
         unknown = sorted({t for t in types if t not in LAYER_SPELLINGS})
         if unknown:
             raise ValueError(f"unknown layer types {unknown}")
@@ -154,6 +198,7 @@ class GraniteConfig:
             time_step_min=_float(limit[0]),
             time_step_max=_float(limit[1]),
         )
+        config.check_shape()
         if config.mamba_layers and config.mamba_inner != int(raw.get("mamba_expand", 2) * hidden):
             raise ValueError("mamba_n_heads x mamba_d_head must equal mamba_expand x hidden_size")
         if config.num_heads % config.num_kv_heads or (
@@ -165,10 +210,9 @@ class GraniteConfig:
     @classmethod
     def from_file(cls, path: Path) -> GraniteConfig:
         try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ModelLoadError(f"{path}: no config.json in the model directory.") from None
-        except json.JSONDecodeError as bad:
-            message = f"{path}: not valid JSON ({bad.msg}, line {bad.lineno})."
-            raise ModelLoadError(message) from None
+            raw = bounded_read.read_json(path, MAX_CONFIG_BYTES)
+        except bounded_read.UnsafeInput as bad:
+            if bad.missing:
+                raise ModelLoadError(f"{path}: no config.json in the model directory.") from None
+            raise ModelLoadError(bad.message) from None
         return cls.from_dict(raw, str(path))

@@ -7,14 +7,13 @@ device. Every file the index names must resolve inside the model directory: a sy
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 
-from granite_runtime import fp8, layers, tp
+from granite_runtime import bounded_read, fp8, layers, tp
 from granite_runtime.config import GraniteConfig
 from granite_runtime.errors import ModelLoadError
 from granite_runtime.model import GraniteForCausalLM
@@ -54,9 +53,17 @@ def weight_files(root: Path) -> list[Path]:
     index = root / "model.safetensors.index.json"
     if index.is_file():
         try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError) as bad:
-            raise ModelLoadError(f"{index}: not a valid safetensors index ({bad}).") from None
+            doc = bounded_read.read_json(index, MAX_INDEX_BYTES)
+        except bounded_read.UnsafeInput as bad:
+            raise ModelLoadError(bad.message) from None
+        weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
+        if not isinstance(weight_map, dict) or not all(
+            isinstance(n, str) and n for n in weight_map.values()
+        ):
+            raise ModelLoadError(
+                f"{index}: not a valid safetensors index (weight_map must map tensor names "
+                "to shard file names)."
+            )
         files = [_inside(root, n) for n in sorted(set(weight_map.values()))]
         missing = [f.name for f in files if not f.is_file()]
         if missing:
@@ -76,6 +83,7 @@ def weight_files(root: Path) -> list[Path]:
     raise ModelLoadError(f"{root}: no model.safetensors or model.safetensors.index.json.")
 
 
+MAX_INDEX_BYTES = 64 << 20  # an index of 100k tensors is ~10 MB
 ALIGN = 256  # bytes; each weight starts on a boundary GEMM kernels like
 
 

@@ -6,7 +6,6 @@ jinja2's immutable sandbox, which refuses attribute tricks that reach Python int
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,6 +14,7 @@ from jinja2 import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer
 
+from granite_runtime import bounded_read
 from granite_runtime.errors import ModelLoadError, RequestError
 
 
@@ -22,20 +22,36 @@ def _raise(message: str):
     raise RequestError(f"the chat template refused the conversation: {message}")
 
 
+MAX_SIDE_FILE_BYTES = 16 << 20  # tokenizer_config.json with a long chat template: ~10 KB
+MAX_TOKENIZER_BYTES = 64 << 20  # tokenizer.json of a 100k vocabulary: ~7 MB
+
+
 def _read_json(path: Path) -> dict:
-    if not path.is_file():
+    """An optional JSON side file: absent is {}, anything but a bounded object is refused."""
+    if not path.exists() and not path.is_symlink():
         return {}
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as bad:
-        raise ModelLoadError(f"{path}: not valid JSON ({bad.msg}, line {bad.lineno}).") from None
+        doc = bounded_read.read_json(path, MAX_SIDE_FILE_BYTES)
+    except bounded_read.UnsafeInput as bad:
+        raise ModelLoadError(bad.message) from None
+    if not isinstance(doc, dict):
+        raise ModelLoadError(f"{path}: not a JSON object.")
+    return doc
+
+
+def _token_ids(value, path: str) -> list[int]:
+    """eos_token_id as configs write it: an id, a list of ids, or absent."""
+    ids = value if isinstance(value, list) else [] if value is None else [value]
+    if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        raise ModelLoadError(f"{path}: eos_token_id {value!r} is not a token id or a list of ids.")
+    return ids
 
 
 def _token_text(value) -> str | None:
     """tokenizer_config writes special tokens as strings or as {"content": ...} objects."""
     if isinstance(value, dict):
-        return value.get("content")
-    return value
+        value = value.get("content")
+    return value if isinstance(value, str) else None
 
 
 @dataclass
@@ -80,26 +96,29 @@ class TextCodec:
     @classmethod
     def from_dir(cls, root: Path) -> TextCodec:
         path = root / "tokenizer.json"
-        if not path.is_file():
-            raise ModelLoadError(f"{root}: no tokenizer.json.")
         try:
-            tokenizer = Tokenizer.from_file(str(path))
+            data = bounded_read.read_bytes(path, MAX_TOKENIZER_BYTES)
+            tokenizer = Tokenizer.from_str(data.decode("utf-8"))
+        except bounded_read.UnsafeInput as bad:
+            message = f"{root}: no tokenizer.json." if bad.missing else bad.message
+            raise ModelLoadError(message) from None
         except Exception as bad:  # tokenizers raises plain Exception
-            raise ModelLoadError(f"{path}: not a valid tokenizer ({bad}).") from None
+            raise ModelLoadError(f"{path}: not a valid tokenizer ({str(bad)[:200]}).") from None
         tok_config = _read_json(root / "tokenizer_config.json")
         gen_config = _read_json(root / "generation_config.json")
         model_config = _read_json(root / "config.json")
         eos = _token_text(tok_config.get("eos_token"))
         stop: set[int] = set()
-        for source in (gen_config.get("eos_token_id"), model_config.get("eos_token_id")):
-            stop.update(
-                source if isinstance(source, list) else [source] if source is not None else []
-            )
+        for name, conf in (("generation_config.json", gen_config), ("config.json", model_config)):
+            stop.update(_token_ids(conf.get("eos_token_id"), str(root / name)))
         if eos and tokenizer.token_to_id(eos) is not None:
             stop.add(tokenizer.token_to_id(eos))
+        template = tok_config.get("chat_template")
+        if template is not None and not isinstance(template, str):
+            raise ModelLoadError(f"{root}/tokenizer_config.json: chat_template is not a string.")
         return cls(
             tokenizer,
-            tok_config.get("chat_template"),
+            template,
             _token_text(tok_config.get("bos_token")),
             eos,
             stop,
