@@ -4,7 +4,9 @@ Writes a synthetic model (default 3 GB: six 500 MB safetensors-sized files plus 
 and tokenizer files), signs it with `model_signing sign key`, warms the page cache, then
 verifies it alternately with `model_signing verify key` and `gkit verify` (CLI to CLI, so
 start-up counts for both, as it does for a user). Prints MB/s for each and the ratio, and
-gkit's peak RSS. Usage: python bench/verify_throughput.py [--gb 3] [--runs 3] [--dir D]
+gkit's peak RSS. `--baseline REV` also times the gkit of an earlier commit (its tree
+exported from git, run from source with this environment's packages) in the same rounds.
+Usage: python bench/verify_throughput.py [--gb 3] [--runs 3] [--dir D] [--baseline REV]
 """
 
 from __future__ import annotations
@@ -62,6 +64,17 @@ def keys(d: Path) -> tuple[Path, Path]:
     return priv, pub
 
 
+def export_tree(rev: str, dest: Path) -> str:
+    """The project at `rev`, as files; returns the PYTHONPATH that runs it from source."""
+    dest.mkdir()
+    repo = Path(__file__).resolve().parents[1]
+    archive = subprocess.run(
+        ["git", "-C", str(repo), "archive", rev], capture_output=True, check=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    return f"{dest}{os.pathsep}{dest / 'runtime'}"
+
+
 def timed(cmd: list[str], env=None) -> tuple[float, int]:
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     t = time.perf_counter()
@@ -79,6 +92,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--files", type=int, default=6, help="large files the bytes are split into")
     ap.add_argument("--dir", type=Path, default=None)
+    ap.add_argument("--baseline", default=None, help="git revision of gkit to time as well")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(dir=args.dir, prefix="verify-bench-"))
     try:
@@ -118,12 +132,18 @@ def main() -> None:
             str(sig),
         ]
         gkit_cmd = [str(BIN / "gkit"), "verify", str(model), "--public-key", str(pub)]
-        ref, ours, rss = [], [], 0
-        for _ in range(args.runs):  # alternate, so drift in machine load hits both
+        base_cmd, base_env = None, None
+        if args.baseline:
+            base_env = {**env, "PYTHONPATH": export_tree(args.baseline, work / "baseline")}
+            base_cmd = [sys.executable, "-m", "granite_ops_kit", *gkit_cmd[1:]]
+        ref, ours, base, rss = [], [], [], 0
+        for _ in range(args.runs):  # alternate, so drift in machine load hits every tool
             ref.append(timed(ref_cmd)[0])
             dt, peak = timed(gkit_cmd, env)
             ours.append(dt)
             rss = max(rss, peak)
+            if base_cmd:
+                base.append(timed(base_cmd, base_env)[0])
         r, g = min(ref), min(ours)
         print(f"{'tool':<16}{'best s':>8}{'MB/s':>10}   runs (s)")
         print(
@@ -133,6 +153,13 @@ def main() -> None:
         print(
             f"{'gkit':<16}{g:>8.2f}{size / g / 1e6:>10,.0f}   " + " ".join(f"{x:.2f}" for x in ours)
         )
+        if base:
+            b = min(base)
+            print(
+                f"{'gkit ' + args.baseline[:10]:<16}{b:>8.2f}{size / b / 1e6:>10,.0f}   "
+                + " ".join(f"{x:.2f}" for x in base)
+            )
+            print(f"ratio gkit / gkit {args.baseline[:10]} throughput: {b / g:.2f}x")
         print(
             f"ratio gkit / model_signing throughput: {r / g:.2f}x; "
             f"peak RSS of the children so far: {rss / 1024:.0f} MB"

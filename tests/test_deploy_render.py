@@ -241,15 +241,17 @@ def test_a_plan_that_does_not_fit_fails_with_its_numbers(verified_model, tmp_pat
 
 
 def test_unverified_or_changed_model_is_refused(verified_model, tmp_path):
-    model, _, env = verified_model
+    model, pub, env = verified_model
     copy = tmp_path / "copy"
     shutil.copytree(model, copy)
-    (copy / "config.json").write_text((copy / "config.json").read_text() + " ")
     r = run_gkit("deploy", str(copy), "--gpus", "1", "--output", str(tmp_path / "o"), env=env)
+    assert r.returncode == 1 and "no passing 'gkit verify' is recorded for" in r.stderr
+    (copy / "config.json").write_text((copy / "config.json").read_text() + " ")
+    r = run_gkit("deploy", str(copy), "--gpus", "1", "--public-key", str(pub), env=env)
     assert r.returncode == 1 and "'config.json' has changed since it was signed" in r.stderr
     other = tmp_path / "other"
     assert run_gkit("demo-model", str(other), "--seed", "7").returncode == 0
-    r = run_gkit("deploy", str(other), "--gpus", "1", env=env)
+    r = run_gkit("deploy", str(other), "--gpus", "1", "--public-key", str(pub), env=env)
     assert r.returncode == 1 and "An unsigned model was never verified" in r.stderr
     r = run_gkit(
         "deploy",

@@ -15,6 +15,7 @@ Decisions read the hashed record JSON, never the store's indexed columns beside 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +73,17 @@ def _pinned_inputs(given: TrustInputs | None, records: list[dict], model: Path) 
     return TrustInputs.from_record(trust, f"the trust inputs of audit record {last.get('seq')}")
 
 
+def _require_signature(model: Path) -> None:
+    from granite_ops_kit.supply.verify import default_signature
+
+    signature = default_signature(model)
+    if model.exists() and not os.path.lexists(signature):
+        raise PolicyDenied(
+            f"{model} is not signed ({signature} does not exist). An unsigned model was never "
+            "verified; sign and verify it, or pass --allow-unverified."
+        )
+
+
 def _verify_now(model: Path, inputs: TrustInputs, policy: str, progress):
     from granite_ops_kit.supply.verify import VerifyRequest, verify
 
@@ -98,6 +110,7 @@ def check(
         records = _verifications(store, subject)
         digest, signer, failure, source = None, None, "", ""
         try:
+            _require_signature(model_path)
             inputs = _pinned_inputs(trust, records, model_path)
             source = inputs.source
             result = _verify_now(model_path, inputs, policy, progress)

@@ -58,6 +58,8 @@ def count_pieces(files: list[ModelFile], method: str, shard_size: int) -> int:
     """How many pieces `pieces` would make, computed without making them."""
     if method == "files":
         return len(files)
+    if shard_size <= 0:
+        raise UsageError(f"shard size {shard_size} must be positive.")
     return sum(-(-f.size // shard_size) for f in files)
 
 

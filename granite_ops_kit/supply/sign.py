@@ -101,6 +101,17 @@ def _verification_material(req: SignRequest, key) -> dict:
     }
 
 
+def _check_piece_count(count: int, shard_size: int) -> None:
+    """Refuse to write a statement that gkit verify (and any careful verifier) refuses."""
+    small = shard_size < statement.MIN_SHARD_SIZE and count > statement.MAX_SMALL_SHARDS
+    if count > statement.MAX_RESOURCES or small:
+        raise UsageError(
+            f"--shard-size {shard_size:,} makes {count:,} resources; at most "
+            f"{statement.MAX_RESOURCES:,} are accepted, and {statement.MAX_SMALL_SHARDS:,} "
+            "below 1 MiB: use a larger shard size."
+        )
+
+
 def sign(
     req: SignRequest, progress: Callable[[int, int], Callable[[int], None]] | None = None
 ) -> SignResult:
@@ -113,6 +124,7 @@ def sign(
     signature = req.signature or default_signature(req.model_path)
     ignores = [*req.ignore_paths, *model_files.signature_ignore(req.model_path, signature)]
     files = model_files.list_files(req.model_path, ignores, allow_symlinks=False)
+    _check_piece_count(hashing.count_pieces(files, req.method, req.shard_size), req.shard_size)
     pieces = hashing.pieces(files, req.method, req.shard_size)
     total = sum(p.end - p.start for p in pieces)
     digests = hashing.hash_pieces(

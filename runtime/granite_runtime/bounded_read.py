@@ -99,7 +99,7 @@ def parse_json(data: bytes, label: str, *, max_depth: int = MAX_JSON_DEPTH):
         raise UnsafeInput(f"{label} is not UTF-8 JSON.") from None
     except json.JSONDecodeError as e:
         raise UnsafeInput(
-            f"{label} is not valid JSON ({e.msg}, line {e.lineno} column {e.colno})."
+            f"{label}: not valid JSON ({e.msg}, line {e.lineno} column {e.colno})."
         ) from None
     if too_deep(doc, max_depth):
         raise UnsafeInput(f"{label} is nested deeper than {max_depth} levels.")
