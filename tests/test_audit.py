@@ -286,17 +286,21 @@ def test_retention_prunes_old_records_and_the_log_still_verifies(audit_url, tmp_
     assert summary["last_seq"] == 5
     remaining = [r["seq"] for r in store.records()]
     assert remaining == [6, 7, 8, 9, 10, 11]  # 11 is the audit.pruned record
-    verdict = verify_store(store)
+    # A summary stands in for deleted records: it verifies only against a pinned key.
+    unpinned = verify_store(store)
+    assert not unpinned.ok and "which is not pinned" in unpinned.problem
+    pins = {"*": checkpoint.public_pem(checkpoint.load_or_create_key(tmp_path / "key.pem"))}
+    verdict = verify_store(store, pins)
     assert verdict.ok, verdict.problem
     assert verdict.records == 11 and "pruned" in verdict.notes[0]
     # A second pruning extends the signed summary.
     later = prune(store, 1095, tmp_path / "key.pem", now=now + timedelta(days=1))
     assert later["last_seq"] == 11 and len(later["leaves"]) == 11 * 64
-    assert verify_store(store).ok
+    assert verify_store(store, pins).ok
     # Forging the summary's hashes breaks verification.
     forged = later["leaves"][:-1] + ("0" if later["leaves"][-1] != "0" else "1")
     _sql(store, "UPDATE audit_pruned SET leaves = ? WHERE last_seq = 11", forged)
-    verdict = verify_store(store)
+    verdict = verify_store(store, pins)
     assert not verdict.ok and "summary of pruned records 1..11" in verdict.problem
 
 

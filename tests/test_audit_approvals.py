@@ -8,6 +8,8 @@ from granite_ops_kit.audit.approvals import segregation_of_duties
 from granite_ops_kit.audit.store import open_store
 from tests.conftest import run_gkit
 
+DIGEST = "sha256:" + "ab" * 32  # a well-formed manifest digest
+
 
 def _approve(url, actor, *args):
     result = run_gkit(
@@ -24,10 +26,10 @@ def _approve(url, actor, *args):
 
 
 def test_approval_is_recorded_with_role_and_controls(audit_url):
-    record = _approve(audit_url, "alice", "--as", "release-manager", "--digest", "sha256:ab")
+    record = _approve(audit_url, "alice", "--as", "release-manager", "--digest", DIGEST)
     assert record["event"] == "approval.recorded" and record["actor"] == "alice"
     assert record["details"]["role"] == "release-manager"
-    assert record["subject"]["digest"] == "sha256:ab"
+    assert record["subject"]["digest"] == DIGEST
     assert "A.3.2" in record["controls"]
 
 
@@ -35,12 +37,12 @@ def test_segregation_of_duties(audit_url):
     store = open_store(audit_url)
     none = segregation_of_duties(store, "granite-4.0-h-micro", "bob", "release-manager")
     assert not none.allowed and "no approval as release-manager" in none.reason
-    _approve(audit_url, "bob", "--as", "release-manager", "--digest", "sha256:ab")
+    _approve(audit_url, "bob", "--as", "release-manager", "--digest", DIGEST)
     self_only = segregation_of_duties(store, "granite-4.0-h-micro", "bob", "release-manager")
     assert not self_only.allowed and "a second person" in self_only.reason
-    _approve(audit_url, "alice", "--as", "release-manager", "--digest", "sha256:ab")
+    _approve(audit_url, "alice", "--as", "release-manager", "--digest", DIGEST)
     ok = segregation_of_duties(
-        store, "granite-4.0-h-micro", "bob", "release-manager", digest="sha256:ab"
+        store, "granite-4.0-h-micro", "bob", "release-manager", digest=DIGEST
     )
     assert ok.allowed and "approved by alice" in ok.reason and ok.approval_seq == 2
     other_digest = segregation_of_duties(
@@ -67,10 +69,8 @@ def test_deploy_policy_requires_a_second_person(audit_url):
     store = open_store(audit_url)
     assert deployment_allowed(store, policy, "granite-4.0-h-micro", "bob").allowed
     policy["require_approval"]["enabled"] = True
-    denied = deployment_allowed(store, policy, "granite-4.0-h-micro", "bob", "sha256:ab")
+    denied = deployment_allowed(store, policy, "granite-4.0-h-micro", "bob", DIGEST)
     assert not denied.allowed
-    _approve(audit_url, "alice", "--as", "release-manager", "--digest", "sha256:ab")
-    assert deployment_allowed(store, policy, "granite-4.0-h-micro", "bob", "sha256:ab").allowed
-    assert not deployment_allowed(
-        store, policy, "granite-4.0-h-micro", "alice", "sha256:ab"
-    ).allowed
+    _approve(audit_url, "alice", "--as", "release-manager", "--digest", DIGEST)
+    assert deployment_allowed(store, policy, "granite-4.0-h-micro", "bob", DIGEST).allowed
+    assert not deployment_allowed(store, policy, "granite-4.0-h-micro", "alice", DIGEST).allowed

@@ -61,6 +61,15 @@ def load_or_create_key(path: Path) -> Ed25519PrivateKey:
     return key
 
 
+def fingerprint(public_key_pem: str) -> str:
+    """sha256 of the DER public key: what verify.sh prints (`openssl pkey -outform DER`)."""
+    public = serialization.load_pem_public_key(public_key_pem.encode())
+    der = public.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha256(der).hexdigest()
+
+
 def public_pem(key: Ed25519PrivateKey) -> str:
     return (
         key.public_key()

@@ -6,16 +6,17 @@ read-head-then-insert step, and `prev_hash UNIQUE` would refuse a fork even with
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 
 from granite_ops_kit.audit import records
 from granite_ops_kit.audit.store import (
     PRUNED_COLUMNS,
+    ROW_SQL,
     SCHEMA_SQL,
     Query,
-    _where,
     append_at_head,
+    matches,
+    parse_rows,
 )
 from granite_ops_kit.errors import UsageError
 
@@ -49,15 +50,13 @@ class PostgresStore:
             self.db.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
             return [append_at_head(self.db.execute, event, "%s") for event in events]
 
-    def records(self, query: Query = Query()) -> Iterator[dict]:
-        where, args = _where(query)
+    def rows(self) -> Iterator[tuple[tuple, dict]]:
         with self.db.transaction():
-            cursor = self.db.execute(
-                f"SELECT record FROM audit_records{where.replace('?', '%s')} ORDER BY seq", args
-            )
-            rows = cursor.fetchall()
-        for (text,) in rows:
-            yield json.loads(text)
+            rows = self.db.execute(ROW_SQL).fetchall()
+        yield from parse_rows(rows)
+
+    def records(self, query: Query = Query()) -> Iterator[dict]:
+        return (r for _, r in self.rows() if matches(r, query))
 
     def count(self) -> int:
         with self.db.transaction():

@@ -8,8 +8,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from granite_ops_kit.audit import checkpoint, merkle, records
-from granite_ops_kit.audit.store import AuditStore, Query, open_store
-from granite_ops_kit.audit.verify import CHECKPOINT_EVENT, Verdict, verify
+from granite_ops_kit.audit.store import AuditStore, Query, column_problem, open_store
+from granite_ops_kit.audit.verify import ANY_NAME, CHECKPOINT_EVENT, Verdict, verify
+from granite_ops_kit.errors import UsageError
 
 
 def default_key_path() -> Path:
@@ -53,10 +54,51 @@ def sign_checkpoint(
     return store.append(event)
 
 
+def _named_key(path: Path) -> dict[str, str]:
+    """A PEM file whose first line may be '# key-name'; without one it pins every name."""
+    from granite_runtime import bounded_read
+
+    try:
+        text = bounded_read.read_bytes(path, 1 << 16, what="public key").decode()
+    except (bounded_read.UnsafeInput, UnicodeDecodeError) as bad:
+        raise UsageError(getattr(bad, "message", f"{path} is not a PEM public key.")) from None
+    try:
+        checkpoint.fingerprint(text)
+    except ValueError:
+        raise UsageError(f"{path} is not a PEM public key.") from None
+    first = text.splitlines()[0] if text else ""
+    return {first[1:].strip() if first.startswith("#") else ANY_NAME: text}
+
+
+def pinned_keys(paths: list[Path]) -> tuple[dict[str, str], str]:
+    """The checkpoint keys to trust: the files given, else this host's own signing key (kept
+    outside the store, so the store cannot vouch for itself). Returns the keys and a phrase
+    saying where they came from."""
+    keys: dict[str, str] = {}
+    for path in paths:
+        keys.update(_named_key(path))
+    if keys:
+        return keys, ", ".join(map(str, paths))
+    local = default_key_path()
+    if local.is_file():
+        pem = checkpoint.public_pem(checkpoint.load_or_create_key(local))
+        return {ANY_NAME: pem}, f"this host's signing key {local}"
+    return {}, ""
+
+
 def verify_store(
     store: AuditStore, public_keys: dict[str, str] | None = None, min_size: int = 0
 ) -> Verdict:
-    return verify(store.records(), public_keys, min_size, store.anchor())
+    """The chain and checkpoints, and every indexed column against its hashed record."""
+    rows = list(store.rows())
+    verdict = verify([r for _, r in rows], public_keys, min_size, store.anchor())
+    if not verdict.ok:
+        return verdict  # the chain names what happened (edited, removed, reordered)
+    for columns, record in rows:
+        problem = column_problem(columns, record)
+        if problem:
+            return Verdict(ok=False, problem=problem, bad_seq=columns[0])
+    return verdict
 
 
 DEFAULT_RETENTION_DAYS = 3 * 365

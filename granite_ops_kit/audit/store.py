@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Protocol
 
 from granite_ops_kit.audit import records
-from granite_ops_kit.errors import UsageError
+from granite_ops_kit.errors import CheckFailed, UsageError
 
 ENV = "GKIT_AUDIT_DB"
 
@@ -36,6 +36,7 @@ class AuditStore(Protocol):
 
     def append(self, event: records.Event) -> dict: ...
     def append_many(self, events: list[records.Event]) -> list[dict]: ...
+    def rows(self) -> Iterator[tuple[tuple, dict]]: ...
     def records(self, query: Query = Query()) -> Iterator[dict]: ...
     def count(self) -> int: ...
     def prune(self, summary: dict) -> int: ...
@@ -49,30 +50,73 @@ def default_url() -> str:
     return os.environ.get(ENV) or f"sqlite:///{Path(user_data_dir('gkit')) / 'audit.db'}"
 
 
-def open_store(url: str | None = None) -> AuditStore:
+def open_store(url: str | None = None, *, create: bool = True) -> AuditStore:
+    """The store at `url`; a reading command passes create=False, so a mistyped path is an
+    error rather than a new, empty (and so "verified") log."""
     url = url or default_url()
     if url.startswith(("postgresql://", "postgres://")):
         from granite_ops_kit.audit.postgres import PostgresStore
 
         return PostgresStore(url)
     if url.startswith("sqlite:///"):
-        return SQLiteStore(Path(url.removeprefix("sqlite:///")))
+        path = Path(url.removeprefix("sqlite:///"))
+        if not create and not path.is_file():
+            raise UsageError(
+                f"audit store {path} does not exist (check --audit-db or GKIT_AUDIT_DB); "
+                "reading commands never create one."
+            )
+        return SQLiteStore(path)
     raise UsageError(f"audit database '{url}' is neither sqlite:///PATH nor postgresql://...")
 
 
-def _where(query: Query) -> tuple[str, list]:
-    clauses, args = [], []
-    for column, op, value in (
-        ("time", ">=", query.since),
-        ("time", "<", query.until),
-        ("event", "=", query.event),
-        ("subject", "=", query.subject),
-        ("outcome", "=", query.outcome),
-    ):
-        if value is not None:
-            clauses.append(f"{column} {op} ?")
-            args.append(value)
-    return (" WHERE " + " AND ".join(clauses)) if clauses else "", args
+def matches(record: dict, query: Query) -> bool:
+    """The filter, applied to the hashed record itself (never to the columns beside it)."""
+    subject = record.get("subject") or {}
+    time = record.get("time", "")
+    return (
+        (query.since is None or time >= query.since)
+        and (query.until is None or time < query.until)
+        and (query.event is None or record.get("event") == query.event)
+        and (query.subject is None or subject.get("name") == query.subject)
+        and (query.outcome is None or record.get("outcome") == query.outcome)
+    )
+
+
+# The indexed columns, in table order; each is a copy of a field of the hashed record.
+COLUMNS = ("seq", "time", "event", "subject", "outcome", "prev_hash", "hash")
+ROW_SQL = f"SELECT {', '.join(COLUMNS)}, record FROM audit_records ORDER BY seq"
+
+
+def column_values(record: dict) -> tuple:
+    return (
+        record["seq"],
+        record["time"],
+        record["event"],
+        record["subject"]["name"],
+        record["outcome"],
+        record["prev_hash"],
+        record["hash"],
+    )
+
+
+def column_problem(columns: tuple, record: dict) -> str | None:
+    """A column that does not say what the hashed record says, named."""
+    try:
+        expected = column_values(record)
+    except (KeyError, TypeError):
+        return f"record {columns[0]}: the stored record lacks a field its columns index"
+    for name, got, want in zip(COLUMNS, columns, expected, strict=True):
+        if got != want:
+            return (
+                f"record {columns[0]}: its '{name}' column says {got!r} but the hashed record "
+                f"says {want!r} (the column was edited)"
+            )
+    return None
+
+
+def parse_rows(rows) -> Iterator[tuple[tuple, dict]]:
+    for *columns, text in rows:
+        yield tuple(columns), json.loads(text)
 
 
 SCHEMA_SQL = """
@@ -101,10 +145,13 @@ class SQLiteStore:
     def __init__(self, path: Path):
         self.url = f"sqlite:///{path}"
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(path, timeout=60, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
-        self.db.executescript(SCHEMA_SQL)
+        try:
+            self.db = sqlite3.connect(path, timeout=60, isolation_level=None)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.executescript(SCHEMA_SQL)
+        except sqlite3.DatabaseError as bad:
+            raise CheckFailed(f"audit store {path} cannot be opened: {bad}.") from None
 
     def append(self, event: records.Event) -> dict:
         return self.append_many([event])[0]
@@ -120,12 +167,12 @@ class SQLiteStore:
             raise
         return out
 
+    def rows(self) -> Iterator[tuple[tuple, dict]]:
+        """Every record with the columns stored beside it, for `audit verify` to compare."""
+        yield from parse_rows(self.db.execute(ROW_SQL))
+
     def records(self, query: Query = Query()) -> Iterator[dict]:
-        where, args = _where(query)
-        for (text,) in self.db.execute(
-            f"SELECT record FROM audit_records{where} ORDER BY seq", args
-        ):
-            yield json.loads(text)
+        return (r for _, r in self.rows() if matches(r, query))
 
     def count(self) -> int:
         return self.db.execute("SELECT count(*) FROM audit_records").fetchone()[0]
@@ -171,13 +218,5 @@ def append_at_head(execute, event: records.Event, mark: str) -> dict:
 
 
 def _row(record: dict) -> tuple:
-    return (
-        record["seq"],
-        record["time"],
-        record["event"],
-        record["subject"]["name"],
-        record["outcome"],
-        record["prev_hash"],
-        record["hash"],
-        json.dumps(record, sort_keys=True),
-    )
+    """Columns derived from the record being written, never passed in beside it."""
+    return (*column_values(record), json.dumps(record, sort_keys=True))

@@ -16,11 +16,25 @@ from granite_ops_kit.audit.records import GENESIS
 CHECKPOINT_EVENT = "audit.checkpointed"
 
 
+ANY_NAME = "*"  # a pinned key given without a name: trusted for every checkpoint name
+
+
+def pinned_key(name: str, public_keys: dict[str, str]) -> str | None:
+    """The pinned PEM for a checkpoint key name; never a key the log carries itself."""
+    return public_keys.get(name) or public_keys.get(ANY_NAME)
+
+
+def _unpinned(what: str, name: str, public_keys: dict) -> str:
+    names = ", ".join(sorted(n for n in public_keys if n != ANY_NAME)) or "(none)"
+    return f"{what} is signed under key name '{name}', which is not pinned (pinned names: {names})"
+
+
 @dataclass
 class Verdict:
     ok: bool
     records: int = 0
     checkpoints: int = 0
+    unchecked_signatures: int = 0  # checkpoints whose signature no pinned key could check
     head: str = GENESIS
     problem: str | None = None
     bad_seq: int | None = None
@@ -59,9 +73,16 @@ def _check_checkpoint(record: dict, leaves: list[bytes], public_keys: dict) -> s
             f"record {record['seq']}: checkpoint root does not match records 1..{size} "
             "(a record covered by the checkpoint was changed, or the checkpoint was)"
         )
-    key = public_keys.get(parsed.key_name) or details.get("public_key")
-    if not key or not checkpoint.verify_note(note, key):
-        return f"record {record['seq']}: checkpoint signature does not verify"
+    if not public_keys:
+        return None  # counted as unchecked by the caller
+    key = pinned_key(parsed.key_name, public_keys)
+    if key is None:
+        return _unpinned(f"record {record['seq']}: the checkpoint", parsed.key_name, public_keys)
+    if not checkpoint.verify_note(note, key):
+        return (
+            f"record {record['seq']}: the checkpoint signature does not verify with the key "
+            f"pinned for '{parsed.key_name}'"
+        )
     return None
 
 
@@ -81,9 +102,12 @@ def _check_anchor(anchor: dict, public_keys: dict) -> str | None:
             f"the summary of pruned records 1..{anchor['last_seq']} does not match its "
             "signed checkpoint"
         )
-    key = public_keys.get(note.key_name) or anchor["public_key"]
+    what = f"the summary of pruned records 1..{anchor['last_seq']}"
+    key = pinned_key(note.key_name, public_keys)
+    if key is None:  # a summary stands in for deleted records: it is never taken on trust
+        return _unpinned(what, note.key_name, public_keys)
     if not checkpoint.verify_note(anchor["note"], key):
-        return f"the summary of pruned records 1..{anchor['last_seq']}: signature does not verify"
+        return f"{what}: the signature does not verify with the key pinned for '{note.key_name}'"
     return None
 
 
@@ -93,7 +117,9 @@ def verify(
     min_size: int = 0,
     anchor: dict | None = None,
 ) -> Verdict:
-    """Walk the log in order. `public_keys` (key name -> PEM) pins the checkpoint signers;
+    """Walk the log in order. `public_keys` (key name -> PEM, "*" for any name) pins the
+    checkpoint signers: a checkpoint verifies only against a pinned key, and with no pins its
+    signature is left unchecked and counted (never checked against the key it carries);
     `min_size` is the tree size of the newest checkpoint the auditor already holds, which
     catches records removed from the end of the log; `anchor` is the signed summary of
     records removed by retention, from which the remaining chain continues."""
@@ -113,6 +139,7 @@ def verify(
         if problem is None and record.get("event") == CHECKPOINT_EVENT:
             problem = _check_checkpoint(record, leaves, public_keys)
             verdict.checkpoints += 1
+            verdict.unchecked_signatures += not public_keys
         if problem:
             verdict.ok, verdict.problem, verdict.bad_seq = False, problem, record.get("seq")
             return verdict

@@ -18,6 +18,11 @@ from granite_ops_kit.errors import AuditChainBroken
 app = typer.Typer(
     help="Read, verify, checkpoint and export the tamper-evident audit log.", no_args_is_help=True
 )
+SINCE_HELP = (
+    "From this time, inclusive: ISO 8601 (2026-12-01, 2026-12-01T09:00:00Z) or a span back "
+    "from now (7d, 12h, 30m)."
+)
+UNTIL_HELP = "Up to this time, exclusive: ISO 8601 or a span back from now (7d, 12h, 30m)."
 DB_OPTION = typer.Option(
     None,
     "--audit-db",
@@ -27,31 +32,40 @@ DB_OPTION = typer.Option(
 )
 
 
-def _store(url: str | None):
-    """The store, as a context manager that closes it."""
+def _store(url: str | None, *, create: bool = True):
+    """The store, as a context manager that closes it; reading commands pass create=False."""
     from contextlib import closing
 
     from granite_ops_kit.audit.store import open_store
 
-    return closing(open_store(url))
+    return closing(open_store(url, create=create))
 
 
 @app.command("log")
 def log(
-    since: str = typer.Option(None, help="From this UTC time (ISO 8601), inclusive."),
-    until: str = typer.Option(None, help="Up to this UTC time, exclusive."),
+    since: str = typer.Option(None, help=SINCE_HELP),
+    until: str = typer.Option(None, help=UNTIL_HELP),
     event: str = typer.Option(None, help="Only this event, e.g. artifact.verified."),
     subject: str = typer.Option(None, help="Only records about this subject name."),
     outcome: str = typer.Option(None, help="success, failure or denied."),
     audit_db: str = DB_OPTION,
     json_: bool = JSON_OPTION,
 ) -> None:
-    """List audit records, oldest first, with filters."""
-    from granite_ops_kit.audit.store import Query
+    """List audit records, oldest first, with filters (checked: a typo is exit 2, never an
+    empty answer). Filters read the hashed records, not the store's columns.
+
+    Examples:
+
+      gkit audit log --event artifact.verified --since 7d
+
+      gkit audit log --outcome failure --since 2026-12-01T00:00:00Z
+    """
+    from granite_ops_kit.audit import filters
 
     output.use_json(json_)
-    with _store(audit_db) as store:
-        rows = list(store.records(Query(since, until, event, subject, outcome)))
+    query = filters.query(since, until, event, subject, outcome)
+    with _store(audit_db, create=False) as store:
+        rows = list(store.records(query))
 
     def render(con: Console) -> None:
         from rich.table import Table
@@ -91,31 +105,26 @@ def verify(
 ) -> None:
     """Check every record's hash and link and every checkpoint; exit 1 naming the first
     bad record."""
-    from granite_ops_kit.audit.service import verify_store
+    from granite_ops_kit.audit.service import pinned_keys, verify_store
 
     output.use_json(json_)
-    keys = {}
-    for path in public_key or []:
-        keys.update(_named_key(path))
-    with _store(audit_db) as store:
-        verdict = verify_store(store, keys or None, min_size)
+    keys, pinned_from = pinned_keys(list(public_key or []))
+    with _store(audit_db, create=False) as store:
+        verdict = verify_store(store, keys, min_size)
     if not verdict.ok:
         raise AuditChainBroken(f"{store.url}: {verdict.problem}.", details=verdict.to_json())
+    signatures = (
+        f"signatures checked with {pinned_from}"
+        if keys
+        else "signatures NOT checked (no pinned key: pass --public-key)"
+    )
     output.emit(
-        verdict.to_json(),
+        {**verdict.to_json(), "pinned_keys": pinned_from},
         lambda con: con.print(
-            f"audit log OK: {verdict.records} records, {verdict.checkpoints} checkpoints, "
-            f"head {verdict.head[:16]}…"
+            f"audit log OK: {verdict.records} records, {verdict.checkpoints} checkpoints "
+            f"({signatures}), head {verdict.head[:16]}…"
         ),
     )
-
-
-def _named_key(path: Path) -> dict[str, str]:
-    """A PEM file whose first line may be '# key-name'; else the key is trusted for any name."""
-    text = path.read_text()
-    first = text.splitlines()[0] if text else ""
-    name = first[1:].strip() if first.startswith("#") else "*"
-    return {name: text}
 
 
 @app.command("checkpoint")
@@ -128,16 +137,19 @@ def checkpoint_cmd(
     json_: bool = JSON_OPTION,
 ) -> None:
     """Sign the RFC 6962 Merkle root of the log (C2SP signed note, Ed25519)."""
-    from granite_ops_kit.audit.service import sign_checkpoint
+    from granite_ops_kit.audit.checkpoint import fingerprint
+    from granite_ops_kit.audit.service import default_key_path, sign_checkpoint
 
     output.use_json(json_)
     with _store(audit_db) as store:
         record = sign_checkpoint(store, key, origin)
     d = record["details"]
+    key_path, key_sha = str(key or default_key_path()), fingerprint(d["public_key"])
     output.emit(
-        {"record": record},
+        {"record": record, "key_path": key_path, "key_sha256": key_sha},
         lambda con: con.print(
-            f"checkpoint of {d['size']} records signed as record {record['seq']}\n{d['note']}"
+            f"checkpoint of {d['size']} records signed as record {record['seq']}\n"
+            f"signer key {key_path}, sha256 {key_sha} (verify.sh prints the same)\n{d['note']}"
         ),
     )
 
@@ -153,8 +165,8 @@ def export(
         "self-contained page) or evidence (a zip an auditor can verify "
         "with openssl and coreutils: run verify.sh inside it).",
     ),
-    since: str = typer.Option(None, help="From this UTC time (ISO 8601), inclusive."),
-    until: str = typer.Option(None, help="Up to this UTC time, exclusive."),
+    since: str = typer.Option(None, help=SINCE_HELP),
+    until: str = typer.Option(None, help=UNTIL_HELP),
     audit_db: str = DB_OPTION,
     json_: bool = JSON_OPTION,
 ) -> None:
@@ -162,13 +174,15 @@ def export(
     import hashlib
 
     from granite_ops_kit.audit import export as exporter
+    from granite_ops_kit.audit import filters
     from granite_ops_kit.audit.records import Event, Subject
-    from granite_ops_kit.audit.store import Query
+    from granite_ops_kit.audit.store import matches
 
     output.use_json(json_)
-    with _store(audit_db) as store:
+    query = filters.query(since, until)
+    with _store(audit_db, create=False) as store:
         all_rows = list(store.records())
-        rows = list(store.records(Query(since=since, until=until)))
+        rows = [r for r in all_rows if matches(r, query)]
         path = exporter.export(rows, all_rows, fmt, output_path)
         digest = "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
         store.append(
@@ -201,9 +215,12 @@ def approve(
     A deploy guarded by segregation of duties needs an approval by someone other than the
     person who requests it.
     """
+    from granite_ops_kit.audit import filters
     from granite_ops_kit.audit.approvals import approve as record_approval
 
     output.use_json(json_)
+    if digest is not None:
+        filters.check_digest(digest)
     with _store(audit_db) as store:
         record = record_approval(store, subject, as_role, digest, reason)
     output.emit(
