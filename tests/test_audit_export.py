@@ -10,6 +10,7 @@ import zipfile
 
 import pytest
 
+from granite_ops_kit.audit import checkpoint
 from granite_ops_kit.audit.records import Event, Subject
 from granite_ops_kit.audit.service import sign_checkpoint
 from granite_ops_kit.audit.store import open_store
@@ -36,8 +37,9 @@ def log(tmp_path):
 
 
 def _export(url, fmt, path):
+    key = ["--key", str(path.parent / "key.pem")] if fmt == "evidence" else []
     result = run_gkit(
-        "audit", "export", "--format", fmt, "--output", str(path), "--audit-db", url, "--json"
+        "audit", "export", "--format", fmt, "--output", str(path), "--audit-db", url, "--json", *key
     )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
@@ -84,7 +86,14 @@ def test_evidence_zip_verifies_with_openssl_and_coreutils_only(log, tmp_path):
     )
     assert ok.returncode == 0, ok.stderr
     assert "13 hashes and links OK" in ok.stdout
-    assert "checkpoint: 11 records, root and signature OK" in ok.stdout
+    assert "checkpoint: 13 records, root, manifest and signature OK" in ok.stdout
+    key = checkpoint.load_key(tmp_path / "key.pem")
+    expected = checkpoint.fingerprint(checkpoint.public_pem(key))
+    assert f"signer key sha256: {expected}" in ok.stdout
+    pinned = subprocess.run(["bash", "verify.sh", expected], cwd=folder, capture_output=True)
+    assert pinned.returncode == 0, pinned.stderr
+    other = subprocess.run(["bash", "verify.sh", "ab" * 32], cwd=folder, capture_output=True)
+    assert other.returncode == 1 and b"not the expected" in other.stderr
 
 
 @pytest.mark.parametrize(
@@ -92,7 +101,7 @@ def test_evidence_zip_verifies_with_openssl_and_coreutils_only(log, tmp_path):
     [
         ("record", "differs from manifest"),
         ("record+manifests", "a record's bytes do not match its hash"),
-        ("signature", "differs from manifest"),
+        ("signature", "the checkpoint signature does not verify"),
     ],
 )
 def test_evidence_tampering_fails_the_recipe(log, tmp_path, tamper, message):
@@ -184,3 +193,89 @@ def test_html_report_renders_in_headless_chromium(log, tmp_path):
     red = (pixels[..., 0] > 0.95) & (pixels[..., 1] < 0.92) & (pixels[..., 2] < 0.92)
     assert red.sum() > 500  # the failed record's row is highlighted
     assert len(np.unique((pixels * 255).astype(int).reshape(-1, 3), axis=0)) > 20
+
+
+def _recompute_unsigned_lists(folder) -> None:
+    """What a forger without the key can do: rebuild every list that no signature covers."""
+    import hashlib
+
+    records = sorted((folder / "records").iterdir())
+    rows = [json.loads(p.read_bytes()) for p in records]
+    hashes = [hashlib.sha256(p.read_bytes()).hexdigest() for p in records]
+    (folder / "hashes.sha256").write_text(
+        "".join(f"{h}  records/{p.name}\n" for h, p in zip(hashes, records, strict=True))
+    )
+    (folder / "chain.tsv").write_text(
+        "".join(f"{r['seq']}\t{r['prev_hash']}\t{h}\n" for r, h in zip(rows, hashes, strict=True))
+    )
+    listed = [ln.split("  ", 1)[1] for ln in (folder / "manifest.sha256").read_text().splitlines()]
+    (folder / "manifest.sha256").write_text(
+        "".join(
+            f"{hashlib.sha256((folder / name).read_bytes()).hexdigest()}  {name}\n"
+            for name in listed
+        )
+    )
+
+
+def _verify_sh(folder) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["bash", "verify.sh"],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+
+
+def test_evidence_with_the_newest_record_forged_fails(log, tmp_path):
+    _export(log, "evidence", tmp_path / "e.zip")
+    folder = _unzip(tmp_path / "e.zip", tmp_path / "e")
+    newest = sorted((folder / "records").iterdir())[-1]
+    newest.write_bytes(newest.read_bytes().replace(b'"success"', b'"failure"'))
+    _recompute_unsigned_lists(folder)
+    bad = _verify_sh(folder)
+    assert bad.returncode == 1 and "does not sign this manifest.sha256" in bad.stderr
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("remove checkpoint", "no checkpoint in this export"),
+        ("remove a record", "records/00000003.json is missing (listed in manifest.sha256)"),
+        ("add a file", "extra.txt is not listed in manifest.sha256"),
+        ("link a file", "is a symbolic link"),
+    ],
+)
+def test_evidence_missing_or_uncovered_parts_fail(log, tmp_path, damage, message):
+    import shutil
+
+    _export(log, "evidence", tmp_path / "e.zip")
+    folder = _unzip(tmp_path / "e.zip", tmp_path / "e")
+    if damage == "remove checkpoint":
+        shutil.rmtree(folder / "checkpoint")
+    elif damage == "remove a record":
+        (folder / "records" / "00000003.json").unlink()
+    elif damage == "add a file":
+        (folder / "extra.txt").write_text("unsigned")
+    else:
+        target = folder / "records.jsonl"
+        target.unlink()
+        target.symlink_to("/dev/zero")
+    bad = _verify_sh(folder)
+    assert bad.returncode == 1 and message in bad.stderr, bad.stderr
+
+
+def test_evidence_export_without_a_signing_key_is_refused(log, tmp_path):
+    out = tmp_path / "e.zip"
+    result = run_gkit(
+        "audit",
+        "export",
+        "--output",
+        str(out),
+        "--audit-db",
+        log,
+        "--key",
+        str(tmp_path / "no.pem"),
+    )
+    assert result.returncode == 2 and "no audit signing key" in result.stderr
+    assert not out.exists() and not (tmp_path / "no.pem").exists()

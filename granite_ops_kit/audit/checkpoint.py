@@ -78,8 +78,27 @@ def public_pem(key: Ed25519PrivateKey) -> str:
     )
 
 
-def sign(origin: str, leaves: list[bytes], key: Ed25519PrivateKey, key_name: str) -> str:
+def load_key(path: Path) -> Ed25519PrivateKey:
+    """An existing signing key; a command that must not invent a new signer uses this."""
+    if not path.is_file():
+        raise UsageError(
+            f"no audit signing key at {path}: create one with `gkit audit checkpoint --key "
+            f"{path}` (and publish its fingerprint), or pass --key."
+        )
+    return load_or_create_key(path)
+
+
+def sign(
+    origin: str,
+    leaves: list[bytes],
+    key: Ed25519PrivateKey,
+    key_name: str,
+    extensions: tuple[str, ...] = (),
+) -> str:
+    """The signed note of leaves 1..n; `extensions` are C2SP extension lines after the root,
+    signed with it (an evidence export puts its manifest's digest there)."""
     body = f"{origin}\n{len(leaves)}\n{base64.b64encode(merkle.root(leaves)).decode()}\n"
+    body += "".join(f"{line}\n" for line in extensions)
     signature = key.sign(body.encode())
     blob = base64.b64encode(key_id(key_name, key.public_key()) + signature).decode()
     return f"{body}\n{EM_DASH} {key_name} {blob}\n"

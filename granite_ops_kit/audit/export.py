@@ -23,7 +23,6 @@ from pathlib import Path
 
 from granite_ops_kit.audit import mlbom
 from granite_ops_kit.audit import records as rec
-from granite_ops_kit.audit.verify import CHECKPOINT_EVENT
 from granite_ops_kit.errors import UsageError
 
 FORMATS = ("jsonl", "csv", "html", "cyclonedx", "evidence")
@@ -126,25 +125,37 @@ def to_html(rows: list[dict], title: str) -> bytes:
     return page.encode()
 
 
-def _checkpoint_files(all_rows: list[dict]) -> dict[str, bytes]:
-    """The newest checkpoint's body, raw signature, public key and the leaves it covers."""
-    points = [r for r in all_rows if r["event"] == CHECKPOINT_EVENT]
-    if not points:
-        return {}
-    d = points[-1]["details"]
-    body, _, sig_line = d["note"].partition("\n\n")
-    leaves = b"".join(bytes.fromhex(r["hash"]) for r in all_rows[: d["size"]])
+def _signed_export_files(
+    files: dict[str, bytes], all_rows: list[dict], size: int, key, origin: str
+) -> dict[str, bytes]:
+    """A checkpoint of records 1..size, taken now, whose note also signs the manifest's
+    digest: with it, every byte of the export is covered by one signature."""
+    from granite_ops_kit.audit import checkpoint
+
+    leaves = [bytes.fromhex(r["hash"]) for r in all_rows[:size]]
+    manifest = hashlib.sha256(files["manifest.sha256"]).hexdigest()
+    note = checkpoint.sign(origin, leaves, key, origin, (f"manifest.sha256 {manifest}",))
+    body, _, sig_line = note.partition("\n\n")
     return {
-        "checkpoint/note.txt": d["note"].encode(),
+        "checkpoint/note.txt": note.encode(),
         "checkpoint/body.txt": (body + "\n").encode(),
         "checkpoint/signature.bin": base64.b64decode(sig_line.split(" ")[2])[4:],
-        "checkpoint/public-key.pem": d["public_key"].encode(),
-        "checkpoint/root.bin": base64.b64decode(d["root"]),
-        "checkpoint/leaves.bin": leaves,
     }
 
 
-def to_evidence(rows: list[dict], all_rows: list[dict]) -> bytes:
+def to_evidence(rows: list[dict], all_rows: list[dict], key, origin: str) -> bytes:
+    """The zip: records, their hashes and chain, the leaves and public key (all listed in
+    manifest.sha256), and a fresh signed checkpoint covering the records and the manifest."""
+    from granite_ops_kit.audit import checkpoint
+
+    if not rows:
+        raise UsageError("no records in the exported range; an empty export proves nothing.")
+    size = rows[-1]["seq"]
+    if [r["seq"] for r in all_rows[:size]] != list(range(1, size + 1)):
+        raise UsageError(
+            "the log's first records were pruned; an evidence export needs records 1..N "
+            "(export before pruning, or keep the pruned summary's export)."
+        )
     files: dict[str, bytes] = {}
     for r in rows:
         files[f"records/{r['seq']:08d}.json"] = rec.canonical(r)
@@ -156,13 +167,15 @@ def to_evidence(rows: list[dict], all_rows: list[dict]) -> bytes:
     ).encode()
     files["records.jsonl"] = to_jsonl(rows)
     files["ml-bom.cdx.json"] = mlbom.ml_bom(rows).encode()
-    files.update(_checkpoint_files(all_rows))
+    files["checkpoint/leaves.bin"] = b"".join(bytes.fromhex(r["hash"]) for r in all_rows[:size])
+    files["checkpoint/public-key.pem"] = checkpoint.public_pem(key).encode()
     files["verify.sh"] = (
         resources.files("granite_ops_kit.audit").joinpath("verify_evidence.sh").read_bytes()
     )
     files["manifest.sha256"] = "".join(
         f"{hashlib.sha256(data).hexdigest()}  {name}\n" for name, data in sorted(files.items())
     ).encode()
+    files.update(_signed_export_files(files, all_rows, size, key, origin))
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as z:
         for name, data in sorted(files.items()):
@@ -173,7 +186,12 @@ def to_evidence(rows: list[dict], all_rows: list[dict]) -> bytes:
 
 
 def export(
-    rows: list[dict], all_rows: list[dict], fmt: str, output: Path, title: str = "gkit audit report"
+    rows: list[dict],
+    all_rows: list[dict],
+    fmt: str,
+    output: Path,
+    title: str = "gkit audit report",
+    signing: tuple | None = None,  # (Ed25519 key, origin): evidence exports only
 ) -> Path:
     if fmt not in FORMATS:
         raise UsageError(f"unknown export format '{fmt}'; choose one of {', '.join(FORMATS)}.")
@@ -182,7 +200,7 @@ def export(
         "csv": lambda: to_csv(rows),
         "html": lambda: to_html(rows, title),
         "cyclonedx": lambda: mlbom.ml_bom(rows).encode(),
-        "evidence": lambda: to_evidence(rows, all_rows),
+        "evidence": lambda: to_evidence(rows, all_rows, *signing),
     }[fmt]()
     _atomic_write(output, data)
     return output
