@@ -1,0 +1,206 @@
+"""Attacks on the audit log by someone who can write the store but holds no checkpoint key.
+
+Each runs the real `gkit audit verify` (or the deploy gate) on SQLite and PostgreSQL and must
+end in exit 1 naming the record; every mistyped filter must end in exit 2, never an answer.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from granite_ops_kit.audit import checkpoint
+from granite_ops_kit.audit.records import Event, Subject
+from granite_ops_kit.audit.service import sign_checkpoint
+from granite_ops_kit.audit.store import open_store
+from tests.conftest import run_gkit
+from tests.test_audit import _event, _fill, _sql
+
+
+def _pin(tmp_path, key_path, name: str | None) -> str:
+    """The honest signer's public key as an auditor holds it, named or for any name."""
+    pem = checkpoint.public_pem(checkpoint.load_or_create_key(key_path))
+    path = tmp_path / f"pin-{(name or 'any').replace('/', '-')}.pem"
+    path.write_text((f"# {name}\n" if name else "") + pem)
+    return str(path)
+
+
+def _verify(url: str, *pins: str):
+    args = [arg for pin in pins for arg in ("--public-key", pin)]
+    return run_gkit("audit", "verify", "--audit-db", url, *args, "--json")
+
+
+def _message(result) -> str:
+    assert result.returncode == 1, result.stdout + result.stderr
+    return json.loads(result.stdout)["error"]["message"]
+
+
+@pytest.fixture
+def honest(audit_url, tmp_path):
+    """Six records and a checkpoint signed by the honest key under 'gkit-audit/honest'."""
+    store = _fill(audit_url, 6)
+    sign_checkpoint(store, tmp_path / "honest.pem", "gkit-audit/honest")
+    store.append(_event(7))
+    return store
+
+
+def test_the_honest_log_verifies_with_its_pinned_key(honest, audit_url, tmp_path):
+    for name in ("gkit-audit/honest", None):
+        result = _verify(audit_url, _pin(tmp_path, tmp_path / "honest.pem", name))
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["unchecked_signatures"] == 0
+
+
+def test_a_rewritten_log_with_a_checkpoint_under_an_unpinned_name_fails(
+    audit_url, tmp_path, honest
+):
+    honest.close()
+    # The attacker rewrites the whole log (an edited record, every hash recomputed) and
+    # signs a checkpoint with a key of their own, carried in the record, under 'evil'.
+    _sql(open_store(audit_url), "DELETE FROM audit_records")
+    forged = open_store(audit_url)
+    for i in range(6):
+        forged.append(_event(i, "success"))
+    sign_checkpoint(forged, tmp_path / "evil.pem", "evil")
+    forged.close()
+    named = _pin(tmp_path, tmp_path / "honest.pem", "gkit-audit/honest")
+    message = _message(_verify(audit_url, named))
+    assert "record 7" in message and "key name 'evil', which is not pinned" in message
+    unnamed = _pin(tmp_path, tmp_path / "honest.pem", None)
+    message = _message(_verify(audit_url, unnamed))
+    assert "record 7" in message and "does not verify with the key pinned for 'evil'" in message
+
+
+def test_a_forged_pruning_summary_fails(honest, audit_url, tmp_path):
+    from granite_ops_kit.audit import merkle
+
+    evil = checkpoint.load_or_create_key(tmp_path / "evil.pem")
+    leaves = [bytes.fromhex("11" * 32)] * 3
+    note = checkpoint.sign("gkit-audit/honest", leaves, evil, "gkit-audit/honest")
+    assert merkle.root(leaves)
+    _sql(
+        honest,
+        "INSERT INTO audit_pruned VALUES (?, ?, ?, ?)",
+        3,
+        "11" * 32 * 3,
+        note,
+        checkpoint.public_pem(evil),
+    )
+    message = _message(_verify(audit_url, _pin(tmp_path, tmp_path / "honest.pem", None)))
+    assert "summary of pruned records 1..3" in message and "does not verify" in message
+
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [("event", "artifact.signed"), ("subject", "someone-else"), ("outcome", "failure")],
+)
+def test_an_edited_column_fails_verify_naming_the_record(
+    honest, audit_url, tmp_path, column, value
+):
+    _sql(honest, f"UPDATE audit_records SET {column} = ? WHERE seq = 3", value)
+    message = _message(_verify(audit_url, _pin(tmp_path, tmp_path / "honest.pem", None)))
+    assert f"record 3: its '{column}' column says '{value}'" in message
+
+
+def test_audit_log_filters_read_the_record_not_the_column(honest, audit_url):
+    _sql(honest, "UPDATE audit_records SET outcome = 'success' WHERE seq = 4")  # was failure
+    result = run_gkit("audit", "log", "--outcome", "failure", "--audit-db", audit_url, "--json")
+    assert result.returncode == 0, result.stderr
+    assert [r["seq"] for r in json.loads(result.stdout)["records"]] == [4]
+
+
+def test_the_gate_refuses_a_verification_that_is_only_an_edited_column(
+    audit_url, tmp_path, tiny_hybrid
+):
+    model = tmp_path / "m"
+    shutil.copytree(tiny_hybrid, model)
+    key = tmp_path / "k.pem"
+    from tests import pki
+
+    k = pki.new_key()
+    pki.write_key(k, key)
+    pub = pki.write_public(k, tmp_path / "k.pub")
+    env = {"GKIT_AUDIT_DB": audit_url}
+    assert run_gkit("sign", str(model), "--key", str(key), env=env).returncode == 0
+    store = open_store(audit_url)
+    _sql(store, "UPDATE audit_records SET event = 'artifact.verified' WHERE seq = 1")
+    out = tmp_path / "out"
+    for extra in ([], ["--public-key", str(pub)]):
+        r = run_gkit("deploy", str(model), "--gpus", "1", "--output", str(out), *extra, env=env)
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert "no passing 'gkit verify'" in r.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["log", "--outcome", "failed"], "--outcome 'failed' is not one of success, failure"),
+        (["log", "--event", "artifact.verifed"], "is not an audit event; events: "),
+        (["log", "--since", "yesterday"], "--since 'yesterday' is neither an ISO 8601"),
+        (["log", "--until", "5 days"], "--until '5 days' is neither"),
+        (["export", "--output", "x.zip", "--since", "1w"], "--since '1w' is neither"),
+    ],
+)
+def test_each_invalid_filter_exits_2(audit_url, tmp_path, args, words):
+    _fill(audit_url, 2).close()
+    result = run_gkit("audit", *args, "--audit-db", audit_url, cwd=tmp_path)
+    assert result.returncode == 2 and words in result.stderr, result.stderr
+    assert not (tmp_path / "x.zip").exists()
+
+
+def test_relative_and_iso_times_select_by_the_records_time(audit_url):
+    _fill(audit_url, 3).close()
+    for since, count in (("7d", 3), ("2999-01-01", 0), ("2000-01-01T00:00:00+02:00", 3)):
+        result = run_gkit("audit", "log", "--since", since, "--audit-db", audit_url, "--json")
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["count"] == count
+
+
+def test_a_bad_approval_digest_exits_2(audit_url):
+    result = run_gkit(
+        "approve",
+        "m",
+        "--as",
+        "release-manager",
+        "--digest",
+        "sha256:bogus",
+        "--audit-db",
+        audit_url,
+    )
+    assert result.returncode == 2 and "is not a manifest digest" in result.stderr
+
+
+@pytest.mark.parametrize("command", [["verify"], ["log"], ["export", "--output", "e.zip"]])
+def test_reading_a_store_that_does_not_exist_exits_2_and_creates_nothing(tmp_path, command):
+    missing = tmp_path / "typo" / "audit.db"
+    result = run_gkit("audit", *command, "--audit-db", f"sqlite:///{missing}", cwd=tmp_path)
+    assert result.returncode == 2 and f"audit store {missing} does not exist" in result.stderr
+    assert not missing.parent.exists() and not (tmp_path / "e.zip").exists()
+
+
+def test_a_corrupt_store_is_one_sentence(tmp_path):
+    bad = tmp_path / "audit.db"
+    bad.write_bytes(b"this is not sqlite" * 100)
+    result = run_gkit("audit", "verify", "--audit-db", f"sqlite:///{bad}")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"audit store {bad} cannot be opened" in result.stderr
+
+
+def test_checkpoint_prints_the_fingerprint_verify_sh_prints(tmp_path, audit_url):
+    _fill(audit_url, 2).close()
+    key = tmp_path / "k.pem"
+    result = run_gkit("audit", "checkpoint", "--key", str(key), "--audit-db", audit_url, "--json")
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    pem = checkpoint.public_pem(checkpoint.load_key(key))
+    assert out["key_path"] == str(key) and out["key_sha256"] == checkpoint.fingerprint(pem)
+
+
+def test_events_listed_by_filters_are_the_mapped_events():
+    from granite_ops_kit.audit import filters
+
+    assert "artifact.verified" in filters.events() and "deployment.applied" in filters.events()
+    assert Event("x", Subject("y"), "success").outcome in filters.OUTCOMES
