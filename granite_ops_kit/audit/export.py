@@ -185,6 +185,12 @@ def to_evidence(rows: list[dict], all_rows: list[dict], key, origin: str) -> byt
     return buffer.getvalue()
 
 
+def _required(signing: tuple | None) -> tuple:
+    if signing is None:
+        raise UsageError("an evidence export needs the audit signing key (--key).")
+    return signing
+
+
 def export(
     rows: list[dict],
     all_rows: list[dict],
@@ -200,7 +206,7 @@ def export(
         "csv": lambda: to_csv(rows),
         "html": lambda: to_html(rows, title),
         "cyclonedx": lambda: mlbom.ml_bom(rows).encode(),
-        "evidence": lambda: to_evidence(rows, all_rows, *signing),
+        "evidence": lambda: to_evidence(rows, all_rows, *_required(signing)),
     }[fmt]()
     _atomic_write(output, data)
     return output

@@ -186,17 +186,22 @@ def resolve_shape(model_path: Path):
 
 def _audit(root: Path) -> dict:
     """Checkpoint the demo's audit log and export the auditor's report and evidence."""
-    from granite_ops_kit.audit import export
+    from granite_ops_kit.audit import checkpoint, export
     from granite_ops_kit.audit.service import sign_checkpoint, verify_store
     from granite_ops_kit.audit.store import open_store
 
     store = open_store(f"sqlite:///{root / 'audit.db'}")
+    key_path = root / "audit-signing-key.pem"
     try:
-        sign_checkpoint(store, root / "audit-signing-key.pem", "gkit-demo")
+        sign_checkpoint(store, key_path, "gkit-demo")
         rows = list(store.records())
         html = export.export(rows, rows, "html", root / "audit-report.html", "gkit demo audit")
-        evidence = export.export(rows, rows, "evidence", root / "audit-evidence.zip")
-        verdict = verify_store(store)
+        signing = (checkpoint.load_key(key_path), "gkit-demo")
+        evidence = export.export(
+            rows, rows, "evidence", root / "audit-evidence.zip", signing=signing
+        )
+        pins = {"*": checkpoint.public_pem(signing[0])}
+        verdict = verify_store(store, pins)
     finally:
         store.close()
     return {
