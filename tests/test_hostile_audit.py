@@ -10,6 +10,7 @@ import json
 import shutil
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from granite_ops_kit.audit import checkpoint
 from granite_ops_kit.audit.records import Event, Subject
@@ -204,3 +205,112 @@ def test_events_listed_by_filters_are_the_mapped_events():
 
     assert "artifact.verified" in filters.events() and "deployment.applied" in filters.events()
     assert Event("x", Subject("y"), "success").outcome in filters.OUTCOMES
+
+
+# --- signed approvals -------------------------------------------------------------------
+
+
+def _deploy_policy(tmp_path, approver_pub) -> str:
+    from granite_ops_kit.audit.approval_statement import fingerprint
+
+    key = serialization.load_pem_public_key(approver_pub.read_bytes())
+    policy = {
+        "id": "deploy-signed",
+        "require_verification": True,
+        "require_approval": {
+            "enabled": True,
+            "role": "release-manager",
+            "by_someone_other_than_the_requester": True,
+            "for_the_exact_digest": True,
+            "signed": True,
+            "approvers": [
+                {
+                    "name": "alice@example.com",
+                    "roles": ["release-manager"],
+                    "key_sha256": fingerprint(key),
+                },
+            ],
+        },
+    }
+    path = tmp_path / "deploy-signed.json"
+    path.write_text(json.dumps(policy))
+    return str(path)
+
+
+def test_a_signed_approval_policy_refuses_self_declared_and_accepts_a_listed_signer(
+    tmp_path, tiny_hybrid
+):
+    from tests import pki
+
+    db = f"sqlite:///{tmp_path / 'audit.db'}"
+    model = tmp_path / "m"
+    shutil.copytree(tiny_hybrid, model)
+    signer, alice, mallory = pki.new_key(), pki.new_key(), pki.new_key()
+    pki.write_key(signer, tmp_path / "signer.pem")
+    pub = pki.write_public(signer, tmp_path / "signer.pub")
+    pki.write_key(alice, tmp_path / "alice.pem")
+    pki.write_key(mallory, tmp_path / "mallory.pem")
+    alice_pub = pki.write_public(alice, tmp_path / "alice.pub")
+    bob = {"GKIT_AUDIT_DB": db, "GKIT_ACTOR": "bob@example.com"}
+    assert (
+        run_gkit("sign", str(model), "--key", str(tmp_path / "signer.pem"), env=bob).returncode == 0
+    )
+    verified = run_gkit("verify", str(model), "--public-key", str(pub), "--json", env=bob)
+    digest = json.loads(verified.stdout)["manifest_digest"]
+    policy = _deploy_policy(tmp_path, alice_pub)
+    deploy = [
+        "deploy",
+        str(model),
+        "--gpus",
+        "1",
+        "--output",
+        str(tmp_path / "o"),
+        "--deploy-policy",
+        policy,
+        "--json",
+    ]
+
+    def approve(actor: str, *key: str):
+        env = {**bob, "GKIT_ACTOR": actor}
+        r = run_gkit(
+            "approve",
+            str(model.resolve()),
+            "--as",
+            "release-manager",
+            "--digest",
+            digest,
+            *key,
+            env=env,
+        )
+        assert r.returncode == 0, r.stderr
+
+    approve("alice@example.com")  # self-declared: claims to be alice
+    r = run_gkit(*deploy, env=bob)
+    assert r.returncode == 1 and "self-declared" in json.loads(r.stdout)["error"]["message"]
+    approve("alice@example.com", "--key", str(tmp_path / "mallory.pem"))  # an unlisted key
+    r = run_gkit(*deploy, env=bob)
+    assert r.returncode == 1 and "does not list" in json.loads(r.stdout)["error"]["message"]
+    approve("anyone", "--key", str(tmp_path / "alice.pem"))  # alice's own key
+    r = run_gkit(*deploy, env=bob)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "approved by alice@example.com as release-manager" in json.loads(r.stdout)["approval"]
+    # alice cannot approve her own deploy, whatever name she acts under
+    r = run_gkit(*deploy, env={**bob, "GKIT_ACTOR": "alice@example.com"})
+    assert r.returncode == 1 and "who requests the deploy" in r.stdout
+
+
+def test_an_edited_signed_approval_does_not_count(audit_url, tmp_path):
+    from granite_ops_kit.audit.approval_statement import Approver, check, fingerprint
+    from granite_ops_kit.audit.approvals import approve
+    from tests import pki
+
+    key = pki.new_key()
+    pki.write_key(key, tmp_path / "a.pem")
+    store = open_store(audit_url)
+    record = approve(store, "m", "release-manager", "sha256:" + "0" * 64, key=tmp_path / "a.pem")
+    listed = [Approver("alice", ("release-manager",), fingerprint(key.public_key()))]
+    assert check(record, listed).approver.name == "alice"
+    record["details"]["signed"]["statement"] = record["details"]["signed"]["statement"].replace(
+        "release-manager", "ciso"
+    )
+    assert check(record, listed) == "its signature by alice does not verify"

@@ -228,13 +228,24 @@ def approve(
     as_role: str = typer.Option(..., "--as", help="The approver's role, e.g. release-manager."),
     digest: str = typer.Option(None, help="The exact manifest digest approved (sha256:...)."),
     reason: str = typer.Option("", help="Why; shown to auditors."),
+    key: Path = typer.Option(
+        None,
+        help="Your approver key (PEM, EC or Ed25519): signs the approval, so a deploy policy "
+        "that requires signed approvals can tell it is yours. Without it the approval is "
+        "self-declared.",
+    ),
     audit_db: str = DB_OPTION,
     json_: bool = JSON_OPTION,
 ) -> None:
-    """Record an approval of SUBJECT by you (or GKIT_ACTOR) in a role.
+    """Record an approval of SUBJECT in a role, signed with --key or self-declared.
 
     A deploy guarded by segregation of duties needs an approval by someone other than the
-    person who requests it.
+    person who requests it; a deploy policy with `require_approval.signed` accepts only
+    approvals signed by a key it lists for that role.
+
+    Example:
+
+      gkit approve /models/h-micro --as release-manager --digest sha256:... --key me.pem
     """
     from granite_ops_kit.audit import filters
     from granite_ops_kit.audit.approvals import approve as record_approval
@@ -243,12 +254,12 @@ def approve(
     if digest is not None:
         filters.check_digest(digest)
     with _store(audit_db) as store:
-        record = record_approval(store, subject, as_role, digest, reason)
+        record = record_approval(store, subject, as_role, digest, reason, key)
     output.emit(
         {"record": record},
         lambda con: con.print(
             f"approval of {subject} by {record['actor']} as {as_role} recorded "
-            f"(record {record['seq']})"
+            f"(record {record['seq']}, {record['details']['identity']})"
         ),
     )
 

@@ -13,6 +13,7 @@ from granite_ops_kit.cli.options import (
     JSON_OPTION,
     POLICY_HELP,
     CertificateChain,
+    DeployPolicy,
     Identity,
     Issuer,
     PublicKey,
@@ -74,6 +75,7 @@ def build(
     identity: Identity = None,
     issuer: Issuer = None,
     trust_config: TrustConfig = None,
+    deploy_policy: DeployPolicy = None,
     json_: bool = JSON_OPTION,
 ) -> None:
     """Build a non-root container image of the runtime (and, with --bake-model, the model).
@@ -92,7 +94,13 @@ def build(
     trust = trust_inputs(public_key, certificate_chain, identity, issuer, trust_config)
     with hashing_progress() as progress:
         checked = gate.check(
-            model_path, allow_unverified, _actor(), trust=trust, policy=policy, progress=progress
+            model_path,
+            allow_unverified,
+            _actor(),
+            trust=trust,
+            policy=policy,
+            progress=progress,
+            deploy_policy=deploy_policy,
         )
     tag = tag or default_image(model_path)
     req = image.BuildRequest(
@@ -174,6 +182,7 @@ def deploy(
     identity: Identity = None,
     issuer: Issuer = None,
     trust_config: TrustConfig = None,
+    deploy_policy: DeployPolicy = None,
     verify_arg: list[str] = typer.Option(
         None,
         help="Trust input for the verify step, e.g. "
@@ -231,6 +240,7 @@ def deploy(
         kube_context,
         allow_unverified,
         trust_inputs(public_key, certificate_chain, identity, issuer, trust_config),
+        deploy_policy,
     )
     with hashing_progress() as progress:
         result = run_deploy(req, _actor(), progress)

@@ -45,6 +45,13 @@ TrustConfig = Annotated[
         "default: the public-good root shipped with sigstore, offline."
     ),
 ]
+DeployPolicy = Annotated[
+    Path | None,
+    typer.Option(
+        help="Deploy rules (JSON): require_verification, require_approval (role, signed, "
+        "approvers with key fingerprints and roles); default: the shipped policies/deploy.json."
+    ),
+]
 POLICY_HELP = (
     "Policy name (default, ibm-granite) or a policy JSON file; a policy may pin signers "
     "(key and root fingerprints, identities)."

@@ -14,13 +14,12 @@ Decisions read the hashed record JSON, never the store's indexed columns beside 
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from granite_ops_kit.errors import GkitError, PolicyDenied
+from granite_ops_kit.errors import GkitError, PolicyDenied, UsageError
 from granite_ops_kit.supply.trust import TrustInputs
 
 VERIFIED = "artifact.verified"
@@ -37,10 +36,19 @@ class GateResult:
     failure: str = ""  # why verification failed, when --allow-unverified let it through
 
 
-def _deploy_policy() -> dict:
+def _deploy_policy(path: Path | None) -> dict:
+    """The shipped policies/deploy.json, or the file given with --deploy-policy."""
     from granite_ops_kit.policy.engine import policies_dir
+    from granite_runtime import bounded_read
 
-    return json.loads((policies_dir() / "deploy.json").read_text())
+    path = path or policies_dir() / "deploy.json"
+    try:
+        policy = bounded_read.read_json(path, 1 << 20, what="deploy policy")
+    except bounded_read.UnsafeInput as e:
+        raise UsageError(e.message) from None
+    if not isinstance(policy, dict):
+        raise UsageError(f"deploy policy {path} is not a JSON object.")
+    return policy
 
 
 def _verifications(store, subject: str) -> list[dict]:
@@ -98,12 +106,13 @@ def check(
     trust: TrustInputs | None = None,
     policy: str = "default",
     progress: Callable | None = None,
+    deploy_policy: Path | None = None,
 ) -> GateResult:
     """Verify the model as it is now; find a recorded passing verification of its manifest."""
     from granite_ops_kit.audit.approvals import deployment_allowed
     from granite_ops_kit.audit.store import open_store
 
-    deploy_policy = _deploy_policy()
+    rules = _deploy_policy(deploy_policy)
     subject = str(model_path.resolve())
     store = open_store()
     try:
@@ -123,14 +132,14 @@ def check(
             (r for r in reversed(records) if (r.get("subject") or {}).get("digest") == digest),
             None,
         )
-        required = deploy_policy.get("require_verification", True)
+        required = rules.get("require_verification", True)
         if digest and record is None and required and not allow_unverified:
             raise PolicyDenied(
                 f"{model_path} verifies (manifest {digest}), but no passing 'gkit verify' of "
                 "this manifest is recorded; verify it first, or pass --allow-unverified "
                 "(recorded in the audit log)."
             )
-        approval = deployment_allowed(store, deploy_policy, subject, requester, digest)
+        approval = deployment_allowed(store, rules, subject, requester, digest)
         if not approval.allowed:
             raise PolicyDenied(f"deploy policy: {approval.reason}.")
         return GateResult(

@@ -41,6 +41,7 @@ class DeployRequest:
     kube_context: str | None = None
     allow_unverified: bool = False
     trust: TrustInputs | None = None  # else the last recorded verification's
+    deploy_policy: Path | None = None  # else the shipped policies/deploy.json
 
 
 def slug(model_path: Path) -> str:
@@ -97,6 +98,7 @@ def deploy(req: DeployRequest, actor: str, progress=None) -> dict:
         trust=req.trust,
         policy=req.policy,
         progress=progress,
+        deploy_policy=req.deploy_policy,
     )
     plan = plan_for(req)
     repo, _, tag = (req.image or default_image(req.model_path)).rpartition(":")
