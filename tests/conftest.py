@@ -84,6 +84,8 @@ def _private_audit_log(tmp_path_factory, monkeypatch):
     the developer's."""
     db = tmp_path_factory.mktemp("audit") / "audit.db"
     monkeypatch.setenv("GKIT_AUDIT_DB", f"sqlite:///{db}")
+    # the default audit signing key lives in the data directory: a private one per test
+    monkeypatch.setenv("XDG_DATA_HOME", str(db.parent / "data"))
     return db
 
 

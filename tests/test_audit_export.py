@@ -65,7 +65,94 @@ def test_html_report_counts_and_highlights_failures(log, tmp_path):
     assert page.startswith("<!doctype html>") and "<script" not in page and "http" not in page
     assert page.count('<tr id="r') == 13 and page.count('class="fail"') == 1
     assert "<td>artifact.verified</td><td>7</td>" in page
-    assert "<td>A.6.2.4</td><td>7</td>" in page
+    assert "<td>A.6.2.4</td><td>AI system verification and validation</td><td>7</td>" in page
+    # clauses first, then Annex A, each in numeric order (not "A.10.3" before "A.4.2")
+    order = [page.index(f"<tr><td>{c}</td>") for c in ("8.1", "A.4.2", "A.6.2.4", "A.10.3")]
+    assert order == sorted(order)
+    assert f"<code>sha256:{1:064x}</code>" in page  # the manifest digest column
+    assert 'class="status bad"' in page and "checkpoint signatures NOT checked" in page
+
+
+def test_html_report_names_the_chain_and_its_signer(log, tmp_path):
+    from granite_ops_kit.audit.checkpoint import fingerprint, load_key, public_pem
+
+    pin = tmp_path / "pin.pem"
+    pin.write_text(public_pem(load_key(tmp_path / "key.pem")))
+    result = run_gkit(
+        "audit",
+        "export",
+        "--format",
+        "html",
+        "--output",
+        str(tmp_path / "r.html"),
+        "--audit-db",
+        log,
+        "--public-key",
+        str(pin),
+    )
+    assert result.returncode == 0, result.stderr
+    page = (tmp_path / "r.html").read_text()
+    assert 'class="status ok"' in page and "Chain verified: 13 records, 1 checkpoint(s)" in page
+    assert fingerprint(pin.read_text()) in page
+
+
+def test_html_report_fits_1400_px_in_headless_chromium(tmp_path):
+    """Long paths, digests and reasons wrap inside the page; a screenshot is kept."""
+    import shutil
+
+    chromium = shutil.which("chromium")
+    assert chromium, "chromium is installed by scripts/install-system-packages.sh"
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    store = open_store(url)
+    for i in range(4):
+        store.append(
+            Event(
+                "artifact.verified",
+                Subject(
+                    f"/very/long/path/to/models/{'granite-4.0-h-small-' * 4}{i}",
+                    digest=f"sha256:{i:064x}",
+                ),
+                "success",
+                reason="key signature by " + "x" * 180 + " verified",
+            )
+        )
+    store.close()
+    _export(url, "html", tmp_path / "r.html")
+    page = (tmp_path / "r.html").read_text()
+    probe = tmp_path / "probe.html"  # a copy that reports its own width (the report has no JS)
+    probe.write_text(
+        page.replace(
+            "</body>",
+            "<script>document.title = 'W' + document.documentElement.scrollWidth;</script></body>",
+        )
+    )
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--no-first-run",
+        "--window-size=1400,1000",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ]
+    dom = subprocess.run(
+        [chromium, *flags, "--dump-dom", probe.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    width = int(dom.stdout.split("<title>W", 1)[1].split("<", 1)[0])
+    assert width <= 1400, width
+    shot = tmp_path / "report-1400.png"
+    subprocess.run(
+        [chromium, *flags, f"--screenshot={shot}", (tmp_path / "r.html").as_uri()],
+        capture_output=True,
+        timeout=120,
+    )
+    header = shot.read_bytes()[:24]
+    assert header[:8] == b"\x89PNG\r\n\x1a\n"
+    assert int.from_bytes(header[16:20], "big") == 1400
 
 
 def _unzip(path, dest):

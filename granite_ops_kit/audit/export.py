@@ -92,19 +92,46 @@ def to_csv(rows: list[dict]) -> bytes:
     return buffer.getvalue().encode()
 
 
-def to_html(rows: list[dict], title: str) -> bytes:
+def control_order(control: str) -> tuple:
+    """Clauses (5.3, 10.2) before Annex A (A.2.2 .. A.10.4), each in numeric order."""
+    annex = control.startswith("A.")
+    parts = control.removeprefix("A.").split(".")
+    return (annex, [int(p) if p.isdigit() else 0 for p in parts], control)
+
+
+def _control_titles() -> dict[str, str]:
+    from granite_ops_kit.policy.engine import policies_dir
+
+    return json.loads((policies_dir() / "iso42001-titles.json").read_text("utf-8"))["titles"]
+
+
+def _status_html(status: dict | None) -> str:
+    if not status:
+        return ""
+    css = "ok" if status.get("ok") else "bad"
+    return f'<p class="status {css}">{html.escape(status["text"])}</p>'
+
+
+def to_html(rows: list[dict], title: str, status: dict | None = None) -> bytes:
+    """One self-contained page for people: the chain's status first, controls by title."""
     template = resources.files("granite_ops_kit.audit").joinpath("report.html").read_text()
     events = Counter(r["event"] for r in rows)
     controls = Counter(c for r in rows for c in r["controls"])
+    titles = _control_titles()
     failures = sum(r["outcome"] != "success" for r in rows)
     esc = html.escape
-    count_rows = lambda counter: "".join(  # noqa: E731
-        f"<tr><td>{esc(k)}</td><td>{v}</td></tr>" for k, v in sorted(counter.items())
+    event_rows = "".join(
+        f"<tr><td>{esc(k)}</td><td>{v}</td></tr>" for k, v in sorted(events.items())
+    )
+    control_rows = "".join(
+        f"<tr><td>{esc(c)}</td><td>{esc(titles.get(c, ''))}</td><td>{controls[c]}</td></tr>"
+        for c in sorted(controls, key=control_order)
     )
     record_rows = "".join(
         f'<tr id="r{r["seq"]}" class="{"fail" if r["outcome"] != "success" else ""}">'
         f'<td><a href="#r{r["seq"]}">{r["seq"]}</a></td><td>{esc(r["time"])}</td>'
         f"<td>{esc(r['event'])}</td><td>{esc(r['subject']['name'])}</td>"
+        f"<td><code>{esc(r['subject'].get('digest') or '')}</code></td>"
         f"<td>{esc(r['outcome'])}</td><td>{esc(r['actor'])}@{esc(r['host'])}</td>"
         f"<td>{esc(r['reason'])}</td><td>{esc(' '.join(r['controls']))}</td>"
         f"<td><code>{r['hash'][:16]}</code></td></tr>"
@@ -118,8 +145,9 @@ def to_html(rows: list[dict], title: str) -> bytes:
             f"seq {rows[0]['seq'] if rows else '-'}.."
             f"{rows[-1]['seq'] if rows else '-'}",
         )
-        .replace("{{events}}", count_rows(events))
-        .replace("{{controls}}", count_rows(controls))
+        .replace("{{status}}", _status_html(status))
+        .replace("{{events}}", event_rows)
+        .replace("{{controls}}", control_rows)
         .replace("{{records}}", record_rows)
     )
     return page.encode()
@@ -198,13 +226,14 @@ def export(
     output: Path,
     title: str = "gkit audit report",
     signing: tuple | None = None,  # (Ed25519 key, origin): evidence exports only
+    status: dict | None = None,  # {"ok", "text"}: the chain's verdict, for the html report
 ) -> Path:
     if fmt not in FORMATS:
         raise UsageError(f"unknown export format '{fmt}'; choose one of {', '.join(FORMATS)}.")
     data = {
         "jsonl": lambda: to_jsonl(rows),
         "csv": lambda: to_csv(rows),
-        "html": lambda: to_html(rows, title),
+        "html": lambda: to_html(rows, title, status),
         "cyclonedx": lambda: mlbom.ml_bom(rows).encode(),
         "evidence": lambda: to_evidence(rows, all_rows, *_required(signing)),
     }[fmt]()

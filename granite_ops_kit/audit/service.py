@@ -172,3 +172,21 @@ def record(
             details=details or {},
         )
     )
+
+
+def chain_status(store: AuditStore, keys: dict[str, str], source: str) -> dict:
+    """The verdict in one sentence for a report's first line: chain, checkpoints, signer."""
+    verdict = verify_store(store, keys)
+    if not verdict.ok:
+        return {"ok": False, "text": f"Chain NOT verified: {verdict.problem}."}
+    signer = ", ".join(f"sha256 {checkpoint.fingerprint(pem)}" for pem in keys.values())
+    signatures = (
+        f"checkpoint signatures checked against key {signer} ({source})"
+        if keys
+        else "checkpoint signatures NOT checked (no pinned key)"
+    )
+    return {
+        "ok": bool(keys) or not verdict.checkpoints,
+        "text": f"Chain verified: {verdict.records} records, {verdict.checkpoints} "
+        f"checkpoint(s); {signatures}.",
+    }

@@ -173,6 +173,12 @@ def export(
         "range and the export's manifest; default: the key `gkit audit checkpoint` uses.",
     ),
     origin: str = typer.Option(None, help="Log origin line (default gkit-audit/HOST)."),
+    public_key: list[Path] = typer.Option(
+        None,
+        "--public-key",
+        help="Pinned checkpoint signer (repeatable, as for audit verify): the html report's "
+        "first line says whether the chain verifies against it; default: this host's key.",
+    ),
     audit_db: str = DB_OPTION,
     json_: bool = JSON_OPTION,
 ) -> None:
@@ -187,6 +193,7 @@ def export(
     from granite_ops_kit.audit import export as exporter
     from granite_ops_kit.audit import filters
     from granite_ops_kit.audit.records import Event, Subject
+    from granite_ops_kit.audit.service import chain_status, pinned_keys
     from granite_ops_kit.audit.store import matches
 
     output.use_json(json_)
@@ -195,7 +202,9 @@ def export(
         all_rows = list(store.records())
         rows = [r for r in all_rows if matches(r, query)]
         signing = _export_signing(key, origin) if fmt == "evidence" else None
-        path = exporter.export(rows, all_rows, fmt, output_path, signing=signing)
+        pins = pinned_keys(list(public_key or [])) if fmt == "html" else None
+        status = chain_status(store, *pins) if pins else None
+        path = exporter.export(rows, all_rows, fmt, output_path, signing=signing, status=status)
         digest = "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
         store.append(
             Event(

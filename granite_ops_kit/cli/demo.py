@@ -187,7 +187,7 @@ def resolve_shape(model_path: Path):
 def _audit(root: Path) -> dict:
     """Checkpoint the demo's audit log and export the auditor's report and evidence."""
     from granite_ops_kit.audit import checkpoint, export
-    from granite_ops_kit.audit.service import sign_checkpoint, verify_store
+    from granite_ops_kit.audit.service import chain_status, sign_checkpoint, verify_store
     from granite_ops_kit.audit.store import open_store
 
     store = open_store(f"sqlite:///{root / 'audit.db'}")
@@ -195,12 +195,15 @@ def _audit(root: Path) -> dict:
     try:
         sign_checkpoint(store, key_path, "gkit-demo")
         rows = list(store.records())
-        html = export.export(rows, rows, "html", root / "audit-report.html", "gkit demo audit")
         signing = (checkpoint.load_key(key_path), "gkit-demo")
+        pins = {"*": checkpoint.public_pem(signing[0])}
+        status = chain_status(store, pins, f"the demo's key {key_path}")
+        html = export.export(
+            rows, rows, "html", root / "audit-report.html", "gkit demo audit", status=status
+        )
         evidence = export.export(
             rows, rows, "evidence", root / "audit-evidence.zip", signing=signing
         )
-        pins = {"*": checkpoint.public_pem(signing[0])}
         verdict = verify_store(store, pins)
     finally:
         store.close()
