@@ -366,3 +366,37 @@ def test_evidence_export_without_a_signing_key_is_refused(log, tmp_path):
     )
     assert result.returncode == 2 and "no audit signing key" in result.stderr
     assert not out.exists() and not (tmp_path / "no.pem").exists()
+
+
+def test_cyclonedx_names_a_verified_model_with_supplier_licence_and_files(tmp_path, tiny_hybrid):
+    import shutil
+
+    from cyclonedx.schema import SchemaVersion
+    from cyclonedx.validation.json import JsonStrictValidator
+
+    from tests import pki
+
+    model = tmp_path / "granite-tiny"
+    shutil.copytree(tiny_hybrid, model)
+    (model / "README.md").write_text("---\nlicense: apache-2.0\nlibrary_name: transformers\n---\n")
+    key = pki.new_key()
+    pki.write_key(key, tmp_path / "k.pem")
+    pub = pki.write_public(key, tmp_path / "k.pub")
+    db = f"sqlite:///{tmp_path / 'audit.db'}"
+    env = {"GKIT_AUDIT_DB": db}
+    assert run_gkit("sign", str(model), "--key", str(tmp_path / "k.pem"), env=env).returncode == 0
+    verified = run_gkit("verify", str(model), "--public-key", str(pub), "--json", env=env)
+    assert verified.returncode == 0, verified.stderr
+    digest = json.loads(verified.stdout)["manifest_digest"]
+    _export(db, "cyclonedx", tmp_path / "bom.json")
+    text = (tmp_path / "bom.json").read_text()
+    assert JsonStrictValidator(SchemaVersion.V1_6).validate_str(text) is None
+    (component,) = json.loads(text)["components"]
+    assert component["name"] == "granite-tiny" and component["version"] == digest
+    assert component["licenses"] == [{"license": {"name": "apache-2.0"}}]
+    assert component["supplier"]["name"].startswith("key sha256:")
+    files = {c["name"]: c["hashes"][0]["content"] for c in component["components"]}
+    assert set(files) >= {"config.json", "model.safetensors", "README.md"}
+    import hashlib
+
+    assert files["config.json"] == hashlib.sha256((model / "config.json").read_bytes()).hexdigest()

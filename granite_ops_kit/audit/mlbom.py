@@ -25,12 +25,16 @@ def _verified_models(rows: list[dict]) -> list[dict]:
 def _component(r: dict):
     from cyclonedx.model import HashAlgorithm, HashType, Property
     from cyclonedx.model.component import Component, ComponentType
+    from cyclonedx.model.contact import OrganizationalEntity
+    from cyclonedx.model.license import DisjunctiveLicense
 
     digest = r["subject"].get("digest") or ""
+    model = r["details"].get("model") or {}
     hashes = []
     if digest.startswith("sha256:") and len(digest) == 71:
         hashes = [HashType(alg=HashAlgorithm.SHA_256, content=digest[7:])]
     props = [
+        Property(name="gkit:model:path", value=r["subject"]["name"]),
         Property(name="gkit:verification:record", value=str(r["seq"])),
         Property(name="gkit:verification:time", value=r["time"]),
         Property(name="gkit:verification:hash", value=r["hash"]),
@@ -40,13 +44,37 @@ def _component(r: dict):
     ]
     if r.get("policy_id"):
         props.append(Property(name="gkit:policy", value=r["policy_id"]))
+    license_id = model.get("license")
     return Component(
-        name=r["subject"]["name"],
-        version=r["subject"].get("revision") or None,
+        name=model.get("name") or r["subject"]["name"].rsplit("/", 1)[-1],
+        version=r["subject"].get("revision") or digest or None,
         type=ComponentType.MACHINE_LEARNING_MODEL,
         bom_ref=f"model-{r['seq']}",
+        supplier=OrganizationalEntity(name=model["supplier"]) if model.get("supplier") else None,
+        licenses=[DisjunctiveLicense(name=license_id)] if license_id else [],
         hashes=hashes,
         properties=props,
+        components=[_file(r["seq"], f) for f in r["details"].get("resources") or []],
+    )
+
+
+def _file(seq: int, resource: dict):
+    """One signed file (or shard) of the model, with the digest the signature covers."""
+    from cyclonedx.model import HashAlgorithm, HashType
+    from cyclonedx.model.component import Component, ComponentType
+
+    algorithm = str(resource.get("algorithm", ""))
+    known = {
+        "sha256": HashAlgorithm.SHA_256,
+        "blake2b": HashAlgorithm.BLAKE2B_512,
+        "blake3": HashAlgorithm.BLAKE3,
+    }
+    alg = known.get(algorithm.split("-sharded-")[0])
+    return Component(
+        name=str(resource.get("name")),
+        type=ComponentType.FILE,
+        bom_ref=f"model-{seq}-file-{resource.get('name')}",
+        hashes=[HashType(alg=alg, content=resource["digest"])] if alg else [],
     )
 
 

@@ -61,7 +61,8 @@ def _quiet_sigstore() -> None:
     logging.getLogger("sigstore").setLevel(logging.ERROR)
 
 
-def _verify(req) -> dict:
+def _verify(req, revision: str | None = None, supplier: str | None = None) -> dict:
+    """Verify and record; a pull passes the commit and the Hub owner, which the ML-BOM names."""
     from granite_ops_kit.policy import engine
     from granite_ops_kit.supply.verify import verify
 
@@ -86,6 +87,8 @@ def _verify(req) -> dict:
                 policy=policy,
             )
         raise
+    if supplier:
+        result.model["supplier"] = supplier
     record(
         "artifact.verified",
         name,
@@ -93,6 +96,7 @@ def _verify(req) -> dict:
         f"{result.method} signature by {_who(result.signer)} verified; policy "
         f"'{result.policy['id']}' allows it",
         digest=result.manifest_digest,
+        revision=revision,
         details={
             "signer": result.signer,
             "files": result.files,
@@ -102,6 +106,8 @@ def _verify(req) -> dict:
             "predicate_type": result.predicate_type,
             "subject_digest": result.subject_digest,
             "trust": result.trust,
+            "model": result.model,
+            "resources": result.resources,
         },
         policy=result.policy,
     )
@@ -297,7 +303,7 @@ def pull(
         trust=trust_inputs(public_key, certificate_chain, identity, issuer, trust_config),
         policy=policy,
     )
-    verified = _verify(req)
+    verified = _verify(req, pulled.commit, repo_id.split("/")[0])
     result = {
         "repo_id": repo_id,
         "revision": pulled.revision,

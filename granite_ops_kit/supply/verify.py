@@ -15,7 +15,7 @@ from pathlib import Path, PurePosixPath
 from granite_ops_kit.errors import PolicyDenied, UsageError, VerificationFailed
 from granite_ops_kit.policy import engine
 from granite_ops_kit.supply import bundle as bundle_io
-from granite_ops_kit.supply import hashing, model_files, statement, trust
+from granite_ops_kit.supply import hashing, model_card, model_files, statement, trust
 
 SIGNATURE_NAME = "model.sig"
 
@@ -46,6 +46,8 @@ class VerifyResult:
     bytes: int
     policy: dict
     trust: dict  # the pinned inputs used, as TrustInputs.to_record gives them
+    model: dict  # name, licence and supplier as declared (supply.model_card)
+    resources: list[dict]  # every signed resource: name, algorithm, digest
     seconds: float
 
     def to_json(self) -> dict:
@@ -207,5 +209,9 @@ def verify(
             "reasons": decision.reasons,
         },
         trust=inputs.to_record(),
+        model=model_card.declared(req.model_path, asdict(signer), signed.model_name),
+        resources=[
+            {"name": n, "algorithm": alg, "digest": d} for n, (alg, d) in signed.resources.items()
+        ],
         seconds=round(time.perf_counter() - start, 3),
     )
