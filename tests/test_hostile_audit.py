@@ -314,3 +314,66 @@ def test_an_edited_signed_approval_does_not_count(audit_url, tmp_path):
         "release-manager", "ciso"
     )
     assert check(record, listed) == "its signature by alice does not verify"
+
+
+# --- every step leaves its record, or does not act -------------------------------------
+
+
+def _events(db) -> list[dict]:
+    store = open_store(f"sqlite:///{db}")
+    try:
+        return list(store.records())
+    finally:
+        store.close()
+
+
+def test_size_records_the_capacity_plan(_private_audit_log):
+    result = run_gkit("size", "granite-4.0-h-micro", "--gpu", "h100-80gb", "--context", "8192")
+    assert result.returncode == 0, result.stderr
+    (plan,) = [r for r in _events(_private_audit_log) if r["event"] == "capacity.planned"]
+    assert plan["outcome"] == "success" and plan["details"]["context"] == 8192
+    assert "A.4.5" in plan["controls"] and plan["details"]["gpu"] == "h100-80gb"
+
+
+def test_serve_records_its_start_and_stop(tiny_hybrid, _private_audit_log):
+    from tests.server_process import ServerProcess
+
+    server = ServerProcess(tiny_hybrid)
+    started = [r["event"] for r in _events(_private_audit_log)]
+    assert server.stop() in (0, 143)  # 128 + SIGTERM, after the graceful shutdown
+    events = [r["event"] for r in _events(_private_audit_log)]
+    assert "runtime.started" in started and "runtime.stopped" not in started
+    assert events[-2:] == ["runtime.started", "runtime.stopped"]
+
+
+@pytest.fixture
+def locked_store(_private_audit_log):
+    import sqlite3
+
+    open_store(f"sqlite:///{_private_audit_log}").close()
+    holder = sqlite3.connect(_private_audit_log, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another writer holds the lock
+    yield _private_audit_log
+    holder.execute("ROLLBACK")
+    holder.close()
+
+
+def test_a_locked_store_stops_a_deploy_before_it_acts(locked_store, tiny_hybrid, tmp_path):
+    out = tmp_path / "out"
+    r = run_gkit(
+        "deploy",
+        str(tiny_hybrid),
+        "--gpus",
+        "1",
+        "--output",
+        str(out),
+        env={"GKIT_AUDIT_LOCK_TIMEOUT": "1"},
+    )
+    assert r.returncode == 1 and "is locked by another writer (waited 1 s" in r.stderr
+    assert "Traceback" not in r.stderr and not out.exists()
+
+
+def test_a_locked_store_stops_serve_before_it_loads(locked_store, tiny_hybrid):
+    r = run_gkit("serve", str(tiny_hybrid), "--port", "1", env={"GKIT_AUDIT_LOCK_TIMEOUT": "1"})
+    assert r.returncode == 1 and "is locked by another writer" in r.stderr
+    assert "serving" not in r.stderr

@@ -42,6 +42,9 @@ class PostgresStore:
         with self.db.transaction():
             self.db.execute(SCHEMA_SQL.replace("INTEGER PRIMARY KEY", "BIGINT PRIMARY KEY"))
 
+    def probe_writable(self) -> None:
+        """Connecting proved the server answers; appends serialise on an advisory lock."""
+
     def append(self, event: records.Event) -> dict:
         return self.append_many([event])[0]
 

@@ -28,6 +28,15 @@ def record_event(event: records.Event, url: str | None = None) -> dict:
         store.close()
 
 
+def ensure_recordable(url: str | None = None) -> None:
+    """Fail now, before a command acts, if its audit record could not be written."""
+    store = open_store(url)
+    try:
+        store.probe_writable()
+    finally:
+        store.close()
+
+
 def sign_checkpoint(
     store: AuditStore, key_path: Path | None = None, origin: str | None = None
 ) -> dict:

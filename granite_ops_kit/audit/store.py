@@ -37,6 +37,7 @@ class AuditStore(Protocol):
     def append(self, event: records.Event) -> dict: ...
     def append_many(self, events: list[records.Event]) -> list[dict]: ...
     def rows(self) -> Iterator[tuple[tuple, dict]]: ...
+    def probe_writable(self) -> None: ...
     def records(self, query: Query = Query()) -> Iterator[dict]: ...
     def count(self) -> int: ...
     def prune(self, summary: dict) -> int: ...
@@ -141,24 +142,56 @@ CREATE TABLE IF NOT EXISTS audit_pruned (
 PRUNED_COLUMNS = ("last_seq", "leaves", "note", "public_key")
 
 
+def lock_timeout() -> float:
+    """Seconds a writer waits for another one's lock (GKIT_AUDIT_LOCK_TIMEOUT, default 60)."""
+    try:
+        return max(0.0, float(os.environ.get("GKIT_AUDIT_LOCK_TIMEOUT", "60")))
+    except ValueError:
+        raise UsageError("GKIT_AUDIT_LOCK_TIMEOUT must be a number of seconds.") from None
+
+
 class SQLiteStore:
     def __init__(self, path: Path):
         self.url = f"sqlite:///{path}"
+        self.path = path
+        self.timeout = lock_timeout()
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self.db = sqlite3.connect(path, timeout=60, isolation_level=None)
+            self.db = sqlite3.connect(path, timeout=self.timeout, isolation_level=None)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.executescript(SCHEMA_SQL)
+        except sqlite3.OperationalError as bad:
+            raise self._locked(bad) from None
         except sqlite3.DatabaseError as bad:
             raise CheckFailed(f"audit store {path} cannot be opened: {bad}.") from None
+
+    def _locked(self, bad: Exception) -> CheckFailed:
+        if "locked" in str(bad) or "busy" in str(bad):
+            return CheckFailed(
+                f"audit store {self.path} is locked by another writer (waited {self.timeout:g} "
+                "s, GKIT_AUDIT_LOCK_TIMEOUT); nothing was recorded."
+            )
+        return CheckFailed(f"audit store {self.path} cannot be written: {bad}.")
+
+    def probe_writable(self) -> None:
+        """Take and release the write lock: a command that must record what it does checks
+        this before it acts, so an action is never left without its record."""
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.execute("ROLLBACK")
+        except sqlite3.OperationalError as bad:
+            raise self._locked(bad) from None
 
     def append(self, event: records.Event) -> dict:
         return self.append_many([event])[0]
 
     def append_many(self, events: list[records.Event]) -> list[dict]:
         """Several events in one transaction (one fsync), still one record each, chained."""
-        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as bad:
+            raise self._locked(bad) from None
         try:
             out = [append_at_head(self.db.execute, event, "?") for event in events]
             self.db.execute("COMMIT")

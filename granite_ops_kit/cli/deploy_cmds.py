@@ -91,6 +91,9 @@ def build(
     output.use_json(json_)
     if model_from not in ("pvc", "hf"):
         raise UsageError(f"--model-from must be pvc or hf, not '{model_from}'.")
+    from granite_ops_kit.audit.service import ensure_recordable
+
+    ensure_recordable()  # never an image built without its record
     trust = trust_inputs(public_key, certificate_chain, identity, issuer, trust_config)
     with hashing_progress() as progress:
         checked = gate.check(

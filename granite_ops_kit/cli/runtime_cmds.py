@@ -106,6 +106,9 @@ def serve(
 
     Example: gkit serve ./h-small --gpus 2 --host 0.0.0.0
     """
+    from granite_ops_kit.audit.service import ensure_recordable
+
+    ensure_recordable()  # a server whose start cannot be recorded does not start
     with runtime_errors():
         from granite_runtime.serve import build_service, run_server
 
@@ -125,7 +128,30 @@ def serve(
             f"({service.engine.device}{split}, {service.engine.max_num_seqs} slots x "
             f"{service.engine.max_model_len} tokens)"
         )
-        run_server(service, host, port)
+        where = f"{service.model_name} on {host}:{port}"
+        _record_serving("runtime.started", model_path, f"serving {where}", service, gpus)
+        try:
+            run_server(service, host, port)
+        finally:
+            _record_serving("runtime.stopped", model_path, f"stopped {where}", service, gpus)
+
+
+def _record_serving(event: str, model_path: Path, reason: str, service, gpus: int) -> None:
+    from granite_ops_kit.cli.supply_cmds import record
+
+    engine = service.engine
+    record(
+        event,
+        str(model_path.resolve()),
+        "success",
+        reason,
+        details={
+            "device": str(engine.device),
+            "gpus": gpus,
+            "slots": engine.max_num_seqs,
+            "max_model_len": engine.max_model_len,
+        },
+    )
 
 
 def generate(

@@ -143,5 +143,31 @@ def size(
         if plot:
             con.print(f"plot: {plan['plot']}")
 
+    _record_plan(request, plan)
     require_fit(plan)
     output.emit(plan, render)
+
+
+def _record_plan(request, plan: dict) -> None:
+    """capacity.planned (ISO/IEC 42001 A.4.5), before the answer is shown."""
+    from granite_ops_kit.cli.supply_cmds import record
+
+    w = request.workload
+    record(
+        "capacity.planned",
+        request.shape.name,
+        "success" if plan["fits"] else "denied",
+        f"{request.gpus} x {request.gpu.name}, {w.concurrency} sessions x {w.context:,} tokens, "
+        f"{request.engine}: {plan['per_gpu']['total']:,} of {plan['budget_per_gpu']:,} bytes "
+        "per GPU",
+        details={
+            "gpu": request.gpu.name,
+            "gpus": request.gpus,
+            "engine": request.engine,
+            "context": w.context,
+            "concurrency": w.concurrency,
+            "fits": plan["fits"],
+            "per_gpu_bytes": plan["per_gpu"]["total"],
+            "budget_per_gpu": plan["budget_per_gpu"],
+        },
+    )

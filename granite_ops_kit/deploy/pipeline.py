@@ -87,10 +87,11 @@ def plan_for(req: DeployRequest) -> dict:
 
 
 def deploy(req: DeployRequest, actor: str, progress=None) -> dict:
-    from granite_ops_kit.audit.service import record
+    from granite_ops_kit.audit.service import ensure_recordable, record
     from granite_ops_kit.deploy import gate, values
 
     release = _check(req)
+    ensure_recordable()  # never an applied deployment without its record
     checked = gate.check(
         req.model_path,
         req.allow_unverified,

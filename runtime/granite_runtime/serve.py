@@ -26,14 +26,24 @@ def build_service(
     return Service(engine, served_name or Path(model_path).resolve().name, api_key)
 
 
+def _exit_after_shutdown(signum, _frame) -> None:
+    # uvicorn re-raises the SIGTERM it caught once its graceful shutdown is done; ending by
+    # SystemExit instead of the default handler lets the caller's `finally` run (its stop
+    # record), and still exits with the status a killed process reports.
+    raise SystemExit(128 + signum)
+
+
 def run_server(
     service: Service, host: str = "127.0.0.1", port: int = 8000, graceful_seconds: int = 30
 ) -> None:
     """Blocks until SIGINT/SIGTERM; open streams get `graceful_seconds` to finish."""
+    import signal
+
     import uvicorn
 
     app = create_app(service)
     config = uvicorn.Config(
         app, host=host, port=port, log_level="info", timeout_graceful_shutdown=graceful_seconds
     )
+    signal.signal(signal.SIGTERM, _exit_after_shutdown)
     uvicorn.Server(config).run()
