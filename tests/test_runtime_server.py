@@ -177,15 +177,8 @@ def test_stop_string_truncates(client):
         ({"model": "granite-99"}, 404, "model_not_found"),
         ({"model": "tiny-hybrid", "max_tokens": 0}, 400, "invalid_value"),
         ({"model": "tiny-hybrid", "temperature": 5}, 400, "invalid_value"),
-        (
-            {
-                "model": "tiny-hybrid",
-                "tool_choice": "required",
-                "tools": [{"type": "function", "function": {"name": "f"}}],
-            },
-            400,
-            "unsupported_value",
-        ),
+        ({"model": "tiny-hybrid", "frequency_penalty": 1.0}, 400, "unsupported_parameter"),
+        ({"model": "tiny-hybrid", "response_format": {"type": "xml"}}, 400, "unsupported_value"),
     ],
 )
 def test_errors_in_openai_shape(client, kwargs, status, code):

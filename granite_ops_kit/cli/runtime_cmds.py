@@ -40,6 +40,18 @@ def runtime_errors():
         raise UsageError(bad.message) from None
 
 
+def _read_schema(path: Path) -> dict:
+    from granite_runtime import bounded_read
+
+    try:
+        schema = bounded_read.read_json(path, 1 << 20, what="JSON schema")
+    except bounded_read.UnsafeInput as bad:
+        raise UsageError(bad.message) from None
+    if not isinstance(schema, dict):
+        raise UsageError(f"{path} is not a JSON Schema object.")
+    return schema
+
+
 def _model_dir(path: Path) -> Path:
     if not path.exists():
         raise UsageError(f"{path}: no such model directory.")
@@ -168,10 +180,20 @@ def generate(
     ),
     device: str = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
     dtype: str = typer.Option(None, help="float32, bfloat16, float16, or fp8 (FP8 GPUs)."),
+    json_schema: Path = typer.Option(
+        None,
+        "--json-schema",
+        help="Constrain the answer to JSON that validates against this JSON Schema file "
+        "(a keyword gkit cannot enforce is refused, exit 2).",
+    ),
     json_: bool = JSON_OPTION,
 ) -> None:
-    """Generate text from a local model once, without a server."""
+    """Generate text from a local model once, without a server.
+
+    Example: gkit generate ./h-micro -p "A pet as JSON" --json-schema pet.schema.json
+    """
     output.use_json(json_)
+    schema = _read_schema(json_schema) if json_schema else None
     with runtime_errors():
         from granite_runtime.engine import Engine
         from granite_runtime.loader import load_model
@@ -190,10 +212,17 @@ def generate(
             max_num_seqs=1,
             max_model_len=min(model.config.max_position_embeddings, len(ids) + max_tokens + 1),
         )
+        grammar = engine.grammars.json_schema(schema, str(json_schema)) if schema else None
         loaded = time.perf_counter()
         seq = engine.generate(
             ids,
-            SamplingParams(temperature=temperature, top_p=top_p, seed=seed, max_tokens=max_tokens),
+            SamplingParams(
+                temperature=temperature,
+                top_p=top_p,
+                seed=seed,
+                max_tokens=max_tokens,
+                grammar=grammar,
+            ),
         )
         done = time.perf_counter()
     result = {

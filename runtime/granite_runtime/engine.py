@@ -71,6 +71,7 @@ class Engine:
         self.accepting = True
         self._released = False  # the other ranks were told to stop
         self.stats = {"prompt_tokens": 0, "generation_tokens": 0, "steps": 0}
+        self._grammars = self._masks = None
 
     @torch.inference_mode()
     def _warm_up_prefill(self) -> None:
@@ -99,6 +100,8 @@ class Engine:
         if any(not 0 <= t < vocab for t in prompt_ids):
             raise RequestError(f"the prompt holds a token id outside 0..{vocab - 1}.")
         seq = Sequence(list(prompt_ids), params, on_event)
+        if params.grammar is not None:
+            seq.matcher = self.grammars.matcher(params.grammar)
         with self._lock:
             if len(self.waiting) >= self.max_waiting:
                 busy = f"{len(self.waiting)} requests are already waiting; retry later."
@@ -106,6 +109,18 @@ class Engine:
             self.waiting.append(seq)
             self._lock.notify()
         return seq
+
+    @property
+    def grammars(self):
+        """The structured-output compiler, built on first use (~1 s for a 100k vocabulary)."""
+        if self._grammars is None:
+            from granite_runtime.structured import GrammarCompiler, MaskBuffer
+
+            vocab = self.model.config.vocab_size
+            stops = sorted(self.codec.stop_token_ids)
+            self._grammars = GrammarCompiler(self.codec.tokenizer, vocab, stops)
+            self._masks = MaskBuffer.make(self.max_num_seqs, vocab, self.device)
+        return self._grammars
 
     # ---- one step ---------------------------------------------------------------------
     def has_work(self) -> bool:
@@ -186,11 +201,24 @@ class Engine:
                 elif op in (tp.OP_FORWARD, tp.OP_DECODE):
                     self._forward(tokens, slots, starts, decode=op == tp.OP_DECODE)
 
+    def _constrain(self, seqs: list[Sequence], logits: torch.Tensor) -> torch.Tensor:
+        """Forbid the tokens each constrained sequence's grammar rules out. Called before
+        anything waits on `logits`, so on a GPU the masks are computed during the step."""
+        rows = [row for row, s in enumerate(seqs) if s.matcher is not None]
+        if not rows:
+            return logits
+        slots = [seqs[row].slot for row in rows]
+        self._masks.fill([(seqs[row].slot, seqs[row].matcher) for row in rows])
+        return self._masks.apply(logits, rows, slots)
+
     def _accept(self, seqs: list[Sequence], logits: torch.Tensor) -> None:
+        logits = self._constrain(seqs, logits)
         chosen = sample(logits, [s.params for s in seqs], [s.generator for s in seqs])
         now = time.monotonic()
         for row, (seq, token) in enumerate(zip(seqs, chosen, strict=True)):
             seq.first_token_at = seq.first_token_at or now
+            if seq.matcher is not None:
+                seq.matcher.consume_token(token)  # the mask allowed only tokens it accepts
             seq.output_ids.append(token)
             self.stats["generation_tokens"] += 1
             lp = []
@@ -200,9 +228,14 @@ class Engine:
             self._report(seq, [token], lp)
 
     # ---- text, stops and finishing ------------------------------------------------------
+    def _ends_with_eos(self, seq: Sequence) -> bool:
+        return not seq.params.ignore_eos and seq.output_ids[-1] in self.codec.stop_token_ids
+
     def _finish_reason(self, seq: Sequence) -> str | None:
-        if not seq.params.ignore_eos and seq.output_ids[-1] in self.codec.stop_token_ids:
+        if self._ends_with_eos(seq):
             return "stop"
+        if seq.matcher is not None and seq.matcher.is_stopped():
+            return "stop"  # the grammar is complete: nothing may follow
         if len(seq.output_ids) >= seq.params.max_tokens:
             return "length"
         if len(seq.prompt_ids) + len(seq.output_ids) >= self.max_model_len:
@@ -211,7 +244,7 @@ class Engine:
 
     def _report(self, seq: Sequence, new_ids: list[int], lp) -> None:
         reason = self._finish_reason(seq)
-        ids = seq.output_ids[:-1] if reason == "stop" else seq.output_ids
+        ids = seq.output_ids[:-1] if self._ends_with_eos(seq) else seq.output_ids
         text = self.codec.decode(ids)
         hold = 0
         for stop in seq.params.stop:

@@ -42,7 +42,9 @@ def _stops(body: dict) -> tuple[str, ...]:
     return tuple(stops)
 
 
-def sampling_params(body: dict, max_model_len: int, logprobs: int | None = None) -> SamplingParams:
+def sampling_params(
+    body: dict, max_model_len: int, logprobs: int | None = None, grammar: str | None = None
+) -> SamplingParams:
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     if _number(body, "n", 1, 1, 1, int) != 1:
         raise RequestError("'n' must be 1.")
@@ -55,6 +57,7 @@ def sampling_params(body: dict, max_model_len: int, logprobs: int | None = None)
         stop=_stops(body),
         logprobs=logprobs,
         ignore_eos=bool(body.get("ignore_eos", False)),
+        grammar=grammar,
     )
 
 
@@ -116,13 +119,6 @@ def tools(body: dict) -> list[dict] | None:
         raise RequestError("'tools' must be a list of {type: function, function: {name, ...}}.")
     if choice == "none":
         return None
-    if choice != "auto":
-        raise RequestError(
-            "tool_choice must be 'auto' or 'none': forcing a call ('required' or "
-            "a named function) needs constrained decoding, which gkit does not "
-            "do yet.",
-            code="unsupported_value",
-        )
     return offered
 
 

@@ -17,6 +17,7 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     logprobs: int | None = None
     ignore_eos: bool = False
+    grammar: str | None = None  # llguidance grammar every token must keep satisfiable
 
     @property
     def greedy(self) -> bool:

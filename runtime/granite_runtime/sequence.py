@@ -50,6 +50,7 @@ class Sequence:
     arrival: float = field(default_factory=time.monotonic)
     first_token_at: float | None = None
     generator: torch.Generator | None = None
+    matcher: object | None = None  # llguidance.LLMatcher of params.grammar, set at submit
 
     def __post_init__(self) -> None:
         if self.params.seed is not None:

@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from granite_runtime import protocol as p
+from granite_runtime import structured_request
 from granite_runtime.engine import Engine
 from granite_runtime.errors import RequestError
 from granite_runtime.metrics import Metrics
@@ -109,6 +110,7 @@ def _completion_logprobs(codec, seq: Sequence, offset: int = 0) -> dict:
 
 async def completions(service: Service, metrics: Metrics, request: Request) -> Response:
     body = await _body(service, request)
+    structured_request.check_fields(body, structured_request.COMPLETION_FIELDS, "/v1/completions")
     engine, codec = service.engine, service.engine.codec
     logprobs = p._number(body, "logprobs", None, 0, 20, int)
     params = p.sampling_params(body, engine.max_model_len, logprobs)
@@ -172,15 +174,19 @@ def _raise_if_failed(seq: Sequence) -> None:
 
 async def chat_completions(service: Service, metrics: Metrics, request: Request) -> Response:
     body = await _body(service, request)
+    structured_request.check_fields(body, structured_request.CHAT_FIELDS, "/v1/chat/completions")
     engine, codec = service.engine, service.engine.codec
     if body.get("logprobs"):
         raise RequestError(
             "logprobs are supported on /v1/completions, not on chat yet.", code="unsupported_value"
         )
     offered = p.tools(body)
+    shape = await asyncio.to_thread(
+        structured_request.grammar, body, offered, lambda: engine.grammars
+    )
     prompt = codec.render_chat(p.messages(body), offered)
     prompt_ids = codec.encode(prompt)
-    params = p.sampling_params(body, engine.max_model_len)
+    params = p.sampling_params(body, engine.max_model_len, grammar=shape)
     rid = p.new_id("chatcmpl")
     seq, events = await _submit_and_stream(service, metrics, prompt_ids, params)
     if body.get("stream"):

@@ -28,6 +28,103 @@ def _lark_string(text: str) -> str:
     return json.dumps(text)
 
 
+# Keywords gkit passes to llguidance: what it implements (it refuses the rest of JSON
+# Schema itself, naming them) and annotations that do not constrain. Any other key is a
+# typo or an extension nobody enforces: refused rather than ignored.
+KNOWN_KEYWORDS = {
+    "type",
+    "properties",
+    "required",
+    "additionalProperties",
+    "patternProperties",
+    "items",
+    "prefixItems",
+    "minItems",
+    "maxItems",
+    "minProperties",
+    "maxProperties",
+    "enum",
+    "const",
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "multipleOf",
+    "minLength",
+    "maxLength",
+    "pattern",
+    "format",
+    "anyOf",
+    "oneOf",
+    "allOf",
+    "$ref",
+    "$defs",
+    "definitions",
+    "title",
+    "description",
+    "default",
+    "examples",
+    "$schema",
+    "$id",
+    "$comment",
+    "deprecated",
+    "readOnly",
+    "writeOnly",
+    # JSON Schema keywords llguidance does not implement: it names them in its refusal
+    "uniqueItems",
+    "contains",
+    "minContains",
+    "maxContains",
+    "not",
+    "if",
+    "then",
+    "else",
+    "dependentRequired",
+    "dependentSchemas",
+    "propertyNames",
+    "unevaluatedProperties",
+    "unevaluatedItems",
+    "contentEncoding",
+    "contentMediaType",
+}
+SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
+SCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
+SCHEMA_VALUES = (
+    "additionalProperties",
+    "items",
+    "not",
+    "if",
+    "then",
+    "else",
+    "contains",
+    "propertyNames",
+    "unevaluatedProperties",
+    "unevaluatedItems",
+)
+
+
+def check_keywords(schema, where: str, depth: int = 0) -> None:
+    """Refuse a key no JSON Schema draft defines, naming it and where it is."""
+    if isinstance(schema, bool):
+        return
+    if not isinstance(schema, dict) or depth > 64:
+        raise RequestError(f"{where} is not a JSON schema object.")
+    for key, value in schema.items():
+        if key not in KNOWN_KEYWORDS:
+            raise RequestError(
+                f"{where}: '{key}' is not a JSON Schema keyword gkit enforces.",
+                code="unsupported_schema",
+            )
+        if key in SCHEMA_MAPS and isinstance(value, dict):
+            for name, sub in value.items():
+                check_keywords(sub, f"{where}.{key}.{name}", depth + 1)
+        elif key in SCHEMA_LISTS and isinstance(value, list):
+            for i, sub in enumerate(value):
+                check_keywords(sub, f"{where}.{key}[{i}]", depth + 1)
+        elif key in SCHEMA_VALUES and isinstance(value, dict | bool):
+            check_keywords(value, f"{where}.{key}", depth + 1)
+
+
 def _tag(tokenizer, text: str) -> str:
     """A Lark terminal for a tag: llguidance names an added token as <tag>, not as text."""
     return text if tokenizer.token_to_id(text) is not None else _lark_string(text)
@@ -58,36 +155,46 @@ class GrammarCompiler:
 
     def json_schema(self, schema: dict, what: str = "response_format.json_schema") -> str:
         """The grammar of JSON that validates against `schema` (a JSON object)."""
+        check_keywords(schema, what)
         grammar = llguidance.LLMatcher.grammar_from_json_schema(
             json.dumps(schema), defaults=JSON_DEFAULTS
         )
         return self._checked(grammar, what)
 
-    def tool_calls(self, functions: list[dict], required: bool) -> str:
-        """Granite's `<tool_call>` blocks, each naming one of `functions` with arguments that
-        validate against its parameters; with `required` False, plain text is allowed too."""
+    def tool_calls(self, functions: list[dict], required: bool, parallel: bool = True) -> str:
+        """Granite's `<tool_call>` blocks, each naming one of `functions`.
+
+        With `required` (tool_choice required or a named function) every function's
+        arguments must validate against its parameters. Otherwise (auto with strict tools)
+        plain text is allowed too, and only `strict` functions' arguments are constrained.
+        `parallel` False allows a single call."""
+        for f in functions:
+            if required or f.get("strict"):
+                check_keywords(f.get("parameters") or {}, f"tools.{f['name']}.parameters")
         calls = {
+            "x-guidance": JSON_DEFAULTS,
             "anyOf": [
                 {
                     "type": "object",
                     "properties": {
                         "name": {"const": f["name"]},
-                        "arguments": f.get("parameters") or {"type": "object"},
+                        "arguments": (f.get("parameters") if required or f.get("strict") else None)
+                        or {"type": "object"},
                     },
                     "required": ["name", "arguments"],
                     "additionalProperties": False,
                 }
                 for f in functions
-            ]
+            ],
         }
         lines = [
             "start: calls" if required else "start: calls | TEXT",
             f'call: {self.open_tag} "\\n" %json {json.dumps(calls)} "\\n" {self.close_tag}',
-            'calls: call ("\\n" call)*',
-            # Plain text (tool_choice auto) may not begin with "<": never a half-made call.
-            "TEXT: /[^<]([^\\x00]*)/",
+            'calls: call ("\\n" call)*' if parallel else "calls: call",
         ]
-        grammar = llguidance.grammar_from("lark", "\n".join(lines if not required else lines[:3]))
+        if not required:  # plain text may not begin with "<": it is never a half-made call
+            lines.append("TEXT: /[^<]([^\\x00]*)/")
+        grammar = llguidance.grammar_from("lark", "\n".join(lines))
         return self._checked(grammar, "the tools' parameter schemas")
 
     def matcher(self, grammar: str) -> llguidance.LLMatcher:
