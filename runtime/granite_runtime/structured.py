@@ -226,7 +226,10 @@ class MaskBuffer:
         """`logits` (B, V) with the tokens each constrained row forbids set to -inf."""
         device = logits.device
         words = self.bits[slots].to(device, non_blocking=True)
-        allowed = ((words.unsqueeze(-1) >> self.shifts) & 1).flatten(1)[:, : logits.shape[-1]]
+        allowed = (words.unsqueeze(-1) & (1 << self.shifts)).ne(0).flatten(1)
+        allowed = allowed[:, : logits.shape[-1]]
+        if len(rows) == logits.shape[0]:  # every row constrained (batch 1): no gather
+            return logits.masked_fill(~allowed, float("-inf"))
         index = torch.tensor(rows, device=device)
-        masked = logits.index_select(0, index).masked_fill(allowed == 0, float("-inf"))
+        masked = logits.index_select(0, index).masked_fill(~allowed, float("-inf"))
         return logits.index_copy(0, index, masked)
