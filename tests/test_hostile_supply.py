@@ -542,6 +542,23 @@ def _chain(
     )
 
 
+def _sign_with_chain(model: Path, d: Path, **shape) -> Path:
+    """gkit sign with a leaf of a chain made to `shape`; returns the root to pin."""
+    root, chain, leaf, key = _chain(d, **shape)
+    r = run_gkit(
+        "sign",
+        str(model),
+        "--key",
+        str(key),
+        "--certificate",
+        str(leaf),
+        "--certificate-chain",
+        str(chain),
+    )
+    assert r.returncode == 0, r.stderr
+    return root
+
+
 @pytest.mark.parametrize(
     ("shape", "words"),
     [
@@ -555,18 +572,7 @@ def _chain(
 def test_certificate_chains_violating_constraints_are_refused(model, tmp_path, shape, words):
     if shape.get("root_path_length") == 0:
         shape["two_intermediates"] = True
-    root, chain, leaf, key = _chain(tmp_path / "pki", **shape)
-    r = run_gkit(
-        "sign",
-        str(model),
-        "--key",
-        str(key),
-        "--certificate",
-        str(leaf),
-        "--certificate-chain",
-        str(chain),
-    )
-    assert r.returncode == 0, r.stderr
+    root = _sign_with_chain(model, tmp_path / "pki", **shape)
     message = refused("verify", model, "--certificate-chain", root)
     assert words in message.lower() or words in message, message
 
@@ -574,18 +580,7 @@ def test_certificate_chains_violating_constraints_are_refused(model, tmp_path, s
 def test_a_good_chain_still_verifies_and_reports_its_root(model, tmp_path):
     from cryptography import x509
 
-    root, chain, leaf, key = _chain(tmp_path / "pki", root_path_length=1)
-    r = run_gkit(
-        "sign",
-        str(model),
-        "--key",
-        str(key),
-        "--certificate",
-        str(leaf),
-        "--certificate-chain",
-        str(chain),
-    )
-    assert r.returncode == 0, r.stderr
+    root = _sign_with_chain(model, tmp_path / "pki", root_path_length=1)
     rc, out, text = gkit("verify", model, "--certificate-chain", root)
     assert rc == 0, text
     expected = x509.load_pem_x509_certificate(root.read_bytes()).fingerprint(pki.hashes.SHA256())

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 import jsonschema
 import openai
 import pydantic
 import pytest
 
+from tests.conftest import run_gkit
 from tests.server_process import ServerProcess
 
 PET = {
@@ -280,33 +280,26 @@ def test_completions_refuse_fields_they_do_not_implement(client):
     assert "'suffix' = 'b' is not supported on /v1/completions" in str(refused.value)
 
 
+def _generate(model, schema, *extra: str) -> subprocess.CompletedProcess:
+    """The real `gkit generate --json-schema` on the CPU."""
+    return run_gkit(
+        "generate",
+        str(model),
+        "-p",
+        "pet",
+        "--json-schema",
+        str(schema),
+        "--device",
+        "cpu",
+        *extra,
+    )
+
+
 def test_generate_with_a_json_schema_file(tiny_hybrid, tmp_path):
     schema = tmp_path / "pet.json"
     schema.write_text(json.dumps(PET))
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "granite_ops_kit",
-            "generate",
-            str(tiny_hybrid),
-            "-p",
-            "pet",
-            "--json-schema",
-            str(schema),
-            "--temperature",
-            "1",
-            "--seed",
-            "4",
-            "--max-tokens",
-            "400",
-            "--device",
-            "cpu",
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    r = _generate(
+        tiny_hybrid, schema, "--temperature", "1", "--seed", "4", "--max-tokens", "400", "--json"
     )
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
@@ -314,22 +307,5 @@ def test_generate_with_a_json_schema_file(tiny_hybrid, tmp_path):
     jsonschema.validate(json.loads(out["text"]), PET)
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"type": "array", "contains": {"type": "integer"}}))
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "granite_ops_kit",
-            "generate",
-            str(tiny_hybrid),
-            "-p",
-            "x",
-            "--json-schema",
-            str(bad),
-            "--device",
-            "cpu",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    r = _generate(tiny_hybrid, bad)
     assert r.returncode == 2 and 'Unimplemented keys: ["contains"]' in r.stderr

@@ -44,12 +44,9 @@ def _read_schema(path: Path) -> dict:
     from granite_runtime import bounded_read
 
     try:
-        schema = bounded_read.read_json(path, 1 << 20, what="JSON schema")
+        return bounded_read.read_json_object(path, 1 << 20, what="JSON schema")
     except bounded_read.UnsafeInput as bad:
         raise UsageError(bad.message) from None
-    if not isinstance(schema, dict):
-        raise UsageError(f"{path} is not a JSON Schema object.")
-    return schema
 
 
 def _model_dir(path: Path) -> Path:

@@ -43,12 +43,9 @@ def _deploy_policy(path: Path | None) -> dict:
 
     path = path or policies_dir() / "deploy.json"
     try:
-        policy = bounded_read.read_json(path, 1 << 20, what="deploy policy")
+        return bounded_read.read_json_object(path, 1 << 20, what="deploy policy")
     except bounded_read.UnsafeInput as e:
         raise UsageError(e.message) from None
-    if not isinstance(policy, dict):
-        raise UsageError(f"deploy policy {path} is not a JSON object.")
-    return policy
 
 
 def _verifications(store, subject: str) -> list[dict]:

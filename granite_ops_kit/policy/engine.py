@@ -78,11 +78,9 @@ def load(name_or_file: str) -> Policy:
                 f"{', '.join(available())} (or pass a JSON file)."
             )
     try:
-        data = bounded_read.read_json(path, MAX_POLICY_BYTES, what="policy file")
+        data = bounded_read.read_json_object(path, MAX_POLICY_BYTES, what="policy file")
     except bounded_read.UnsafeInput as e:
         raise UsageError(e.message) from None
-    if not isinstance(data, dict):
-        raise UsageError(f"policy file {path} is not a JSON object.")
     missing = [k for k in REQUIRED_KEYS if k not in data]
     if missing:
         raise UsageError(f"policy file {path} lacks {', '.join(missing)}.")

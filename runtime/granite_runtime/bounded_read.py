@@ -112,3 +112,11 @@ def read_json(
     """`read_bytes` then `parse_json`: the usual way to read a small JSON file safely."""
     data = read_bytes(path, limit, follow_links=follow_links, what=what)
     return parse_json(data, f"{what} {path}".strip(), max_depth=max_depth)
+
+
+def read_json_object(path: Path, limit: int, *, what: str = "", follow_links: bool = True) -> dict:
+    """`read_json` of a file that must hold one JSON object (a config, a policy, a schema)."""
+    doc = read_json(path, limit, follow_links=follow_links, what=what)
+    if not isinstance(doc, dict):
+        raise UnsafeInput(f"{f'{what} {path}'.strip()} is not a JSON object.")
+    return doc

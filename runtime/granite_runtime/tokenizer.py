@@ -31,12 +31,9 @@ def _read_json(path: Path) -> dict:
     if not path.exists() and not path.is_symlink():
         return {}
     try:
-        doc = bounded_read.read_json(path, MAX_SIDE_FILE_BYTES)
+        return bounded_read.read_json_object(path, MAX_SIDE_FILE_BYTES)
     except bounded_read.UnsafeInput as bad:
         raise ModelLoadError(bad.message) from None
-    if not isinstance(doc, dict):
-        raise ModelLoadError(f"{path}: not a JSON object.")
-    return doc
 
 
 def _token_ids(value, path: str) -> list[int]:
