@@ -207,14 +207,15 @@ class MaskBuffer:
     the bit table that unpacks rows on the device."""
 
     bits: torch.Tensor  # (slots, ceil(V / 32)) int32
-    shifts: torch.Tensor  # (32,) int32, on the device
+    bit_values: torch.Tensor  # (32,) int32 on the device: 1 << 0 .. 1 << 31
 
     @classmethod
     def make(cls, slots: int, vocab_size: int, device: torch.device) -> MaskBuffer:
         pinned = device.type == "cuda"
         words = (vocab_size + 31) // 32
         bits = torch.full((slots, words), -1, dtype=torch.int32, pin_memory=pinned)
-        return cls(bits, torch.arange(32, dtype=torch.int32, device=device))
+        shifts = torch.arange(32, dtype=torch.int32, device=device)
+        return cls(bits, torch.ones_like(shifts) << shifts)
 
     def fill(self, rows: list[tuple[int, llguidance.LLMatcher]]) -> None:
         """Compute each constrained row's mask (CPU); called while the step runs."""
@@ -225,8 +226,10 @@ class MaskBuffer:
     def apply(self, logits: torch.Tensor, rows: list[int], slots: list[int]) -> torch.Tensor:
         """`logits` (B, V) with the tokens each constrained row forbids set to -inf."""
         device = logits.device
-        words = self.bits[slots].to(device, non_blocking=True)
-        allowed = (words.unsqueeze(-1) & (1 << self.shifts)).ne(0).flatten(1)
+        one = slots[0] if len(slots) == 1 else None  # a view, not a gather, for one row
+        words = self.bits[one : one + 1] if one is not None else self.bits[slots]
+        words = words.to(device, non_blocking=True)
+        allowed = (words.unsqueeze(-1) & self.bit_values).ne(0).flatten(1)
         allowed = allowed[:, : logits.shape[-1]]
         if len(rows) == logits.shape[0]:  # every row constrained (batch 1): no gather
             return logits.masked_fill(~allowed, float("-inf"))
