@@ -11,9 +11,9 @@ sampling, outside any captured graph, so decode graphs replay unchanged.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 
 import llguidance
+import numpy as np
 import torch
 
 from granite_runtime.errors import RequestError
@@ -201,38 +201,41 @@ class GrammarCompiler:
         return llguidance.LLMatcher(self.tokenizer, grammar)
 
 
-@dataclass
 class MaskBuffer:
-    """A fixed buffer of one bitmask row per cache slot, on the host (pinned on CUDA), and
-    the bit table that unpacks rows on the device."""
+    """Fixed host buffers, one row per cache slot: llguidance's bitmask words, and the same
+    unpacked into a forbidden-token row (pinned on CUDA). Unpacking on the host with numpy
+    leaves the device one copy and one masked fill per step."""
 
-    bits: torch.Tensor  # (slots, ceil(V / 32)) int32
-    bit_values: torch.Tensor  # (32,) int32 on the device: 1 << 0 .. 1 << 31
+    def __init__(self, slots: int, vocab_size: int, device: torch.device) -> None:
+        pinned = device.type == "cuda"
+        self.vocab_size = vocab_size
+        self.bits = np.full((slots, (vocab_size + 31) // 32), -1, dtype=np.int32)
+        self.forbidden = torch.zeros((slots, vocab_size), dtype=torch.bool, pin_memory=pinned)
 
     @classmethod
     def make(cls, slots: int, vocab_size: int, device: torch.device) -> MaskBuffer:
-        pinned = device.type == "cuda"
-        words = (vocab_size + 31) // 32
-        bits = torch.full((slots, words), -1, dtype=torch.int32, pin_memory=pinned)
-        shifts = torch.arange(32, dtype=torch.int32, device=device)
-        return cls(bits, torch.ones_like(shifts) << shifts)
+        return cls(slots, vocab_size, device)
 
     def fill(self, rows: list[tuple[int, llguidance.LLMatcher]]) -> None:
         """Compute each constrained row's mask (CPU); called while the step runs."""
+        forbidden = self.forbidden.numpy()
         for slot, matcher in rows:
-            row = self.bits[slot]
-            matcher.unsafe_compute_mask_ptr(row.data_ptr(), row.numel() * row.element_size())
+            words = self.bits[slot]
+            matcher.unsafe_compute_mask_ptr(words.ctypes.data, words.nbytes)
+            bits = np.unpackbits(words.view(np.uint8), bitorder="little")[: self.vocab_size]
+            np.equal(bits, 0, out=forbidden[slot])
 
     def apply(self, logits: torch.Tensor, rows: list[int], slots: list[int]) -> torch.Tensor:
         """`logits` (B, V) with the tokens each constrained row forbids set to -inf."""
         device = logits.device
         one = slots[0] if len(slots) == 1 else None  # a view, not a gather, for one row
-        words = self.bits[one : one + 1] if one is not None else self.bits[slots]
-        words = words.to(device, non_blocking=True)
-        allowed = (words.unsqueeze(-1) & self.bit_values).ne(0).flatten(1)
-        allowed = allowed[:, : logits.shape[-1]]
+        forbidden = self.forbidden[one : one + 1] if one is not None else self.forbidden[slots]
+        forbidden = forbidden.to(device, non_blocking=True)
+        if forbidden.shape[-1] < logits.shape[-1]:  # padded vocabulary rows are never allowed
+            pad = logits.shape[-1] - forbidden.shape[-1]
+            forbidden = torch.nn.functional.pad(forbidden, (0, pad), value=True)
         if len(rows) == logits.shape[0]:  # every row constrained (batch 1): no gather
-            return logits.masked_fill(~allowed, float("-inf"))
+            return logits.masked_fill(forbidden, float("-inf"))
         index = torch.tensor(rows, device=device)
-        masked = logits.index_select(0, index).masked_fill(~allowed, float("-inf"))
+        masked = logits.index_select(0, index).masked_fill(forbidden, float("-inf"))
         return logits.index_copy(0, index, masked)
