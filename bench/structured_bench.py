@@ -122,6 +122,9 @@ def main() -> None:
 
     path = model_dir(args.root, args.preset)
     if args.vocab:
+        vocab = json.loads((path / "config.json").read_text())["vocab_size"]
+        if args.vocab > vocab:
+            raise SystemExit(f"--vocab {args.vocab} exceeds {args.preset}'s vocab_size {vocab}.")
         widen_tokenizer(path, args.vocab)
     dtype = "bfloat16" if args.device == "cuda" else "float32"
     model = load_model(path, dtype, args.device)

@@ -136,9 +136,14 @@ class GrammarCompiler:
     def __init__(self, tokenizer, vocab_size: int, eos_ids: list[int]) -> None:
         """`tokenizer`: the model's `tokenizers.Tokenizer`."""
         self.vocab_size = vocab_size
-        self.tokenizer = llguidance.LLTokenizer(
-            tokenizer.to_str(), n_vocab=vocab_size, eos_token=sorted(eos_ids) or None
-        )
+        try:
+            self.tokenizer = llguidance.LLTokenizer(
+                tokenizer.to_str(), n_vocab=vocab_size, eos_token=sorted(eos_ids) or None
+            )
+        except ValueError as bad:  # a tokenizer that does not fit the model's vocabulary
+            raise RequestError(
+                f"structured output is unavailable for this model: {bad}", 500, "model_error"
+            ) from None
         self.open_tag, self.close_tag = _tag(tokenizer, TOOL_OPEN), _tag(tokenizer, TOOL_CLOSE)
 
     def _checked(self, grammar: str, what: str) -> str:
