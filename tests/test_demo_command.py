@@ -30,7 +30,7 @@ def test_demo_runs_the_main_job_end_to_end(tmp_path):
     for event in (
         "artifact.signed",
         "artifact.verified",
-        "deployment.applied",
+        "deployment.rendered",
         "capacity.planned",
         "runtime.served",
     ):

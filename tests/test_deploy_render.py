@@ -300,6 +300,7 @@ def test_deploys_are_audited(rendered, verified_model):
 
     _, result = rendered
     store = open_store(verified_model[2]["GKIT_AUDIT_DB"])
-    deploys = list(store.records(Query(event="deployment.applied")))
+    deploys = list(store.records(Query(event="deployment.rendered")))
     assert deploys and deploys[0]["subject"]["digest"] == result["manifest_digest"]
-    assert deploys[0]["details"]["gpus"] == 2
+    assert deploys[0]["details"]["gpus"] == 2 and result["action"] == "rendered"
+    assert not list(store.records(Query(event="deployment.applied")))  # nothing was applied

@@ -153,3 +153,20 @@ def test_cli_generate_json(tiny_hybrid):
     assert result.returncode == 0, result.stderr
     payload = json.loads(result.stdout)
     assert payload["usage"]["completion_tokens"] <= 5 and payload["finish_reason"]
+
+
+def test_serve_on_a_port_in_use_exits_2_before_loading(tiny_hybrid):
+    import socket
+    import time
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        started = time.monotonic()
+        r = run_gkit("serve", str(tiny_hybrid), "--port", str(port), "--device", "cpu")
+        elapsed = time.monotonic() - started
+    assert r.returncode == 2, r.stderr
+    assert f"port {port} on 127.0.0.1 is already in use by " in r.stderr
+    assert f"(pid {os.getpid()})" in r.stderr  # this test process holds it
+    assert "serving" not in r.stderr and elapsed < 10

@@ -251,7 +251,7 @@ def deploy(
 
     def render(con: Console) -> None:
         con.print(
-            f"[green]deployed[/] ({target}) {release}: {n} x {gpu}, "
+            f"[green]{result['action']}[/] ({target}) {release}: {n} x {gpu}, "
             f"{concurrency} sessions x {context:,} tokens; {result['verification']}"
         )
         for key in ("chart", "values", "rendered", "release_status", "container", "url"):

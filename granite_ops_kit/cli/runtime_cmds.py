@@ -116,7 +116,9 @@ def serve(
     Example: gkit serve ./h-small --gpus 2 --host 0.0.0.0
     """
     from granite_ops_kit.audit.service import ensure_recordable
+    from granite_ops_kit.cli.ports import check_port_free
 
+    check_port_free(host, port)  # before minutes of loading, not after
     ensure_recordable()  # a server whose start cannot be recorded does not start
     with runtime_errors():
         from granite_runtime.serve import build_service, run_server

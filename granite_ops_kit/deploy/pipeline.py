@@ -142,8 +142,11 @@ def deploy(req: DeployRequest, actor: str, progress=None) -> dict:
         },
     }
     result.update(_apply(req, release, chart_values, plan, f"{repo}:{tag}"))
+    # A render deploys nothing: it is recorded (and printed) as what it is.
+    event = "deployment.rendered" if req.target == "render" else "deployment.applied"
+    result["action"] = "rendered" if req.target == "render" else "deployed"
     record(
-        "deployment.applied",
+        event,
         str(req.model_path.resolve()),
         "success",
         f"{req.target}: {release} on {req.gpus} GPU(s), {result['verification']}",
