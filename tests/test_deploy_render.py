@@ -87,6 +87,7 @@ def test_helm_lint_and_template_pass(rendered, helm_binary):
     assert lint.returncode == 0, lint.stdout + lint.stderr
     kinds = sorted(d["kind"] for d in _helm_template(helm_binary, out))
     assert kinds == [
+        "ConfigMap",  # the trust inputs the verify step uses
         "Deployment",
         "NetworkPolicy",
         "PersistentVolumeClaim",
@@ -304,3 +305,46 @@ def test_deploys_are_audited(rendered, verified_model):
     assert deploys and deploys[0]["subject"]["digest"] == result["manifest_digest"]
     assert deploys[0]["details"]["gpus"] == 2 and result["action"] == "rendered"
     assert not list(store.records(Query(event="deployment.applied")))  # nothing was applied
+
+
+def test_the_rendered_verify_step_runs_as_rendered_with_its_own_trust_configmap(
+    rendered, verified_model, tmp_path
+):
+    """The verify initContainer, with the files of the release's trust ConfigMap at the
+    paths it names, passes on the model and fails on a tampered copy."""
+    _, result = rendered
+    model = verified_model[0]
+    docs = _docs(Path(result["rendered"]).read_text())
+    (configmap,) = [
+        d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-trust")
+    ]
+    assert any(name.endswith(".pub") for name in configmap["data"])
+    assert not any("PRIVATE" in text for text in configmap["data"].values())
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    verify = next(c for c in pod["initContainers"] if c["name"] == "verify")
+    trust_volume = next(v for v in pod["volumes"] if v["name"] == "trust")
+    assert trust_volume["configMap"]["name"] == configmap["metadata"]["name"]
+    mount = next(m for m in verify["volumeMounts"] if m["name"] == "trust")
+    trust_dir = tmp_path / "trust"
+    trust_dir.mkdir()
+    for name, text in configmap["data"].items():
+        (trust_dir / name).write_text(text)
+    model_path = next(a for a in verify["args"] if a.startswith("/models/"))
+
+    def run_as_rendered(local_model: Path):
+        args = [a.replace(mount["mountPath"], str(trust_dir)) for a in verify["args"]]
+        args = [str(local_model) if a == model_path else a for a in args]
+        assert verify["command"] == ["gkit"]
+        return run_gkit(*args, env=verified_model[2])
+
+    ok = run_as_rendered(model)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    tampered = tmp_path / "tampered"
+    shutil.copytree(model, tampered)
+    weights = tampered / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    bad = run_as_rendered(tampered)
+    assert bad.returncode == 1 and "has changed since it was signed" in bad.stderr

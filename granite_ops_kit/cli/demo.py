@@ -133,7 +133,9 @@ def _sign_and_verify(model_path: Path, private: Path, public: Path) -> dict:
     return _verify(VerifyRequest(model_path, trust=TrustInputs.from_files(public_key=public)))
 
 
-def _render_chart(model_path: Path, output_dir: Path, public_key: Path) -> dict:
+def _render_chart(model_path: Path, output_dir: Path) -> dict:
+    """The chart for two GPUs; its verify step gets the trust inputs the gate verified with,
+    in the release's own ConfigMap."""
     from granite_ops_kit.deploy.pipeline import DeployRequest, deploy
 
     req = DeployRequest(
@@ -144,8 +146,6 @@ def _render_chart(model_path: Path, output_dir: Path, public_key: Path) -> dict:
         gpu="h100-80gb",
         context=4096,
         concurrency=8,
-        verify_args=["--public-key", f"/etc/gkit/trust/{public_key.name}"],
-        trust_config_map="gkit-demo-trust",
     )
     return deploy(req, "gkit-demo")
 
@@ -255,7 +255,7 @@ def _run_steps(root: Path):
     private, public = _demo_key(root)
     verified = _sign_and_verify(model.path, private, public)
     plan = _size_for_two_gpus(model.path)
-    chart = _render_chart(model.path, root, public)
+    chart = _render_chart(model.path, root)
     with runtime_errors():
         chat = ask_once(model.path, QUESTION)
     _record_plan_and_chat(model.path, plan, chat)

@@ -34,6 +34,7 @@ class GateResult:
     signer: dict | None = None
     trust_source: str = ""
     failure: str = ""  # why verification failed, when --allow-unverified let it through
+    trust: dict | None = None  # the pinned inputs it verified with (TrustInputs.to_record)
 
 
 def _deploy_policy(path: Path | None) -> dict:
@@ -114,13 +115,13 @@ def check(
     store = open_store()
     try:
         records = _verifications(store, subject)
-        digest, signer, failure, source = None, None, "", ""
+        digest, signer, failure, source, used = None, None, "", "", None
         try:
             _require_signature(model_path)
             inputs = _pinned_inputs(trust, records, model_path)
             source = inputs.source
             result = _verify_now(model_path, inputs, policy, progress)
-            digest, signer = result.manifest_digest, result.signer
+            digest, signer, used = result.manifest_digest, result.signer, result.trust
         except GkitError as e:
             if not allow_unverified:
                 raise
@@ -147,6 +148,7 @@ def check(
             signer,
             source,
             failure,
+            used,
         )
     finally:
         store.close()

@@ -86,6 +86,16 @@ def plan_for(req: DeployRequest) -> dict:
     return require_fit(make_plan(Request(shape, find_gpu(req.gpu), req.gpus, "gkit", workload)))
 
 
+def _pod_trust(req: DeployRequest, checked) -> tuple[dict[str, str], list[str]]:
+    """What the pod verifies with: explicit --verify-arg flags (with the user's own
+    ConfigMap), else the trust inputs the gate just verified the model with."""
+    from granite_ops_kit.deploy.trust_files import for_pod
+
+    if req.verify_args or req.trust_config_map or not checked.trust:
+        return {}, list(req.verify_args)
+    return for_pod(checked.trust)
+
+
 def deploy(req: DeployRequest, actor: str, progress=None) -> dict:
     from granite_ops_kit.audit.service import ensure_recordable, record
     from granite_ops_kit.deploy import gate, values
@@ -103,6 +113,7 @@ def deploy(req: DeployRequest, actor: str, progress=None) -> dict:
     )
     plan = plan_for(req)
     repo, _, tag = (req.image or default_image(req.model_path)).rpartition(":")
+    trust_files, verify_args = _pod_trust(req, checked)
     chart_values = values.build(
         values.ChartInputs(
             name=slug(req.model_path),
@@ -119,8 +130,9 @@ def deploy(req: DeployRequest, actor: str, progress=None) -> dict:
                 req.hf_revision,
             ),
             policy=req.policy,
-            verify_args=list(req.verify_args),
+            verify_args=verify_args,
             trust_config_map=req.trust_config_map,
+            trust_files=trust_files,
         )
     )
     result = {

@@ -31,6 +31,7 @@ class ChartInputs:
     policy: str = "default"
     verify_args: list[str] = field(default_factory=list)
     trust_config_map: str = ""
+    trust_files: dict[str, str] = field(default_factory=dict)
     dtype: str = "bfloat16"
 
 
@@ -83,6 +84,7 @@ def build(inputs: ChartInputs) -> dict:
             "policy": inputs.policy,
             "args": inputs.verify_args,
             "trustConfigMap": inputs.trust_config_map,
+            "trustFiles": inputs.trust_files,
         },
         "runtime": {
             "dtype": inputs.dtype,

@@ -98,9 +98,18 @@ securityContext:
   subPath: {{ .Values.model.pvc.subPath }}
   {{- end }}
 {{- end }}
-{{- if .Values.verify.trustConfigMap }}
+{{- if include "granite-runtime.trustConfigMap" . }}
 - name: trust
   mountPath: /etc/gkit/trust
   readOnly: true
 {{- end }}
 {{- end -}}
+
+{{/* The ConfigMap mounted at /etc/gkit/trust: one named by the user, or the release's own. */}}
+{{- define "granite-runtime.trustConfigMap" -}}
+{{- if .Values.verify.trustConfigMap -}}
+{{ .Values.verify.trustConfigMap }}
+{{- else if .Values.verify.trustFiles -}}
+{{ include "granite-runtime.fullname" . }}-trust
+{{- end -}}
+{{- end }}
