@@ -348,3 +348,23 @@ def test_the_rendered_verify_step_runs_as_rendered_with_its_own_trust_configmap(
     weights.write_bytes(bytes(data))
     bad = run_as_rendered(tampered)
     assert bad.returncode == 1 and "has changed since it was signed" in bad.stderr
+
+
+def test_the_chart_alone_deploys_the_plan(rendered, helm_binary):
+    """`helm template r out/chart` without `-f values.yaml` renders the planned GPUs."""
+    out, _ = rendered
+    r = subprocess.run(
+        [str(helm_binary), "template", "granite", str(out / "chart")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    alone = next(d for d in _docs(r.stdout) if d["kind"] == "Deployment")
+    planned = next(d for d in _helm_template(helm_binary, out) if d["kind"] == "Deployment")
+    container = alone["spec"]["template"]["spec"]["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 2
+    assert (
+        container["resources"] == planned["spec"]["template"]["spec"]["containers"][0]["resources"]
+    )
+    assert (out / "chart" / "values.defaults.yaml").exists()

@@ -13,6 +13,31 @@ from granite_ops_kit.deploy import assets, helm
 OWNED = ("chart", "values.yaml", "rendered.yaml", "plan.json")
 
 
+def _merged(defaults: dict, planned: dict) -> dict:
+    out = dict(defaults)
+    for key, value in planned.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merged(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _plan_into_chart(chart: Path, values: dict) -> None:
+    """The chart's own values.yaml becomes the plan, so `helm install r chart` without
+    `-f values.yaml` deploys what gkit planned; the annotated defaults stay beside it."""
+    import yaml
+
+    defaults_file = chart / "values.yaml"
+    defaults = yaml.safe_load(defaults_file.read_text()) or {}
+    shutil.copy2(defaults_file, chart / "values.defaults.yaml")
+    defaults_file.write_text(
+        "# The plan gkit deploy made (gkit size): GPUs, limits, the verified manifest, the\n"
+        "# trust inputs. values.defaults.yaml beside this file documents every key.\n"
+        + yaml.safe_dump(_merged(defaults, values), sort_keys=False)
+    )
+
+
 def write(output: Path, values: dict, plan: dict, release: str, namespace: str) -> dict:
     import yaml
 
@@ -20,6 +45,7 @@ def write(output: Path, values: dict, plan: dict, release: str, namespace: str) 
     stage = Path(tempfile.mkdtemp(prefix=".render-", dir=output))
     try:
         shutil.copytree(assets.chart_dir(), stage / "chart")
+        _plan_into_chart(stage / "chart", values)
         (stage / "values.yaml").write_text(
             "# Written by gkit deploy --target render: the plan from gkit size, the verified\n"
             "# manifest and the image. helm upgrade --install RELEASE chart -f values.yaml\n"
