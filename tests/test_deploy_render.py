@@ -368,3 +368,81 @@ def test_the_chart_alone_deploys_the_plan(rendered, helm_binary):
         container["resources"] == planned["spec"]["template"]["spec"]["containers"][0]["resources"]
     )
     assert (out / "chart" / "values.defaults.yaml").exists()
+
+
+ESCAPE_HATCHES = {
+    "runtime": {
+        "env": [{"name": "HF_HUB_OFFLINE", "value": "1"}],
+        "envFrom": [{"secretRef": {"name": "proxy-settings"}}],
+    },
+    "extraVolumes": [{"name": "certs", "secret": {"secretName": "corp-ca"}}],
+    "extraVolumeMounts": [{"name": "certs", "mountPath": "/etc/ssl/corp", "readOnly": True}],
+    "podAnnotations": {"example.com/team": "ml-platform"},
+    "podLabels": {"cost-center": "ml"},
+    "runtimeClassName": "nvidia",
+    "priorityClassName": "inference-high",
+    "topologySpreadConstraints": [
+        {
+            "maxSkew": 1,
+            "topologyKey": "topology.kubernetes.io/zone",
+            "whenUnsatisfiable": "ScheduleAnyway",
+            "labelSelector": {"matchLabels": {"app.kubernetes.io/name": "granite-runtime"}},
+        }
+    ],
+    "imagePullSecrets": [{"name": "registry-creds"}],
+    "ingress": {
+        "enabled": True,
+        "className": "nginx",
+        "annotations": {"nginx.ingress.kubernetes.io/proxy-read-timeout": "600"},
+        "hosts": [{"host": "granite.example.com", "paths": [{"path": "/v1"}]}],
+        "tls": [{"hosts": ["granite.example.com"], "secretName": "granite-tls"}],
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def with_escape_hatches(rendered, helm_binary, tmp_path_factory):
+    out, _ = rendered
+    extra = tmp_path_factory.mktemp("hatches") / "hatches.yaml"
+    extra.write_text(yaml.safe_dump(ESCAPE_HATCHES))
+    return _helm_template(helm_binary, out, "-f", str(extra))
+
+
+def test_escape_hatches_render_where_kubernetes_expects_them(with_escape_hatches):
+    docs = with_escape_hatches
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    template = deployment["spec"]["template"]
+    pod = template["spec"]
+    runtime = next(c for c in pod["containers"] if c["name"] == "runtime")
+    assert {"name": "HF_HUB_OFFLINE", "value": "1"} in runtime["env"]
+    assert runtime["envFrom"] == ESCAPE_HATCHES["runtime"]["envFrom"]
+    assert ESCAPE_HATCHES["extraVolumes"][0] in pod["volumes"]
+    assert ESCAPE_HATCHES["extraVolumeMounts"][0] in runtime["volumeMounts"]
+    assert template["metadata"]["annotations"]["example.com/team"] == "ml-platform"
+    assert template["metadata"]["labels"]["cost-center"] == "ml"
+    assert pod["runtimeClassName"] == "nvidia" and pod["priorityClassName"] == "inference-high"
+    assert pod["topologySpreadConstraints"] == ESCAPE_HATCHES["topologySpreadConstraints"]
+    assert pod["imagePullSecrets"] == [{"name": "registry-creds"}]
+    ingress = next(d for d in docs if d["kind"] == "Ingress")
+    assert ingress["spec"]["ingressClassName"] == "nginx"
+    path = ingress["spec"]["rules"][0]["http"]["paths"][0]
+    assert path["path"] == "/v1" and path["backend"]["service"]["port"]["name"] == "http"
+    assert path["backend"]["service"]["name"] == deployment["metadata"]["name"]
+
+
+@pytest.mark.parametrize("version", ["1.29.0", "1.33.0"])
+def test_escape_hatches_validate_strictly(with_escape_hatches, version):
+    import kubernetes_validate
+
+    for doc in with_escape_hatches:
+        kubernetes_validate.validate(doc, version, strict=True)
+
+
+def test_the_schema_still_refuses_unknown_keys(rendered, helm_binary):
+    out, _ = rendered
+    r = subprocess.run(
+        [str(helm_binary), "template", "granite", str(out / "chart"), "--set", "ingress.host=x"],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode != 0 and "additional property host is not allowed" in r.stderr.lower()
