@@ -157,3 +157,77 @@ def test_graceful_shutdown_finishes_open_streams(tiny_hybrid):
         assert "Finished server process" in proc.output()
     finally:
         proc.stop()
+
+
+def _wait_idle(server, seconds: float = 20) -> float:
+    deadline = time.monotonic() + seconds
+    while _metric(server, "gkit_running_sequences") > 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return _metric(server, "gkit_running_sequences")
+
+
+def test_a_non_streaming_client_that_disconnects_frees_its_slot(server):
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    body = json.dumps(
+        {"model": "tiny-hybrid", "prompt": "go", "max_tokens": 480, "ignore_eos": True}
+    )
+    conn.request(
+        "POST",
+        "/v1/completions",
+        body,
+        {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"},
+    )
+    deadline = time.monotonic() + 10
+    while _metric(server, "gkit_running_sequences") == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    conn.sock.shutdown(2)
+    conn.close()
+    assert _wait_idle(server) == 0
+
+
+def test_a_multi_prompt_request_refused_partway_leaves_no_orphans(server):
+    client = OpenAI(base_url=server.base + "/v1", api_key=KEY, max_retries=0)
+    # the third prompt is too long for the context: refused after two were submitted
+    prompts = [[5] * 10, [6] * 10, [7] * 600]
+    with pytest.raises(openai.APIStatusError) as refused:
+        client.completions.create(
+            model="tiny-hybrid", prompt=prompts, max_tokens=400, extra_body={"ignore_eos": True}
+        )
+    assert refused.value.status_code == 413
+    assert _wait_idle(server, 5) == 0
+
+
+def test_an_oversized_body_is_413_before_it_is_read(server):
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    conn.putrequest("POST", "/v1/completions")
+    conn.putheader("Authorization", f"Bearer {KEY}")
+    conn.putheader("Content-Type", "application/json")
+    conn.putheader("Content-Length", str(64 << 20))
+    conn.endheaders()
+    response = conn.getresponse()
+    assert response.status == 413
+    assert "GKIT_MAX_REQUEST_BYTES" in json.loads(response.read())["error"]["message"]
+    conn.close()
+
+
+def test_a_template_bomb_is_refused_and_health_stays_quick(tmp_path, tiny_hybrid):
+    import shutil
+
+    model = tmp_path / "bomb"
+    shutil.copytree(tiny_hybrid, model)
+    config = json.loads((model / "tokenizer_config.json").read_text())
+    config["chat_template"] = "{{ 'x' * 10**8 }}{{ messages[0]['content'] }}"
+    (model / "tokenizer_config.json").write_text(json.dumps(config))
+    proc = ServerProcess(model, "--max-model-len", "256")
+    try:
+        client = OpenAI(base_url=proc.base + "/v1", api_key="x", max_retries=0)
+        started = time.monotonic()
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.chat.completions.create(
+                model="bomb", messages=[{"role": "user", "content": "hi"}]
+            )
+        assert "builds a value over" in str(refused.value) and time.monotonic() - started < 5
+        with urllib.request.urlopen(proc.base + "/health", timeout=2) as r:
+            assert r.status == 200
+    finally:
+        proc.stop()

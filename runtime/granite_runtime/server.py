@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -59,6 +60,29 @@ async def _submit_and_stream(service: Service, metrics: Metrics, prompt_ids, par
     return seq, events()
 
 
+class ClientGone(Exception):
+    """The client of a non-streaming request disconnected before its answer was ready."""
+
+
+async def _until_done(request: Request, runs) -> None:
+    """Drain every run's events, checking twice a second that the client is still there
+    (a non-streaming request is otherwise never told that nobody waits for it)."""
+
+    async def drain(events) -> None:
+        async for _ in events:
+            pass
+
+    pending = {asyncio.ensure_future(drain(events)) for _, events in runs}
+    try:
+        while pending:
+            _, pending = await asyncio.wait(pending, timeout=0.5)
+            if pending and await request.is_disconnected():
+                raise ClientGone()
+    finally:
+        for task in pending:
+            task.cancel()
+
+
 def _sse(data: dict | str) -> str:
     return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
 
@@ -71,10 +95,32 @@ def _check_auth(service: Service, request: Request) -> None:
         raise RequestError("invalid API key.", 401, "invalid_api_key")
 
 
+MAX_BODY_BYTES = int(os.environ.get("GKIT_MAX_REQUEST_BYTES", 8 << 20))
+
+
+async def _read_bounded(request: Request) -> bytes:
+    """The body, refused (413) past MAX_BODY_BYTES before it is all in memory."""
+    declared = request.headers.get("content-length", "")
+    too_big = RequestError(
+        f"the request body is over {MAX_BODY_BYTES:,} bytes (GKIT_MAX_REQUEST_BYTES).",
+        413,
+        "request_too_large",
+    )
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise too_big
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise too_big
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 async def _body(service: Service, request: Request) -> dict:
     _check_auth(service, request)
     try:
-        body = json.loads(await request.body())
+        body = json.loads(await _read_bounded(request))
     except (json.JSONDecodeError, UnicodeDecodeError) as bad:
         raise RequestError(
             f"the request body is not valid JSON ({bad}).", code="invalid_json"
@@ -114,7 +160,7 @@ async def completions(service: Service, metrics: Metrics, request: Request) -> R
     engine, codec = service.engine, service.engine.codec
     logprobs = p._number(body, "logprobs", None, 0, 20, int)
     params = p.sampling_params(body, engine.max_model_len, logprobs)
-    prompt_lists = p.prompts(body, codec.encode)
+    prompt_lists = await asyncio.to_thread(p.prompts, body, codec.encode)
     rid = p.new_id("cmpl")
     if body.get("stream"):
         if len(prompt_lists) != 1:
@@ -144,11 +190,17 @@ async def completions(service: Service, metrics: Metrics, request: Request) -> R
             yield _sse("[DONE]")
 
         return StreamingResponse(stream(), media_type="text/event-stream")
-    runs = [await _submit_and_stream(service, metrics, ids, params) for ids in prompt_lists]
+    runs = []
+    try:
+        for ids in prompt_lists:
+            runs.append(await _submit_and_stream(service, metrics, ids, params))
+        await _until_done(request, runs)
+    finally:  # a refusal partway, a failure or a client gone: none of them runs on
+        for seq, _ in runs:
+            if seq.finish_reason is None:
+                seq.cancel()
     choices, completion_tokens = [], 0
-    for index, (seq, events) in enumerate(runs):
-        async for _ in events:
-            pass
+    for index, (seq, _events) in enumerate(runs):
         _raise_if_failed(seq)
         completion_tokens += len(seq.output_ids)
         choices.append(
@@ -184,8 +236,10 @@ async def chat_completions(service: Service, metrics: Metrics, request: Request)
     shape = await asyncio.to_thread(
         structured_request.grammar, body, offered, lambda: engine.grammars
     )
-    prompt = codec.render_chat(p.messages(body), offered)
-    prompt_ids = codec.encode(prompt)
+    # Rendering and tokenizing take time in proportion to the input: off the event loop,
+    # so /health and the other streams never wait on one large request.
+    prompt = await asyncio.to_thread(codec.render_chat, p.messages(body), offered)
+    prompt_ids = await asyncio.to_thread(codec.encode, prompt)
     params = p.sampling_params(body, engine.max_model_len, grammar=shape)
     rid = p.new_id("chatcmpl")
     seq, events = await _submit_and_stream(service, metrics, prompt_ids, params)
@@ -197,8 +251,11 @@ async def chat_completions(service: Service, metrics: Metrics, request: Request)
             ),
             media_type="text/event-stream",
         )
-    async for _ in events:
-        pass
+    try:
+        await _until_done(request, [(seq, events)])
+    finally:
+        if seq.finish_reason is None:
+            seq.cancel()
     _raise_if_failed(seq)
     content, calls = parse_tool_calls(seq.text) if offered else (seq.text, [])
     message = {"role": "assistant", "content": content}
@@ -324,6 +381,10 @@ def _error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestError)
     async def request_error(request: Request, error: RequestError):
         return JSONResponse(p.error_body(error.message, error.code, error.status), error.status)
+
+    @app.exception_handler(ClientGone)
+    async def client_gone(request: Request, error: ClientGone):
+        return Response(status_code=499)  # nginx's "client closed request": nobody reads it
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException):

@@ -11,11 +11,34 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from jinja2 import TemplateError
+from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer
 
 from granite_runtime import bounded_read
 from granite_runtime.errors import ModelLoadError, RequestError
+
+# What a template may build by arithmetic: a chat prompt is kilobytes; `'x' * 10**8` is an
+# attack on the server's memory, not a prompt.
+MAX_TEMPLATE_VALUE = 1 << 20
+
+
+class _BoundedSandbox(ImmutableSandboxedEnvironment):
+    """jinja2's immutable sandbox, with repetition and powers bounded."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context, operator, left, right):
+        if operator == "**" and isinstance(right, int) and abs(right) > 64:
+            raise SecurityError("the chat template raises a number to a power above 64")
+        if operator == "*":
+            for seq, n in ((left, right), (right, left)):
+                repeated = isinstance(seq, str | list | tuple) and isinstance(n, int)
+                if repeated and len(seq) * n > MAX_TEMPLATE_VALUE:
+                    raise SecurityError(
+                        f"the chat template builds a value over {MAX_TEMPLATE_VALUE:,} long"
+                    )
+        return super().call_binop(context, operator, left, right)
 
 
 def _raise(message: str):
@@ -73,7 +96,7 @@ class TextCodec:
     ) -> str:
         if not self.chat_template:
             raise RequestError("this model has no chat template; use /v1/completions.")
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        env = _BoundedSandbox(trim_blocks=True, lstrip_blocks=True)
         env.globals.update(
             raise_exception=_raise, strftime_now=lambda fmt: datetime.now(UTC).strftime(fmt)
         )
