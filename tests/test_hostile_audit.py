@@ -13,7 +13,6 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from granite_ops_kit.audit import checkpoint
-from granite_ops_kit.audit.records import Event, Subject
 from granite_ops_kit.audit.service import sign_checkpoint
 from granite_ops_kit.audit.store import open_store
 from tests.conftest import run_gkit
@@ -75,12 +74,9 @@ def test_a_rewritten_log_with_a_checkpoint_under_an_unpinned_name_fails(
 
 
 def test_a_forged_pruning_summary_fails(honest, audit_url, tmp_path):
-    from granite_ops_kit.audit import merkle
-
     evil = checkpoint.load_or_create_key(tmp_path / "evil.pem")
     leaves = [bytes.fromhex("11" * 32)] * 3
     note = checkpoint.sign("gkit-audit/honest", leaves, evil, "gkit-audit/honest")
-    assert merkle.root(leaves)
     _sql(
         honest,
         "INSERT INTO audit_pruned VALUES (?, ?, ?, ?)",
@@ -203,8 +199,10 @@ def test_checkpoint_prints_the_fingerprint_verify_sh_prints(tmp_path, audit_url)
 def test_events_listed_by_filters_are_the_mapped_events():
     from granite_ops_kit.audit import filters
 
-    assert "artifact.verified" in filters.events() and "deployment.applied" in filters.events()
-    assert Event("x", Subject("y"), "success").outcome in filters.OUTCOMES
+    known = filters.events()
+    for event in ("artifact.verified", "deployment.rendered", "runtime.started", "runtime.stopped"):
+        assert event in known  # every event gkit writes can be asked for
+    assert "artifact.verifed" not in known
 
 
 # --- signed approvals -------------------------------------------------------------------

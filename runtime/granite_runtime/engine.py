@@ -119,7 +119,7 @@ class Engine:
             vocab = self.model.config.vocab_size
             stops = sorted(self.codec.stop_token_ids)
             self._grammars = GrammarCompiler(self.codec.tokenizer, vocab, stops)
-            self._masks = MaskBuffer.make(self.max_num_seqs, vocab, self.device)
+            self._masks = MaskBuffer(self.max_num_seqs, vocab, self.device)
         return self._grammars
 
     # ---- one step ---------------------------------------------------------------------

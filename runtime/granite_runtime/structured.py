@@ -217,10 +217,6 @@ class MaskBuffer:
         self.bits = np.full((slots, (vocab_size + 31) // 32), -1, dtype=np.int32)
         self.forbidden = torch.zeros((slots, vocab_size), dtype=torch.bool, pin_memory=pinned)
 
-    @classmethod
-    def make(cls, slots: int, vocab_size: int, device: torch.device) -> MaskBuffer:
-        return cls(slots, vocab_size, device)
-
     def fill(self, rows: list[tuple[int, llguidance.LLMatcher]]) -> None:
         """Compute each constrained row's mask (CPU); called while the step runs."""
         forbidden = self.forbidden.numpy()
