@@ -9,6 +9,7 @@ command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v dockerd >/dev/null 2>&1 || need+=(docker.io)  # the tests start it only with --bridge=none
 command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)  # the tests' local base image
+command -v podman >/dev/null 2>&1 || need+=(podman catatonit runc)  # podman kube play of the rendered pod
 
 if [ ${#need[@]} -eq 0 ]; then
     echo "system packages: all present"

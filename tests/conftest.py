@@ -115,3 +115,69 @@ def docker_host() -> str:
         )
     os.environ["DOCKER_HOST"] = host  # for the gkit subprocesses too
     return host
+
+
+RUNTIME_IMAGE = "gkit-test/runtime:dev"
+
+
+@pytest.fixture(scope="session")
+def runtime_image(docker_host, tmp_path_factory):
+    """One `gkit build` of the runtime image on the local Debian base, for a key-signed and
+    verified demo model; shared by the docker and podman tests (a build takes minutes).
+    Yields (model, public key, manifest digest, build result, env with its audit log)."""
+    import json
+
+    import docker
+
+    from tests import pki
+    from tests.docker_engine import ensure_base_image
+
+    base = ensure_base_image(docker_host)
+    d = tmp_path_factory.mktemp("image")
+    model = d / "granite-demo"
+    assert run_gkit("demo-model", str(model)).returncode == 0
+    key = pki.new_key()
+    priv, pub = pki.write_key(key, d / "k.pem"), pki.write_public(key, d / "k.pub")
+    env = {
+        "GKIT_AUDIT_DB": f"sqlite:///{d / 'audit.db'}",
+        "XDG_DATA_HOME": str(d / "data"),
+        "DOCKER_HOST": docker_host,
+    }
+    assert run_gkit("sign", str(model), "--key", str(priv), env=env).returncode == 0
+    verified = run_gkit("verify", str(model), "--public-key", str(pub), "--json", env=env)
+    digest = json.loads(verified.stdout)["manifest_digest"]
+    r = run_gkit(
+        "build",
+        str(model),
+        "--base-image",
+        base,
+        "--tag",
+        RUNTIME_IMAGE,
+        "--json",
+        env=env,
+        timeout=1200,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    result = json.loads(r.stdout)
+    yield model, pub, digest, result, env
+    docker.DockerClient(base_url=docker_host).images.remove(result["image_id"], force=True)
+
+
+@pytest.fixture(scope="session")
+def podman_engine(tmp_path_factory) -> Path:
+    """The real podman (scripts/install-system-packages.sh installs it), configured as
+    REFERENCE.md 6 measured: runc and explicit ulimits, from a file of the tests' own
+    (CONTAINERS_CONF), so the system's configuration is left alone."""
+    import shutil
+
+    if not shutil.which("podman"):
+        pytest.fail("podman is not installed: run scripts/install-system-packages.sh as root")
+    conf = tmp_path_factory.mktemp("podman") / "containers.conf"
+    conf.write_text(
+        "[containers]\n"
+        'default_ulimits = ["nofile=4096:4096", "nproc=4096:4096"]\n'
+        "[engine]\n"
+        'runtime = "runc"\n'
+    )
+    os.environ["CONTAINERS_CONF"] = str(conf)  # for the gkit subprocesses too
+    return conf

@@ -10,11 +10,10 @@ import urllib.request
 
 import pytest
 
-from tests import pki
-from tests.conftest import run_gkit
+from tests.conftest import RUNTIME_IMAGE
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
-TAG = "gkit-test/runtime:dev"
+TAG = RUNTIME_IMAGE
 
 
 def _free_port() -> int:
@@ -24,28 +23,8 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def built(docker_host, tmp_path_factory):
-    from tests.docker_engine import ensure_base_image
-
-    base = ensure_base_image(docker_host)
-    d = tmp_path_factory.mktemp("image")
-    model = d / "granite-demo"
-    assert run_gkit("demo-model", str(model)).returncode == 0
-    key = pki.new_key()
-    priv, pub = pki.write_key(key, d / "k.pem"), pki.write_public(key, d / "k.pub")
-    env = {"GKIT_AUDIT_DB": f"sqlite:///{d / 'audit.db'}", "DOCKER_HOST": docker_host}
-    assert run_gkit("sign", str(model), "--key", str(priv), env=env).returncode == 0
-    verified = run_gkit("verify", str(model), "--public-key", str(pub), "--json", env=env)
-    digest = json.loads(verified.stdout)["manifest_digest"]
-    r = run_gkit(
-        "build", str(model), "--base-image", base, "--tag", TAG, "--json", env=env, timeout=1200
-    )
-    assert r.returncode == 0, r.stdout + r.stderr
-    result = json.loads(r.stdout)
-    yield model, pub, digest, result, env
-    import docker
-
-    docker.DockerClient(base_url=docker_host).images.remove(result["image_id"], force=True)
+def built(runtime_image):
+    return runtime_image
 
 
 def test_image_is_non_root_labelled_and_audited(built):

@@ -304,7 +304,10 @@ def test_deploys_are_audited(rendered, verified_model):
     deploys = list(store.records(Query(event="deployment.rendered")))
     assert deploys and deploys[0]["subject"]["digest"] == result["manifest_digest"]
     assert deploys[0]["details"]["gpus"] == 2 and result["action"] == "rendered"
-    assert not list(store.records(Query(event="deployment.applied")))  # nothing was applied
+    # nothing was applied: the only attempt (kubernetes, unreachable) is recorded as failed
+    applied = list(store.records(Query(event="deployment.applied")))
+    assert [r["outcome"] for r in applied] == ["failure"] * len(applied)
+    assert all("not reachable" in r["details"]["failure"] for r in applied)
 
 
 def test_the_rendered_verify_step_runs_as_rendered_with_its_own_trust_configmap(
@@ -446,3 +449,42 @@ def test_the_schema_still_refuses_unknown_keys(rendered, helm_binary):
         text=True,
     )
     assert r.returncode != 0 and "additional property host is not allowed" in r.stderr.lower()
+
+
+def test_a_new_claim_filled_by_the_hf_loader_pulls_verifies_then_marks(
+    verified_model, tmp_path, helm_binary
+):
+    """--model-loader hf: the new claim gets an initContainer that pulls the pinned commit
+    into it with --ready-marker (verified before the marker, skipped once loaded), before
+    the verify step; the objects validate strictly."""
+    import kubernetes_validate
+
+    model, _, env = verified_model
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    r = run_gkit(
+        "deploy", str(model), "--gpus", "1", "--target", "render", "--output", str(tmp_path),
+        "--model-loader", "hf", "--hf-repo", "acme/granite-demo", "--hf-revision", commit,
+        "--device", "cpu", "--json", env={**env, "GKIT_HELM": str(helm_binary)},
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    docs = _helm_template(helm_binary, tmp_path)
+    assert any(d["kind"] == "PersistentVolumeClaim" for d in docs)
+    pod = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]
+    assert [c["name"] for c in pod["initContainers"]] == ["fetch", "verify"]
+    fetch = pod["initContainers"][0]["args"]
+    assert fetch[:4] == ["pull", "acme/granite-demo", "--revision", commit]
+    assert fetch[fetch.index("--ready-marker") + 1] == "/models/.gkit-ready"
+    assert fetch[fetch.index("--dest") + 1] == "/models/model"
+    model_volume = next(v for v in pod["volumes"] if v["name"] == "model")
+    assert "persistentVolumeClaim" in model_volume
+    runtime = pod["containers"][0]["args"]
+    assert runtime[runtime.index("--device") + 1] == "cpu"
+    for doc in docs:
+        kubernetes_validate.validate(doc, "1.33.0", strict=True)
+
+
+def test_a_loader_with_an_existing_claim_is_a_usage_error(verified_model, tmp_path):
+    model, _, env = verified_model
+    r = run_gkit("deploy", str(model), "--gpus", "1", "--output", str(tmp_path),
+                 "--model-loader", "hf", "--existing-claim", "models", env=env)  # fmt: skip
+    assert r.returncode == 2 and "--model-loader fills a new claim" in r.stderr

@@ -108,3 +108,37 @@ def test_pull_refuses_a_tampered_cache(tmp_path):
 def test_bad_repo_id_is_a_usage_error():
     result = run_gkit("pull", "not a repo")
     assert result.returncode == 2 and "is not a Hub repository id" in result.stderr
+
+
+def test_loader_mode_verifies_before_the_ready_marker_and_skips_once_loaded(tmp_path):
+    """What the chart's loader initContainer runs into a new claim: pull beside the model,
+    verify, move into place, then write the marker; a later start finds the marker and
+    downloads nothing (the cache is gone), and the pod's verify step still checks it."""
+    env, pub = signed_cache(tmp_path)
+    volume = tmp_path / "claim"
+    dest, marker = volume / "model", volume / ".gkit-ready"
+    first = pull(env, pub, dest, "--revision", COMMIT, "--ready-marker", str(marker), "--json")
+    assert first.returncode == 0, first.stdout + first.stderr
+    out = json.loads(first.stdout)
+    assert out["dest"] == str(dest.resolve()) and "skipped" not in out
+    written = json.loads(marker.read_text())
+    assert written == {
+        "repo_id": "acme/granite-demo",
+        "commit": COMMIT,
+        "manifest_digest": out["verification"]["manifest_digest"],
+    }
+    assert sorted(p.name for p in volume.iterdir()) == [".gkit-ready", "model"]  # no staging
+    shutil.rmtree(tmp_path / "hf")
+    again = pull(env, pub, dest, "--revision", COMMIT, "--ready-marker", str(marker), "--json")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert json.loads(again.stdout)["skipped"] is True
+    assert run_gkit("verify", str(dest), "--public-key", str(pub)).returncode == 0
+
+
+def test_loader_mode_writes_no_marker_for_a_model_that_fails_verification(tmp_path):
+    env, pub = signed_cache(tmp_path, tamper=True)
+    volume = tmp_path / "claim"
+    marker = volume / ".gkit-ready"
+    result = pull(env, pub, volume / "model", "--revision", COMMIT, "--ready-marker", str(marker))
+    assert result.returncode == 1 and "'a.txt' has changed since it was signed" in result.stderr
+    assert not marker.exists() and not (volume / "model").exists()

@@ -139,10 +139,10 @@ def _render_chart(model_path: Path, output_dir: Path) -> dict:
     from granite_ops_kit.deploy.pipeline import DeployRequest, deploy
 
     req = DeployRequest(
-        model_path,
-        2,
-        "render",
-        output_dir / "deploy",
+        model_path=model_path,
+        gpus=2,
+        target="render",
+        output_dir=output_dir / "deploy",
         gpu="h100-80gb",
         context=4096,
         concurrency=8,

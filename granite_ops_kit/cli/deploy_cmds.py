@@ -36,6 +36,8 @@ def _log(message: str) -> None:
 
 def _whole_gpus(value: str) -> int:
     """GPUs are whole: '2' is fine, '0.5' or 'two' is a usage error, never rounded."""
+    if value is None:
+        raise UsageError("--gpus is required: the whole GPUs each replica gets (1, 2, 4, 8).")
     if not re.fullmatch(r"[1-9][0-9]*", value.strip()):
         raise UsageError(
             f"--gpus must be a whole number of GPUs (1, 2, 4, 8), not '{value}'; "
@@ -149,18 +151,22 @@ def _actor() -> str:
 def deploy(
     model_path: Path = typer.Argument(..., help="The verified model directory."),
     gpus: str = typer.Option(
-        ..., help="Whole GPUs per replica: the nvidia.com/gpu request and the tensor-parallel size."
+        None,
+        help="Whole GPUs per replica: the nvidia.com/gpu request and the tensor-parallel "
+        "size. Required but with --down.",
     ),
     target: str = typer.Option(
         "render",
-        help="render (chart + values to --output), "
-        "kubernetes (helm upgrade --install --wait) or docker (this "
-        "host).",
+        help="render (chart + values to --output), kubernetes (helm upgrade --install "
+        "--wait), podman (podman kube play --network host on this host) or docker (this host).",
     ),
     output_dir: Path = typer.Option(
         Path("deploy-out"),
         "--output",
-        help="Where render writes the chart, values.yaml and rendered.yaml.",
+        help="Where the chart, values.yaml, rendered.yaml (and podman's play file) go.",
+    ),
+    down: bool = typer.Option(
+        False, "--down", help="Remove the pod a --target podman deploy to --output started."
     ),
     namespace: str = typer.Option("default", help="Kubernetes namespace."),
     release: str = typer.Option(None, help="Helm release name; default from the model."),
@@ -170,11 +176,18 @@ def deploy(
     image_ref: str = typer.Option(
         None, "--image", help="Image (from gkit build); default gkit-runtime/NAME:VERSION."
     ),
+    device: str = typer.Option(
+        "cuda", help="The runtime's device: cuda, or cpu (the GPU request is still rendered)."
+    ),
+    port: int = typer.Option(8000, min=1, max=65535, help="The runtime's port."),
     model_source: str = typer.Option("pvc", help="pvc, hf or baked."),
+    model_loader: str = typer.Option(
+        "", help="Fill a new model claim: hf (pulls --hf-repo at --hf-revision, verifies)."
+    ),
     existing_claim: str = typer.Option("", help="PVC that already holds the model."),
     storage_class: str = typer.Option("", help="Storage class for a new model PVC."),
-    hf_repo: str = typer.Option("", help="Hub repo (model-source hf)."),
-    hf_revision: str = typer.Option("", help="Pinned commit (model-source hf)."),
+    hf_repo: str = typer.Option("", help="Hub repo (model-source hf, model-loader hf)."),
+    hf_revision: str = typer.Option("", help="Pinned commit (model-source hf, model-loader hf)."),
     policy: str = typer.Option(
         "default",
         help="Policy the gate and the verify initContainer apply; one that pins signers "
@@ -201,61 +214,80 @@ def deploy(
     ),
     json_: bool = JSON_OPTION,
 ) -> None:
-    """Deploy a verified model sized by gkit size: a Helm chart, a Kubernetes release, or a
-    container on this host.
+    """Deploy a verified model sized by gkit size: a Helm chart, a Kubernetes release, a pod
+    on this host (podman) or a container on this host (docker).
 
     The gate first checks the model's signature again as it is now, with the trust inputs
     given here or else the ones its last `gkit verify` recorded, under --policy. It refuses
     a model that fails, one whose exact manifest has no passing `gkit verify` in the audit
     log, a fractional --gpus (exit 2) and a plan that does not fit (exit 1). Every deploy is
-    an audit record.
+    an audit record, with the outcome it observed.
 
     Examples:
 
       gkit deploy ./h-micro --gpus 2 --target render --output out/
 
       gkit deploy ./h-micro --gpus 2 --target kubernetes --namespace llm --gpu h100-80gb
+
+      gkit deploy ./h-micro --gpus 1 --target podman --device cpu --output out/ --port 8080
+
+      gkit deploy ./h-micro --target podman --output out/ --down
     """
-    from granite_ops_kit.deploy.pipeline import DeployRequest
-    from granite_ops_kit.deploy.pipeline import deploy as run_deploy
+    from granite_ops_kit.deploy import pipeline
 
     output.use_json(json_)
-    n = _whole_gpus(gpus)
-    req = DeployRequest(
-        model_path,
-        n,
-        target,
-        output_dir,
-        namespace,
-        release,
-        gpu,
-        context,
-        concurrency,
-        image_ref,
-        model_source,
-        existing_claim,
-        storage_class,
-        hf_repo,
-        hf_revision,
-        policy,
-        list(verify_arg or []),
-        trust_config_map,
-        kube_context,
-        allow_unverified,
-        trust_inputs(public_key, certificate_chain, identity, issuer, trust_config),
-        deploy_policy,
+    if down:
+        req = pipeline.DeployRequest(
+            model_path=model_path, gpus=0, target=target, output_dir=output_dir
+        )
+        removed = pipeline.take_down(req)
+        output.emit(removed, _render_deployed(removed))
+        return
+    req = pipeline.DeployRequest(
+        model_path=model_path,
+        gpus=_whole_gpus(gpus),
+        target=target,
+        output_dir=output_dir,
+        namespace=namespace,
+        release=release,
+        gpu=gpu,
+        context=context,
+        concurrency=concurrency,
+        image=image_ref,
+        device=device,
+        port=port,
+        model_source=model_source,
+        model_loader=model_loader,
+        existing_claim=existing_claim,
+        storage_class=storage_class,
+        hf_repo=hf_repo,
+        hf_revision=hf_revision,
+        policy=policy,
+        verify_args=list(verify_arg or []),
+        trust_config_map=trust_config_map,
+        kube_context=kube_context,
+        allow_unverified=allow_unverified,
+        deploy_policy=deploy_policy,
+        trust=trust_inputs(public_key, certificate_chain, identity, issuer, trust_config),
     )
     with hashing_progress() as progress:
-        result = run_deploy(req, _actor(), progress)
-    release = result["release"]
+        result = pipeline.deploy(req, _actor(), progress, _log)
+    output.emit(result, _render_deployed(result))
 
+
+def _render_deployed(result: dict):
     def render(con: Console) -> None:
+        if result["action"] == "removed":
+            con.print(f"[green]removed[/] (podman) the pod of {result['play_file']}")
+            return
+        plan = result["plan"]
         con.print(
-            f"[green]{result['action']}[/] ({target}) {release}: {n} x {gpu}, "
-            f"{concurrency} sessions x {context:,} tokens; {result['verification']}"
+            f"[green]{result['action']}[/] ({result['target']}) {result['release']}: "
+            f"{result['gpus']} x {plan['gpu']}, {plan['concurrency']} sessions x "
+            f"{plan['context']:,} tokens; {result['verification']}"
         )
-        for key in ("chart", "values", "rendered", "release_status", "container", "url"):
+        for key in ("chart", "values", "rendered", "release_status", "pod", "container", "url"):
             if result.get(key):
                 con.print(f"  {key:<15} {result[key]}")
 
-    output.emit(result, render)
+    return render

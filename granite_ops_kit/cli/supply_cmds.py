@@ -271,6 +271,12 @@ def pull(
     ),
     revision: str = typer.Option(None, help="Branch, tag or commit; resolved to a commit."),
     dest: Path = typer.Option(None, help="Directory for the model's files; default ./NAME."),
+    ready_marker: Path = typer.Option(
+        None,
+        help="Loader mode (a model volume that outlives the pod): skip the download when "
+        "this marker names the same repository and commit; else pull beside DEST, verify, "
+        "move into place and only then write the marker.",
+    ),
     public_key: PublicKey = None,
     certificate_chain: CertificateChain = None,
     identity: Identity = None,
@@ -284,9 +290,38 @@ def pull(
     Resumable, with progress; HF_HUB_OFFLINE=1 serves it from the local Hugging Face cache.
     The result names the commit hash the revision resolved to.
     """
-    from granite_ops_kit.supply.pull import pull as do_pull
+    from granite_ops_kit.supply import pull as hub
 
     output.use_json(json_)
+    final = dest or Path.cwd() / repo_id.split("/")[-1]
+    done = hub.already_loaded(ready_marker, repo_id, revision) if ready_marker else None
+    if done:
+        result = {**done, "dest": str(final.resolve()), "skipped": True}
+        output.emit(result, lambda con: con.print(f"[green]already loaded[/] {final}"))
+        return
+    trust = trust_inputs(public_key, certificate_chain, identity, issuer, trust_config)
+    result = _pull_and_verify(
+        repo_id, revision, hub.staging_dir(final) if ready_marker else final, trust, policy
+    )
+    if ready_marker:
+        marker = {k: result[k] for k in ("repo_id", "commit", "manifest_digest")}
+        hub.move_into_place(Path(result["dest"]), final, ready_marker, marker)
+        result["dest"] = str(final.resolve())
+
+    def render(con):
+        con.print(
+            f"[green]pulled[/] {repo_id}@{result['commit']} -> {result['dest']} "
+            f"({result['files']} files, {result['bytes']:,} bytes)"
+        )
+        _render_verify(result["verification"])(con)
+
+    output.emit(result, render)
+
+
+def _pull_and_verify(repo_id, revision, dest: Path, trust, policy: str) -> dict:
+    from granite_ops_kit.supply.pull import pull as do_pull
+    from granite_ops_kit.supply.verify import VerifyRequest
+
     pulled = do_pull(repo_id, revision, dest)
     record(
         "artifact.pulled",
@@ -296,29 +331,15 @@ def pull(
         revision=pulled.commit,
         details={"dest": pulled.dest, "bytes": pulled.bytes, "requested": pulled.revision},
     )
-    from granite_ops_kit.supply.verify import VerifyRequest
-
-    req = VerifyRequest(
-        model_path=Path(pulled.dest),
-        trust=trust_inputs(public_key, certificate_chain, identity, issuer, trust_config),
-        policy=policy,
-    )
+    req = VerifyRequest(model_path=Path(pulled.dest), trust=trust, policy=policy)
     verified = _verify(req, pulled.commit, repo_id.split("/")[0])
-    result = {
+    return {
         "repo_id": repo_id,
         "revision": pulled.revision,
         "commit": pulled.commit,
         "dest": pulled.dest,
         "files": pulled.files,
         "bytes": pulled.bytes,
+        "manifest_digest": verified.get("manifest_digest"),
         "verification": verified,
     }
-
-    def render(con):
-        con.print(
-            f"[green]pulled[/] {repo_id}@{pulled.commit} -> {pulled.dest} "
-            f"({pulled.files} files, {pulled.bytes:,} bytes)"
-        )
-        _render_verify(verified)(con)
-
-    output.emit(result, render)

@@ -9,16 +9,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from granite_ops_kit import __version__
-from granite_ops_kit.errors import UsageError
+from granite_ops_kit.errors import CheckFailed, UsageError
 
 if TYPE_CHECKING:
     from granite_ops_kit.supply.trust import TrustInputs
 
-TARGETS = ("render", "kubernetes", "docker")
+TARGETS = ("render", "kubernetes", "docker", "podman")
 RELEASE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,51}[a-z0-9])?$")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class DeployRequest:
     model_path: Path
     gpus: int
@@ -31,6 +31,7 @@ class DeployRequest:
     concurrency: int = 8
     image: str | None = None
     model_source: str = "pvc"
+    model_loader: str = ""  # a new claim: "" or hf (an initContainer pulls into it)
     existing_claim: str = ""
     storage_class: str = ""
     hf_repo: str = ""
@@ -42,6 +43,8 @@ class DeployRequest:
     allow_unverified: bool = False
     trust: TrustInputs | None = None  # else the last recorded verification's
     deploy_policy: Path | None = None  # else the shipped policies/deploy.json
+    device: str = "cuda"  # the runtime's --device (cpu serves without a GPU)
+    port: int = 8000  # the runtime's port (on the host for podman and docker)
 
 
 def slug(model_path: Path) -> str:
@@ -69,6 +72,15 @@ def _check(req: DeployRequest) -> str:
         raise UsageError(f"--target must be one of {', '.join(TARGETS)}, not '{req.target}'.")
     if req.model_source not in ("pvc", "hf", "baked"):
         raise UsageError(f"--model-source must be pvc, hf or baked, not '{req.model_source}'.")
+    if req.device not in ("cuda", "cpu"):
+        raise UsageError(f"--device must be cuda or cpu, not '{req.device}'.")
+    if req.model_loader not in ("", "hf"):
+        raise UsageError(f"--model-loader must be hf (or empty), not '{req.model_loader}'.")
+    if req.model_loader and (req.model_source != "pvc" or req.existing_claim):
+        raise UsageError(
+            "--model-loader fills a new claim: use it with --model-source pvc "
+            "and no --existing-claim."
+        )
     release = req.release or slug(req.model_path)[:53].strip("-.")
     if not RELEASE.match(release):
         raise UsageError(f"release name '{release}' is not a DNS label (a-z, 0-9, '-').")
@@ -96,7 +108,7 @@ def _pod_trust(req: DeployRequest, checked) -> tuple[dict[str, str], list[str]]:
     return for_pod(checked.trust)
 
 
-def deploy(req: DeployRequest, actor: str, progress=None) -> dict:
+def deploy(req: DeployRequest, actor: str, progress=None, log=None) -> dict:
     from granite_ops_kit.audit.service import ensure_recordable, record
     from granite_ops_kit.deploy import gate, values
 
@@ -128,11 +140,14 @@ def deploy(req: DeployRequest, actor: str, progress=None) -> dict:
                 req.storage_class,
                 req.hf_repo,
                 req.hf_revision,
+                loader=req.model_loader,
             ),
             policy=req.policy,
             verify_args=verify_args,
             trust_config_map=req.trust_config_map,
             trust_files=trust_files,
+            device=req.device,
+            port=req.port,
         )
     )
     result = {
@@ -153,26 +168,80 @@ def deploy(req: DeployRequest, actor: str, progress=None) -> dict:
             "budget_per_gpu": plan["budget_per_gpu"],
         },
     }
-    result.update(_apply(req, release, chart_values, plan, f"{repo}:{tag}"))
-    # A render deploys nothing: it is recorded (and printed) as what it is.
+    # A render deploys nothing: it is recorded (and printed) as what it is. An applied
+    # deployment is recorded with the outcome observed, a failure included.
     event = "deployment.rendered" if req.target == "render" else "deployment.applied"
     result["action"] = "rendered" if req.target == "render" else "deployed"
+    where = f"{req.target}: {release} on {req.gpus} GPU(s)"
+    try:
+        result.update(_apply(req, release, chart_values, plan, f"{repo}:{tag}", log))
+    except CheckFailed as failure:
+        details = {**result, "failure": failure.message}
+        record(
+            event,
+            str(req.model_path.resolve()),
+            "failure",
+            f"{where}: {failure.message}",
+            digest=checked.manifest_digest,
+            details=details,
+        )
+        raise
     record(
         event,
         str(req.model_path.resolve()),
         "success",
-        f"{req.target}: {release} on {req.gpus} GPU(s), {result['verification']}",
+        f"{where}, {result['verification']}",
         digest=checked.manifest_digest,
         details=result,
     )
     return result
 
 
-def _apply(req: DeployRequest, release: str, chart_values: dict, plan: dict, image: str) -> dict:
+def take_down(req: DeployRequest) -> dict:
+    """`gkit deploy --target podman --down`: remove what a podman deploy started."""
+    from granite_ops_kit.audit.service import ensure_recordable, record
+    from granite_ops_kit.deploy import podman
+
+    if req.target != "podman":
+        raise UsageError(
+            "--down removes a --target podman deployment; use helm uninstall "
+            "(kubernetes) or docker rm (docker) for the others."
+        )
+    ensure_recordable()
+    result = podman.down(req.output_dir)
+    record(
+        "deployment.removed",
+        str(req.model_path.resolve()),
+        "success",
+        f"podman: removed the pod of {result['play_file']}",
+        details=result,
+    )
+    return {**result, "target": "podman", "action": "removed"}
+
+
+def _apply(req: DeployRequest, release, chart_values, plan, image: str, log) -> dict:
     from granite_ops_kit.deploy import render
 
     if req.target == "render":
         return render.write(req.output_dir, chart_values, plan, release, req.namespace)
+    if req.target == "podman":
+        from granite_ops_kit.deploy import podman
+
+        files = render.write(req.output_dir, chart_values, plan, release, req.namespace)
+        if not files["rendered"]:
+            raise CheckFailed("helm is needed to render the Deployment podman plays.")
+        rendered = Path(files["rendered"]).read_text()
+        return {
+            **files,
+            **podman.play(
+                req.output_dir,
+                rendered,
+                req.model_path,
+                image,
+                req.port,
+                log or (lambda message: None),
+            ),
+        }
     if req.target == "kubernetes":
         from granite_ops_kit.deploy import kube
 
@@ -191,11 +260,12 @@ def _apply(req: DeployRequest, release: str, chart_values: dict, plan: dict, ima
             req.gpus,
             name=release,
             env={"GKIT_EXPECT_DIGEST": chart_values["model"]["manifestDigest"]},
+            port=req.port,
         )
     )
-    seconds = docker_run.wait_healthy(container, 8000)
+    seconds = docker_run.wait_healthy(container, req.port)
     return {
         "container": container.name,
-        "url": "http://127.0.0.1:8000/v1",
+        "url": f"http://127.0.0.1:{req.port}/v1",
         "healthy_after_s": round(seconds, 1),
     }

@@ -80,5 +80,5 @@ def write(output: Path, values: dict, plan: dict, release: str, namespace: str) 
         "chart": str(output / "chart"),
         "values": str(output / "values.yaml"),
         "rendered": rendered,
-        "plan": str(output / "plan.json"),
+        "plan_file": str(output / "plan.json"),
     }

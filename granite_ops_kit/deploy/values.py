@@ -16,6 +16,7 @@ class ModelSource:
     hf_repo: str = ""
     hf_revision: str = ""
     hf_token_secret: str = ""
+    loader: str = ""  # a new claim: "" (copied in by hand) or hf (pulled by an initContainer)
 
 
 @dataclass
@@ -33,6 +34,8 @@ class ChartInputs:
     trust_config_map: str = ""
     trust_files: dict[str, str] = field(default_factory=dict)
     dtype: str = "bfloat16"
+    device: str = "cuda"
+    port: int = 8000
 
 
 def _gib(n: float) -> str:
@@ -72,6 +75,7 @@ def build(inputs: ChartInputs) -> dict:
                 "create": not src.existing_claim,
                 "size": _gib(model_bytes * 1.5 + 2 * GIB),
                 "storageClassName": src.storage_class,
+                "loader": src.loader,
             },
             "hf": {
                 "repoId": src.hf_repo,
@@ -87,6 +91,8 @@ def build(inputs: ChartInputs) -> dict:
             "trustFiles": inputs.trust_files,
         },
         "runtime": {
+            "port": inputs.port,
+            "device": inputs.device,
             "dtype": inputs.dtype,
             "maxModelLen": w["context"],
             "maxNumSeqs": w["concurrency"],

@@ -8,6 +8,7 @@ hard links (or copies across filesystems) before it is verified.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -86,3 +87,48 @@ def pull(repo_id: str, revision: str | None, dest: Path | None) -> PullResult:
     dest = dest or Path.cwd() / repo_id.split("/")[1]
     files, size = _materialise(snapshot, dest)
     return PullResult(repo_id, revision or "main", commit, str(dest.resolve()), files, size)
+
+
+MARKER_LIMIT = 64 * 1024
+
+
+def already_loaded(marker: Path, repo_id: str, revision: str | None) -> dict | None:
+    """The ready marker a loader wrote after verifying this exact commit, if there is one.
+
+    The marker only saves a download: the pod's verify step checks the model against its
+    pinned trust inputs and manifest digest on every start, whatever the marker says."""
+    from granite_runtime.bounded_read import UnsafeInput, read_json_object
+
+    try:
+        doc = read_json_object(marker, MARKER_LIMIT, what="ready marker")
+    except UnsafeInput as e:
+        if e.missing:
+            return None
+        raise CheckFailed(str(e)) from None
+    if doc.get("repo_id") == repo_id and revision and doc.get("commit") == revision:
+        return doc
+    return None
+
+
+def staging_dir(dest: Path) -> Path:
+    """Where a loader pulls before the model is verified: beside dest, on the same volume,
+    so the verified copy moves into place with a rename."""
+    stage = dest.parent / f".incoming-{dest.name}"
+    if stage.exists():
+        shutil.rmtree(stage)  # a pull that died half-way
+    return stage
+
+
+def move_into_place(stage: Path, dest: Path, marker: Path, record: dict) -> None:
+    """Swap the verified copy in, then write the marker: a crash in between leaves no marker,
+    so the next start pulls again instead of trusting a half-moved model."""
+    old = dest.parent / f".replaced-{dest.name}"
+    if dest.exists():
+        if old.exists():
+            shutil.rmtree(old)
+        dest.rename(old)
+    stage.rename(dest)
+    shutil.rmtree(old, ignore_errors=True)
+    tmp = marker.with_name(marker.name + ".tmp")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    tmp.rename(marker)
