@@ -149,6 +149,8 @@ def runtime_image(docker_host, tmp_path_factory):
     r = run_gkit(
         "build",
         str(model),
+        "--accelerator",
+        "cpu",
         "--base-image",
         base,
         "--tag",

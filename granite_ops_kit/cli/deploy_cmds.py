@@ -52,11 +52,17 @@ def _whole_gpus(value: str) -> int:
 def build(
     model_path: Path = typer.Argument(..., help="The model directory (verified with gkit verify)."),
     tag: str = typer.Option(None, help="Image tag; default gkit-runtime/NAME:VERSION."),
+    accelerator: str = typer.Option(
+        "cuda",
+        help="cuda: the base image supplies torch and triton built for CUDA (checked at "
+        "build time) and gkit's wheels never replace them; cpu: torch comes from the "
+        "wheelhouse (tests, CPU-only hosts).",
+    ),
     base_image: str = typer.Option(
-        "python:3.11-slim-bookworm",
+        None,
         help="Base image with Python 3.11, already on the Docker engine (never pulled). "
-        "PyTorch's wheels carry their own CUDA libraries; the host's NVIDIA driver comes "
-        "in through the NVIDIA container toolkit.",
+        "Default: pytorch/pytorch:2.7.1-cuda12.8-cudnn9-runtime for cuda, "
+        "python:3.11-slim-bookworm for cpu. A torch the base holds is reused.",
     ),
     bake_model: bool = typer.Option(
         False, "--bake-model", help="Copy the model into the image (read-only, at /opt/gkit/model)."
@@ -91,6 +97,8 @@ def build(
     from granite_ops_kit.deploy.pipeline import default_image, verification_label
 
     output.use_json(json_)
+    if accelerator not in image.ACCELERATORS:
+        raise UsageError(f"--accelerator must be cuda or cpu, not '{accelerator}'.")
     if model_from not in ("pvc", "hf"):
         raise UsageError(f"--model-from must be pvc or hf, not '{model_from}'.")
     from granite_ops_kit.audit.service import ensure_recordable
@@ -109,26 +117,28 @@ def build(
         )
     tag = tag or default_image(model_path)
     req = image.BuildRequest(
-        model_path,
-        tag,
-        base_image,
-        bake_model,
-        model_from,
-        checked.manifest_digest or "",
-        verification_label(checked),
-        wheelhouse,
+        model_path=model_path,
+        tag=tag,
+        accelerator=accelerator,
+        base_image=base_image or "",
+        bake_model=bake_model,
+        model_from=model_from,
+        manifest_digest=checked.manifest_digest or "",
+        verification=verification_label(checked),
+        wheelhouse=wheelhouse,
     )
     result = image.build(req, _log)
     record(
         "image.built",
         tag,
         "success",
-        f"image {result['image_id']} from {base_image}",
+        f"{accelerator} image {result['image_id']} from {result['base_image']}",
         digest=result["image_id"],
         details={
             "model_manifest_digest": checked.manifest_digest,
             "verification": req.verification,
             "bake_model": bake_model,
+            "accelerator": accelerator,
             "labels": result["labels"],
         },
     )

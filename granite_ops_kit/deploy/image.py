@@ -13,16 +13,25 @@ from granite_ops_kit import __version__
 from granite_ops_kit.deploy import assets, wheelhouse
 from granite_ops_kit.errors import CheckFailed, UsageError
 
-DEFAULT_BASE = "python:3.11-slim-bookworm"
+ACCELERATORS = ("cuda", "cpu")
+# cpu: torch comes from the wheelhouse. cuda: the base supplies torch and triton built for
+# CUDA (a PyTorch CUDA runtime image, Python 3.11), and the wheelhouse leaves them out.
+DEFAULT_BASE = {
+    "cpu": "python:3.11-slim-bookworm",
+    "cuda": "pytorch/pytorch:2.7.1-cuda12.8-cudnn9-runtime",
+}
+# What the build's torch check exits with (the Dockerfile's RUN), and what it means.
+NO_TORCH, NO_CUDA = 85, 86
 MODEL_IN_IMAGE = "/opt/gkit/model"
 MODEL_MOUNTED = "/models/model"
 
 
-@dataclass
+@dataclass(kw_only=True)
 class BuildRequest:
     model_path: Path
     tag: str
-    base_image: str = DEFAULT_BASE
+    accelerator: str = "cuda"
+    base_image: str = ""  # "" is DEFAULT_BASE[accelerator]
     bake_model: bool = False
     model_from: str = "pvc"  # pvc | hf | baked (bake_model)
     manifest_digest: str = ""
@@ -40,7 +49,10 @@ def render_dockerfile(req: BuildRequest) -> str:
         autoescape=False,
     )
     return env.get_template("Dockerfile.j2").render(
-        base_image=req.base_image,
+        base_image=base_of(req),
+        accelerator=req.accelerator,
+        no_torch=NO_TORCH,
+        no_cuda=NO_CUDA,
         version=__version__,
         created=datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
         model_name=req.model_path.resolve().name,
@@ -50,6 +62,26 @@ def render_dockerfile(req: BuildRequest) -> str:
         verification=req.verification,
         bake=req.bake_model,
     )
+
+
+def base_of(req: BuildRequest) -> str:
+    return req.base_image or DEFAULT_BASE[req.accelerator]
+
+
+def _build_failure(error: str, req: BuildRequest) -> CheckFailed:
+    """The torch check's exit codes as sentences; anything else as docker says it."""
+    base = base_of(req)
+    if f"non-zero code: {NO_TORCH}" in error:
+        return CheckFailed(
+            f"the base image {base} has no torch: a cuda image reuses the base's torch and "
+            "triton (use a PyTorch CUDA runtime image, or --accelerator cpu)."
+        )
+    if f"non-zero code: {NO_CUDA}" in error:
+        return CheckFailed(
+            f"the torch in base image {base} has no CUDA support (torch.version.cuda is "
+            "not set): use a PyTorch CUDA runtime image, or --accelerator cpu."
+        )
+    return CheckFailed(f"docker build failed: {error}")
 
 
 def docker_client():
@@ -76,6 +108,8 @@ def _context(req: BuildRequest, ctx: Path, log) -> None:
         shutil.copytree(req.wheelhouse, wheels)
     else:
         wheelhouse.build(wheels, log)
+    if req.accelerator == "cuda":
+        wheelhouse.drop_base_supplied(wheels, log)  # the base's CUDA torch stays
     if req.bake_model:
         shutil.copytree(req.model_path, ctx / "model", symlinks=False)
 
@@ -83,18 +117,21 @@ def _context(req: BuildRequest, ctx: Path, log) -> None:
 def build(req: BuildRequest, log=print) -> dict:
     if not req.model_path.is_dir():
         raise UsageError(f"{req.model_path} is not a model directory.")
+    if req.accelerator not in ACCELERATORS:
+        raise UsageError(f"--accelerator must be cuda or cpu, not '{req.accelerator}'.")
+    base = base_of(req)
     client = docker_client()
     try:
-        client.images.get(req.base_image)
+        client.images.get(base)
     except Exception:  # docker.errors.ImageNotFound; no registry is asked (no pull)
         raise UsageError(
-            f"base image {req.base_image} is not on this Docker engine; load or "
+            f"base image {base} is not on this Docker engine; load or "
             "pull it first (gkit build never pulls)."
         ) from None
     with tempfile.TemporaryDirectory(prefix="gkit-build-") as tmp:
         ctx = Path(tmp)
         _context(req, ctx, log)
-        log(f"building {req.tag} from {req.base_image}")
+        log(f"building {req.tag} ({req.accelerator}) from {base}")
         image_id = None
         for chunk in client.api.build(
             path=str(ctx),
@@ -108,7 +145,7 @@ def build(req: BuildRequest, log=print) -> dict:
             if "stream" in chunk and chunk["stream"].strip().startswith("Step "):
                 log(chunk["stream"].strip())
             if "error" in chunk:
-                raise CheckFailed(f"docker build failed: {chunk['error'].strip()}")
+                raise _build_failure(chunk["error"].strip(), req)
             if "aux" in chunk and "ID" in chunk["aux"]:
                 image_id = chunk["aux"]["ID"]
     image = client.images.get(image_id or req.tag)
@@ -116,7 +153,8 @@ def build(req: BuildRequest, log=print) -> dict:
         "tag": req.tag,
         "image_id": image.id,
         "labels": image.labels,
-        "base_image": req.base_image,
+        "base_image": base,
+        "accelerator": req.accelerator,
         "size_bytes": image.attrs.get("Size"),
         "user": image.attrs["Config"].get("User"),
     }

@@ -93,6 +93,23 @@ def build(dest: Path, log=print) -> Path:
     return dest
 
 
+# What a CUDA base image supplies, built for its CUDA: torch, triton and NVIDIA's libraries.
+BASE_SUPPLIED = ("torch-", "triton-", "nvidia_", "nvidia-")
+
+
+def drop_base_supplied(wheels: Path, log=print) -> list[str]:
+    """Leave the base's own torch in charge: without these wheels pip cannot replace it,
+    and the host's (maybe CPU-only) torch never enters a CUDA image."""
+    dropped = sorted(
+        w.name for w in wheels.glob("*.whl") if w.name.lower().startswith(BASE_SUPPLIED)
+    )
+    for name in dropped:
+        (wheels / name).unlink()
+    if dropped:
+        log(f"left out {len(dropped)} wheel(s) the CUDA base supplies: {', '.join(dropped)}")
+    return dropped
+
+
 def fingerprint(wheels: Path) -> str:
     h = hashlib.sha256()
     for w in sorted(wheels.glob("*.whl")):
