@@ -26,9 +26,20 @@ from granite_runtime.sampling import SamplingParams, sample, top_logprobs
 from granite_runtime.sequence import Sequence, Status, TokenEvent
 from granite_runtime.tokenizer import TextCodec
 
-# Decode steps up to this batch size replay CUDA graphs (captured at start-up); larger
-# batches run eagerly, where launch overhead matters less.
+# Decode steps replay CUDA graphs captured at start-up: one per batch size up to this,
+# then one every PADDED_STEP rows up to the slot count; a batch between two of those
+# replays the larger one, its extra rows on a pad slot no sequence holds.
 MAX_GRAPHED_BATCH = 64
+PADDED_STEP = 16
+
+
+def graph_sizes(max_num_seqs: int) -> list[int]:
+    """Batch sizes to capture, largest first (smaller graphs then carve their workspace
+    out of the larger blocks already in the shared pool)."""
+    sizes = set(range(1, min(max_num_seqs, MAX_GRAPHED_BATCH) + 1))
+    sizes.update(range(MAX_GRAPHED_BATCH + PADDED_STEP, max_num_seqs, PADDED_STEP))
+    sizes.add(max_num_seqs)
+    return sorted(sizes, reverse=True)
 
 
 class Engine:
@@ -48,20 +59,25 @@ class Engine:
         self.device = weight.device
         if self.device.type == "cpu":
             self.cpu_path = prepare_for_cpu(model)  # C or oneDNN matvecs (bench/NOTES.md)
+        graphed = self.device.type == "cuda" and os.environ.get("GKIT_CUDA_GRAPHS", "1") != "0"
+        # the pad slot (the last one) is only needed where some batch sizes are padded
+        pad_slot = max_num_seqs if graphed and max_num_seqs > MAX_GRAPHED_BATCH else None
         self.cache = HybridCache(
-            model.config, max_num_seqs, max_model_len, weight.dtype, weight.device
+            model.config,
+            max_num_seqs + (pad_slot is not None),
+            max_model_len,
+            weight.dtype,
+            weight.device,
         )
         self.graphs = None
         if self.device.type == "cuda":
             self._warm_up_prefill()
-        if self.device.type == "cuda" and os.environ.get("GKIT_CUDA_GRAPHS", "1") != "0":
+        if graphed:
             from granite_runtime.graphs import GraphedDecoder
 
             # before any slot is used: capturing warms up on slots 0..B-1
-            self.graphs = GraphedDecoder(model, self.cache, max_num_seqs)
-            # largest first: smaller graphs then carve their workspace out of the larger
-            # blocks already in the shared pool instead of leaving a trail of smaller ones
-            self.graphs.capture(range(min(max_num_seqs, MAX_GRAPHED_BATCH), 0, -1))
+            self.graphs = GraphedDecoder(model, self.cache, max_num_seqs, pad_slot=pad_slot)
+            self.graphs.capture(graph_sizes(max_num_seqs))
         self.free_slots = list(range(max_num_seqs))[::-1]
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []

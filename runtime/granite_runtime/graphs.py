@@ -23,23 +23,33 @@ KV_GATHER_BUDGET = 256 << 20
 
 
 class GraphedDecoder:
-    def __init__(self, model, cache: HybridCache, max_batch: int, step=None):
+    def __init__(
+        self, model, cache: HybridCache, max_batch: int, step=None, pad_slot: int | None = None
+    ):
         """`step` replaces model(tokens, batch, cache) in the graph, e.g. a torch.compile'd
-        forward whose fused kernels then replay without launch gaps."""
+        forward whose fused kernels then replay without launch gaps. `pad_slot`, a cache
+        slot no sequence ever holds, lets a batch replay the next larger graph: the extra
+        rows compute on that slot and their logits are dropped."""
         self.model, self.cache, self.max_batch = model, cache, max_batch
         self.step = step if step is not None else model
+        self.pad_slot = pad_slot
         self.graphs: dict[int, tuple] = {}
         self.pool = None
         self.out: torch.Tensor | None = None  # (largest batch, 1, vocab) fp32 logits
         self.top_k = getattr(model.config, "top_k", 0) if model.config.num_experts else 0
+        if self.top_k:
+            from granite_runtime.layers import graph_safe_moe
+
+            self.moe_any_batch = graph_safe_moe(model)
 
     def supports(self, batch_size: int) -> bool:
-        # MoE decode stays static (gathered experts) only while tokens x top_k is small, and
-        # the static attention copies every row's whole KV row each step: past a budget the
+        # MoE decode is static at any batch through grouped GEMMs (torch._grouped_mm, bf16
+        # on Hopper), else only while tokens x top_k is small (gathered experts); and the
+        # static attention copies every row's whole KV row each step: past a budget the
         # eager step (which reads only the written prefix) is the better deal.
         return (
             batch_size <= self.max_batch
-            and batch_size * max(self.top_k, 1) <= 64
+            and (not self.top_k or self.moe_any_batch or batch_size * self.top_k <= 64)
             and (
                 self._attention_in_place() or batch_size * self._kv_row_bytes() <= KV_GATHER_BUDGET
             )
@@ -96,11 +106,25 @@ class GraphedDecoder:
         no graph was captured for this batch size (the caller runs the step eagerly).
         The logits tensor is the graph's own: read it before the next step."""
         b = len(slots)
-        if b not in self.graphs:
+        size = self.size_for(b)
+        if size is None:
             return None
-        graph, t_in, s_in, p_in, logits = self.graphs[b]
-        t_in.copy_(tokens, non_blocking=True)
+        graph, t_in, s_in, p_in, logits = self.graphs[size]
+        if size > b:  # padded rows: token 0 at position 0 of the pad slot
+            t_in[b:].zero_()
+            slots = [*slots, *[self.pad_slot] * (size - b)]
+            starts = [*starts, *[0] * (size - b)]
+        t_in[:b].copy_(tokens, non_blocking=True)
         s_in.copy_(torch.tensor(slots, dtype=torch.long), non_blocking=True)
         p_in.copy_(torch.tensor(starts, dtype=torch.long), non_blocking=True)
         graph.replay()
-        return logits
+        return logits[:b]
+
+    def size_for(self, b: int) -> int | None:
+        """The captured graph a batch of b rows replays: its own, else (with a pad slot) the
+        smallest larger one."""
+        if b in self.graphs:
+            return b
+        if self.pad_slot is None:
+            return None
+        return min((s for s in self.graphs if s > b), default=None)

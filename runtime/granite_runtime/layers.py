@@ -203,13 +203,18 @@ class MoE(nn.Module):
 
     def _grouped_mm(self, flat, experts, weights):
         """The same with one grouped GEMM per projection (`torch._grouped_mm`): no loop over
-        experts, no host sync. Token copies are sorted by expert, the products run group by
-        group, and the copies go back to (token, k) order before the weighted sum, so the
-        sum's order is fixed (no atomics)."""
+        experts, no host sync, fixed shapes, so decode steps of any batch size are graphed
+        through it (graphs.GraphedDecoder). Token copies are sorted by expert, the products
+        run group by group, and the copies go back to (token, k) order before the weighted
+        sum, so the sum's order is fixed (no atomics)."""
         t, k = experts.shape
-        order = experts.reshape(-1).argsort(stable=True)
-        counts = torch.bincount(experts.reshape(-1), minlength=self.router.layer.out_features)
-        offsets = counts.cumsum(0).to(torch.int32)
+        flat_experts = experts.reshape(-1)
+        order = flat_experts.argsort(stable=True)
+        # counts by scatter, not bincount: bincount reads the largest id back to the host to
+        # size its output, which a CUDA graph cannot capture; this shape is fixed (E,)
+        counts = torch.zeros(self.router.layer.out_features, dtype=torch.int32, device=flat.device)
+        counts.scatter_add_(0, flat_experts, torch.ones_like(flat_experts, dtype=torch.int32))
+        offsets = counts.cumsum(0, dtype=torch.int32)
         w1, w2 = self.input_linear.weight, self.output_linear.weight  # (E, 2i, h), (E, h, i)
         # each intermediate is dropped as soon as the next exists: at most two (t*k, h)
         # tensors are alive, which is what memory.activation_bytes counts for MoE
@@ -229,6 +234,18 @@ class MoE(nn.Module):
 # MoE prefill through torch._grouped_mm where it runs (below); False keeps the loop over
 # experts (set when the kernel refused a shape, or by a benchmark comparing the two).
 GROUPED_MM = True
+
+
+def graph_safe_moe(model: nn.Module) -> bool:
+    """Whether every MoE layer runs many-token steps through torch._grouped_mm, whose
+    shapes and launches are fixed (a CUDA graph can hold them at any batch size)."""
+    stacks = [m.input_linear for m in model.modules() if isinstance(m, MoE)]
+    if not stacks or not GROUPED_MM:
+        return False
+    probe = getattr(stacks[0], "weight", None)
+    if probe is None:
+        return False
+    return all(_grouped_mm_applies(probe[:1, :1, 0], s) for s in stacks)
 
 
 def _grouped_mm_applies(x: torch.Tensor, stack: nn.Module) -> bool:

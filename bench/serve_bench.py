@@ -1,0 +1,303 @@
+"""Served throughput and latency: an OpenAI-API load generator against `gkit serve`, beside
+the engine's own graphed decode step at the same batch, from the same run.
+
+For each model: a random-weight checkpoint (gpu_memory.checkpoint), the server started as
+the image starts it (granite_runtime.serve), one streaming /v1/completions per client with
+token-id prompts and ignore_eos. Rows are CLIENTSxPROMPT/OUTPUT, at fixed concurrency
+(every client sends its requests back to back) or with Poisson arrivals (--poisson RATE).
+Reported per row: output tok/s, TTFT p50/p99, inter-token latency p50/p99. Then the server
+stops and the engine's graphed step runs in-process at each row's batch: its tok/s is the
+ceiling the row's output tok/s is divided by. `--itl-under-prefill` adds the row where one
+client streams while CLIENTS-1 others arrive with long prompts, and compares that client's
+ITL p99 with its own before they came.
+
+Run on the device: python bench/serve_bench.py --models granite-4.0-h-micro
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import itertools
+import json
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent / "runtime"), str(HERE.parent)]
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def word_tokenizer(path: Path) -> None:
+    """A tokenizer covering the random model's whole vocabulary (token-id prompts; the
+    server still decodes every token it streams, as it does for a real model)."""
+    if (path / "tokenizer.json").exists():
+        return
+    from tokenizers import Tokenizer, models
+
+    vocab = json.loads((path / "config.json").read_text())["vocab_size"]
+    words = {f"w{i}": i for i in range(vocab)}
+    Tokenizer(models.WordLevel(words, unk_token="w0")).save(str(path / "tokenizer.json"))
+    (path / "tokenizer_config.json").write_text(json.dumps({"eos_token": "w0"}))
+
+
+# ---- the server -------------------------------------------------------------------------
+SERVER = """
+import sys
+from granite_runtime.serve import build_service, run_server
+path, port, slots, length = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+service = build_service(path, "cuda", "bfloat16", slots, length, served_name="bench")
+run_server(service, "127.0.0.1", port)
+"""
+
+
+def start_server(path: Path, port: int, slots: int, length: int, log: Path):
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([*sys.path[:3], os.environ.get("PYTHONPATH", "")]),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SERVER, str(path), str(port), str(slots), str(length)],
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    start = time.monotonic()
+    while time.monotonic() - start < 420:  # liveness: a dead server ends the wait at once
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited ({proc.returncode}): {log.read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                return proc, time.monotonic() - start
+        except OSError:
+            time.sleep(1)
+    proc.kill()
+    raise RuntimeError("server did not answer /health within 420 s")
+
+
+def stream_one(port: int, prompt: list[int], out: int) -> dict:
+    """One streaming completion: send time, first-token time, every token's arrival."""
+    body = json.dumps(
+        {
+            "model": "bench",
+            "prompt": prompt,
+            "max_tokens": out,
+            "temperature": 0,
+            "ignore_eos": True,
+            "stream": True,
+        }
+    )
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    sent = time.perf_counter()
+    conn.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
+    response = conn.getresponse()
+    if response.status != 200:
+        raise RuntimeError(f"HTTP {response.status}: {response.read()[:300]!r}")
+    arrivals = []
+    for line in response:
+        if line.startswith(b"data: ") and not line.startswith(b"data: [DONE]"):
+            arrivals.append(time.perf_counter())  # one event per token
+    conn.close()
+    return {"sent": sent, "arrivals": arrivals}
+
+
+def run_row(port: int, clients: int, prompt_len: int, out: int, rounds: int, poisson: float):
+    rng = random.Random(clients * 100003 + prompt_len)
+    results, errors = [], []
+    lock = threading.Lock()
+
+    def client(delays: list[float]):
+        for delay in delays:
+            time.sleep(delay)
+            prompt = [rng.randrange(100, 30000) for _ in range(prompt_len)]
+            try:
+                r = stream_one(port, prompt, out)
+            except Exception as e:  # counted, printed, never hidden
+                with lock:
+                    errors.append(str(e)[:200])
+                continue
+            with lock:
+                results.append(r)
+
+    if poisson:  # one thread per request, arrivals at `poisson` requests per second
+        gaps = [rng.expovariate(poisson) for _ in range(clients * rounds)]
+        starts = [sum(gaps[: i + 1]) for i in range(len(gaps))]
+        plans = [[s] for s in starts]
+    else:
+        plans = [[0.0] * rounds for _ in range(clients)]
+    threads = [threading.Thread(target=client, args=(plan,)) for plan in plans]
+    began = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - began
+    tokens = sum(len(r["arrivals"]) for r in results)
+    ttft = [r["arrivals"][0] - r["sent"] for r in results if r["arrivals"]]
+    itl = [b - a for r in results for a, b in itertools.pairwise(r["arrivals"])]
+    return {
+        "clients": clients,
+        "prompt": prompt_len,
+        "out": out,
+        "requests": len(results),
+        "errors": errors[:3],
+        "out_tok_s": tokens / wall,
+        "ttft_p50_s": pct(ttft, 0.5),
+        "ttft_p99_s": pct(ttft, 0.99),
+        "itl_p50_ms": pct(itl, 0.5) * 1e3,
+        "itl_p99_ms": pct(itl, 0.99) * 1e3,
+    }
+
+
+def itl_under_prefill(port: int, others: int, prompt_len: int, out: int) -> dict:
+    """One client streams 1,024 tokens; after 200 of them `others` clients arrive with
+    `prompt_len`-token prompts. Its ITL p99 before they came vs while they prefill."""
+    watched: dict = {}
+    done = threading.Event()
+
+    def watch():
+        watched.update(stream_one(port, [7] * 64, 1024))
+        done.set()
+
+    t = threading.Thread(target=watch)
+    t.start()
+    time.sleep(0.5)
+    while not done.is_set():  # wait for ~200 tokens of the watched stream
+        time.sleep(0.05)
+        if time.perf_counter() - watched.get("sent", time.perf_counter()) > 0.6:
+            break
+    arrived = time.perf_counter()
+    crowd = run_row(port, others, prompt_len, 16, 1, 0.0)
+    t.join()
+    arrivals = watched["arrivals"]
+    gaps = [(b, b - a) for a, b in itertools.pairwise(arrivals)]
+    before = [g for at, g in gaps if at < arrived]
+    during = [g for at, g in gaps if arrived <= at <= arrived + crowd["ttft_p99_s"]]
+    return {
+        "others": others,
+        "prompt": prompt_len,
+        "idle_itl_p99_ms": pct(before, 0.99) * 1e3,
+        "during_prefill_itl_p99_ms": pct(during, 0.99) * 1e3,
+        "ratio": pct(during, 0.99) / pct(before, 0.99) if before and during else float("nan"),
+        "others_ttft_p99_s": crowd["ttft_p99_s"],
+    }
+
+
+# ---- the engine's own ceiling -----------------------------------------------------------
+def engine_step_tok_s(path: Path, batches: list[int]) -> dict:
+    import torch
+
+    from granite_runtime.cache import Batch, HybridCache
+    from granite_runtime.graphs import GraphedDecoder
+    from granite_runtime.loader import load_model
+
+    model = load_model(path, "bfloat16", "cuda")
+    out = {}
+    with torch.inference_mode():
+        for b in batches:
+            cache = HybridCache(model.config, b, 1024, torch.bfloat16, "cuda")
+            graphed = GraphedDecoder(model, cache, b)
+            graphed.capture([b])
+            tokens = torch.randint(0, 900, (b, 1), device="cuda")
+            slots, starts = list(range(b)), [512] * b
+            if graphed.graphs:
+                fn = lambda g=graphed, t=tokens, s=slots, p=starts: g(t, s, p)  # noqa: E731
+            else:  # a batch the graphs do not support runs eagerly, as the engine does
+                batch = Batch.make(slots, starts, "cuda")
+                fn = lambda t=tokens, b=batch, c=cache: model(t, b, c)  # noqa: E731
+            for _ in range(5):
+                fn()
+            torch.cuda.synchronize()
+            began = time.perf_counter()
+            for _ in range(50):
+                fn()
+            torch.cuda.synchronize()
+            seconds = (time.perf_counter() - began) / 50
+            out[b] = {"tok_s": b / seconds, "graphed": bool(graphed.graphs)}
+            del graphed, cache
+            torch.cuda.empty_cache()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="granite-4.0-h-micro")
+    ap.add_argument("--root", default="/tmp/gkit-models")
+    ap.add_argument("--rows", default="1x512/256,8x512/256,64x512/256,128x512/256,64x2048/128")
+    ap.add_argument("--slots", type=int, default=128)
+    ap.add_argument("--max-model-len", type=int, default=4096)
+    ap.add_argument("--rounds", type=int, default=2, help="requests per client (fixed)")
+    ap.add_argument("--poisson", type=float, default=0.0, help="requests/s instead")
+    ap.add_argument("--itl-under-prefill", type=int, default=0, help="clients in that row")
+    ap.add_argument("--port", type=int, default=18123)
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+    import torch
+
+    card = torch.cuda.get_device_name()
+    print(f"card: {card}", flush=True)
+    from gpu_memory import checkpoint
+
+    report = {"card": card}
+    rows = []
+    for spec in args.rows.split(","):
+        clients, lengths = spec.split("x")
+        prompt_len, out = lengths.split("/")
+        rows.append((int(clients), int(prompt_len), int(out)))
+    for name in args.models.split(","):
+        path = checkpoint(name, Path(args.root))
+        word_tokenizer(path)
+        proc, up = start_server(
+            path, args.port, args.slots, args.max_model_len, Path(f"/tmp/{name}.log")
+        )
+        print(f"{name}: server up in {up:.0f} s ({args.slots} slots)", flush=True)
+        served = []
+        try:
+            stream_one(args.port, [5] * 32, 8)  # warm
+            for clients, prompt_len, out in rows:
+                r = run_row(args.port, clients, prompt_len, out, args.rounds, args.poisson)
+                served.append(r)
+                print(
+                    f"  {clients:>3} x {prompt_len}/{out}: {r['out_tok_s']:,.0f} out tok/s, "
+                    f"TTFT p50/p99 {r['ttft_p50_s']:.2f}/{r['ttft_p99_s']:.2f} s, ITL p50/p99 "
+                    f"{r['itl_p50_ms']:.1f}/{r['itl_p99_ms']:.1f} ms"
+                    + (f", errors {r['errors']}" if r["errors"] else ""),
+                    flush=True,
+                )
+            if args.itl_under_prefill:
+                u = itl_under_prefill(args.port, args.itl_under_prefill - 1, 2048, 16)
+                report[f"{name}_itl_under_prefill"] = u
+                print(f"  one client while {u['others']} prefill 2048: {u}", flush=True)
+        finally:
+            proc.terminate()
+            proc.wait(60)
+        ceilings = engine_step_tok_s(path, sorted({min(c, args.slots) for c, _, _ in rows}))
+        for r in served:
+            ceiling = ceilings[min(r["clients"], args.slots)]
+            r["engine_step_tok_s"], r["engine_graphed"] = ceiling["tok_s"], ceiling["graphed"]
+            r["served_vs_engine"] = r["out_tok_s"] / ceiling["tok_s"]
+            print(
+                f"  {r['clients']:>3} x {r['prompt']}/{r['out']}: served {r['out_tok_s']:,.0f} "
+                f"/ engine step {ceiling['tok_s']:,.0f} tok/s (graphed {ceiling['graphed']}) "
+                f"= {r['served_vs_engine']:.0%}",
+                flush=True,
+            )
+        report[name] = served
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
