@@ -92,9 +92,10 @@ def test_cuda_build_refuses_a_base_whose_torch_has_no_cuda(setup):
 def test_cuda_build_refuses_a_base_without_torch(setup):
     r = _build(setup, "--accelerator", "cuda", "--base-image", setup[1])
     assert r.returncode == 1, r.stdout + r.stderr
-    assert "has no torch: a cuda image reuses the base's torch" in json.loads(r.stdout)[
-        "error"
-    ]["message"]
+    assert (
+        "has no torch: a cuda image reuses the base's torch"
+        in json.loads(r.stdout)["error"]["message"]
+    )
 
 
 def test_a_torch_the_base_holds_is_reused_not_reinstalled(setup):

@@ -155,3 +155,27 @@ def test_batch_of_different_lengths_equals_each_alone(tiny_hybrid):
         assert a.output_ids == b.output_ids
         diffs = [abs(x[0] - y[0]) for x, y in zip(a.logprobs, b.logprobs, strict=True)]
         assert max(diffs) < 1e-4
+
+
+def test_decode_tokens_count_against_the_step_budget_and_prompts_share_the_rest(tiny_hybrid):
+    """max_num_batched_tokens: two streams decode while two prompts wait; each step
+    prefills budget - 2 prompt tokens, across both prompts once the first is done, and the
+    answers stay those each prompt gets alone."""
+    model, codec = load_model(tiny_hybrid, "float32", "cpu"), TextCodec.from_dir(tiny_hybrid)
+    engine = Engine(model, codec, max_num_seqs=4, max_model_len=512, prefill_chunk=256,
+                    max_num_batched_tokens=130)  # fmt: skip
+    params = SamplingParams(temperature=0.0, max_tokens=40, ignore_eos=True)
+    streams = [engine.submit([5, 6, 7], params), engine.submit([8, 9], params)]
+    engine.step()  # both short prompts prefilled; both decoding from now on
+    assert all(s.output_ids for s in streams)
+    long_ids, short_ids = list(range(3, 203)), list(range(11, 61))
+    long, short = engine.submit(long_ids, params), engine.submit(short_ids, params)
+    engine.step()
+    assert (long.prefilled, short.prefilled) == (128, 0)  # 130 minus the 2 decode tokens
+    engine.step()
+    assert (long.prefilled, short.prefilled) == (200, 50)  # 72 + 50 of the next 128
+    while engine.has_work():
+        engine.step()
+    alone = Engine(model, codec, max_num_seqs=1, max_model_len=512)
+    assert long.output_ids == alone.generate(long_ids, params).output_ids
+    assert short.output_ids == alone.generate(short_ids, params).output_ids

@@ -1,11 +1,14 @@
 """Continuous batching over fixed cache pools.
 
-Each step: admit waiting requests into free slots, run prefill chunks (at most
-`prefill_chunk` prompt tokens per step, so a long prompt does not stall everyone else),
-then one decode forward for every running sequence, sample, and report text. Requests join
-and leave between steps. Admission control: a prompt that can never fit is refused at
-submit time (413); when every slot is busy, requests wait, and past `max_waiting` new
-ones are refused (429), so overload never turns into an out-of-memory crash.
+Each step has a token budget (`max_num_batched_tokens`, as vLLM's scheduler has): every
+running sequence's decode token counts against it first, and what is left goes to prompt
+chunks (at least MIN_PREFILL_TOKENS, so prompts never starve), several prompts in one step
+if they fit. Then one decode forward for every running sequence, sample, and report text.
+A long prompt therefore never stalls the streams already running for more than one chunk.
+Requests join and leave between steps. Admission control: a prompt that can never fit is
+refused at submit time (413); when every slot is busy, requests wait, and past
+`max_waiting` new ones are refused (429), so overload never turns into an out-of-memory
+crash.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from granite_runtime.tokenizer import TextCodec
 # replays the larger one, its extra rows on a pad slot no sequence holds.
 MAX_GRAPHED_BATCH = 64
 PADDED_STEP = 16
+MIN_PREFILL_TOKENS = 64
 
 
 def graph_sizes(max_num_seqs: int) -> list[int]:
@@ -51,10 +55,12 @@ class Engine:
         max_model_len: int = 4096,
         prefill_chunk: int = 512,
         max_waiting: int = 256,
+        max_num_batched_tokens: int | None = None,
     ):
         self.model, self.codec = model, codec
         self.max_num_seqs, self.max_model_len = max_num_seqs, max_model_len
         self.prefill_chunk, self.max_waiting = prefill_chunk, max_waiting
+        self.max_num_batched_tokens = max_num_batched_tokens or prefill_chunk
         weight = model.model.embed_tokens.weight
         self.device = weight.device
         if self.device.type == "cpu":
@@ -159,17 +165,21 @@ class Engine:
         self._admit()
         for seq in [s for s in self.running if s.cancelled]:
             self._finish(seq, "cancelled")
-        budget = self.prefill_chunk
+        decoding = self._decoding()
+        budget = max(self.max_num_batched_tokens - len(decoding), MIN_PREFILL_TOKENS)
         for seq in [s for s in self.running if s.in_prefill]:
             if budget <= 0:
                 break
             budget -= self._prefill_chunk(seq, budget)
-        decoding = [
-            s for s in self.running if not s.in_prefill and s.output_ids and s.finish_reason is None
-        ]
+        decoding = self._decoding()  # with those whose prompt just finished
         if decoding:
             self._decode(decoding)
         self.stats["steps"] += 1
+
+    def _decoding(self) -> list[Sequence]:
+        return [
+            s for s in self.running if not s.in_prefill and s.output_ids and s.finish_reason is None
+        ]
 
     def _prefill_chunk(self, seq: Sequence, budget: int) -> int:
         start = seq.prefilled
