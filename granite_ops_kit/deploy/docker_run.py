@@ -69,6 +69,15 @@ def run(req: RunRequest):
     )
 
 
+def answers_health(port: int) -> bool:
+    """Whether a runtime on this host's port answers /health (podman's pods use it too)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
 def wait_healthy(container, port: int, timeout: float = 600) -> float:
     """Seconds until /health answered; CheckFailed with the container's last words if it
     exits first (e.g. its verify step refused the model)."""
@@ -82,11 +91,7 @@ def wait_healthy(container, port: int, timeout: float = 600) -> float:
                 f"container {container.name} exited ({code}) before serving: "
                 f"{logs.splitlines()[-1] if logs else 'no output'}"
             )
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                if r.status == 200:
-                    return time.monotonic() - start
-        except OSError:
-            pass
+        if answers_health(port):
+            return time.monotonic() - start
         time.sleep(0.5)
     raise CheckFailed(f"container {container.name} did not answer /health within {timeout} s.")

@@ -173,27 +173,21 @@ def deploy(req: DeployRequest, actor: str, progress=None, log=None) -> dict:
     event = "deployment.rendered" if req.target == "render" else "deployment.applied"
     result["action"] = "rendered" if req.target == "render" else "deployed"
     where = f"{req.target}: {release} on {req.gpus} GPU(s)"
+    failure = None
     try:
         result.update(_apply(req, release, chart_values, plan, f"{repo}:{tag}", log))
-    except CheckFailed as failure:
-        details = {**result, "failure": failure.message}
-        record(
-            event,
-            str(req.model_path.resolve()),
-            "failure",
-            f"{where}: {failure.message}",
-            digest=checked.manifest_digest,
-            details=details,
-        )
-        raise
+    except CheckFailed as error:
+        failure = error
     record(
         event,
         str(req.model_path.resolve()),
-        "success",
-        f"{where}, {result['verification']}",
+        "failure" if failure else "success",
+        f"{where}: {failure.message}" if failure else f"{where}, {result['verification']}",
         digest=checked.manifest_digest,
-        details=result,
+        details={**result, "failure": failure.message} if failure else result,
     )
+    if failure:
+        raise failure
     return result
 
 

@@ -11,9 +11,9 @@ import json
 import shutil
 import subprocess
 import time
-import urllib.request
 from pathlib import Path
 
+from granite_ops_kit.deploy.docker_run import answers_health
 from granite_ops_kit.errors import CheckFailed, UsageError
 
 PLAY_FILE = "podman-play.yaml"
@@ -192,12 +192,8 @@ def wait_healthy(pod: str, port: int, timeout: float = 600) -> float:
             raise CheckFailed(f"the pod {pod} stopped before serving: {_why_not_serving(pod)}")
         if runtime not in state and any(c.get("ExitCode") for c in state.values()):
             raise CheckFailed(f"the pod {pod} never started serving: {_why_not_serving(pod)}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                if r.status == 200:
-                    return time.monotonic() - start
-        except OSError:
-            pass
+        if answers_health(port):
+            return time.monotonic() - start
         time.sleep(0.5)
     raise CheckFailed(f"the pod {pod} did not answer /health on port {port} within {timeout} s.")
 
