@@ -35,6 +35,7 @@ from granite_runtime.tokenizer import TextCodec
 MAX_GRAPHED_BATCH = 64
 PADDED_STEP = 16
 MIN_PREFILL_TOKENS = 64
+SETTLE_TOKENS = 16
 
 
 def graph_sizes(max_num_seqs: int) -> list[int]:
@@ -271,7 +272,7 @@ class Engine:
     def _report(self, seq: Sequence, new_ids: list[int], lp) -> None:
         reason = self._finish_reason(seq)
         ids = seq.output_ids[:-1] if self._ends_with_eos(seq) else seq.output_ids
-        text = self.codec.decode(ids)
+        text = self._decoded(seq, ids)
         hold = 0
         for stop in seq.params.stop:
             cut = text.find(stop)
@@ -293,6 +294,19 @@ class Engine:
             self._finish(seq, reason, TokenEvent(delta, new_ids, lp, reason))
         elif seq.on_event:
             seq.on_event(seq, TokenEvent(delta, new_ids, lp))
+
+    def _decoded(self, seq: Sequence, ids: list[int]) -> str:
+        """The text of `ids`, decoding only the tokens after the last settled point: decoding
+        the whole output at every token cost O(length) per token, for every stream, in the
+        step's own thread. A point settles every SETTLE_TOKENS tokens where the text does not
+        end in U+FFFD (a character cut in two, which the next token may complete)."""
+        if not self.codec.concatenates:
+            return self.codec.decode(ids)
+        tail = self.codec.decode(ids[seq.settled_ids :])
+        text = seq.settled_text + tail
+        if len(ids) - seq.settled_ids >= SETTLE_TOKENS and not tail.endswith("\ufffd"):
+            seq.settled_ids, seq.settled_text = len(ids), text
+        return text
 
     def _finish(self, seq: Sequence, reason: str, event: TokenEvent | None = None) -> None:
         seq.finish_reason, seq.status = reason, Status.FINISHED

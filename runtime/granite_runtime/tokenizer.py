@@ -6,8 +6,10 @@ jinja2's immutable sandbox, which refuses attribute tricks that reach Python int
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 
 from jinja2 import TemplateError
@@ -87,6 +89,15 @@ class TextCodec:
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    @cached_property
+    def concatenates(self) -> bool:
+        """Whether decode(a + b) == decode(a) + decode(b) wherever decode(a) does not end in
+        U+FFFD (no character cut in two): true of byte-level BPE (Granite's, GPT-2's),
+        whose decoder maps tokens to bytes; not of decoders that strip a leading space
+        (SentencePiece's Metaspace)."""
+        decoder = json.loads(self.tokenizer.to_str()).get("decoder") or {}
+        return decoder.get("type") == "ByteLevel"
 
     def render_chat(
         self,
