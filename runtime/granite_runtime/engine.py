@@ -98,13 +98,19 @@ class Engine:
 
     @torch.inference_mode()
     def _warm_up_prefill(self) -> None:
-        """One prompt chunk through slot 0 at start-up, so Triton compiles and autotunes the
-        prefill kernels now rather than during the first request (seconds of compiling).
+        """Prompt chunks of every length the scheduler cuts through slot 0 at start-up, so
+        Triton compiles and autotunes the prefill kernels now rather than during requests
+        (seconds of compiling).
         Every rank runs it, in step, as every rank captures the graphs (tensor parallelism)."""
-        length = min(self.prefill_chunk, self.max_model_len)
-        tokens = torch.zeros(1, length, dtype=torch.long, device=self.device)
-        self.model(tokens, Batch.make([0], [0], self.device), self.cache)
-        self.cache.reset(0)
+        lengths = {min(self.prefill_chunk, self.max_model_len)}
+        n = MIN_PREFILL_TOKENS
+        while n < min(self.prefill_chunk, self.max_model_len):
+            lengths.add(n)  # the chunk lengths _prefill_chunk cuts prompts into
+            n *= 2
+        for length in sorted(lengths, reverse=True):
+            tokens = torch.zeros(1, length, dtype=torch.long, device=self.device)
+            self.model(tokens, Batch.make([0], [0], self.device), self.cache)
+            self.cache.reset(0)
 
     # ---- submitting -------------------------------------------------------------------
     def submit(self, prompt_ids: list[int], params: SamplingParams, on_event=None) -> Sequence:
@@ -184,7 +190,14 @@ class Engine:
 
     def _prefill_chunk(self, seq: Sequence, budget: int) -> int:
         start = seq.prefilled
-        chunk = seq.prompt_ids[start : start + min(budget, self.prefill_chunk)]
+        take = min(budget, self.prefill_chunk, len(seq.prompt_ids) - start)
+        if take < len(seq.prompt_ids) - start:
+            # a chunk that is not the prompt's last has a length warmed up at start-up (a
+            # power of two from MIN_PREFILL_TOKENS): the kernels are compiled and tuned per
+            # length, and a budget minus however many streams decode would otherwise make a
+            # new length, and a compile stall, at nearly every step
+            take = max(1 << (take.bit_length() - 1), MIN_PREFILL_TOKENS)
+        chunk = seq.prompt_ids[start : start + take]
         tokens = torch.tensor([chunk], dtype=torch.long, device=self.device)
         logits = self._forward(tokens, [seq.slot], [start], decode=False)
         seq.prefilled += len(chunk)
