@@ -164,22 +164,17 @@ def run_row(port: int, clients: int, prompt_len: int, out: int, rounds: int, poi
 
 
 def itl_under_prefill(port: int, others: int, prompt_len: int, out: int) -> dict:
-    """One client streams 1,024 tokens; after 200 of them `others` clients arrive with
-    `prompt_len`-token prompts. Its ITL p99 before they came vs while they prefill."""
+    """One client streams 2,048 tokens; 1.5 s in, `others` clients arrive with
+    `prompt_len`-token prompts. Its ITL p99 before they came vs while they prefill (until
+    the last of them has its first token)."""
     watched: dict = {}
-    done = threading.Event()
 
     def watch():
-        watched.update(stream_one(port, [7] * 64, 1024))
-        done.set()
+        watched.update(stream_one(port, [7] * 64, 2048))
 
     t = threading.Thread(target=watch)
     t.start()
-    time.sleep(0.5)
-    while not done.is_set():  # wait for ~200 tokens of the watched stream
-        time.sleep(0.05)
-        if time.perf_counter() - watched.get("sent", time.perf_counter()) > 0.6:
-            break
+    time.sleep(1.5)  # the watched stream's idle pace first (hundreds of tokens)
     arrived = time.perf_counter()
     crowd = run_row(port, others, prompt_len, 16, 1, 0.0)
     t.join()
