@@ -71,9 +71,12 @@ def test_cuda_engine_batch_equals_alone(tiny_hybrid):
     assert [s.output_ids for s in together] == alone
 
 
+@pytest.mark.parametrize("padded", [False, True])
 @pytest.mark.parametrize("fixture", ["tiny_hybrid", "tiny_dense"])
-def test_graphed_decode_equals_eager(fixture, request):
-    """A CUDA-graph decode step gives the eager step's logits and leaves the same state."""
+def test_graphed_decode_equals_eager(fixture, padded, request):
+    """A CUDA-graph decode step gives the eager step's logits and leaves the same state.
+    Padded: the 3 rows replay the 4-row graph, the extra row on the pad slot (5), and the
+    unused slot 4 is left untouched."""
     from granite_runtime.graphs import GraphedDecoder
 
     path = request.getfixturevalue(fixture)
@@ -84,10 +87,11 @@ def test_graphed_decode_equals_eager(fixture, request):
     ]
     caches, outs = [], []
     for graphed in (False, True):
-        cache = HybridCache(model.config, 4, 64, torch.float32, "cuda")
-        dec = GraphedDecoder(model, cache, 4)
+        cache = HybridCache(model.config, 6 if padded else 4, 64, torch.float32, "cuda")
+        dec = GraphedDecoder(model, cache, 4, pad_slot=5 if padded else None)
         if graphed:
-            dec.capture([3])
+            dec.capture([4] if padded else [3])
+            assert dec.size_for(3) == (4 if padded else 3) and dec.size_for(5) is None
         slots, starts, tokens = [2, 0, 3], [], []
         with torch.no_grad():
             for slot, ids in zip(slots, prompts, strict=True):
@@ -95,11 +99,14 @@ def test_graphed_decode_equals_eager(fixture, request):
                 logits = model(ids.cuda(), Batch.make([slot], [0], "cuda"), cache)
                 starts.append(ids.shape[1])
                 tokens.append(logits[0, -1].argmax().item())
+            if cache.ssm.numel():
+                cache.ssm[:, 1] = 7.0  # a slot no row uses: must stay as it is
             steps = []
             for _ in range(5):  # greedy decode, all three rows together
                 t = torch.tensor([[x] for x in tokens], device="cuda")
                 if graphed:
                     logits = dec(t, slots, starts).clone()
+                    assert logits.shape[0] == 3
                 else:
                     logits = model(t, Batch.make(slots, starts, "cuda"), cache)
                 steps.append(logits[:, -1].cpu())
@@ -112,6 +119,8 @@ def test_graphed_decode_equals_eager(fixture, request):
         graphed_state, eager_state = getattr(caches[1], name), getattr(caches[0], name)
         if eager_state.numel():
             assert _rel(graphed_state[:, [0, 2, 3]], eager_state[:, [0, 2, 3]]) < 1e-5
+    if caches[1].ssm.numel():
+        assert torch.all(caches[1].ssm[:, 1] == 7.0)
 
 
 @pytest.mark.parametrize("rows", [1, 3])
@@ -713,65 +722,16 @@ def test_one_row_decode_runs_the_fused_products(fixture, request, monkeypatch):
     assert _rel(fused, separate) < 1e-2 and _rel(fused, cpu) < 3e-2
 
 
-def test_a_padded_batch_replays_the_larger_graph_and_matches_eager(tiny_hybrid):
-    """3 rows replay the 4-row graph, the extra row on the pad slot: the rows' logits and
-    the state of their slots equal the eager step's, and no other slot is touched."""
-    from granite_runtime.graphs import GraphedDecoder
-
-    model = load_model(tiny_hybrid, "float32", "cuda")
-    prompts = [torch.randint(0, 1000, (1, n), generator=torch.Generator().manual_seed(n))
-               for n in (9, 30, 17)]  # fmt: skip
-    outs, caches = [], []
-    for graphed in (False, True):
-        cache = HybridCache(model.config, 6, 64, torch.float32, "cuda")  # slot 5: the pad
-        dec = GraphedDecoder(model, cache, 4, pad_slot=5)
-        if graphed:
-            dec.capture([4])
-            assert dec.size_for(3) == 4 and dec.size_for(5) is None
-        slots, starts, tokens = [2, 0, 3], [], []
-        with torch.no_grad():
-            for slot, ids in zip(slots, prompts, strict=True):
-                cache.reset(slot)
-                logits = model(ids.cuda(), Batch.make([slot], [0], "cuda"), cache)
-                starts.append(ids.shape[1])
-                tokens.append(logits[0, -1].argmax().item())
-            cache.ssm[:, 4] = 7.0  # a slot nobody uses: must stay as it is
-            steps = []
-            for _ in range(4):
-                t = torch.tensor([[x] for x in tokens], device="cuda")
-                if graphed:
-                    logits = dec(t, slots, starts).clone()
-                    assert logits.shape[0] == 3
-                else:
-                    logits = model(t, Batch.make(slots, starts, "cuda"), cache)
-                steps.append(logits[:, -1].cpu())
-                tokens = logits[:, -1].argmax(-1).tolist()
-                starts = [s + 1 for s in starts]
-        outs.append(torch.stack(steps))
-        caches.append(cache)
-    assert _rel(outs[1], outs[0]) < 1e-5
-    assert _rel(caches[1].ssm[:, [0, 2, 3]], caches[0].ssm[:, [0, 2, 3]]) < 1e-5
-    assert torch.all(caches[1].ssm[:, 4] == 7.0)
-
-
 def test_moe_grouped_gemms_replay_in_a_cuda_graph_at_any_token_count(tiny_hybrid):
     """Decode batches beyond the gathered path (tokens x top_k > 64) go through
     torch._grouped_mm, with expert counts by scatter (bincount syncs): one captured graph
     replays new routings exactly as the eager block computes them."""
-    import dataclasses
+    from tests.test_runtime_moe import make_moe
 
-    from granite_runtime import layers
-    from granite_runtime.config import GraniteConfig
-
-    if torch.cuda.get_device_capability() < (9, 0):
-        pytest.skip("torch._grouped_mm runs in bf16 from Hopper on")
-    config = GraniteConfig.from_file(tiny_hybrid / "config.json")
-    config = dataclasses.replace(config, num_experts=16, top_k=4, expert_size=64)
-    moe = layers.MoE(config)
-    gen = torch.Generator().manual_seed(0)
-    for p in moe.parameters():
-        p.data = torch.randn(p.shape, generator=gen) * 0.1
-    moe = moe.to("cuda", torch.bfloat16)
+    # the device machines are Hopper (H100/H200), where torch._grouped_mm runs in bf16
+    assert torch.cuda.get_device_capability() >= (9, 0)
+    moe = make_moe(tiny_hybrid, torch.bfloat16, experts=16, top_k=4, size=64).cuda()
+    config = moe.config
     static = torch.randn(80, config.hidden_size, device="cuda", dtype=torch.bfloat16)
     with torch.no_grad():
         for _ in range(2):
