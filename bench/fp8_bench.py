@@ -1,6 +1,6 @@
 """FP8 weights against bf16 on one GPU: same random weights, same run (run on the device).
 
-Draws the model's bf16 weights on the GPU (tp_bench.random_model), measures it, then
+Draws the model's bf16 weights on the GPU (common.random_model), measures it, then
 quantizes the same model in place (fp8.quantize_linears) and measures again: the logits of
 a 64-token prompt against bf16 (relative error, top-1 agreement per position), prefill tok/s,
 decode tok/s at each batch size from CUDA graphs, and decode's fraction of the memory
@@ -16,14 +16,14 @@ import argparse
 import json
 
 import torch
-from gpu_bench import _timed, copy_bandwidth
-from tp_bench import random_model
+from common import copy_bandwidth, random_model, timed
 
 from granite_ops_kit import catalog
-from granite_runtime import fp8, memory
-from granite_runtime.cache import Batch, HybridCache
-from granite_runtime.config import GraniteConfig
-from granite_runtime.graphs import GraphedDecoder
+from granite_runtime.engine.cache import Batch, HybridCache
+from granite_runtime.engine.graphs import GraphedDecoder
+from granite_runtime.layers import fp8
+from granite_runtime.spec import memory
+from granite_runtime.spec.config import GraniteConfig
 
 
 def _bytes(model: torch.nn.Module) -> int:
@@ -38,7 +38,7 @@ def _measure(model, config, prompt: int, batches: list[int], bandwidth: float) -
     pool = HybridCache(config, 1, prompt + 8, torch.bfloat16, "cuda")
     out["logits"] = model(ids, Batch.make([0], [0], "cuda"), pool, all_logits=True)[0].cpu()
     long = torch.randint(0, config.vocab_size, (1, prompt), generator=g).cuda()
-    secs = _timed(lambda: model(long, Batch.make([0], [0], "cuda"), pool), 2)
+    secs = timed(lambda: model(long, Batch.make([0], [0], "cuda"), pool), 2)
     out["prefill_tok_s"] = prompt / secs
     pool = None  # freed before the decode pools
     for b in batches:
@@ -47,7 +47,7 @@ def _measure(model, config, prompt: int, batches: list[int], bandwidth: float) -
         graphed.capture([b])
         tokens = torch.randint(0, config.vocab_size, (b, 1), generator=g).cuda()
         slots, starts = list(range(b)), [512] * b
-        step = _timed(lambda gr=graphed, t=tokens, s=slots, p=starts: gr(t, s, p), 50)
+        step = timed(lambda gr=graphed, t=tokens, s=slots, p=starts: gr(t, s, p), 50)
         moved = _bytes(model) + b * (
             512 * memory.kv_bytes_per_token(config) + 2 * memory.state_bytes_per_sequence(config)
         )

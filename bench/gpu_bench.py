@@ -16,56 +16,23 @@ import argparse
 import json
 import statistics
 import time
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from common import checkpoint, copy_bandwidth, profile_step, programs_per_sm, timed
 
-from granite_runtime import layers, memory, ssd
-from granite_runtime.cache import Batch, HybridCache
-from granite_runtime.config import GraniteConfig
-from granite_runtime.graphs import GraphedDecoder
-from granite_runtime.loader import load_model
-
-
-def copy_bandwidth(gib: float = 2.0) -> float:
-    """GB/s of a device-to-device copy, counting bytes read and written."""
-    a = torch.empty(int(gib * 2**30), dtype=torch.uint8, device="cuda")
-    b = torch.empty_like(a)
-    for _ in range(3):
-        b.copy_(a)
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(10):
-        b.copy_(a)
-    torch.cuda.synchronize()
-    return 2 * a.numel() * 10 / (time.perf_counter() - t) / 1e9
-
-
-def _timed(fn, repeat: int) -> float:
-    fn()
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(repeat):
-        fn()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - t) / repeat
-
-
-def profile_step(fn, top: int = 12) -> str:
-    """The kernels one step spends its device time in (torch.profiler), as a short table."""
-    from torch.profiler import ProfilerActivity, profile
-
-    fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(3):
-            fn()
-        torch.cuda.synchronize()
-    return prof.key_averages().table(
-        sort_by="cuda_time_total", row_limit=top, max_name_column_width=60
-    )
+from granite_runtime.engine.cache import Batch, HybridCache
+from granite_runtime.engine.graphs import GraphedDecoder
+from granite_runtime.kernels import select
+from granite_runtime.kernels.choice import KernelChoice
+from granite_runtime.kernels.triton.options import DEFAULT, LaunchOptions
+from granite_runtime.layers import ssd
+from granite_runtime.model.loader import load_model
+from granite_runtime.spec import memory
+from granite_runtime.spec.config import GraniteConfig
 
 
 def profile_graph_step(fn, steps: int = 20, top: int = 25) -> str:
@@ -131,7 +98,7 @@ def prefill(model, length: int, weights: int, profile: bool = False) -> dict:
     def run():
         return model(prompt, Batch.make([0], [0], "cuda"), cache)
 
-    calls = [_timed(run, 1) for _ in range(7 if length <= 8192 else 3)]
+    calls = [timed(run, 1) for _ in range(7 if length <= 8192 else 3)]
     secs = statistics.median(calls)
     peak = torch.cuda.max_memory_allocated()
     predicted = weights + cache.nbytes() + memory.activation_bytes(c, length, 1)
@@ -152,7 +119,8 @@ def _tuned_configs() -> str:
     """The block shapes the prefill kernels' autotuners kept so far, per shape key: the 4k
     prefill has read 50-78k tok/s across sessions with its code unchanged, and a noisy
     autotuning pick (timed without an L2 flush, triton_autotune.py) is one suspect."""
-    from granite_runtime import triton_fused, triton_ssd
+    from granite_runtime.kernels.triton import fused as triton_fused
+    from granite_runtime.kernels.triton import scan as triton_ssd
 
     kernels = {"scan": triton_ssd._chunk_scan_kernel, "conv": triton_fused._conv_prefill_kernel}
     return "; ".join(
@@ -160,13 +128,6 @@ def _tuned_configs() -> str:
         for name, kernel in kernels.items()
         for key, config in getattr(kernel, "cache", {}).items()
     )
-
-
-def programs_per_sm(warps: int, regs: int, shared: int) -> int:
-    """How many programs of a kernel fit on one Hopper SM at once (32 programs, 64 warps,
-    64K registers allocated 256 a warp at a time, 228 KB of shared memory)."""
-    by_regs = 65536 // (((max(regs, 1) * 32 + 255) // 256) * 256 * warps)
-    return min(32, 64 // warps, by_regs, (228 * 1024) // max(shared, 1))
 
 
 def _resources(compiled) -> str:
@@ -185,7 +146,10 @@ def kernel_resources() -> str:
     (a fixed number of programs per SM), which only holds if that many are resident."""
     import triton
 
-    from granite_runtime import triton_fused, triton_fused_linear, triton_moe, triton_ops
+    from granite_runtime.kernels.triton import decode as triton_ops
+    from granite_runtime.kernels.triton import fused as triton_fused
+    from granite_runtime.kernels.triton import fused_linear as triton_fused_linear
+    from granite_runtime.kernels.triton import moe as triton_moe
 
     lines, seen = [], []
     for module in (triton_fused_linear, triton_moe, triton_ops, triton_fused):
@@ -209,53 +173,39 @@ def kernel_resources() -> str:
     return "\n".join(sorted(set(lines)))
 
 
-def _captured_with(model, cache, batch: int, settings) -> GraphedDecoder:
-    """A decode graph for `batch` rows captured while each (module, attr, value) of
-    `settings` holds."""
-    before = [(module, attr, getattr(module, attr)) for module, attr, _ in settings]
-    for module, attr, value in settings:
-        setattr(module, attr, value)
+def _captured_with(model, cache, batch: int, choice: KernelChoice) -> GraphedDecoder:
+    """A decode graph for `batch` rows captured with `choice` applied (the model's own
+    choice is back afterwards; the graph keeps the kernels it captured)."""
+    own = model.kernels
+    select.apply(model, choice)
     try:
         graphed = GraphedDecoder(model, cache, batch)
         graphed.capture([batch])
     finally:
-        for module, attr, value in before:
-            setattr(module, attr, value)
+        select.apply(model, own)
     return graphed
 
 
-def _session8_config_for(rows: int, inner: int, preload: bool = True) -> tuple[int, ...]:
-    """triton_fused_linear's block shapes before session 9's sweep with PRELOAD."""
-    import triton
+def decode_switches(
+    base: KernelChoice, batch: int, named: tuple[str, ...] = ()
+) -> list[tuple[str, KernelChoice]]:
+    """(name, choice) of the graphed decode variants measured beside `base`; a name
+    `moe=4:2048:4:2:4` in `named` is a variant with those MoE kernel block shapes."""
 
-    width = triton.next_power_of_2(inner)
-    if width <= 2048:
-        return (4 if rows >= 16384 else 2), 8, 8, 3
-    if width == 4096 and inner == width:
-        return 1, 8, 8, 3
-    return (4 if width <= 4096 else 1), 4, 8, 3
+    def launch(**fields) -> KernelChoice:
+        return replace(base, launch=replace(base.launch, **fields))
 
-
-def decode_switches(batch: int, named: tuple[str, ...] = ()) -> list[tuple[str, list]]:
-    """(name, settings) of the graphed decode variants measured beside the default; a name
-    `moe=4:2048:4:2:4` in `named` is a variant with that triton_moe.CONFIG and ROUTED_CONFIG."""
-    from granite_runtime import triton_fused_linear, triton_moe, triton_ops, triton_pdl
-
-    switches = [("no_pdl", [(triton_pdl, "ENABLED", False)])]  # kernels launched in turn
+    switches = [("no_pdl", launch(pdl=False))]  # kernels launched in turn
     for name in named:
-        if name.startswith("moe="):  # a sixth number sets triton_moe.DOWN_TILE
-            config = tuple(int(v) for v in name[4:].split(":"))
-            tile = [(triton_moe, "DOWN_TILE", config[5])] if len(config) > 5 else []
-            shapes = [(triton_moe, "CONFIG", config[:5]), (triton_moe, "ROUTED_CONFIG", config[:5])]
-            switches.append((name, [*shapes, *tile]))
-    if batch == 1:  # the one-row fusions (triton_fused_linear) off, and their launch options
+        if name.startswith("moe="):
+            switches.append((name, launch(moe_blocks=tuple(int(v) for v in name[4:].split(":")))))
+    if batch == 1:  # the one-row fusions off, and their launch options
         switches += [
-            ("unfused", [(layers, "FUSED_LINEAR", False)]),
-            ("attention_unfused", [(layers, "FUSED_ATTENTION", False)]),
-            ("no_preload", [(triton_fused_linear, "PRELOAD", False)]),
-            ("late_state", [(triton_ops, "EARLY_STATE", False)]),
-            ("down_late", [(triton_moe, "DOWN_EARLY", False)]),
-            ("session8_shapes", [(triton_fused_linear, "config_for", _session8_config_for)]),
+            ("unfused", replace(base, fused_linear=False)),
+            ("attention_unfused", replace(base, fused_attention=False)),
+            ("no_preload", launch(preload=False)),
+            ("late_state", launch(early_state=False)),
+            ("down_late", launch(down_early=False)),
         ]
     return switches
 
@@ -281,10 +231,9 @@ def gkit(
         out.update(prefill(model, length, weights, profile=length == profile_prefill))
     for b in batches:
         cache = HybridCache(c, b, 1024, torch.bfloat16, "cuda")
-        layers.TRITON_DECODE = False  # the PyTorch state update, for comparison
-        graphed_torch = GraphedDecoder(model, cache, b)
-        graphed_torch.capture([b])  # before the rows hold anything
-        layers.TRITON_DECODE = True
+        base = model.kernels
+        # the PyTorch state update (and ops), for comparison; before the rows hold anything
+        graphed_torch = _captured_with(model, cache, b, replace(base, triton=False))
         graphed = GraphedDecoder(model, cache, b)
         graphed.capture([b])
         tokens = torch.randint(0, 900, (b, 1), device="cuda")
@@ -294,10 +243,11 @@ def gkit(
             512 * memory.kv_bytes_per_token(c) + 2 * memory.state_bytes_per_sequence(c)
         )
         variants = [("eager", lambda batch=batch, cache=cache, t=tokens: model(t, batch, cache))]
-        for name, settings in decode_switches(b, only_variants) if graphed.supports(b) else []:
+        switches = decode_switches(base, b, only_variants) if graphed.supports(b) else []
+        for name, choice in switches:
             if only_variants and name not in only_variants:
                 continue
-            other = _captured_with(model, cache, b, settings)
+            other = _captured_with(model, cache, b, choice)
             variants.append(
                 (f"graph_{name}", lambda g=other, t=tokens, s=slots, p=starts: g(t, s, p))
             )
@@ -312,11 +262,11 @@ def gkit(
         if b in compiled_batches:  # inductor's fused kernels inside our graph
             # inductor fuses the state update itself; our Triton kernel inside a compiled
             # graph faulted (illegal address, torch 2.11), so it is off for this variant
-            layers.TRITON_DECODE = False
+            select.apply(model, replace(base, triton=False))
             fused = GraphedDecoder(model, cache, b, step=torch.compile(model, dynamic=False))
             started = time.perf_counter()
             fused.capture([b])
-            layers.TRITON_DECODE = True
+            select.apply(model, base)
             out[f"compile_b{b}_s"] = time.perf_counter() - started
             variants.append(
                 ("compiled_graph", lambda g=fused, t=tokens, s=slots, p=starts: g(t, s, p))
@@ -330,7 +280,7 @@ def gkit(
         steps = {name: [] for name, _ in variants}
         for _ in range(rounds):  # variants interleaved, so a drift in clocks hits them all
             for name, fn in variants:
-                steps[name].append(_timed(fn, 50))
+                steps[name].append(timed(fn, 50))
         for name, times in steps.items():
             step = statistics.median(times)
             out[f"decode_b{b}_{name}"] = {
@@ -341,7 +291,7 @@ def gkit(
             }
         del graphed, graphed_torch, cache
         torch.cuda.empty_cache()
-    from granite_runtime import triton_gemv
+    from granite_runtime.kernels.triton import gemv as triton_gemv
 
     # which path triton_gemv.linear kept per (rows, out, in) shape, measured at the warm-up
     out["gemv_picked"] = {f"{k[0]}x{k[1]}x{k[2]}": str(v) for k, v in triton_gemv.CHOICE.items()}
@@ -363,7 +313,7 @@ def transformers_run(path: Path, prompt_lens: list[int]) -> dict:
         model(ids, use_cache=True)  # warm-up: Triton compiles
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-        secs = _timed(lambda ids=ids: model(ids, use_cache=True), 2)
+        secs = timed(lambda ids=ids: model(ids, use_cache=True), 2)
         out[f"prefill_{length}_tok_s"] = length / secs
         out[f"prefill_{length}_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
     ids = torch.randint(0, 900, (1, 512), device="cuda")
@@ -439,7 +389,7 @@ def _peer_call(peer, i: dict):
 def _time_state_update(h: int, p: int, n: int, g: int, b: int, peer=None) -> dict:
     from triton.testing import do_bench
 
-    from granite_runtime.triton_ops import ssd_step
+    from granite_runtime.kernels.triton.decode import ssd_step
 
     i = _state_inputs(h, p, n, g, b)
 
@@ -492,7 +442,7 @@ def moe_decode_kernels(config, copies: int = 12, sweep: bool = False) -> dict:
     (top-k inside gate/up, the shared MLP inside down), at 8 tokens moe_decode after route.
     GB/s counts the chosen experts' (and shared MLP's) weight bytes once. With `sweep`, each
     kernel's block shape varied one at a time from triton_moe.ROUTED_CONFIG."""
-    from granite_runtime import triton_moe, triton_pdl
+    from granite_runtime.kernels.triton import moe as triton_moe
 
     c, out, dt = config, {}, torch.bfloat16
     if not c.num_experts:
@@ -525,11 +475,11 @@ def moe_decode_kernels(config, copies: int = 12, sweep: bool = False) -> dict:
             for w in stacks
         ])  # fmt: skip
         out[f"moe_t1_routed_{cfg}"] = {"us": us, "gb_s": read1 / us / 1e3}
-    triton_pdl.ENABLED = False  # each layer's kernels launched only after the one before
+    in_turn = LaunchOptions(pdl=False)  # each layer's kernels launched after the one before
     us = _cold_graph_us([
-        partial(triton_moe.moe_decode_routed, x1, logits_gate_up, e, k, *w, base) for w in stacks
+        partial(triton_moe.moe_decode_routed, x1, logits_gate_up, e, k, *w, base, launch=in_turn)
+        for w in stacks
     ])  # fmt: skip
-    triton_pdl.ENABLED = True
     out[f"moe_t1_routed_{base}_no_pdl"] = {"us": us, "gb_s": read1 / us / 1e3}
     us = _cold_graph_us([
         partial(triton_moe.moe_decode, x8, experts8, weights8, w[0], w[1]) for w in stacks
@@ -581,8 +531,8 @@ def fused_linear_kernels(config, copies: int = 24, sweep: bool = False) -> dict:
     from)."""
     import triton
 
-    from granite_runtime import triton_fused, triton_pdl
-    from granite_runtime import triton_fused_linear as fl
+    from granite_runtime.kernels.triton import fused as triton_fused
+    from granite_runtime.kernels.triton import fused_linear as fl
 
     c, out, dt, eps = config, {}, torch.bfloat16, 1e-5
     h, inner, shared = c.hidden_size, c.mamba_inner, c.shared_size
@@ -590,31 +540,29 @@ def fused_linear_kernels(config, copies: int = 24, sweep: bool = False) -> dict:
     vec = lambda n, d=dt: torch.randn(1, 1, n, device="cuda", dtype=d)  # noqa: E731
     x, delta, nw = vec(h), vec(h), vec(h).view(-1)
     y, z, gnw, gate_up = vec(inner, torch.float32), vec(inner), vec(inner).view(-1), vec(2 * shared)
+    norm_in = partial(fl.norm_linear, x, delta, 0.2, nw, eps)
     shapes = {  # name: (rows, inner, fused call, separate call)
-        "mamba_in": (proj, h, lambda w: fl.norm_linear(x, delta, 0.2, nw, eps, w),
+        "mamba_in": (proj, h, lambda w, o=DEFAULT: norm_in(w, launch=o),
                      lambda w: F.linear(triton_fused.add_rms_norm(x, delta, 0.2, nw, eps)[1], w)),
-        "mamba_out": (h, inner, lambda w: fl.gated_norm_linear(y, z, gnw, eps, w),
+        "mamba_out": (h, inner, lambda w, o=DEFAULT: fl.gated_norm_linear(y, z, gnw, eps, w, o),
                       lambda w: F.linear(triton_fused.gated_rms_norm(y, z, gnw, eps, 1), w)),
-        "mlp_in": (2 * shared, h, lambda w: fl.norm_linear(x, delta, 0.2, nw, eps, w),
+        "mlp_in": (2 * shared, h, lambda w, o=DEFAULT: norm_in(w, launch=o),
                    lambda w: F.linear(triton_fused.add_rms_norm(x, delta, 0.2, nw, eps)[1], w)),
-        "mlp_out": (h, shared, lambda w: fl.silu_mul_linear(gate_up, w),
+        "mlp_out": (h, shared, lambda w, o=DEFAULT: fl.silu_mul_linear(gate_up, w, o),
                     lambda w: F.linear(triton_fused.silu_mul(gate_up), w)),
     }  # fmt: skip
     for name, (n, k, fused, separate) in shapes.items():
         weights = [torch.randn(n, k, device="cuda", dtype=dt) * 0.02 for _ in range(copies)]
         gb = 2 * n * k / 1e3
         row = {"separate_us": _cold_graph_us([partial(separate, w) for w in weights])}
-        fl.CONFIG_OVERRIDE = None
         row["fused_us"] = _cold_graph_us([partial(fused, w) for w in weights])
         row["config"] = str(fl.config_for(n, k))
-        triton_pdl.ENABLED = False  # each launched after the one before has ended
-        row["fused_no_pdl_us"] = _cold_graph_us([partial(fused, w) for w in weights])
-        triton_pdl.ENABLED = True
+        in_turn = LaunchOptions(pdl=False)  # each launched after the one before has ended
+        row["fused_no_pdl_us"] = _cold_graph_us([partial(fused, w, in_turn) for w in weights])
         if sweep:
             for cfg in [c for c in FUSED_SWEEP if c[0] * triton.next_power_of_2(k) <= 16384]:
-                fl.CONFIG_OVERRIDE = cfg
-                row[str(cfg)] = _cold_graph_us([partial(fused, w) for w in weights])
-            fl.CONFIG_OVERRIDE = None
+                forced = LaunchOptions(linear_blocks=cfg)
+                row[str(cfg)] = _cold_graph_us([partial(fused, w, forced) for w in weights])
             best = min((v, key) for key, v in row.items() if key.startswith("("))
             row["best"], row["best_us"] = best[1], best[0]
         row["separate_gb_s"], row["fused_gb_s"] = gb / row["separate_us"], gb / row["fused_us"]
@@ -629,7 +577,7 @@ def gemv_kernels(config, rows=(1, 8)) -> dict:
     block shapes, in GB/s of weight bytes read; which one `triton_gemv.linear` would keep."""
     from triton.testing import do_bench
 
-    from granite_runtime import triton_gemv
+    from granite_runtime.kernels.triton import gemv as triton_gemv
 
     c, out = config, {}
     shapes = {
@@ -694,12 +642,11 @@ def main() -> None:
         "--variants",
         default="",
         help="comma-separated graphed decode variants to run beside the default (all when "
-        "empty): no_pdl, unfused, attention_unfused, no_preload "
-        "(triton_fused_linear.PRELOAD), late_state (the state kernels read their pools after "
-        "the wait), down_late (the MoE down kernel reads its experts' rows after the wait), "
-        "session8_shapes (the fused products' block shapes before session 9), moe=R:C:W:O:V[:T] "
-        "(triton_moe.CONFIG and ROUTED_CONFIG: gate/up rows, columns, warps, down rows, warps; "
-        "DOWN_TILE)",
+        "empty): no_pdl, unfused, attention_unfused, no_preload (the fused products ask "
+        "for their first weights after the wait), late_state (the state kernels read their "
+        "pools after the wait), down_late (the MoE down kernel reads its experts' rows after "
+        "the wait), moe=R:C:W:O:V (the MoE kernels' block shapes: gate/up rows, columns, "
+        "warps, down rows, warps)",
     )
     ap.add_argument(
         "--rounds",
@@ -737,7 +684,6 @@ def main() -> None:
             continue
         # weights drawn on the GPU and saved with safetensors: ~20 s where the demo-model
         # writer (numpy, one core) took 109 s for h-micro, device minutes being scarce
-        from gpu_memory import checkpoint
 
         path = checkpoint(name, Path(args.root))
         r = gkit(

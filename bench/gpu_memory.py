@@ -7,7 +7,7 @@ step over every slot), and compare torch.cuda.max_memory_reserved() with the mem
 prediction. Then load the same checkpoint in transformers and compare its weights and cache
 with our formulas (transformers keeps d_conv = 4 conv columns).
 
-Weights are drawn on the GPU and saved with safetensors (tp_bench.random_model): seconds,
+Weights are drawn on the GPU and saved with safetensors (common.random_model): seconds,
 where the demo-model writer (numpy, one core) took 109 s for h-micro and 223 s for h-tiny.
 
     python3 bench/gpu_memory.py [--models h-micro,h-tiny] [--root /tmp/gkit-models]
@@ -16,54 +16,25 @@ where the demo-model writer (numpy, one core) took 109 s for h-micro and 223 s f
 from __future__ import annotations
 
 import argparse
-import gc
 import json
-import time
 from pathlib import Path
 
 import torch
+from common import checkpoint, fresh
 
-from granite_ops_kit import catalog
 from granite_ops_kit.sizing import engines
-from granite_runtime import memory
-from granite_runtime.config import GraniteConfig
-from granite_runtime.engine import Engine
-from granite_runtime.loader import load_model
+from granite_runtime.engine.engine import Engine
+from granite_runtime.model.loader import load_model
+from granite_runtime.spec import memory
+from granite_runtime.spec.config import GraniteConfig
 
 POINTS = [(4096, 32), (32768, 8), (131072, 4)]
 MIB = 2**20
 
 
-def _fresh() -> None:
-    gc.collect()
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
-
-
-def checkpoint(name: str, root: Path) -> Path:
-    path = root / name
-    if not (path / "config.json").exists():
-        from safetensors.torch import save_file
-        from tp_bench import random_model
-
-        path.mkdir(parents=True, exist_ok=True)
-        t = time.perf_counter()
-        raw = {**catalog.load_config(name), "model_type": "granitemoehybrid"}
-        with torch.no_grad():
-            state = random_model(raw, 0, 1, "cuda").state_dict()
-        if raw.get("tie_word_embeddings", True):
-            state.pop("lm_head.weight")  # safetensors stores no shared tensors
-        save_file({k: v.contiguous() for k, v in state.items()}, path / "model.safetensors")
-        (path / "config.json").write_text(json.dumps({**raw, "torch_dtype": "bfloat16"}))
-        del state
-        _fresh()
-        print(f"wrote {name} in {time.perf_counter() - t:.0f} s", flush=True)
-    return path
-
-
 @torch.inference_mode()
 def gkit_rows(path: Path, points: list[tuple[int, int]]) -> list[dict]:
-    _fresh()
+    fresh()
     rows = []
     for context, sessions in points:
         model = load_model(path, "bfloat16", "cuda")
@@ -91,7 +62,7 @@ def gkit_rows(path: Path, points: list[tuple[int, int]]) -> list[dict]:
             }
         )
         del engine, model
-        _fresh()
+        fresh()
     return rows
 
 
@@ -99,7 +70,7 @@ def gkit_rows(path: Path, points: list[tuple[int, int]]) -> list[dict]:
 def transformers_rows(path: Path, points: list[tuple[int, int]]) -> list[dict]:
     from transformers import GraniteMoeHybridForCausalLM
 
-    _fresh()
+    fresh()
     model = GraniteMoeHybridForCausalLM.from_pretrained(path, dtype=torch.bfloat16).cuda().eval()
     c = GraniteConfig.from_file(path / "config.json")
     weights = torch.cuda.memory_allocated()
@@ -118,7 +89,7 @@ def transformers_rows(path: Path, points: list[tuple[int, int]]) -> list[dict]:
             {"what": f"cache {batch}x{context}", "predicted": predicted, "measured": cache_bytes}
         )
         del out
-        _fresh()
+        fresh()
     del model
     for row in rows:
         row["error"] = row["measured"] / row["predicted"] - 1

@@ -3,7 +3,7 @@
 
 A kernel that reads weights before its wait (triton_pdl) holds them in registers, and its
 programs must all be resident at once; when the registers grow, fewer fit and the grid
-runs in waves. That is what made session 9's down kernel 1.4x slower (244 registers, 2
+runs in waves. That is what once made the down kernel 1.4x slower (244 registers, 2
 programs per SM); this script found it without device time. For each MoE model of the
 catalog (and h-small at TP=2) it compiles gate/up and down at the shapes `triton_moe`
 launches (one token routed in the kernels, and routed batches) and prints, per kernel,
@@ -27,10 +27,11 @@ try:
 except ImportError:  # the CPU torch wheel brings no Triton
     raise SystemExit("kernel_registers.py needs Triton: pip install triton==3.6.0") from None
 
-from gpu_bench import programs_per_sm
+
+from common import programs_per_sm
 
 from granite_ops_kit.catalog import __file__ as catalog_init
-from granite_runtime import triton_moe
+from granite_runtime.kernels.triton import moe as triton_moe
 
 SMS = 132  # H100 SXM and H200
 CUOBJDUMP = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"

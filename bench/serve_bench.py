@@ -2,7 +2,7 @@
 the engine's own graphed decode step at the same batch, from the same run.
 
 For each model: a random-weight checkpoint (gpu_memory.checkpoint), the server started as
-the image starts it (granite_runtime.serve), one streaming /v1/completions per client with
+the image starts it (granite_runtime.server.run), one streaming /v1/completions per client with
 token-id prompts and ignore_eos. Rows are CLIENTSxPROMPT/OUTPUT, at fixed concurrency
 (every client sends its requests back to back) or with Poisson arrivals (--poisson RATE).
 Reported per row: output tok/s, TTFT p50/p99, inter-token latency p50/p99. Then the server
@@ -58,7 +58,7 @@ def word_tokenizer(path: Path) -> None:
 # ---- the server -------------------------------------------------------------------------
 SERVER = """
 import sys
-from granite_runtime.serve import build_service, run_server
+from granite_runtime.server.run import build_service, run_server
 path, port, slots, length = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 service = build_service(path, "cuda", "bfloat16", slots, length, served_name="bench")
 run_server(service, "127.0.0.1", port)
@@ -196,9 +196,9 @@ def itl_under_prefill(port: int, others: int, prompt_len: int, out: int) -> dict
 def engine_step_tok_s(path: Path, batches: list[int]) -> dict:
     import torch
 
-    from granite_runtime.cache import Batch, HybridCache
-    from granite_runtime.graphs import GraphedDecoder
-    from granite_runtime.loader import load_model
+    from granite_runtime.engine.cache import Batch, HybridCache
+    from granite_runtime.engine.graphs import GraphedDecoder
+    from granite_runtime.model.loader import load_model
 
     model = load_model(path, "bfloat16", "cuda")
     out = {}
@@ -245,7 +245,7 @@ def main() -> None:
 
     card = torch.cuda.get_device_name()
     print(f"card: {card}", flush=True)
-    from gpu_memory import checkpoint
+    from common import checkpoint
 
     report = {"card": card}
     rows = []

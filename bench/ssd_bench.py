@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from triton.testing import do_bench
 
-from granite_runtime import ssd, triton_ssd
+from granite_runtime.kernels.triton import scan as triton_ssd
+from granite_runtime.layers import ssd
 
 CATALOG = Path(__file__).resolve().parents[1] / "granite_ops_kit" / "catalog"
 
@@ -77,7 +78,7 @@ def compare(i: dict, chunk: int, peer, reference: bool, profile: bool = False) -
     for name, fn in variants.items():
         out[f"{name}_ms"] = do_bench(fn, warmup=10, rep=100, return_mode="median")
     if profile:
-        from gpu_bench import profile_step
+        from common import profile_step
 
         print(profile_step(variants[f"gkit_q{chunk}"], 12))
     if peer is not None:

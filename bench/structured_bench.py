@@ -115,10 +115,10 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=5)
     args = ap.parse_args()
 
-    from granite_runtime.engine import Engine
-    from granite_runtime.loader import load_model
-    from granite_runtime.sampling import SamplingParams
-    from granite_runtime.tokenizer import TextCodec
+    from granite_runtime.engine.engine import Engine
+    from granite_runtime.engine.sampling import SamplingParams
+    from granite_runtime.engine.tokenizer import TextCodec
+    from granite_runtime.model.loader import load_model
 
     path = model_dir(args.root, args.preset)
     if args.vocab:

@@ -14,54 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import multiprocessing
-import zlib
 
 import torch
-from gpu_bench import _timed
+from common import random_model, timed
 
 from granite_ops_kit import catalog
-from granite_ops_kit.demo.weights import tensor_specs
-from granite_runtime import tp
-from granite_runtime.config import GraniteConfig
-from granite_runtime.engine import Engine
-from granite_runtime.model import GraniteForCausalLM
-
-
-def _draw(name: str, shape, init, device) -> torch.Tensor:
-    g = torch.Generator(device=device).manual_seed(zlib.crc32(name.encode()))
-    if init.kind == "normal":
-        return torch.randn(shape, generator=g, device=device) * init.scale
-    if init.kind == "uniform":
-        return (torch.rand(shape, generator=g, device=device) * 2 - 1) * init.scale
-    if init.kind == "ones_noise":
-        return 1 + init.scale * torch.randn(shape, generator=g, device=device)
-    if init.kind == "a_log":
-        return torch.log(1 + 15 * torch.rand(shape, generator=g, device=device))
-    if init.kind == "dt_bias":
-        u = torch.rand(shape, generator=g, device=device)  # dt log-uniform in [1e-3, 1e-1]
-        dt = torch.exp(math.log(1e-3) + u * (math.log(1e-1) - math.log(1e-3)))
-        return dt + torch.log(-torch.expm1(-dt))
-    raise ValueError(init.kind)
-
-
-def random_model(raw: dict, rank: int, world: int, device: str) -> GraniteForCausalLM:
-    """The model's rank-th part with every full tensor drawn on the GPU, then split.
-    Under no_grad, not inference_mode: CUDA graph capture later runs outside inference
-    mode, where inference tensors cannot be used."""
-    full = GraniteConfig.from_dict(raw)
-    with torch.device("meta"):
-        model = GraniteForCausalLM(tp.local_config(full, world))
-    state = {}
-    for name, shape, init in tensor_specs({**raw, "_init_std": 0.02}, 0.02):
-        t = _draw(name, shape, init, device).to(torch.bfloat16)
-        state[name] = tp.shard(name, t, full, rank, world).contiguous()
-        del t
-    if "lm_head.weight" not in state:
-        state["lm_head.weight"] = state["model.embed_tokens.weight"]
-    model.load_state_dict(state, strict=True, assign=True)
-    return model.eval().requires_grad_(False)
+from granite_runtime.engine.engine import Engine
+from granite_runtime.parallel import tp
 
 
 def _measure(engine: Engine, vocab: int, prompt: int, batches: list[int]) -> dict:
@@ -71,12 +31,12 @@ def _measure(engine: Engine, vocab: int, prompt: int, batches: list[int]) -> dic
     engine._reset(0)
     out["logits"] = engine._forward(check, [0], [0], decode=False)[0, -1].float().cpu().tolist()
     long = torch.randint(0, vocab, (1, prompt), generator=g).cuda()
-    secs = _timed(lambda: engine._forward(long, [0], [0], decode=False), 2)
+    secs = timed(lambda: engine._forward(long, [0], [0], decode=False), 2)
     out["prefill_tok_s"] = prompt / secs
     for b in batches:
         tokens = torch.randint(0, vocab, (b, 1), generator=g).cuda()
         slots, starts = list(range(b)), [512] * b
-        secs = _timed(lambda t=tokens, s=slots, p=starts: engine._forward(t, s, p, True), 50)
+        secs = timed(lambda t=tokens, s=slots, p=starts: engine._forward(t, s, p, True), 50)
         out[f"decode_b{b}_tok_s"] = b / secs
         out[f"decode_b{b}_ms"] = secs * 1e3
     return out

@@ -75,8 +75,11 @@ def test_wheel_carries_every_module_and_shipped_file(tmp_path):
             f"granite_ops_kit/{p.relative_to(repo / 'granite_ops_kit')}"
             for p in (repo / "granite_ops_kit").rglob("*.py")
         ),
-        *(f"granite_runtime/{p.name}" for p in (repo / "runtime" / "granite_runtime").glob("*.py")),
-        "granite_runtime/csrc/cpu_decode.c",
+        *(
+            f"granite_runtime/{p.relative_to(repo / 'runtime' / 'granite_runtime')}"
+            for p in (repo / "runtime" / "granite_runtime").rglob("*.py")
+        ),
+        "granite_runtime/kernels/cpu/csrc/cpu_decode.c",
         *(f"granite_ops_kit/policies/{p.name}" for p in (repo / "policies").iterdir()),
         *(
             f"granite_ops_kit/manifests/{p.relative_to(repo / 'manifests')}"

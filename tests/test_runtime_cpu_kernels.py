@@ -1,4 +1,4 @@
-"""The C decode kernels (runtime/granite_runtime/csrc/cpu_decode.c) compute what the PyTorch
+"""The C decode kernels (kernels/cpu/csrc/cpu_decode.c) compute what the PyTorch
 path computes, on fresh random inputs; and without a compiler the runtime falls back.
 
 The parity tests (test_runtime_parity.py) run through these kernels too, against
@@ -7,6 +7,7 @@ transformers; these tests pin each kernel alone, at shapes the presets do not ha
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -16,21 +17,25 @@ import pytest
 torch = pytest.importorskip("torch")
 import torch.nn.functional as F  # noqa: E402
 
-from granite_runtime import cpu_kernels  # noqa: E402
-from granite_runtime.cache import Batch, HybridCache  # noqa: E402
-from granite_runtime.cpu import prepare_for_cpu  # noqa: E402
-from granite_runtime.layers import DecodeLinear, RMSNorm  # noqa: E402
-from granite_runtime.loader import load_model  # noqa: E402
+from granite_runtime.engine.cache import Batch, HybridCache  # noqa: E402
+from granite_runtime.kernels import select  # noqa: E402
+from granite_runtime.kernels.choice import KernelChoice  # noqa: E402
+from granite_runtime.kernels.cpu import ops as cpu_kernels  # noqa: E402
+from granite_runtime.kernels.cpu.prepare import prepare_for_cpu  # noqa: E402
+from granite_runtime.layers.linear import DecodeLinear  # noqa: E402
+from granite_runtime.layers.norm import RMSNorm  # noqa: E402
+from granite_runtime.model.loader import load_model  # noqa: E402
+
+C_KERNELS = KernelChoice(c_decode=True)
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm()).item()
 
 
-@pytest.fixture
-def no_kernels(monkeypatch):
-    """The PyTorch path: what a machine without a C compiler runs."""
-    monkeypatch.setattr(cpu_kernels, "load", lambda: None)
+def without_c_kernels(model):
+    """The PyTorch path (what a machine without a C compiler runs) for the same modules."""
+    select.apply(model, dataclasses.replace(model.kernels, c_decode=False))
 
 
 def test_kernels_build_on_this_machine():
@@ -50,8 +55,10 @@ def test_linear_matches_torch(rows, out_f, in_f, bias):
         if bias:
             lin.bias.copy_(torch.randn(out_f, generator=g))
     x = torch.randn(rows, 1, in_f, generator=g)
+    layer = DecodeLinear(lin)
+    select.apply(layer, C_KERNELS)
     with torch.no_grad():
-        ours = DecodeLinear(lin)(x)
+        ours = layer(x)
     assert ours.shape == (rows, 1, out_f)
     assert _rel(ours, F.linear(x, lin.weight, lin.bias)) < 1e-6
 
@@ -59,6 +66,7 @@ def test_linear_matches_torch(rows, out_f, in_f, bias):
 def test_add_rms_norm_matches_torch_and_adds_in_place():
     g = torch.Generator().manual_seed(5)
     norm = RMSNorm(100, 1e-5)
+    select.apply(norm, C_KERNELS)
     with torch.no_grad():
         norm.weight.copy_(torch.randn(100, generator=g))
         x, delta = torch.randn(3, 1, 100, generator=g), torch.randn(3, 1, 100, generator=g)
@@ -91,13 +99,13 @@ def _decode(model, slots, lengths, steps, seed):
 
 
 @pytest.mark.parametrize("fixture", ["tiny_hybrid", "tiny_dense"])
-def test_decode_with_kernels_equals_pytorch_path(fixture, request, monkeypatch):
+def test_decode_with_kernels_equals_pytorch_path(fixture, request):
     """Scattered slots, batch 3: the fused Mamba step reads and writes each slot's conv
     window and state where they lie in the pool."""
     model = load_model(request.getfixturevalue(fixture), "float32", "cpu")
-    assert prepare_for_cpu(model) == "c-kernels"
+    assert model.kernels.c_decode and prepare_for_cpu(model) == "c-kernels"
     ours, cache_k = _decode(model, [4, 1, 2], [11, 23, 5], 5, seed=7)
-    monkeypatch.setattr(cpu_kernels, "load", lambda: None)
+    without_c_kernels(model)
     reference, cache_r = _decode(model, [4, 1, 2], [11, 23, 5], 5, seed=7)
     assert _rel(ours, reference) < 1e-5
     if model.config.mamba_layers:  # tiny-dense has none
@@ -105,7 +113,7 @@ def test_decode_with_kernels_equals_pytorch_path(fixture, request, monkeypatch):
         assert _rel(cache_k.conv, cache_r.conv) < 1e-6
 
 
-def test_mamba_step_with_groups_biases_and_dt_limit(tmp_path, no_kernels, monkeypatch):
+def test_mamba_step_with_groups_biases_and_dt_limit(tmp_path):
     """Shapes and options no preset has: 2 groups, projection biases, a finite dt clamp."""
     from granite_ops_kit.demo.checkpoint import write_demo_model
 
@@ -116,9 +124,11 @@ def test_mamba_step_with_groups_biases_and_dt_limit(tmp_path, no_kernels, monkey
     ).path
     model = load_model(path, "float32", "cpu")
     assert model.config.mamba_groups == 2 and model.config.time_step_max == 0.2
+    kernels = model.kernels
+    assert kernels.c_decode
+    without_c_kernels(model)
     reference, ref_cache = _decode(model, [2, 0], [9, 14], 4, seed=3)
-    monkeypatch.undo()
-    assert cpu_kernels.available()
+    select.apply(model, kernels)
     ours, cache = _decode(model, [2, 0], [9, 14], 4, seed=3)
     assert _rel(ours, reference) < 1e-5
     assert _rel(cache.ssm, ref_cache.ssm) < 1e-5
@@ -128,9 +138,11 @@ def test_without_a_compiler_the_runtime_falls_back(tmp_path):
     """Fault injected (no C compiler, an empty kernel cache): the runtime takes the oneDNN
     path and still decodes."""
     code = (
-        "from granite_runtime import cpu_kernels, cpu; import torch;"
+        "import torch; from granite_runtime.kernels import select;"
+        "from granite_runtime.kernels.cpu import ops, prepare;"
         "m = torch.nn.Sequential(torch.nn.Linear(8, 4));"
-        "print(cpu_kernels.available(), cpu.prepare_for_cpu(m), type(m[0]).__name__)"
+        "select.apply(m, select.resolve('cpu', torch.float32));"
+        "print(ops.available(), prepare.prepare_for_cpu(m), type(m[0]).__name__)"
     )
     env = {"CC": str(tmp_path / "no-such-cc"), "GKIT_KERNEL_CACHE": str(tmp_path / "k")}
     out = subprocess.run(

@@ -8,11 +8,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from granite_runtime import fp8  # noqa: E402
-from granite_runtime.cache import Batch, HybridCache  # noqa: E402
-from granite_runtime.errors import ModelLoadError  # noqa: E402
-from granite_runtime.layers import Weight  # noqa: E402
-from granite_runtime.loader import load_model  # noqa: E402
+from granite_runtime.engine.cache import Batch, HybridCache  # noqa: E402
+from granite_runtime.layers import fp8  # noqa: E402
+from granite_runtime.layers.linear import Weight  # noqa: E402
+from granite_runtime.model.loader import load_model  # noqa: E402
+from granite_runtime.spec.errors import ModelLoadError  # noqa: E402
 
 
 def _rel(a, b) -> float:

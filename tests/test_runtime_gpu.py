@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 torch = pytest.importorskip("torch")
 
-from granite_runtime.cache import Batch, HybridCache  # noqa: E402
-from granite_runtime.engine import Engine  # noqa: E402
-from granite_runtime.loader import load_model  # noqa: E402
-from granite_runtime.sampling import SamplingParams  # noqa: E402
-from granite_runtime.tokenizer import TextCodec  # noqa: E402
+from granite_runtime.engine.cache import Batch, HybridCache  # noqa: E402
+from granite_runtime.engine.engine import Engine  # noqa: E402
+from granite_runtime.engine.sampling import SamplingParams  # noqa: E402
+from granite_runtime.engine.tokenizer import TextCodec  # noqa: E402
+from granite_runtime.kernels import select  # noqa: E402
+from granite_runtime.kernels.triton.options import LaunchOptions  # noqa: E402
+from granite_runtime.model.loader import load_model  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 
@@ -77,7 +81,7 @@ def test_graphed_decode_equals_eager(fixture, padded, request):
     """A CUDA-graph decode step gives the eager step's logits and leaves the same state.
     Padded: the 3 rows replay the 4-row graph, the extra row on the pad slot (5), and the
     unused slot 4 is left untouched."""
-    from granite_runtime.graphs import GraphedDecoder
+    from granite_runtime.engine.graphs import GraphedDecoder
 
     path = request.getfixturevalue(fixture)
     model = load_model(path, "float32", "cuda")
@@ -130,19 +134,21 @@ def test_early_launched_kernels_change_nothing(tiny_hybrid, rows):
     logits and Mamba/KV state of the same graph launched kernel after kernel, over 8 greedy
     steps: a kernel that read or wrote before its wait would race and break the equality.
     Batch 1 runs the fused one-row products and the routed MoE kernels, batch 3 the rest."""
-    from granite_runtime import triton_pdl
-    from granite_runtime.graphs import GraphedDecoder
+    from granite_runtime.engine.graphs import GraphedDecoder
+    from granite_runtime.kernels.triton import pdl as triton_pdl
 
     probe, hopper = torch.zeros(1, device="cuda"), torch.cuda.get_device_capability()[0] >= 9
     model = load_model(tiny_hybrid, "bfloat16", "cuda")
-    runs, before = [], triton_pdl.ENABLED
+    runs, early = [], model.kernels
+    assert early.launch.pdl
     for enabled in (True, False):
-        triton_pdl.ENABLED = enabled
+        choice = dataclasses.replace(early, launch=dataclasses.replace(early.launch, pdl=enabled))
+        select.apply(model, choice)
         try:
             # the first run really launches early on Hopper (else it compares a run to
             # itself); before Hopper the attribute is never set and both launch in turn
             on = {"PDL": True, "launch_pdl": True} if enabled and hopper else {"PDL": False}
-            assert triton_pdl.options(probe) == on
+            assert triton_pdl.options(probe, choice.launch.pdl) == on
             cache = HybridCache(model.config, rows, 64, torch.bfloat16, "cuda")
             dec = GraphedDecoder(model, cache, rows)
             dec.capture([rows])
@@ -155,7 +161,7 @@ def test_early_launched_kernels_change_nothing(tiny_hybrid, rows):
                     tokens = [[t] for t in logits[:, -1].argmax(-1).tolist()]
                     starts = [s + 1 for s in starts]
         finally:
-            triton_pdl.ENABLED = before
+            select.apply(model, early)
         runs.append((torch.stack(steps), cache))
     (early, early_cache), (plain, plain_cache) = runs
     assert torch.isfinite(early).all() and early.abs().max() > 0
@@ -181,8 +187,8 @@ def test_engine_uses_graphs_on_cuda(tiny_hybrid):
 @pytest.mark.parametrize(("h", "g", "p", "n"), [(64, 1, 64, 128), (12, 3, 20, 48)])
 def test_triton_ssd_step_matches_the_reference(state_dtype, h, g, p, n, poisoned_outputs):
     """Fresh random inputs, scattered slots, groups > 1 and sizes that are not powers of 2."""
-    from granite_runtime import ssd
-    from granite_runtime.triton_ops import ssd_step
+    from granite_runtime.kernels.triton.decode import ssd_step
+    from granite_runtime.layers import ssd
 
     gen = torch.Generator(device="cuda").manual_seed(h * p + n)
     b, s = 3, 6
@@ -213,8 +219,8 @@ def test_triton_ssd_step_applies_softplus_to_raw_dt(limit, h, g, p, n, poisoned_
     x, B, C, dt as rows of one wide tensor, as the projections leave them."""
     import torch.nn.functional as F
 
-    from granite_runtime import ssd
-    from granite_runtime.triton_ops import ssd_step
+    from granite_runtime.kernels.triton.decode import ssd_step
+    from granite_runtime.layers import ssd
 
     gen = torch.Generator(device="cuda").manual_seed(h + n)
     b, s = 3, 6
@@ -245,8 +251,8 @@ def test_triton_chunked_scan_matches_the_reference(
     """Fresh random inputs laid out as the conv output holds them (x, B and C strided views
     of one tensor); a partial last chunk, groups > 1, sizes that are not powers of 2, and a
     starting state that is updated in place."""
-    from granite_runtime import ssd
-    from granite_runtime.triton_ssd import chunked_scan
+    from granite_runtime.kernels.triton.scan import chunked_scan
+    from granite_runtime.layers import ssd
 
     gen = torch.Generator(device="cuda").manual_seed(h * length + n)
 
@@ -281,12 +287,12 @@ def _fused_inputs(dtype, seed):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_fused_norms_and_gates_match_the_pytorch_ops(dtype, poisoned_outputs):
-    """Each fused kernel against the PyTorch ops it replaces (layers.py), strided inputs
+    """Each fused kernel against the PyTorch ops it replaces (layers/), strided inputs
     as the projections leave them, a width that is not a power of 2, 2 norm groups."""
     import torch.nn.functional as F
 
-    from granite_runtime import triton_fused
-    from granite_runtime.layers import RMSNorm
+    from granite_runtime.kernels.triton import fused as triton_fused
+    from granite_runtime.layers.norm import RMSNorm
 
     rand = _fused_inputs(dtype, 7)
     tol = 1e-6 if dtype == torch.float32 else 8e-3  # bf16: a last-bit rounding here and there
@@ -315,7 +321,7 @@ def test_fused_conv_prefill_continues_the_window(dtype, length, bias, poisoned_o
     the chunk's last K-1 inputs (fewer new inputs than K-1 keep part of the old window)."""
     import torch.nn.functional as F
 
-    from granite_runtime import triton_fused
+    from granite_runtime.kernels.triton import fused as triton_fused
 
     rand = _fused_inputs(dtype, length)
     channels, k = 300, 4
@@ -352,7 +358,7 @@ def test_prompt_in_chunks_matches_the_cpu_reference(tiny_hybrid, dtype, tol):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("c", [768, 1000])
 def test_triton_conv_update_matches_the_reference(dtype, c, poisoned_outputs):
-    from granite_runtime.triton_ops import conv_update
+    from granite_runtime.kernels.triton.decode import conv_update
 
     gen = torch.Generator(device="cuda").manual_seed(c)
     b, s, k = 3, 5, 4
@@ -391,7 +397,7 @@ def _fp8_gpu() -> bool:
 
 @pytest.mark.skipif(not _fp8_gpu(), reason="needs a GPU with FP8 tensor cores")
 def test_fp8_on_the_gpu_keeps_the_bf16_answer(tiny_hybrid):
-    from granite_runtime.fp8 import Fp8Linear
+    from granite_runtime.layers.fp8 import Fp8Linear
 
     ids = torch.randint(0, 1000, (1, 64), generator=torch.Generator().manual_seed(4))
     bf16 = _logits(tiny_hybrid, "bfloat16", "cuda", ids)
@@ -409,7 +415,7 @@ def test_fp8_on_the_gpu_keeps_the_bf16_answer(tiny_hybrid):
 @pytest.mark.skipif(not _fp8_gpu(), reason="needs a GPU with FP8 tensor cores")
 @pytest.mark.parametrize(("m", "n", "k"), [(1, 2560, 2560), (5, 100, 200), (16, 48, 1000)])
 def test_fp8_matvec_matches_the_dequantized_product(m, n, k, poisoned_outputs):
-    from granite_runtime.triton_ops import fp8_matvec
+    from granite_runtime.kernels.triton.decode import fp8_matvec
 
     g = torch.Generator(device="cuda").manual_seed(m * n + k)
     w = torch.randn(n, k, device="cuda", generator=g).to(torch.float8_e4m3fn)
@@ -429,7 +435,7 @@ def test_triton_decode_attention_matches_sdpa(heads, kv_heads, d, dtype, poisone
     several), keys read where they lie in the pool."""
     import torch.nn.functional as F
 
-    from granite_runtime.triton_ops import decode_attention
+    from granite_runtime.kernels.triton.decode import decode_attention
 
     g = torch.Generator(device="cuda").manual_seed(heads * d)
     k_pool = torch.randn(5, kv_heads, 300, d, device="cuda", generator=g).to(dtype)
@@ -487,8 +493,8 @@ def test_moe_decode_reads_experts_in_place(
     import dataclasses
 
     from granite_ops_kit import catalog
-    from granite_runtime import layers
-    from granite_runtime.config import GraniteConfig
+    from granite_runtime.layers.moe import MoE
+    from granite_runtime.spec.config import GraniteConfig
 
     gen = torch.Generator().manual_seed(tokens * 31 + k)
     x = torch.randn(tokens, hidden, generator=gen)
@@ -503,11 +509,11 @@ def test_moe_decode_reads_experts_in_place(
     config = dataclasses.replace(
         config, hidden_size=hidden, num_experts=experts, top_k=k, expert_size=inner
     )
-    moe = layers.MoE(config)
+    moe = MoE(config)
     moe.input_linear.weight.data, moe.output_linear.weight.data = w1, w2
     with torch.no_grad():
         ref = moe._gathered(x, chosen, weights)
-    from granite_runtime import triton_moe
+    from granite_runtime.kernels.triton import moe as triton_moe
 
     cast = [t.to("cuda", dtype) for t in (x, weights, w1, w2)]
     got = triton_moe.moe_decode(cast[0], chosen.cuda(), cast[1], cast[2], cast[3]).cpu()
@@ -521,7 +527,7 @@ def test_moe_route_picks_the_reference_experts(tokens, experts, k, hidden, poiso
     """triton_moe.route (the router product, then top-k and softmax in one kernel) against
     PyTorch's linear -> float -> topk -> softmax in fp32: the same experts in the same order,
     weights within 1e-5; in bf16 (logits rounded like the linear's output) weights within 1e-2."""
-    from granite_runtime import triton_moe
+    from granite_runtime.kernels.triton import moe as triton_moe
 
     gen = torch.Generator().manual_seed(tokens + experts)
     x = torch.randn(tokens, hidden, generator=gen).cuda()
@@ -542,7 +548,7 @@ def test_moe_route_picks_the_reference_experts(tokens, experts, k, hidden, poiso
 def test_triton_gemv_matches_cublas(rows, out, inner, poisoned_outputs):
     """Every block shape of triton_gemv against F.linear on the same bf16 inputs; `linear`
     then measures, records its pick for the shape, and returns the same product."""
-    from granite_runtime import triton_gemv
+    from granite_runtime.kernels.triton import gemv as triton_gemv
 
     gen = torch.Generator(device="cuda").manual_seed(rows * out)
     x = torch.randn(rows, inner, device="cuda", generator=gen).to(torch.bfloat16)
@@ -562,7 +568,7 @@ def test_triton_gemv_matches_cublas(rows, out, inner, poisoned_outputs):
 
 
 def _separate(prologue, a, b, norm_w, eps, w):
-    """The PyTorch path of layers.py for each prologue, then the product in fp32."""
+    """The PyTorch path of layers/ for each prologue, then the product in fp32."""
     import torch.nn.functional as F
 
     if prologue == "norm_add":
@@ -584,13 +590,13 @@ def test_fused_linear_builds_its_input_like_the_separate_kernels(
     """triton_fused_linear's prologues (add + RMSNorm, gated RMSNorm, SiLU * up, none), with
     and without the first block read before the wait, at config_for's block shape and two
     forced ones (1 row a load and 1 program per SM; 2 rows
-    and 8 per SM), against the PyTorch path of layers.py: products within dtype rounding,
+    and 8 per SM), against the PyTorch path of layers/: products within dtype rounding,
     the new residual bit-equal, the stacked second and third weights' rows after the
     first's (odd row counts, so blocks straddle the seams), the kept normed vector equal to
     PyTorch's."""
     import torch.nn.functional as F
 
-    from granite_runtime import triton_fused_linear as fl
+    from granite_runtime.kernels.triton import fused_linear as fl
 
     gen = torch.Generator(device="cuda").manual_seed(rows + inner)
 
@@ -608,27 +614,23 @@ def test_fused_linear_builds_its_input_like_the_separate_kernels(
     _, first_ref = _separate("norm_add", x, None, nw, 1e-5, w)
     normed_ref = nw * F.rms_norm(total.float(), (inner,), eps=1e-5).to(dtype)
     for config in [None, (1, 1, 4, 2), (2, 8, 8, 4)]:  # (rows, programs/SM, warps, stages)
-        fl.CONFIG_OVERRIDE = config
-        try:
-            got_total, got, normed = fl.norm_linear(
-                x, delta, 0.3, nw, 1e-5, w, second, third, keep_normed=True
-            )
-            assert torch.equal(got_total, total) and got.shape == (1, 1, rows + 32)
-            assert _rel(got, ref) < tol, config
-            # the same product with its weight reads after the wait (the benchmark's
-            # switch; unforced, its own block shape)
-            fl.PRELOAD = False
-            late = fl.norm_linear(x, delta, 0.3, nw, 1e-5, w, second, third)
-            fl.PRELOAD = True
-            assert torch.equal(late[0], total) and _rel(late[1], ref) < tol, config
-            assert _rel(normed.view(-1), normed_ref.view(-1)) < 1e-2
-            same, first = fl.norm_linear(x, None, 0.3, nw, 1e-5, w)
-            assert same is x and _rel(first, first_ref) < tol
-            assert _rel(fl.gated_norm_linear(y, z, nw, 1e-5, w), gated_ref) < tol
-            assert _rel(fl.silu_mul_linear(gate_up, w), silu_ref) < tol
-            assert _rel(fl.linear(z, w), F.linear(z.float(), w.float())) < tol
-        finally:
-            fl.CONFIG_OVERRIDE, fl.PRELOAD = None, True
+        forced = LaunchOptions(linear_blocks=config)
+        got_total, got, normed = fl.norm_linear(
+            x, delta, 0.3, nw, 1e-5, w, second, third, keep_normed=True, launch=forced
+        )
+        assert torch.equal(got_total, total) and got.shape == (1, 1, rows + 32)
+        assert _rel(got, ref) < tol, config
+        # the same product with its weight reads after the wait (the benchmark's
+        # switch; unforced, its own block shape)
+        late_launch = LaunchOptions(preload=False)
+        late = fl.norm_linear(x, delta, 0.3, nw, 1e-5, w, second, third, launch=late_launch)
+        assert torch.equal(late[0], total) and _rel(late[1], ref) < tol, config
+        assert _rel(normed.view(-1), normed_ref.view(-1)) < 1e-2
+        same, first = fl.norm_linear(x, None, 0.3, nw, 1e-5, w, launch=forced)
+        assert same is x and _rel(first, first_ref) < tol
+        assert _rel(fl.gated_norm_linear(y, z, nw, 1e-5, w, launch=forced), gated_ref) < tol
+        assert _rel(fl.silu_mul_linear(gate_up, w, launch=forced), silu_ref) < tol
+        assert _rel(fl.linear(z, w, launch=forced), F.linear(z.float(), w.float())) < tol
 
 
 @pytest.mark.parametrize(("tokens", "experts", "k", "inner", "hidden", "shared"), [
@@ -644,7 +646,7 @@ def test_moe_decode_routed_picks_experts_and_adds_the_shared_mlp(
     bf16 within rounding of the fp32 result."""
     import torch.nn.functional as F
 
-    from granite_runtime import triton_moe
+    from granite_runtime.kernels.triton import moe as triton_moe
 
     gen = torch.Generator(device="cuda").manual_seed(tokens * experts)
     x = torch.randn(tokens, hidden, device="cuda", generator=gen)
@@ -675,7 +677,7 @@ def test_one_row_decode_runs_the_fused_products(fixture, request, monkeypatch):
     RoPE q/k/v stacked and the output product) and gives the logits of the separate kernels
     within bf16 rounding, and of the fp32 CPU reference; the Mamba pools and the KV pool
     (written by the attention kernel itself on the fused path) end up the same."""
-    from granite_runtime import layers, triton_fused_linear
+    from granite_runtime.kernels.triton import fused_linear as triton_fused_linear
 
     path = request.getfixturevalue(fixture)
     ids = torch.randint(0, 1000, (1, 24), generator=torch.Generator().manual_seed(5))
@@ -701,10 +703,12 @@ def test_one_row_decode_runs_the_fused_products(fixture, request, monkeypatch):
 
     cpu, _ = decode(load_model(path, "float32", "cpu"), "cpu")
     model = load_model(path, "bfloat16", "cuda")
-    monkeypatch.setattr(layers, "FUSED_LINEAR", False)
+    fused_choice = model.kernels
+    assert fused_choice.fused_linear
+    select.apply(model, dataclasses.replace(fused_choice, fused_linear=False))
     separate, separate_cache = decode(model, "cuda", slot=2)
     assert prologues == []
-    monkeypatch.setattr(layers, "FUSED_LINEAR", True)
+    select.apply(model, fused_choice)
     fused, fused_cache = decode(model, "cuda", slot=2)
     # Mamba's conv window and state and the new keys/values end up the same, in the row of
     # the slot used, the other slots untouched
@@ -731,6 +735,8 @@ def test_moe_grouped_gemms_replay_in_a_cuda_graph_at_any_token_count(tiny_hybrid
     # the device machines are Hopper (H100/H200), where torch._grouped_mm runs in bf16
     assert torch.cuda.get_device_capability() >= (9, 0)
     moe = make_moe(tiny_hybrid, torch.bfloat16, experts=16, top_k=4, size=64).cuda()
+    select.apply(moe, select.resolve("cuda", torch.bfloat16))
+    assert moe.grouped_mm
     config = moe.config
     static = torch.randn(80, config.hidden_size, device="cuda", dtype=torch.bfloat16)
     with torch.no_grad():

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from granite_ops_kit.demo.checkpoint import write_demo_model
-from granite_runtime.config import GraniteConfig
-from granite_runtime.errors import ModelLoadError
-from granite_runtime.loader import load_model
+from granite_runtime.model.loader import load_model
+from granite_runtime.spec.config import GraniteConfig
+from granite_runtime.spec.errors import ModelLoadError
 from tests.conftest import run_gkit
 
 
@@ -45,7 +45,7 @@ def test_both_layer_spellings_give_the_same_model(tiny_hybrid, tmp_path):
     )
     assert GraniteConfig.from_file(copy / "config.json").layer_types == tuple(kinds)
     x = torch.tensor([[1, 2, 3, 4, 5]])
-    from granite_runtime.cache import Batch, HybridCache
+    from granite_runtime.engine.cache import Batch, HybridCache
 
     outs = []
     for path in (tiny_hybrid, copy):

@@ -12,11 +12,11 @@ torch = pytest.importorskip("torch")
 from transformers import GraniteMoeHybridConfig, GraniteMoeHybridForCausalLM  # noqa: E402
 
 from granite_ops_kit.demo.checkpoint import write_demo_model  # noqa: E402
-from granite_runtime.cache import Batch, HybridCache  # noqa: E402
-from granite_runtime.engine import Engine  # noqa: E402
-from granite_runtime.loader import load_model  # noqa: E402
-from granite_runtime.sampling import SamplingParams  # noqa: E402
-from granite_runtime.tokenizer import TextCodec  # noqa: E402
+from granite_runtime.engine.cache import Batch, HybridCache  # noqa: E402
+from granite_runtime.engine.engine import Engine  # noqa: E402
+from granite_runtime.engine.sampling import SamplingParams  # noqa: E402
+from granite_runtime.engine.tokenizer import TextCodec  # noqa: E402
+from granite_runtime.model.loader import load_model  # noqa: E402
 
 TOLERANCE = 1e-4
 GREEDY = SamplingParams(temperature=0.0, max_tokens=64, ignore_eos=True, logprobs=0)

@@ -57,7 +57,7 @@ def test_completion_with_text_prompt_and_logprobs(client):
 
 
 def test_token_id_prompt_equals_text_prompt(client, tiny_hybrid):
-    from granite_runtime.tokenizer import TextCodec
+    from granite_runtime.engine.tokenizer import TextCodec
 
     ids = TextCodec.from_dir(tiny_hybrid).encode("Hello, world")
     by_ids = client.completions.create(

@@ -7,8 +7,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from granite_runtime.cache import Batch, HybridCache  # noqa: E402
-from granite_runtime.loader import load_model  # noqa: E402
+from granite_runtime.engine.cache import Batch, HybridCache  # noqa: E402
+from granite_runtime.model.loader import load_model  # noqa: E402
 
 
 @pytest.mark.parametrize("fixture", ["tiny_hybrid", "tiny_dense"])

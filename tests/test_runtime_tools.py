@@ -9,8 +9,8 @@ import json
 
 import pytest
 
-from granite_runtime.tokenizer import TextCodec
-from granite_runtime.tool_calls import ToolCallStream, parse_tool_calls
+from granite_runtime.engine.tokenizer import TextCodec
+from granite_runtime.server.tool_calls import ToolCallStream, parse_tool_calls
 
 WEATHER = {
     "type": "function",
@@ -105,7 +105,7 @@ def test_template_lists_tools_and_returns_tool_results(tiny_hybrid):
 
 
 def test_template_is_sandboxed(tiny_hybrid):
-    from granite_runtime.errors import RequestError
+    from granite_runtime.spec.errors import RequestError
 
     codec = TextCodec.from_dir(tiny_hybrid)
     codec.chat_template = "{{ messages.__class__.__mro__[1].__subclasses__() }}"
@@ -118,8 +118,8 @@ def test_server_returns_tool_calls_from_model_output(tiny_hybrid, monkeypatch):
     a tool call, since random weights cannot produce one."""
     from fastapi.testclient import TestClient
 
-    from granite_runtime.serve import build_service
-    from granite_runtime.server import create_app
+    from granite_runtime.server.app import create_app
+    from granite_runtime.server.run import build_service
 
     service = build_service(tiny_hybrid, "cpu", "float32", 2, 256)
     monkeypatch.setattr(service.engine.codec, "decode", lambda ids: OUTPUT)

@@ -18,13 +18,13 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from granite_ops_kit.demo.checkpoint import write_demo_model  # noqa: E402
-from granite_runtime import tp  # noqa: E402
-from granite_runtime.config import GraniteConfig  # noqa: E402
-from granite_runtime.engine import Engine  # noqa: E402
-from granite_runtime.errors import ModelLoadError  # noqa: E402
-from granite_runtime.loader import load_model  # noqa: E402
-from granite_runtime.sampling import SamplingParams  # noqa: E402
-from granite_runtime.tokenizer import TextCodec  # noqa: E402
+from granite_runtime.engine.engine import Engine  # noqa: E402
+from granite_runtime.engine.sampling import SamplingParams  # noqa: E402
+from granite_runtime.engine.tokenizer import TextCodec  # noqa: E402
+from granite_runtime.model.loader import load_model  # noqa: E402
+from granite_runtime.parallel import tp  # noqa: E402
+from granite_runtime.spec.config import GraniteConfig  # noqa: E402
+from granite_runtime.spec.errors import ModelLoadError  # noqa: E402
 from tests.server_process import ServerProcess  # noqa: E402
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True, logprobs=0)
@@ -34,8 +34,8 @@ PROMPT = [(7 * i + 3) % 1000 for i in range(40)]
 # through the engine (every call announced to the follower), then stop the follower.
 TWO_RANKS = """
 import json, sys, torch
-from granite_runtime.launch import start_engine
-from granite_runtime.sampling import SamplingParams
+from granite_runtime.parallel.launch import start_engine
+from granite_runtime.engine.sampling import SamplingParams
 path, prompt, device = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
 engine = start_engine(path, device, "float32", max_num_seqs=2, max_model_len=96, gpus=2)
 with torch.inference_mode():
@@ -234,7 +234,7 @@ def test_a_follower_ends_when_its_parent_is_gone(tmp_path):
     the follower for it (NCCL waits): a grandchild runs it, its parent is SIGKILLed."""
     parent_code = (
         "import os, subprocess, sys, time\n"
-        "code = 'from granite_runtime.launch import exit_with_parent; "
+        "code = 'from granite_runtime.parallel.launch import exit_with_parent; "
         "exit_with_parent(%d, 0.1)' % os.getpid()\n"
         "child = subprocess.Popen([sys.executable, '-c', code])\n"
         "print(child.pid, flush=True)\n"

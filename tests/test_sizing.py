@@ -14,8 +14,8 @@ from granite_ops_kit.sizing.engines import Workload
 from granite_ops_kit.sizing.gpus import CATALOG, find_gpu
 from granite_ops_kit.sizing.plan import Request, make_plan
 from granite_ops_kit.sizing.source import resolve
-from granite_runtime import memory
-from granite_runtime.config import GraniteConfig
+from granite_runtime.spec import memory
+from granite_runtime.spec.config import GraniteConfig
 from tests.conftest import run_gkit
 
 MIB = 2**20
@@ -98,7 +98,7 @@ def test_hybrid_against_dense_sibling(context, sessions, low, high):
 
 def test_gkit_pools_are_what_the_runtime_allocates(tiny_hybrid):
     torch = pytest.importorskip("torch")
-    from granite_runtime.cache import HybridCache
+    from granite_runtime.engine.cache import HybridCache
 
     c = GraniteConfig.from_file(tiny_hybrid / "config.json")
     f = engines.gkit(c, Workload(300, 5), 1)

@@ -34,7 +34,7 @@ def fingerprint(public_key) -> str:
 
 
 def _load_private(path: Path):
-    from granite_runtime import bounded_read
+    from granite_runtime.spec import bounded_read
 
     try:
         data = bounded_read.read_bytes(path, MAX_KEY_BYTES, what="approver key")

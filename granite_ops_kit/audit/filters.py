@@ -21,9 +21,9 @@ DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 def events() -> list[str]:
     """Every event gkit writes: the ISO/IEC 42001 mapping in policies/ lists them all."""
-    from granite_ops_kit.audit.records import _controls
+    from granite_ops_kit.audit.records import control_map
 
-    return sorted(_controls())
+    return sorted(control_map())
 
 
 def check_event(event: str) -> str:

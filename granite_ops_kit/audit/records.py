@@ -46,12 +46,12 @@ class Event:
     policy_hash: str | None = None
     evidence: dict[str, str] = field(default_factory=dict)  # name -> "sha256:..."
     details: dict = field(default_factory=dict)
-    actor: str = field(default_factory=lambda: _actor())
+    actor: str = field(default_factory=lambda: current_actor())
     host: str = field(default_factory=socket.gethostname)
     tool_version: str = __version__
 
 
-def _actor() -> str:
+def current_actor() -> str:
     """Who acts: GKIT_ACTOR when a pipeline sets it (its service identity), else the OS user."""
     import os
 
@@ -70,13 +70,13 @@ def _controls_file() -> Path:
 
 
 @lru_cache(maxsize=1)
-def _controls() -> dict[str, list[str]]:
+def control_map() -> dict[str, list[str]]:
     return json.loads(_controls_file().read_text("utf-8"))["events"]
 
 
 def controls_for(event: str) -> list[str]:
     """The ISO/IEC 42001 clauses and Annex A controls an event evidences (policies/ data)."""
-    return _controls().get(event, [])
+    return control_map().get(event, [])
 
 
 def scrub(value):

@@ -65,7 +65,7 @@ def sign_checkpoint(
 
 def _named_key(path: Path) -> dict[str, str]:
     """A PEM file whose first line may be '# key-name'; without one it pins every name."""
-    from granite_runtime import bounded_read
+    from granite_runtime.spec import bounded_read
 
     try:
         text = bounded_read.read_bytes(path, 1 << 16, what="public key").decode()

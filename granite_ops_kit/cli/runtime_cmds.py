@@ -26,7 +26,7 @@ from granite_ops_kit.errors import ModelFormatError, UsageError
 def runtime_errors():
     """Translate the runtime's exceptions into gkit's error hierarchy."""
     try:
-        from granite_runtime.errors import ModelLoadError, RequestError
+        from granite_runtime.spec.errors import ModelLoadError, RequestError
     except ImportError as missing:
         raise UsageError(
             f"the runtime is not installed ({missing.name} is missing); install "
@@ -41,7 +41,7 @@ def runtime_errors():
 
 
 def _read_schema(path: Path) -> dict:
-    from granite_runtime import bounded_read
+    from granite_runtime.spec import bounded_read
 
     try:
         return bounded_read.read_json_object(path, 1 << 20, what="JSON schema")
@@ -121,7 +121,7 @@ def serve(
     check_port_free(host, port)  # before minutes of loading, not after
     ensure_recordable()  # a server whose start cannot be recorded does not start
     with runtime_errors():
-        from granite_runtime.serve import build_service, run_server
+        from granite_runtime.server.run import build_service, run_server
 
         service = build_service(
             _model_dir(model_path),
@@ -194,10 +194,10 @@ def generate(
     output.use_json(json_)
     schema = _read_schema(json_schema) if json_schema else None
     with runtime_errors():
-        from granite_runtime.engine import Engine
-        from granite_runtime.loader import load_model
-        from granite_runtime.sampling import SamplingParams
-        from granite_runtime.tokenizer import TextCodec
+        from granite_runtime.engine.engine import Engine
+        from granite_runtime.engine.sampling import SamplingParams
+        from granite_runtime.engine.tokenizer import TextCodec
+        from granite_runtime.model.loader import load_model
 
         root = _model_dir(model_path)
         started = time.perf_counter()

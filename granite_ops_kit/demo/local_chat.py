@@ -24,8 +24,8 @@ def ask_once(model: Path, question: str, max_tokens: int = 24, timeout: float = 
     """Start the server, send one chat completion, stop; returns the response and timings."""
     import uvicorn
 
-    from granite_runtime.serve import build_service
-    from granite_runtime.server import create_app
+    from granite_runtime.server.app import create_app
+    from granite_runtime.server.run import build_service
 
     started = time.perf_counter()
     service = build_service(model, "cpu", None, max_num_seqs=2, max_model_len=512)

@@ -40,7 +40,7 @@ class GateResult:
 def _deploy_policy(path: Path | None) -> dict:
     """The shipped policies/deploy.json, or the file given with --deploy-policy."""
     from granite_ops_kit.policy.engine import policies_dir
-    from granite_runtime import bounded_read
+    from granite_runtime.spec import bounded_read
 
     path = path or policies_dir() / "deploy.json"
     try:

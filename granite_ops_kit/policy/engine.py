@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from granite_ops_kit.errors import UsageError
-from granite_runtime import bounded_read
+from granite_runtime.spec import bounded_read
 
 REQUIRED_KEYS = ("id", "methods", "weight_formats")
 SIGNER_LISTS = ("public_keys", "certificate_roots", "certificate_identities")

@@ -1,6 +1,6 @@
 """What each engine allocates on one GPU, by its published rules (REFERENCE.md section 2).
 
-- gkit: exact; the runtime allocates its pools from `granite_runtime.memory`.
+- gkit: exact; the runtime allocates its pools from `granite_runtime.spec.memory`.
 - vLLM 0.33: attention block size raised to the Mamba page (528 or 400 tokens in bf16), one
   page layout for all layers in groups, one state block per request per Mamba group, and a
   KV budget of total x gpu_memory_utilization - weights - peak activations - non-torch.
@@ -14,8 +14,8 @@ import math
 from dataclasses import asdict, dataclass, field
 
 from granite_ops_kit.errors import UsageError
-from granite_runtime import memory
-from granite_runtime.config import GraniteConfig
+from granite_runtime.spec import memory
+from granite_runtime.spec.config import GraniteConfig
 
 MIB = 2**20
 BITS = {

@@ -13,9 +13,9 @@ from granite_ops_kit.sizing import engines
 from granite_ops_kit.sizing.engines import Footprint, Workload
 from granite_ops_kit.sizing.gpus import GPU
 from granite_ops_kit.sizing.source import ModelShape, comparison_shape
-from granite_runtime import memory
-from granite_runtime.config import GraniteConfig
-from granite_runtime.errors import ModelLoadError
+from granite_runtime.spec import memory
+from granite_runtime.spec.config import GraniteConfig
+from granite_runtime.spec.errors import ModelLoadError
 
 IBM_CLAIM = (
     "IBM: Granite 4.0 hybrids need over 70% less memory than conventional LLMs, for "
@@ -60,7 +60,7 @@ def fits(c: GraniteConfig, r: Request, w: Workload, tp: int) -> tuple[bool, Foot
     return f.total <= budget(r.gpu, r.engine, w.gpu_memory_utilization), f
 
 
-def _largest(ok, low: int = 0) -> int:
+def largest_fitting(ok, low: int = 0) -> int:
     """The largest n in [low, SEARCH_LIMIT] with ok(n), given ok is monotone decreasing."""
     if not ok(max(low, 1)):
         return 0
@@ -71,7 +71,7 @@ def _largest(ok, low: int = 0) -> int:
     return lo
 
 
-def _with(w: Workload, **change) -> Workload:
+def with_change(w: Workload, **change) -> Workload:
     return Workload(**{**w.__dict__, **change})
 
 
@@ -143,8 +143,8 @@ def make_plan(r: Request) -> dict:
             f"attention heads and {c.mamba_heads} Mamba heads must divide evenly."
         )
     ok, f = fits(c, r, w, tp)
-    sessions = _largest(lambda n: fits(c, r, _with(w, concurrency=n), tp)[0])
-    context = _largest(lambda n: fits(c, r, _with(w, context=n), tp)[0])
+    sessions = largest_fitting(lambda n: fits(c, r, with_change(w, concurrency=n), tp)[0])
+    context = largest_fitting(lambda n: fits(c, r, with_change(w, context=n), tp)[0])
     fewest = next((n for n in TP_SIZES if valid_tp(c, n) and fits(c, r, w, n)[0]), None)
     return {
         "model": r.shape.name,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from granite_ops_kit import catalog
 from granite_ops_kit.errors import ModelFormatError, UsageError
-from granite_runtime import bounded_read
+from granite_runtime.spec import bounded_read
 
 # Dense siblings of the hybrids (REFERENCE.md section 1); the MoE hybrids have none.
 SIBLINGS = {

@@ -7,10 +7,17 @@ from pathlib import Path
 from granite_ops_kit.errors import UsageError
 from granite_ops_kit.sizing import engines
 from granite_ops_kit.sizing.gpus import CATALOG
-from granite_ops_kit.sizing.plan import Request, _largest, _with, fits, parse_config, valid_tp
+from granite_ops_kit.sizing.plan import (
+    Request,
+    fits,
+    largest_fitting,
+    parse_config,
+    valid_tp,
+    with_change,
+)
 from granite_ops_kit.sizing.source import comparison_shape
-from granite_runtime import memory
-from granite_runtime.config import GraniteConfig
+from granite_runtime.spec import memory
+from granite_runtime.spec.config import GraniteConfig
 
 SWEEP_CONTEXTS = (4096, 32768, 131072)
 
@@ -22,10 +29,12 @@ def sweep(r: Request, contexts=SWEEP_CONTEXTS) -> list[dict]:
     for gpu in CATALOG.values():
         row = {"gpu": gpu.name, "memory_gib": round(gpu.memory_bytes / 2**30, 1)}
         for ctx in contexts:
-            req = Request(r.shape, gpu, r.gpus, r.engine, _with(r.workload, context=ctx))
+            req = Request(r.shape, gpu, r.gpus, r.engine, with_change(r.workload, context=ctx))
             row[str(ctx)] = (
-                _largest(
-                    lambda n, req=req: fits(c, req, _with(req.workload, concurrency=n), r.gpus)[0]
+                largest_fitting(
+                    lambda n, req=req: fits(
+                        c, req, with_change(req.workload, concurrency=n), r.gpus
+                    )[0]
                 )
                 if valid_tp(c, r.gpus)
                 else None

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from granite_ops_kit.errors import UsageError, VerificationFailed
 from granite_ops_kit.supply.statement import PAYLOAD_TYPE
-from granite_runtime import bounded_read
+from granite_runtime.spec import bounded_read
 
 MEDIA_TYPE_V03 = "application/vnd.dev.sigstore.bundle.v0.3+json"
 MEDIA_TYPES = (

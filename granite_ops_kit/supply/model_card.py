@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from granite_runtime import bounded_read
+from granite_runtime.spec import bounded_read
 
 MAX_CARD_BYTES = 1 << 20
 LICENSE_KEYS = ("license", "license_name")

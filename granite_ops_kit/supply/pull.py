@@ -97,7 +97,7 @@ def already_loaded(marker: Path, repo_id: str, revision: str | None) -> dict | N
 
     The marker only saves a download: the pod's verify step checks the model against its
     pinned trust inputs and manifest digest on every start, whatever the marker says."""
-    from granite_runtime.bounded_read import UnsafeInput, read_json_object
+    from granite_runtime.spec.bounded_read import UnsafeInput, read_json_object
 
     try:
         doc = read_json_object(marker, MARKER_LIMIT, what="ready marker")

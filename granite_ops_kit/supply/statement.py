@@ -13,7 +13,7 @@ import rfc8785
 
 from granite_ops_kit.errors import VerificationFailed
 from granite_ops_kit.supply.model_files import sort_key
-from granite_runtime import bounded_read
+from granite_runtime.spec import bounded_read
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_V1 = "https://model_signing/signature/v1.0"

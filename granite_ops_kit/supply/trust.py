@@ -32,7 +32,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from granite_ops_kit.errors import UsageError, VerificationFailed
 from granite_ops_kit.supply.bundle import Bundle, pae, pae_compat
-from granite_runtime import bounded_read
+from granite_runtime.spec import bounded_read
 
 CURVE_HASH = {256: hashes.SHA256, 384: hashes.SHA384, 521: hashes.SHA512}
 MAX_TRUST_FILE_BYTES = 1 << 20  # a PEM bundle of roots, or a Sigstore trusted root

@@ -1,0 +1,382 @@
+"""Continuous batching over fixed cache pools.
+
+Each step has a token budget (`max_num_batched_tokens`, as vLLM's scheduler has): every
+running sequence's decode token counts against it first, and what is left goes to prompt
+chunks (at least MIN_PREFILL_TOKENS, so prompts never starve), several prompts in one step
+if they fit. Then one decode forward for every running sequence, sample, and report text.
+A long prompt therefore never stalls the streams already running for more than one chunk.
+Requests join and leave between steps. Admission control: a prompt that can never fit is
+refused at submit time (413); when every slot is busy, requests wait, and past
+`max_waiting` new ones are refused (429), so overload never turns into an out-of-memory
+crash.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import deque
+
+import torch
+
+from granite_runtime.engine.cache import Batch, HybridCache
+from granite_runtime.engine.sampling import SamplingParams, sample, top_logprobs
+from granite_runtime.engine.sequence import Sequence, Status, TokenEvent
+from granite_runtime.engine.tokenizer import TextCodec
+from granite_runtime.kernels.cpu.prepare import prepare_for_cpu
+from granite_runtime.model.granite import GraniteForCausalLM
+from granite_runtime.parallel import tp
+from granite_runtime.spec.errors import RequestError
+
+# Decode steps replay CUDA graphs captured at start-up: one per batch size up to this,
+# then one every PADDED_STEP rows up to the slot count; a batch between two of those
+# replays the larger one, its extra rows on a pad slot no sequence holds.
+MAX_GRAPHED_BATCH = 64
+PADDED_STEP = 16
+MIN_PREFILL_TOKENS = 64
+SETTLE_TOKENS = 16
+
+
+def graph_sizes(max_num_seqs: int) -> list[int]:
+    """Batch sizes to capture, largest first (smaller graphs then carve their workspace
+    out of the larger blocks already in the shared pool)."""
+    sizes = set(range(1, min(max_num_seqs, MAX_GRAPHED_BATCH) + 1))
+    sizes.update(range(MAX_GRAPHED_BATCH + PADDED_STEP, max_num_seqs, PADDED_STEP))
+    sizes.add(max_num_seqs)
+    return sorted(sizes, reverse=True)
+
+
+class Engine:
+    def __init__(
+        self,
+        model: GraniteForCausalLM,
+        codec: TextCodec,
+        max_num_seqs: int = 8,
+        max_model_len: int = 4096,
+        prefill_chunk: int = 512,
+        max_waiting: int = 256,
+        max_num_batched_tokens: int | None = None,
+    ):
+        self.model, self.codec = model, codec
+        self.max_num_seqs, self.max_model_len = max_num_seqs, max_model_len
+        self.prefill_chunk, self.max_waiting = prefill_chunk, max_waiting
+        self.max_num_batched_tokens = max_num_batched_tokens or prefill_chunk
+        weight = model.model.embed_tokens.weight
+        self.device = weight.device
+        if self.device.type == "cpu":
+            self.cpu_path = prepare_for_cpu(model)  # C or oneDNN matvecs (bench/NOTES.md)
+        graphed = self.device.type == "cuda" and os.environ.get("GKIT_CUDA_GRAPHS", "1") != "0"
+        # the pad slot (the last one) is only needed where some batch sizes are padded
+        pad_slot = max_num_seqs if graphed and max_num_seqs > MAX_GRAPHED_BATCH else None
+        self.cache = HybridCache(
+            model.config,
+            max_num_seqs + (pad_slot is not None),
+            max_model_len,
+            weight.dtype,
+            weight.device,
+        )
+        self.graphs = None
+        if self.device.type == "cuda":
+            self._warm_up_prefill()
+        if graphed:
+            from granite_runtime.engine.graphs import GraphedDecoder
+
+            # before any slot is used: capturing warms up on slots 0..B-1
+            self.graphs = GraphedDecoder(model, self.cache, max_num_seqs, pad_slot=pad_slot)
+            self.graphs.capture(graph_sizes(max_num_seqs))
+        self.free_slots = list(range(max_num_seqs))[::-1]
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self._lock = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self.accepting = True
+        self._released = False  # the other ranks were told to stop
+        self.stats = {"prompt_tokens": 0, "generation_tokens": 0, "steps": 0}
+        self._grammars = self._masks = None
+
+    @torch.inference_mode()
+    def _warm_up_prefill(self) -> None:
+        """Prompt chunks of every length the scheduler cuts through slot 0 at start-up, so
+        Triton compiles and autotunes the prefill kernels now rather than during requests
+        (seconds of compiling).
+        Every rank runs it, in step, as every rank captures the graphs (tensor parallelism)."""
+        lengths = {min(self.prefill_chunk, self.max_model_len)}
+        n = MIN_PREFILL_TOKENS
+        while n < min(self.prefill_chunk, self.max_model_len):
+            lengths.add(n)  # the chunk lengths _prefill_chunk cuts prompts into
+            n *= 2
+        for length in sorted(lengths, reverse=True):
+            tokens = torch.zeros(1, length, dtype=torch.long, device=self.device)
+            self.model(tokens, Batch.make([0], [0], self.device), self.cache)
+            self.cache.reset(0)
+
+    # ---- submitting -------------------------------------------------------------------
+    def submit(self, prompt_ids: list[int], params: SamplingParams, on_event=None) -> Sequence:
+        if not self.accepting:
+            raise RequestError("the server is shutting down.", 503, "service_unavailable")
+        if not prompt_ids:
+            raise RequestError("the prompt is empty.")
+        if len(prompt_ids) >= self.max_model_len:
+            raise RequestError(
+                f"the prompt has {len(prompt_ids)} tokens; this server's context is "
+                f"{self.max_model_len} tokens (--max-model-len).",
+                413,
+                "context_length_exceeded",
+            )
+        vocab = self.model.config.vocab_size
+        if any(not 0 <= t < vocab for t in prompt_ids):
+            raise RequestError(f"the prompt holds a token id outside 0..{vocab - 1}.")
+        seq = Sequence(list(prompt_ids), params, on_event)
+        if params.grammar is not None:
+            seq.matcher = self.grammars.matcher(params.grammar)
+        with self._lock:
+            if len(self.waiting) >= self.max_waiting:
+                busy = f"{len(self.waiting)} requests are already waiting; retry later."
+                raise RequestError(busy, 429, "rate_limit_exceeded")
+            self.waiting.append(seq)
+            self._lock.notify()
+        return seq
+
+    @property
+    def grammars(self):
+        """The structured-output compiler, built on first use (~1 s for a 100k vocabulary)."""
+        if self._grammars is None:
+            from granite_runtime.engine.grammar import GrammarCompiler, MaskBuffer
+
+            vocab = self.model.config.vocab_size
+            stops = sorted(self.codec.stop_token_ids)
+            self._grammars = GrammarCompiler(self.codec.tokenizer, vocab, stops)
+            self._masks = MaskBuffer(self.max_num_seqs, vocab, self.device)
+        return self._grammars
+
+    # ---- one step ---------------------------------------------------------------------
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def _admit(self) -> None:
+        with self._lock:
+            while self.waiting and self.free_slots:
+                seq = self.waiting.popleft()
+                if seq.cancelled:
+                    self._finish(seq, "cancelled")
+                    continue
+                seq.slot = self.free_slots.pop()
+                seq.status = Status.RUNNING
+                self._reset(seq.slot)
+                self.running.append(seq)
+
+    @torch.inference_mode()
+    def step(self) -> None:
+        self._admit()
+        for seq in [s for s in self.running if s.cancelled]:
+            self._finish(seq, "cancelled")
+        decoding = self._decoding()
+        budget = max(self.max_num_batched_tokens - len(decoding), MIN_PREFILL_TOKENS)
+        for seq in [s for s in self.running if s.in_prefill]:
+            if budget <= 0:
+                break
+            budget -= self._prefill_chunk(seq, budget)
+        decoding = self._decoding()  # with those whose prompt just finished
+        if decoding:
+            self._decode(decoding)
+        self.stats["steps"] += 1
+
+    def _decoding(self) -> list[Sequence]:
+        return [
+            s for s in self.running if not s.in_prefill and s.output_ids and s.finish_reason is None
+        ]
+
+    def _prefill_chunk(self, seq: Sequence, budget: int) -> int:
+        start = seq.prefilled
+        take = min(budget, self.prefill_chunk, len(seq.prompt_ids) - start)
+        if take < len(seq.prompt_ids) - start:
+            # a chunk that is not the prompt's last has a length warmed up at start-up (a
+            # power of two from MIN_PREFILL_TOKENS): the kernels are compiled and tuned per
+            # length, and a budget minus however many streams decode would otherwise make a
+            # new length, and a compile stall, at nearly every step
+            take = max(1 << (take.bit_length() - 1), MIN_PREFILL_TOKENS)
+        chunk = seq.prompt_ids[start : start + take]
+        tokens = torch.tensor([chunk], dtype=torch.long, device=self.device)
+        logits = self._forward(tokens, [seq.slot], [start], decode=False)
+        seq.prefilled += len(chunk)
+        self.stats["prompt_tokens"] += len(chunk)
+        if not seq.in_prefill:
+            self._accept([seq], logits[:, -1])
+        return len(chunk)
+
+    def _decode(self, seqs: list[Sequence]) -> None:
+        tokens = torch.tensor(
+            [[s.output_ids[-1]] for s in seqs], dtype=torch.long, device=self.device
+        )
+        slots, starts = [s.slot for s in seqs], [s.length for s in seqs]
+        self._accept(seqs, self._forward(tokens, slots, starts, decode=True)[:, -1])
+
+    # ---- model calls (every rank makes the same ones under tensor parallelism) -----------
+    def _forward(self, tokens: torch.Tensor, slots: list[int], starts: list[int], decode: bool):
+        if tp.rank() == 0:
+            tp.send_step(tp.OP_DECODE if decode else tp.OP_FORWARD, tokens, slots, starts)
+        logits = None
+        if decode and self.graphs is not None:
+            logits = self.graphs(tokens, slots, starts)
+        if logits is None:  # CPU, prefill, or a batch size with no graph
+            logits = self.model(tokens, Batch.make(slots, starts, self.device), self.cache)
+        return logits
+
+    def _reset(self, slot: int) -> None:
+        if tp.rank() == 0:
+            tp.send_control(tp.OP_RESET, slot, self.device)
+        self.cache.reset(slot)
+
+    def follow(self) -> None:
+        """Ranks other than 0: make each model call rank 0 announces, until it stops."""
+        with torch.inference_mode():
+            while True:
+                op, tokens, slots, starts = tp.receive_step(self.device)
+                if op == tp.OP_STOP:
+                    return
+                if op == tp.OP_RESET:
+                    self.cache.reset(slots[0])
+                elif op in (tp.OP_FORWARD, tp.OP_DECODE):
+                    self._forward(tokens, slots, starts, decode=op == tp.OP_DECODE)
+
+    def _constrain(self, seqs: list[Sequence], logits: torch.Tensor) -> torch.Tensor:
+        """Forbid the tokens each constrained sequence's grammar rules out. Called before
+        anything waits on `logits`, so on a GPU the masks are computed during the step."""
+        rows = [row for row, s in enumerate(seqs) if s.matcher is not None]
+        if not rows:
+            return logits
+        slots = [seqs[row].slot for row in rows]
+        self._masks.fill([(seqs[row].slot, seqs[row].matcher) for row in rows])
+        return self._masks.apply(logits, rows, slots)
+
+    def _accept(self, seqs: list[Sequence], logits: torch.Tensor) -> None:
+        logits = self._constrain(seqs, logits)
+        chosen = sample(logits, [s.params for s in seqs], [s.generator for s in seqs])
+        now = time.monotonic()
+        for row, (seq, token) in enumerate(zip(seqs, chosen, strict=True)):
+            seq.first_token_at = seq.first_token_at or now
+            if seq.matcher is not None:
+                seq.matcher.consume_token(token)  # the mask allowed only tokens it accepts
+            seq.output_ids.append(token)
+            self.stats["generation_tokens"] += 1
+            lp = []
+            if seq.params.logprobs is not None:
+                lp = [top_logprobs(logits[row], token, seq.params.logprobs)]
+                seq.logprobs += lp
+            self._report(seq, [token], lp)
+
+    # ---- text, stops and finishing ------------------------------------------------------
+    def _ends_with_eos(self, seq: Sequence) -> bool:
+        return not seq.params.ignore_eos and seq.output_ids[-1] in self.codec.stop_token_ids
+
+    def _finish_reason(self, seq: Sequence) -> str | None:
+        if self._ends_with_eos(seq):
+            return "stop"
+        if seq.matcher is not None and seq.matcher.is_stopped():
+            return "stop"  # the grammar is complete: nothing may follow
+        if len(seq.output_ids) >= seq.params.max_tokens:
+            return "length"
+        if len(seq.prompt_ids) + len(seq.output_ids) >= self.max_model_len:
+            return "length"
+        return None
+
+    def _report(self, seq: Sequence, new_ids: list[int], lp) -> None:
+        reason = self._finish_reason(seq)
+        ids = seq.output_ids[:-1] if self._ends_with_eos(seq) else seq.output_ids
+        text = self._decoded(seq, ids)
+        hold = 0
+        for stop in seq.params.stop:
+            cut = text.find(stop)
+            if cut >= 0:
+                text, reason = text[:cut], "stop"
+                break
+            hold = max(hold, len(stop) - 1)
+        if reason is None:
+            # Hold back what may be the start of a stop string or an unfinished character.
+            safe = len(text) - hold
+            while safe > seq.emitted and text[safe - 1] == "\ufffd":
+                safe -= 1
+        else:
+            safe = len(text)
+        safe = max(safe, seq.emitted)
+        seq.text = text
+        delta, seq.emitted = text[seq.emitted : safe], safe
+        if reason is not None:
+            self._finish(seq, reason, TokenEvent(delta, new_ids, lp, reason))
+        elif seq.on_event:
+            seq.on_event(seq, TokenEvent(delta, new_ids, lp))
+
+    def _decoded(self, seq: Sequence, ids: list[int]) -> str:
+        """The text of `ids`, decoding only the tokens after the last settled point: decoding
+        the whole output at every token cost O(length) per token, for every stream, in the
+        step's own thread. A point settles every SETTLE_TOKENS tokens where the text does not
+        end in U+FFFD (a character cut in two, which the next token may complete)."""
+        if not self.codec.concatenates:
+            return self.codec.decode(ids)
+        tail = self.codec.decode(ids[seq.settled_ids :])
+        text = seq.settled_text + tail
+        if len(ids) - seq.settled_ids >= SETTLE_TOKENS and not tail.endswith("\ufffd"):
+            seq.settled_ids, seq.settled_text = len(ids), text
+        return text
+
+    def _finish(self, seq: Sequence, reason: str, event: TokenEvent | None = None) -> None:
+        seq.finish_reason, seq.status = reason, Status.FINISHED
+        with self._lock:
+            if seq in self.running:
+                self.running.remove(seq)
+                self.free_slots.append(seq.slot)
+            self._lock.notify_all()
+        if seq.on_event:
+            seq.on_event(seq, event or TokenEvent("", [], [], reason))
+
+    # ---- the loop -----------------------------------------------------------------------
+    def generate(self, prompt_ids: list[int], params: SamplingParams) -> Sequence:
+        """Run one request to completion on the calling thread (CLI, tests)."""
+        seq = self.submit(prompt_ids, params)
+        while seq.status is not Status.FINISHED:
+            self.step()
+        return seq
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="gkit-engine", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                while not self.has_work() and not self._stopping:
+                    if not self._lock.wait(timeout=tp.KEEPALIVE_SECONDS) and tp.world_size() > 1:
+                        tp.send_control(tp.OP_KEEPALIVE, 0, self.device)
+                if self._stopping and not self.has_work():
+                    return
+            try:
+                self.step()
+            except Exception as bad:  # fail the requests, keep serving
+                self._fail_all(f"internal error in the engine: {bad}")
+
+    def _fail_all(self, message: str) -> None:
+        for seq in list(self.running) + list(self.waiting):
+            with self._lock:
+                if seq in self.waiting:
+                    self.waiting.remove(seq)
+            self._finish(seq, "error", TokenEvent("", [], [], "error", message))
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Refuse new work, let running requests finish, then end the loop (and release the
+        other ranks' `follow`)."""
+        self.accepting = False
+        with self._lock:
+            self._stopping = True
+            self._lock.notify_all()
+        if self._thread:
+            self._thread.join(timeout)
+        if tp.world_size() > 1 and not self._released:
+            self._released = True
+            tp.send_control(tp.OP_STOP, 0, self.device)
+
+    def cache_usage(self) -> float:
+        """Fraction of KV token capacity held by running sequences."""
+        used = sum(s.length for s in self.running)
+        return used / (self.max_num_seqs * self.max_model_len)

@@ -1,0 +1,249 @@
+"""Mamba-2's chunked scan (SSD) for prefill on CUDA, in three Triton kernels.
+
+The same algorithm as `ssd.chunked_scan` (the reference these kernels are tested against),
+without materialising its (heads x chunks x Q x Q) score and decay tensors: at 32k tokens
+those are gigabytes per layer, written and read back by a dozen PyTorch ops. Here:
+
+1. `_chunk_state_kernel`: each chunk's own contribution to the state at its end,
+   sum_l x_l (dt_l exp(cum_end - cum_l)) B_l, one (P x N) matrix product per (chunk, head);
+2. `_state_passing_kernel`: the short recurrence over chunk boundaries, which turns those
+   into the state entering each chunk (in the model's dtype, as the scan's products take
+   it: half the bytes for bf16) and the final state (fp32, into the pool);
+3. `_chunk_scan_kernel`: each output row, from the state entering its chunk (C.state) plus
+   the causal, decay-weighted mixing inside the chunk (C.B computed once per chunk and
+   group beforehand, as it is shared by the group's heads).
+
+cum is the cumulative sum of dt*A within each chunk, computed with PyTorch (a few MB).
+Products run on tensor cores in the model's dtype with fp32 accumulation, as mamba_ssm's
+kernels do; fp32 inputs use exact (IEEE) products so the result matches the reference to
+~1e-5. Grid axis 0 walks the programs that share one chunk's B and C, so those stay in L2.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from granite_runtime.kernels.triton.autotune import autotune
+
+
+@triton.jit
+def _chunk_state_kernel(
+    x_ptr, b_ptr, dt_ptr, cum_ptr, states_ptr,
+    L, Q, C,
+    sx_b, sx_l, sx_h, sb_b, sb_l, sb_g,
+    P: tl.constexpr, N: tl.constexpr, HEADS_PER_GROUP: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
+    PRECISION: tl.constexpr,
+):  # fmt: skip
+    head, chunk, batch = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    heads = tl.num_programs(0)
+    group = head // HEADS_PER_GROUP
+    p, n = tl.arange(0, BLOCK_P), tl.arange(0, BLOCK_N)
+    row = (batch * heads + head) * C + chunk  # index into the (B, H, C, Q) cum and dt
+    cum_end = tl.load(cum_ptr + row * Q + Q - 1)
+    x_base = x_ptr + batch * sx_b + head * sx_h
+    b_base = b_ptr + batch * sb_b + group * sb_g
+    acc = tl.zeros((BLOCK_P, BLOCK_N), tl.float32)
+    for l0 in range(0, Q, BLOCK_L):
+        q = l0 + tl.arange(0, BLOCK_L)
+        t = chunk * Q + q
+        ok = (q < Q) & (t < L)
+        xt = tl.load(
+            x_base + t[None, :] * sx_l + p[:, None], mask=ok[None, :] & (p[:, None] < P), other=0.0
+        )  # (P, L)
+        bm = tl.load(
+            b_base + t[:, None] * sb_l + n[None, :], mask=ok[:, None] & (n[None, :] < N), other=0.0
+        )  # (L, N)
+        w = tl.load(dt_ptr + row * Q + q, mask=ok, other=0.0) * tl.exp(
+            cum_end - tl.load(cum_ptr + row * Q + q, mask=ok, other=0.0)
+        )
+        acc += tl.dot((xt * w[None, :]).to(bm.dtype), bm, input_precision=PRECISION)
+    out = states_ptr + (((batch * C + chunk) * heads + head) * P + p[:, None]) * N + n[None, :]
+    tl.store(out, acc, mask=(p[:, None] < P) & (n[None, :] < N))
+
+
+@triton.jit
+def _state_passing_kernel(
+    states_ptr, entering_ptr, cum_ptr, init_ptr, final_ptr, Q, C,
+    si_b, si_h, sf_b, sf_h,
+    PN: tl.constexpr, N: tl.constexpr, HAS_INIT: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    block, head, batch = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    heads = tl.num_programs(1)
+    k = block * BLOCK + tl.arange(0, BLOCK)  # flat (p, n) index; the pool rows are (P, N)
+    ok = k < PN
+    if HAS_INIT:
+        carry = tl.load(init_ptr + batch * si_b + head * si_h + k, mask=ok, other=0.0)
+        carry = carry.to(tl.float32)
+    else:
+        carry = tl.zeros((BLOCK,), tl.float32)
+    # A chain of C dependent steps per program: the next chunk's state is loaded before
+    # this one's is used, so the load's latency overlaps the arithmetic.
+    stride = heads * PN
+    offset = (batch * C * heads + head) * PN + k
+    own = tl.load(states_ptr + offset, mask=ok, other=0.0)
+    for chunk in range(0, C):
+        following = tl.load(states_ptr + offset + stride, mask=ok & (chunk + 1 < C), other=0.0)
+        # the state entering this chunk, in the dtype the scan's products take it in
+        tl.store(entering_ptr + offset, carry.to(entering_ptr.dtype.element_ty), mask=ok)
+        decay = tl.exp(tl.load(cum_ptr + ((batch * heads + head) * C + chunk) * Q + Q - 1))
+        carry = carry * decay + own
+        own = following
+        offset += stride
+    tl.store(final_ptr + batch * sf_b + head * sf_h + k, carry, mask=ok)
+
+
+# (BLOCK_M, BLOCK_S, warps, stages) tried per (Q, P, N); the scan only writes y, so
+# autotuning's repeated runs are harmless
+_SCAN_CONFIGS = [
+    triton.Config({"BLOCK_M": m, "BLOCK_S": s}, num_warps=w, num_stages=st)
+    for m, s, w, st in [(64, 64, 4, 2), (64, 64, 4, 3), (64, 32, 4, 3), (128, 64, 8, 2),
+                        (128, 64, 4, 3), (128, 32, 4, 4), (32, 64, 4, 3)]
+]  # fmt: skip
+
+
+@autotune(_SCAN_CONFIGS, key=["Q", "P", "N"])
+@triton.jit
+def _chunk_scan_kernel(
+    x_ptr, c_ptr, cb_ptr, dt_ptr, cum_ptr, states_ptr, d_ptr, y_ptr,
+    L, Q, C, G,
+    sx_b, sx_l, sx_h, sc_b, sc_l, sc_g,
+    P: tl.constexpr, N: tl.constexpr, HEADS_PER_GROUP: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_P: tl.constexpr,
+    BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
+    mb, head, bc = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    heads = tl.num_programs(1)
+    batch, chunk = bc // C, bc % C
+    group = head // HEADS_PER_GROUP
+    row = (batch * heads + head) * C + chunk
+    m = mb * BLOCK_M + tl.arange(0, BLOCK_M)
+    p, n = tl.arange(0, BLOCK_P), tl.arange(0, BLOCK_N)
+    tm = chunk * Q + m
+    m_ok = (m < Q) & (tm < L)
+    cum_m = tl.load(cum_ptr + row * Q + m, mask=m < Q, other=0.0)
+    cm = tl.load(
+        c_ptr + batch * sc_b + group * sc_g + tm[:, None] * sc_l + n[None, :],
+        mask=m_ok[:, None] & (n[None, :] < N),
+        other=0.0,
+    )
+    # the state entering this chunk, read as (N, P)
+    entering = tl.load(
+        states_ptr + (((batch * C + chunk) * heads + head) * P + p[None, :]) * N + n[:, None],
+        mask=(n[:, None] < N) & (p[None, :] < P),
+        other=0.0,
+    )
+    acc = tl.dot(cm, entering, input_precision=PRECISION)
+    acc = acc * tl.exp(cum_m)[:, None]
+    x_base = x_ptr + batch * sx_b + head * sx_h
+    cb_base = cb_ptr + ((batch * C + chunk) * G + group) * Q * Q  # C.B of this chunk, (Q, Q)
+    for s0 in range(0, tl.minimum((mb + 1) * BLOCK_M, Q), BLOCK_S):
+        s = s0 + tl.arange(0, BLOCK_S)
+        ts = chunk * Q + s
+        s_ok = (s < Q) & (ts < L)
+        cb = tl.load(
+            cb_base + m[:, None] * Q + s[None, :], mask=(m[:, None] < Q) & s_ok[None, :], other=0.0
+        )
+        cum_s = tl.load(cum_ptr + row * Q + s, mask=s_ok, other=0.0)
+        dt_s = tl.load(dt_ptr + row * Q + s, mask=s_ok, other=0.0)
+        causal = m[:, None] >= s[None, :]
+        decay = tl.exp(tl.minimum(cum_m[:, None] - cum_s[None, :], 0.0))
+        w = tl.where(causal, cb * decay * dt_s[None, :], 0.0)
+        xs = tl.load(
+            x_base + ts[:, None] * sx_l + p[None, :],
+            mask=s_ok[:, None] & (p[None, :] < P),
+            other=0.0,
+        )  # (S, P)
+        acc += tl.dot(w.to(xs.dtype), xs, input_precision=PRECISION)
+    xm = tl.load(
+        x_base + tm[:, None] * sx_l + p[None, :], mask=m_ok[:, None] & (p[None, :] < P), other=0.0
+    )
+    acc += tl.load(d_ptr + head) * xm.to(tl.float32)
+    out = y_ptr + ((batch * L + tm[:, None]) * heads + head) * P + p[None, :]
+    tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & (p[None, :] < P))
+
+
+def _chunk_products(Cm: torch.Tensor, Bm: torch.Tensor, chunk: int) -> torch.Tensor:
+    """C.B within each chunk, (B, chunks, G, Q, Q) fp32: shared by the heads of a group, so
+    computed once here (a few GFLOP) instead of once per head inside the scan."""
+    b, length, g, n = Cm.shape
+    pad = (-length) % chunk
+
+    def per_chunk(t):
+        return F.pad(t.float(), (0, 0, 0, 0, 0, pad)).view(b, -1, chunk, g, n).transpose(2, 3)
+
+    return torch.matmul(per_chunk(Cm), per_chunk(Bm).transpose(-1, -2)).contiguous()
+
+
+def _chunk_cumsum(dt: torch.Tensor, A: torch.Tensor, chunk: int) -> tuple[torch.Tensor, ...]:
+    """dt and the within-chunk cumulative sum of dt*A, both (B, H, C, Q) fp32, zero-padded:
+    a padded step adds nothing to the state and decays nothing."""
+    b, length, h = dt.shape
+    pad = (-length) % chunk
+    dt = F.pad(dt.float(), (0, 0, 0, pad)).view(b, -1, chunk, h).permute(0, 3, 1, 2)
+    cum = (dt * A.float().view(1, h, 1, 1)).cumsum(-1)
+    return dt.contiguous(), cum.contiguous()
+
+
+def _last_dim_dense(*tensors: torch.Tensor) -> list[torch.Tensor]:
+    return [t if t.stride(-1) == 1 else t.contiguous() for t in tensors]
+
+
+def chunked_scan(
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    Bm: torch.Tensor,
+    Cm: torch.Tensor,
+    D: torch.Tensor,
+    chunk: int,
+    state: torch.Tensor | None = None,
+    final: torch.Tensor | None = None,
+    out_dtype: torch.dtype = torch.float32,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """y (B, L, H, P) in `out_dtype` and the final state (B, H, P, N) fp32, as
+    `ssd.chunked_scan`.
+
+    x (B, L, H, P) and Bm/Cm (B, L, G, N) may be strided views (of the conv output) with a
+    dense last dimension; dt (B, L, H) after softplus. The final state is written into
+    `final` when given (it may be `state` itself: a pool row updated in place)."""
+    b, length, h, p = x.shape
+    g, n = Bm.shape[2], Bm.shape[3]
+    x, Bm, Cm = _last_dim_dense(x, Bm, Cm)
+    dts, cum = _chunk_cumsum(dt, A, chunk)
+    chunks = cum.shape[2]
+    states = torch.empty(b, chunks, h, p, n, dtype=torch.float32, device=x.device)
+    if final is None:
+        final = torch.empty(b, h, p, n, dtype=torch.float32, device=x.device)
+    assert final.dtype == torch.float32 and final.stride(-1) == 1 and final.stride(-2) == n
+    precision = "ieee" if x.dtype == torch.float32 else "tf32"
+    block_p, block_n = max(16, triton.next_power_of_2(p)), max(16, triton.next_power_of_2(n))
+    _chunk_state_kernel[(h, chunks, b)](
+        x, Bm, dts, cum, states, length, chunk, chunks,
+        x.stride(0), x.stride(1), x.stride(2), Bm.stride(0), Bm.stride(1), Bm.stride(2),
+        P=p, N=n, HEADS_PER_GROUP=h // g, BLOCK_P=block_p, BLOCK_N=block_n, BLOCK_L=64,
+        PRECISION=precision, num_warps=4, num_stages=2,
+    )  # fmt: skip
+    init = state if state is not None else final
+    if state is not None:
+        assert state.stride(-1) == 1 and state.stride(-2) == n
+    # small blocks: many programs in flight hide the latency of each one's sequential chain
+    block = 256
+    entering = torch.empty_like(states, dtype=x.dtype)
+    _state_passing_kernel[(triton.cdiv(p * n, block), h, b)](
+        states, entering, cum, init, final, chunk, chunks,
+        init.stride(0), init.stride(1), final.stride(0), final.stride(1),
+        PN=p * n, N=n, HAS_INIT=state is not None, BLOCK=block, num_warps=2,
+    )  # fmt: skip
+    y = torch.empty(b, length, h, p, dtype=out_dtype, device=x.device)
+    cb = _chunk_products(Cm, Bm, chunk)
+    _chunk_scan_kernel[lambda meta: (triton.cdiv(chunk, meta["BLOCK_M"]), h, b * chunks)](
+        x, Cm, cb, dts, cum, entering, D, y, length, chunk, chunks, g,
+        x.stride(0), x.stride(1), x.stride(2), Cm.stride(0), Cm.stride(1), Cm.stride(2),
+        P=p, N=n, HEADS_PER_GROUP=h // g, BLOCK_P=block_p, BLOCK_N=block_n,
+        PRECISION=precision,
+    )  # fmt: skip
+    return y, final
