@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 
 from granite_ops_kit.demo.checkpoint import write_demo_model
-from granite_runtime.engine.cache import Batch, HybridCache
+from granite_runtime.engine.batch import Batch
+from granite_runtime.engine.cache import HybridCache
 from granite_runtime.kernels.cpu.prepare import prepare_for_cpu
 from granite_runtime.model.loader import load_model
 

@@ -19,7 +19,8 @@ import torch
 from common import copy_bandwidth, random_model, timed
 
 from granite_ops_kit import catalog
-from granite_runtime.engine.cache import Batch, HybridCache
+from granite_runtime.engine.batch import Batch
+from granite_runtime.engine.cache import HybridCache
 from granite_runtime.engine.graphs import GraphedDecoder
 from granite_runtime.layers import fp8
 from granite_runtime.spec import memory

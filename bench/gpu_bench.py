@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from common import checkpoint, copy_bandwidth, profile_step, programs_per_sm, timed
 
-from granite_runtime.engine.cache import Batch, HybridCache
+from granite_runtime.engine.batch import Batch
+from granite_runtime.engine.cache import HybridCache
 from granite_runtime.engine.graphs import GraphedDecoder
 from granite_runtime.kernels import select
 from granite_runtime.kernels.choice import KernelChoice

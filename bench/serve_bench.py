@@ -196,7 +196,8 @@ def itl_under_prefill(port: int, others: int, prompt_len: int, out: int) -> dict
 def engine_step_tok_s(path: Path, batches: list[int]) -> dict:
     import torch
 
-    from granite_runtime.engine.cache import Batch, HybridCache
+    from granite_runtime.engine.batch import Batch
+    from granite_runtime.engine.cache import HybridCache
     from granite_runtime.engine.graphs import GraphedDecoder
     from granite_runtime.model.loader import load_model
 

@@ -9,6 +9,8 @@ Exit codes (ARCHITECTURE.md): 0 success; 1 the check failed; 2 usage error.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 EXIT_OK = 0
 EXIT_CHECK_FAILED = 1
 EXIT_USAGE = 2
@@ -77,3 +79,21 @@ class ModelFormatError(CheckFailed):
     """A model directory or file is malformed (bad config, missing shard, wrong shape)."""
 
     kind = "model_format"
+
+
+@contextmanager
+def runtime_errors():
+    """Translate the runtime's exceptions into gkit's error hierarchy."""
+    try:
+        from granite_runtime.spec.errors import ModelLoadError, RequestError
+    except ImportError as missing:
+        raise UsageError(
+            f"the runtime is not installed ({missing.name} is missing); install "
+            "gkit with the 'runtime' extra: pip install 'granite-ops-kit[runtime]'."
+        ) from None
+    try:
+        yield
+    except ModelLoadError as bad:
+        raise ModelFormatError(str(bad)) from None
+    except RequestError as bad:
+        raise UsageError(bad.message) from None

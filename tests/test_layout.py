@@ -12,7 +12,10 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = {"granite_ops_kit": REPO / "granite_ops_kit", "granite_runtime": REPO / "runtime" / "granite_runtime"}  # fmt: skip
+PACKAGES = {
+    "granite_ops_kit": REPO / "granite_ops_kit",
+    "granite_runtime": REPO / "runtime" / "granite_runtime",
+}
 RUNTIME_MODULE_MAX_LINES = 400
 CLI_FUNCTION_MAX_LINES = 40
 
@@ -130,14 +133,23 @@ def test_runtime_modules_stay_small():
     assert {m: n for m, n in sizes.items() if n > RUNTIME_MODULE_MAX_LINES} == {}
 
 
-def test_cli_functions_stay_short():
+def _code_lines(node: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    """Lines of a function's code: its body after the docstring (a command's --help)."""
+    body = node.body
+    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+        body = body[1:]
+    return body[-1].end_lineno - body[0].lineno + 1 if body else 0
+
+
+def test_cli_functions_do_little():
+    """A command parses, calls the core and prints: at most 40 lines of code. Its options
+    are declared one a line in its signature (the shared ones once, in cli/options.py)."""
     long = []
     for path in (REPO / "granite_ops_kit" / "cli").glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
-                lines = node.end_lineno - node.lineno + 1
-                if lines > CLI_FUNCTION_MAX_LINES:
-                    long.append(f"{path.name}:{node.name} {lines} lines")
+            function = isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+            if function and (lines := _code_lines(node)) > CLI_FUNCTION_MAX_LINES:
+                long.append(f"{path.name}:{node.name} {lines} lines")
     assert long == []
 
 

@@ -17,7 +17,8 @@ import pytest
 torch = pytest.importorskip("torch")
 import torch.nn.functional as F  # noqa: E402
 
-from granite_runtime.engine.cache import Batch, HybridCache  # noqa: E402
+from granite_runtime.engine.batch import Batch  # noqa: E402
+from granite_runtime.engine.cache import HybridCache  # noqa: E402
 from granite_runtime.kernels import select  # noqa: E402
 from granite_runtime.kernels.choice import KernelChoice  # noqa: E402
 from granite_runtime.kernels.cpu import ops as cpu_kernels  # noqa: E402

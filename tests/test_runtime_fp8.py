@@ -8,7 +8,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from granite_runtime.engine.cache import Batch, HybridCache  # noqa: E402
+from granite_runtime.engine.batch import Batch  # noqa: E402
+from granite_runtime.engine.cache import HybridCache  # noqa: E402
 from granite_runtime.layers import fp8  # noqa: E402
 from granite_runtime.layers.linear import Weight  # noqa: E402
 from granite_runtime.model.loader import load_model  # noqa: E402

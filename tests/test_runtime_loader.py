@@ -45,7 +45,8 @@ def test_both_layer_spellings_give_the_same_model(tiny_hybrid, tmp_path):
     )
     assert GraniteConfig.from_file(copy / "config.json").layer_types == tuple(kinds)
     x = torch.tensor([[1, 2, 3, 4, 5]])
-    from granite_runtime.engine.cache import Batch, HybridCache
+    from granite_runtime.engine.batch import Batch
+    from granite_runtime.engine.cache import HybridCache
 
     outs = []
     for path in (tiny_hybrid, copy):

@@ -12,7 +12,8 @@ torch = pytest.importorskip("torch")
 from transformers import GraniteMoeHybridConfig, GraniteMoeHybridForCausalLM  # noqa: E402
 
 from granite_ops_kit.demo.checkpoint import write_demo_model  # noqa: E402
-from granite_runtime.engine.cache import Batch, HybridCache  # noqa: E402
+from granite_runtime.engine.batch import Batch  # noqa: E402
+from granite_runtime.engine.cache import HybridCache  # noqa: E402
 from granite_runtime.engine.engine import Engine  # noqa: E402
 from granite_runtime.engine.sampling import SamplingParams  # noqa: E402
 from granite_runtime.engine.tokenizer import TextCodec  # noqa: E402

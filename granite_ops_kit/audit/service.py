@@ -159,30 +159,6 @@ def prune(
     return summary
 
 
-def record(
-    event: str,
-    name: str,
-    outcome: str,
-    reason: str,
-    digest: str | None = None,
-    revision: str | None = None,
-    details: dict | None = None,
-    policy: dict | None = None,
-) -> None:
-    """One step's audit event (verify, sign, pull, build, deploy) in the configured store."""
-    record_event(
-        records.Event(
-            event,
-            records.Subject(name, revision=revision, digest=digest),
-            outcome,
-            reason=reason,
-            policy_id=(policy or {}).get("id"),
-            policy_hash=f"sha256:{policy['sha256']}" if policy and policy.get("sha256") else None,
-            details=details or {},
-        )
-    )
-
-
 def chain_status(store: AuditStore, keys: dict[str, str], source: str) -> dict:
     """The verdict in one sentence for a report's first line: chain, checkpoints, signer."""
     verdict = verify_store(store, keys)

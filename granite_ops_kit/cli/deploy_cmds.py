@@ -20,7 +20,7 @@ from granite_ops_kit.cli.options import (
     TrustConfig,
     trust_inputs,
 )
-from granite_ops_kit.cli.supply_cmds import hashing_progress, record
+from granite_ops_kit.cli.supply_cmds import hashing_progress, recorder
 from granite_ops_kit.errors import UsageError
 
 if TYPE_CHECKING:
@@ -93,69 +93,33 @@ def build(
     given here or else the ones its last `gkit verify` recorded. The image's labels carry
     the model's manifest digest and verification. The image id is recorded in the audit log.
     """
-    from granite_ops_kit.deploy import gate, image
-    from granite_ops_kit.deploy.pipeline import default_image, verification_label
+    from granite_ops_kit.audit.records import current_actor
+    from granite_ops_kit.deploy import pipeline
 
     output.use_json(json_)
-    if accelerator not in image.ACCELERATORS:
-        raise UsageError(f"--accelerator must be cuda or cpu, not '{accelerator}'.")
-    if model_from not in ("pvc", "hf"):
-        raise UsageError(f"--model-from must be pvc or hf, not '{model_from}'.")
-    from granite_ops_kit.audit.service import ensure_recordable
-
-    ensure_recordable()  # never an image built without its record
-    trust = trust_inputs(public_key, certificate_chain, identity, issuer, trust_config)
-    with hashing_progress() as progress:
-        checked = gate.check(
-            model_path,
-            allow_unverified,
-            _actor(),
-            trust=trust,
-            policy=policy,
-            progress=progress,
-            deploy_policy=deploy_policy,
-        )
-    tag = tag or default_image(model_path)
-    req = image.BuildRequest(
+    job = pipeline.ImageJob(
         model_path=model_path,
         tag=tag,
         accelerator=accelerator,
         base_image=base_image or "",
         bake_model=bake_model,
         model_from=model_from,
-        manifest_digest=checked.manifest_digest or "",
-        verification=verification_label(checked),
         wheelhouse=wheelhouse,
+        allow_unverified=allow_unverified,
+        policy=policy,
+        trust=trust_inputs(public_key, certificate_chain, identity, issuer, trust_config),
+        deploy_policy=deploy_policy,
     )
-    result = image.build(req, _log)
-    record(
-        "image.built",
-        tag,
-        "success",
-        f"{accelerator} image {result['image_id']} from {result['base_image']}",
-        digest=result["image_id"],
-        details={
-            "model_manifest_digest": checked.manifest_digest,
-            "verification": req.verification,
-            "bake_model": bake_model,
-            "accelerator": accelerator,
-            "labels": result["labels"],
-        },
-    )
+    with hashing_progress() as progress:
+        result = pipeline.build_image(job, current_actor(), recorder(), progress, _log)
 
     def render(con: Console) -> None:
         con.print(
-            f"[green]built[/] {tag} ({result['image_id'][:19]}), user "
-            f"{result['user']}, model {checked.manifest_digest or '(unsigned)'}"
+            f"[green]built[/] {result['tag']} ({result['image_id'][:19]}), user "
+            f"{result['user']}, model {result['model_manifest_digest'] or '(unsigned)'}"
         )
 
     output.emit(result, render)
-
-
-def _actor() -> str:
-    from granite_ops_kit.audit.records import _actor as actor
-
-    return actor()
 
 
 def deploy(
@@ -243,16 +207,12 @@ def deploy(
 
       gkit deploy ./h-micro --target podman --output out/ --down
     """
+    from granite_ops_kit.audit.records import current_actor
     from granite_ops_kit.deploy import pipeline
 
     output.use_json(json_)
     if down:
-        req = pipeline.DeployRequest(
-            model_path=model_path, gpus=0, target=target, output_dir=output_dir
-        )
-        removed = pipeline.take_down(req)
-        output.emit(removed, _render_deployed(removed))
-        return
+        return _take_down(model_path, target, output_dir)
     req = pipeline.DeployRequest(
         model_path=model_path,
         gpus=_whole_gpus(gpus),
@@ -281,8 +241,18 @@ def deploy(
         trust=trust_inputs(public_key, certificate_chain, identity, issuer, trust_config),
     )
     with hashing_progress() as progress:
-        result = pipeline.deploy(req, _actor(), progress, _log)
+        result = pipeline.deploy(req, current_actor(), recorder(), progress, _log)
     output.emit(result, _render_deployed(result))
+
+
+def _take_down(model_path: Path, target: str, output_dir: Path) -> None:
+    from granite_ops_kit.deploy import pipeline
+
+    req = pipeline.DeployRequest(
+        model_path=model_path, gpus=0, target=target, output_dir=output_dir
+    )
+    removed = pipeline.take_down(req, recorder())
+    output.emit(removed, _render_deployed(removed))
 
 
 def _render_deployed(result: dict):

@@ -11,33 +11,13 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from rich.console import Console
 
-import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import typer
 
 from granite_ops_kit.cli import output
 from granite_ops_kit.cli.options import JSON_OPTION
-from granite_ops_kit.errors import ModelFormatError, UsageError
-
-
-@contextmanager
-def runtime_errors():
-    """Translate the runtime's exceptions into gkit's error hierarchy."""
-    try:
-        from granite_runtime.spec.errors import ModelLoadError, RequestError
-    except ImportError as missing:
-        raise UsageError(
-            f"the runtime is not installed ({missing.name} is missing); install "
-            "gkit with the 'runtime' extra: pip install 'granite-ops-kit[runtime]'."
-        ) from None
-    try:
-        yield
-    except ModelLoadError as bad:
-        raise ModelFormatError(str(bad)) from None
-    except RequestError as bad:
-        raise UsageError(bad.message) from None
+from granite_ops_kit.errors import UsageError, runtime_errors
 
 
 def _read_schema(path: Path) -> dict:
@@ -62,7 +42,8 @@ def _default_device(device: str | None) -> str:
         if device not in {"cpu", "cuda"}:
             raise UsageError(f"--device must be cpu or cuda, not '{device}'.")
         return device
-    import torch
+    with runtime_errors():  # no torch: the runtime extra is missing, said in one sentence
+        import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -115,54 +96,26 @@ def serve(
 
     Example: gkit serve ./h-small --gpus 2 --host 0.0.0.0
     """
-    from granite_ops_kit.audit.service import ensure_recordable
     from granite_ops_kit.cli.ports import check_port_free
+    from granite_ops_kit.cli.supply_cmds import recorder
+    from granite_ops_kit.serving import ServeRequest
+    from granite_ops_kit.serving import serve as serve_model
 
     check_port_free(host, port)  # before minutes of loading, not after
-    ensure_recordable()  # a server whose start cannot be recorded does not start
     with runtime_errors():
-        from granite_runtime.server.run import build_service, run_server
-
-        service = build_service(
-            _model_dir(model_path),
-            _serve_device(device, gpus),
-            dtype,
-            max_num_seqs,
-            max_model_len,
-            api_key,
-            served_model_name,
-            gpus,
+        req = ServeRequest(
+            model_path=_model_dir(model_path),
+            host=host,
+            port=port,
+            device=_serve_device(device, gpus),
+            dtype=dtype,
+            max_num_seqs=max_num_seqs,
+            max_model_len=max_model_len,
+            api_key=api_key,
+            served_model_name=served_model_name,
+            gpus=gpus,
         )
-        split = f", split over {gpus} processes" if gpus > 1 else ""
-        output.stderr.print(
-            f"serving {service.model_name} on http://{host}:{port} "
-            f"({service.engine.device}{split}, {service.engine.max_num_seqs} slots x "
-            f"{service.engine.max_model_len} tokens)"
-        )
-        where = f"{service.model_name} on {host}:{port}"
-        _record_serving("runtime.started", model_path, f"serving {where}", service, gpus)
-        try:
-            run_server(service, host, port)
-        finally:
-            _record_serving("runtime.stopped", model_path, f"stopped {where}", service, gpus)
-
-
-def _record_serving(event: str, model_path: Path, reason: str, service, gpus: int) -> None:
-    from granite_ops_kit.cli.supply_cmds import record
-
-    engine = service.engine
-    record(
-        event,
-        str(model_path.resolve()),
-        "success",
-        reason,
-        details={
-            "device": str(engine.device),
-            "gpus": gpus,
-            "slots": engine.max_num_seqs,
-            "max_model_len": engine.max_model_len,
-        },
-    )
+    serve_model(req, recorder(), output.stderr.print)
 
 
 def generate(
@@ -191,54 +144,32 @@ def generate(
 
     Example: gkit generate ./h-micro -p "A pet as JSON" --json-schema pet.schema.json
     """
-    output.use_json(json_)
-    schema = _read_schema(json_schema) if json_schema else None
-    with runtime_errors():
-        from granite_runtime.engine.engine import Engine
-        from granite_runtime.engine.sampling import SamplingParams
-        from granite_runtime.engine.tokenizer import TextCodec
-        from granite_runtime.model.loader import load_model
+    from granite_ops_kit import serving
 
-        root = _model_dir(model_path)
-        started = time.perf_counter()
-        model = load_model(root, dtype, _default_device(device))
-        codec = TextCodec.from_dir(root)
-        text = codec.render_chat([{"role": "user", "content": prompt}]) if chat else prompt
-        ids = codec.encode(text)
-        engine = Engine(
-            model,
-            codec,
-            max_num_seqs=1,
-            max_model_len=min(model.config.max_position_embeddings, len(ids) + max_tokens + 1),
-        )
-        grammar = engine.grammars.json_schema(schema, str(json_schema)) if schema else None
-        loaded = time.perf_counter()
-        seq = engine.generate(
-            ids,
-            SamplingParams(
-                temperature=temperature,
-                top_p=top_p,
-                seed=seed,
-                max_tokens=max_tokens,
-                grammar=grammar,
-            ),
-        )
-        done = time.perf_counter()
-    result = {
-        "text": seq.text,
-        "finish_reason": seq.finish_reason,
-        "usage": {"prompt_tokens": len(ids), "completion_tokens": len(seq.output_ids)},
-        "seconds": {"load": round(loaded - started, 3), "generate": round(done - loaded, 3)},
-    }
+    output.use_json(json_)
+    req = serving.GenerateRequest(
+        model_path=_model_dir(model_path),
+        prompt=prompt,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        seed=seed,
+        chat=chat,
+        device=_default_device(device),
+        dtype=dtype,
+        json_schema=_read_schema(json_schema) if json_schema else None,
+        schema_name=str(json_schema),
+    )
+    result = serving.generate(req)
 
     def render(con: Console) -> None:
-        con.print(seq.text, markup=False)
+        con.print(result.text, markup=False)
         output.stderr.print(
-            f"[dim]{len(seq.output_ids)} tokens in {done - loaded:.2f} s, "
-            f"finish: {seq.finish_reason}[/]"
+            f"[dim]{result.completion_tokens} tokens in {result.generate_seconds:.2f} s, "
+            f"finish: {result.finish_reason}[/]"
         )
 
-    output.emit(result, render)
+    output.emit(result.to_json(), render)
 
 
 __all__ = ["generate", "serve"]

@@ -13,7 +13,6 @@ import typer
 
 from granite_ops_kit.cli import output
 from granite_ops_kit.cli.options import JSON_OPTION
-from granite_ops_kit.errors import UsageError
 from granite_ops_kit.units import format_bytes
 
 GIB = 2**30
@@ -105,32 +104,20 @@ def size(
 
     Exit 1 when the workload does not fit (the numbers say by how much).
     """
+    from granite_ops_kit.cli.supply_cmds import recorder
     from granite_ops_kit.sizing import engines
     from granite_ops_kit.sizing import sweep as sweeps
     from granite_ops_kit.sizing.gpus import find_gpu
-    from granite_ops_kit.sizing.plan import Request, make_plan, require_fit
+    from granite_ops_kit.sizing.plan import Request, plan_and_record, require_fit
     from granite_ops_kit.sizing.source import resolve
 
     output.use_json(json_)
-    for name, value, allowed in (
-        ("--kv-dtype", kv_dtype, {"bf16", "fp16", "fp8"}),
-        ("--state-dtype", state_dtype, {"bf16", "fp16", "float32"}),
-    ):
-        if value not in allowed:
-            raise UsageError(f"{name} must be one of {', '.join(sorted(allowed))}, not '{value}'.")
-    engines.check_combination(engine, weights_dtype)
-    if weights_dtype not in engines.BITS:
-        raise UsageError(f"unknown --weights-dtype '{weights_dtype}'.")
-    request = Request(
-        resolve(model),
-        find_gpu(gpu),
-        gpus,
-        engine,
-        engines.Workload(
-            context, concurrency, weights_dtype, kv_dtype, state_dtype, gpu_memory_utilization
-        ),
+    workload = engines.Workload(
+        context, concurrency, weights_dtype, kv_dtype, state_dtype, gpu_memory_utilization
     )
-    plan = make_plan(request)
+    engines.check_workload(engine, workload)
+    request = Request(resolve(model), find_gpu(gpu), gpus, engine, workload)
+    plan = plan_and_record(request, recorder())
     if plot:
         plan["plot"] = str(sweeps.plot(request, plot))
     if sweep:
@@ -143,31 +130,5 @@ def size(
         if plot:
             con.print(f"plot: {plan['plot']}")
 
-    _record_plan(request, plan)
     require_fit(plan)
     output.emit(plan, render)
-
-
-def _record_plan(request, plan: dict) -> None:
-    """capacity.planned (ISO/IEC 42001 A.4.5), before the answer is shown."""
-    from granite_ops_kit.cli.supply_cmds import record
-
-    w = request.workload
-    record(
-        "capacity.planned",
-        request.shape.name,
-        "success" if plan["fits"] else "denied",
-        f"{request.gpus} x {request.gpu.name}, {w.concurrency} sessions x {w.context:,} tokens, "
-        f"{request.engine}: {plan['per_gpu']['total']:,} of {plan['budget_per_gpu']:,} bytes "
-        "per GPU",
-        details={
-            "gpu": request.gpu.name,
-            "gpus": request.gpus,
-            "engine": request.engine,
-            "context": w.context,
-            "concurrency": w.concurrency,
-            "fits": plan["fits"],
-            "per_gpu_bytes": plan["per_gpu"]["total"],
-            "budget_per_gpu": plan["budget_per_gpu"],
-        },
-    )

@@ -1,7 +1,7 @@
 """`gkit verify`, `gkit sign`, `gkit pull`: thin wrappers over granite_ops_kit.supply.
 
-Each one appends an audit event (artifact.verified / artifact.verification_failed /
-artifact.signed / artifact.pulled) whatever the outcome, then prints or exits.
+The steps record their own audit events (artifact.verified / artifact.verification_failed
+/ artifact.signed / artifact.pulled) through the recorder these commands give them.
 """
 
 from __future__ import annotations
@@ -23,16 +23,16 @@ from granite_ops_kit.cli.options import (
     TrustConfig,
     trust_inputs,
 )
-from granite_ops_kit.errors import GkitError, UsageError
+from granite_ops_kit.errors import UsageError
 
 PROGRESS_MIN_BYTES = 64 << 20
 
 
-def record(*args, **kwargs) -> None:
-    """audit.service.record, imported on use: the audit store is not needed for --help."""
-    from granite_ops_kit.audit.service import record as record_step
+def recorder():
+    """The audit store the commands record into (GKIT_AUDIT_DB, else the default)."""
+    from granite_ops_kit.audit.events import StoreRecorder
 
-    record_step(*args, **kwargs)
+    return StoreRecorder()
 
 
 @contextmanager
@@ -61,72 +61,13 @@ def _quiet_sigstore() -> None:
     logging.getLogger("sigstore").setLevel(logging.ERROR)
 
 
-def _verify(req, revision: str | None = None, supplier: str | None = None) -> dict:
-    """Verify and record; a pull passes the commit and the Hub owner, which the ML-BOM names."""
-    from granite_ops_kit.policy import engine
-    from granite_ops_kit.supply.verify import verify
-
-    _quiet_sigstore()
-    name = str(req.model_path.resolve())
-    try:
-        with hashing_progress() as progress:
-            result = verify(req, progress)
-    except GkitError as error:
-        if error.exit_code == 1:  # a failed check is evidence; a usage error is not
-            try:
-                pol = engine.load(req.policy)
-                policy = {"id": pol.id, "sha256": pol.sha256}
-            except GkitError:
-                policy = None
-            record(
-                "artifact.verification_failed",
-                name,
-                "failure",
-                error.message,
-                details={"kind": error.kind},
-                policy=policy,
-            )
-        raise
-    if supplier:
-        result.model["supplier"] = supplier
-    record(
-        "artifact.verified",
-        name,
-        "success",
-        f"{result.method} signature by {_who(result.signer)} verified; policy "
-        f"'{result.policy['id']}' allows it",
-        digest=result.manifest_digest,
-        revision=revision,
-        details={
-            "signer": result.signer,
-            "files": result.files,
-            "bytes": result.bytes,
-            "serialization": result.serialization,
-            "reasons": result.policy["reasons"],
-            "predicate_type": result.predicate_type,
-            "subject_digest": result.subject_digest,
-            "trust": result.trust,
-            "model": result.model,
-            "resources": result.resources,
-        },
-        policy=result.policy,
-    )
-    return result.to_json()
-
-
-def _who(signer: dict) -> str:
-    if signer.get("identities"):
-        return ", ".join(signer["identities"])
-    if signer.get("subject"):
-        return signer["subject"]
-    return f"key {signer['key_fingerprint'][:16]}"
-
-
 def _render_verify(r: dict):
+    from granite_ops_kit.audit.events import signer_name
+
     def render(con):
         con.print(f"[green]verified[/] {r['model_path']}")
         con.print(f"  signature  {r['signature']} ({r['method']}, {r['predicate_type']})")
-        con.print(f"  signer     {_who(r['signer'])}")
+        con.print(f"  signer     {signer_name(r['signer'])}")
         con.print(
             f"  manifest   {r['manifest_digest']} ({r['files']} files, "
             f"{r['bytes']:,} bytes, {r['serialization']['hash_type']})"
@@ -179,8 +120,10 @@ def verify(
     Each run appends an audit event.
     """
     from granite_ops_kit.supply.verify import VerifyRequest
+    from granite_ops_kit.supply.verify import verify as verify_model
 
     output.use_json(json_)
+    _quiet_sigstore()
     req = VerifyRequest(
         model_path=model_path,
         signature=signature,
@@ -189,7 +132,8 @@ def verify(
         policy=policy,
         expect_digest=expect_digest,
     )
-    result = _verify(req)
+    with hashing_progress() as progress:
+        result = verify_model(req, progress, recorder()).to_json()
     output.emit(result, _render_verify(result))
 
 
@@ -225,35 +169,24 @@ def sign(
       gkit sign ./model --key leaf.key --certificate leaf.pem --certificate-chain ca.pem
     """
     from granite_ops_kit.supply.sign import SignRequest, to_json
-    from granite_ops_kit.supply.sign import sign as do_sign
+    from granite_ops_kit.supply.sign import sign as sign_model
 
     output.use_json(json_)
     if method not in ("files", "shards"):
         raise UsageError(f"--method must be files or shards, not '{method}'.")
     req = SignRequest(
-        model_path,
-        key,
-        certificate,
-        list(certificate_chain or []),
-        method,
-        hash,
-        shard_size,
-        signature,
-        list(ignore_paths or []),
+        model_path=model_path,
+        key=key,
+        certificate=certificate,
+        certificate_chain=list(certificate_chain or []),
+        method=method,
+        hash_type=hash,
+        shard_size=shard_size,
+        signature=signature,
+        ignore_paths=list(ignore_paths or []),
     )
     with hashing_progress() as progress:
-        result = to_json(do_sign(req, progress))
-    record(
-        "artifact.signed",
-        result["model_path"],
-        "success",
-        f"signed with {result['method']} {result['key_fingerprint'][:16]}",
-        digest=result["manifest_digest"],
-        details={
-            k: result[k]
-            for k in ("signature", "serialization", "files", "bytes", "key_fingerprint")
-        },
-    )
+        result = to_json(sign_model(req, progress, recorder()))
 
     def render(con):
         con.print(f"[green]signed[/] {result['model_path']} -> {result['signature']}")
@@ -290,23 +223,25 @@ def pull(
     Resumable, with progress; HF_HUB_OFFLINE=1 serves it from the local Hugging Face cache.
     The result names the commit hash the revision resolved to.
     """
-    from granite_ops_kit.supply import pull as hub
+    from granite_ops_kit.supply.pull import pull_and_verify
 
     output.use_json(json_)
+    _quiet_sigstore()
     final = dest or Path.cwd() / repo_id.split("/")[-1]
-    done = hub.already_loaded(ready_marker, repo_id, revision) if ready_marker else None
-    if done:
-        result = {**done, "dest": str(final.resolve()), "skipped": True}
+    with hashing_progress() as progress:
+        result = pull_and_verify(
+            repo_id,
+            revision=revision,
+            dest=final,
+            trust=trust_inputs(public_key, certificate_chain, identity, issuer, trust_config),
+            policy=policy,
+            recorder=recorder(),
+            progress=progress,
+            ready_marker=ready_marker,
+        )
+    if result.get("skipped"):
         output.emit(result, lambda con: con.print(f"[green]already loaded[/] {final}"))
         return
-    trust = trust_inputs(public_key, certificate_chain, identity, issuer, trust_config)
-    result = _pull_and_verify(
-        repo_id, revision, hub.staging_dir(final) if ready_marker else final, trust, policy
-    )
-    if ready_marker:
-        marker = {k: result[k] for k in ("repo_id", "commit", "manifest_digest")}
-        hub.move_into_place(Path(result["dest"]), final, ready_marker, marker)
-        result["dest"] = str(final.resolve())
 
     def render(con):
         con.print(
@@ -316,30 +251,3 @@ def pull(
         _render_verify(result["verification"])(con)
 
     output.emit(result, render)
-
-
-def _pull_and_verify(repo_id, revision, dest: Path, trust, policy: str) -> dict:
-    from granite_ops_kit.supply.pull import pull as do_pull
-    from granite_ops_kit.supply.verify import VerifyRequest
-
-    pulled = do_pull(repo_id, revision, dest)
-    record(
-        "artifact.pulled",
-        f"hf://{repo_id}",
-        "success",
-        f"{pulled.files} files at commit {pulled.commit}",
-        revision=pulled.commit,
-        details={"dest": pulled.dest, "bytes": pulled.bytes, "requested": pulled.revision},
-    )
-    req = VerifyRequest(model_path=Path(pulled.dest), trust=trust, policy=policy)
-    verified = _verify(req, pulled.commit, repo_id.split("/")[0])
-    return {
-        "repo_id": repo_id,
-        "revision": pulled.revision,
-        "commit": pulled.commit,
-        "dest": pulled.dest,
-        "files": pulled.files,
-        "bytes": pulled.bytes,
-        "manifest_digest": verified.get("manifest_digest"),
-        "verification": verified,
-    }

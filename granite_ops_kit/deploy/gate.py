@@ -105,14 +105,16 @@ def check(
     policy: str = "default",
     progress: Callable | None = None,
     deploy_policy: Path | None = None,
+    audit_url: str | None = None,
 ) -> GateResult:
-    """Verify the model as it is now; find a recorded passing verification of its manifest."""
+    """Verify the model as it is now; find a recorded passing verification of its manifest
+    in the audit store at `audit_url` (default: GKIT_AUDIT_DB, else the user's store)."""
     from granite_ops_kit.audit.approvals import deployment_allowed
     from granite_ops_kit.audit.store import open_store
 
     rules = _deploy_policy(deploy_policy)
     subject = str(model_path.resolve())
-    store = open_store()
+    store = open_store(audit_url)
     try:
         records = _verifications(store, subject)
         digest, signer, failure, source, used = None, None, "", "", None

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from granite_ops_kit import __version__
+from granite_ops_kit.audit import events
 from granite_ops_kit.errors import CheckFailed, UsageError
 
 if TYPE_CHECKING:
@@ -108,21 +109,16 @@ def _pod_trust(req: DeployRequest, checked) -> tuple[dict[str, str], list[str]]:
     return for_pod(checked.trust)
 
 
-def deploy(req: DeployRequest, actor: str, progress=None, log=None) -> dict:
-    from granite_ops_kit.audit.service import ensure_recordable, record
-    from granite_ops_kit.deploy import gate, values
+def deploy(
+    req: DeployRequest, actor: str, recorder: events.Recorder, progress=None, log=None
+) -> dict:
+    """Gate, plan, render and (per target) apply; deployment.rendered or .applied is
+    recorded with the outcome observed, a failure included."""
+    from granite_ops_kit.deploy import values
 
     release = _check(req)
-    ensure_recordable()  # never an applied deployment without its record
-    checked = gate.check(
-        req.model_path,
-        req.allow_unverified,
-        actor,
-        trust=req.trust,
-        policy=req.policy,
-        progress=progress,
-        deploy_policy=req.deploy_policy,
-    )
+    recorder.ensure_recordable()  # never an applied deployment without its record
+    checked = _gated(req, actor, recorder, progress)
     plan = plan_for(req)
     repo, _, tag = (req.image or default_image(req.model_path)).rpartition(":")
     trust_files, verify_args = _pod_trust(req, checked)
@@ -178,22 +174,16 @@ def deploy(req: DeployRequest, actor: str, progress=None, log=None) -> dict:
         result.update(_apply(req, release, chart_values, plan, f"{repo}:{tag}", log))
     except CheckFailed as error:
         failure = error
-    record(
-        event,
-        str(req.model_path.resolve()),
-        "failure" if failure else "success",
-        f"{where}: {failure.message}" if failure else f"{where}, {result['verification']}",
-        digest=checked.manifest_digest,
-        details={**result, "failure": failure.message} if failure else result,
+    recorder.record(
+        events.deployment(event, req.model_path, where, result, checked.manifest_digest, failure)
     )
     if failure:
         raise failure
     return result
 
 
-def take_down(req: DeployRequest) -> dict:
+def take_down(req: DeployRequest, recorder: events.Recorder) -> dict:
     """`gkit deploy --target podman --down`: remove what a podman deploy started."""
-    from granite_ops_kit.audit.service import ensure_recordable, record
     from granite_ops_kit.deploy import podman
 
     if req.target != "podman":
@@ -201,16 +191,27 @@ def take_down(req: DeployRequest) -> dict:
             "--down removes a --target podman deployment; use helm uninstall "
             "(kubernetes) or docker rm (docker) for the others."
         )
-    ensure_recordable()
+    recorder.ensure_recordable()
     result = podman.down(req.output_dir)
-    record(
-        "deployment.removed",
-        str(req.model_path.resolve()),
-        "success",
-        f"podman: removed the pod of {result['play_file']}",
-        details=result,
-    )
+    recorder.record(events.deployment_removed(req.model_path, result))
     return {**result, "target": "podman", "action": "removed"}
+
+
+def _gated(req: DeployRequest | ImageJob, actor: str, recorder: events.Recorder, progress):
+    """The gate for a deploy or a build: verified again now, with a recorded passing
+    verification of this manifest in the recorder's store, and approved."""
+    from granite_ops_kit.deploy import gate
+
+    return gate.check(
+        req.model_path,
+        req.allow_unverified,
+        actor,
+        trust=req.trust,
+        policy=req.policy,
+        progress=progress,
+        deploy_policy=req.deploy_policy,
+        audit_url=recorder.url,
+    )
 
 
 def _apply(req: DeployRequest, release, chart_values, plan, image: str, log) -> dict:
@@ -263,3 +264,48 @@ def _apply(req: DeployRequest, release, chart_values, plan, image: str, log) -> 
         "url": f"http://127.0.0.1:{req.port}/v1",
         "healthy_after_s": round(seconds, 1),
     }
+
+
+@dataclass(kw_only=True)
+class ImageJob:
+    """`gkit build`: the model, how to package it, and what the gate checks it against."""
+
+    model_path: Path
+    tag: str | None = None  # default gkit-runtime/NAME:VERSION
+    accelerator: str = "cuda"
+    base_image: str = ""
+    bake_model: bool = False
+    model_from: str = "pvc"
+    wheelhouse: Path | None = None
+    allow_unverified: bool = False
+    policy: str = "default"
+    trust: TrustInputs | None = None
+    deploy_policy: Path | None = None
+
+
+def build_image(
+    job: ImageJob, actor: str, recorder: events.Recorder, progress=None, log=None
+) -> dict:
+    """Gate the model again, build the image, record image.built; returns the build."""
+    from granite_ops_kit.deploy import image
+
+    if job.accelerator not in image.ACCELERATORS:
+        raise UsageError(f"--accelerator must be cuda or cpu, not '{job.accelerator}'.")
+    if job.model_from not in ("pvc", "hf"):
+        raise UsageError(f"--model-from must be pvc or hf, not '{job.model_from}'.")
+    recorder.ensure_recordable()  # never an image built without its record
+    checked = _gated(job, actor, recorder, progress)
+    req = image.BuildRequest(
+        model_path=job.model_path,
+        tag=job.tag or default_image(job.model_path),
+        accelerator=job.accelerator,
+        base_image=job.base_image,
+        bake_model=job.bake_model,
+        model_from=job.model_from,
+        manifest_digest=checked.manifest_digest or "",
+        verification=verification_label(checked),
+        wheelhouse=job.wheelhouse,
+    )
+    result = image.build(req, log)
+    recorder.record(events.image_built(req.tag, result, checked.manifest_digest, req))
+    return {**result, "tag": req.tag, "model_manifest_digest": checked.manifest_digest}

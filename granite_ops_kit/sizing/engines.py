@@ -84,6 +84,23 @@ def check_combination(engine: str, weights_dtype: str) -> None:
         )
 
 
+KV_DTYPES = {"bf16", "fp16", "fp8"}
+STATE_DTYPES = {"bf16", "fp16", "float32"}
+
+
+def check_workload(engine: str, w: Workload) -> None:
+    """A usage error naming the first option out of range, before anything is planned."""
+    for name, value, allowed in (
+        ("--kv-dtype", w.kv_dtype, KV_DTYPES),
+        ("--state-dtype", w.state_dtype, STATE_DTYPES),
+    ):
+        if value not in allowed:
+            raise UsageError(f"{name} must be one of {', '.join(sorted(allowed))}, not '{value}'.")
+    check_combination(engine, w.weights_dtype)
+    if w.weights_dtype not in BITS:
+        raise UsageError(f"unknown --weights-dtype '{w.weights_dtype}'.")
+
+
 def _non_torch(engine: str, tp: int) -> int:
     return CUDA_CONTEXT + CUDA_GRAPHS[engine] + (NCCL_BUFFERS if tp > 1 else 0)
 

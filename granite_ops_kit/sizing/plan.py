@@ -185,3 +185,12 @@ def require_fit(plan: dict) -> dict:
         f"{plan['fewest_gpus'] or 'more than 8'} GPUs.",
         details=plan,
     )
+
+
+def plan_and_record(r: Request, recorder) -> dict:
+    """`gkit size`'s plan, with capacity.planned recorded before anyone acts on it."""
+    from granite_ops_kit.audit import events
+
+    plan = make_plan(r)
+    recorder.record(events.capacity_planned(r, plan))
+    return plan

@@ -132,3 +132,50 @@ def move_into_place(stage: Path, dest: Path, marker: Path, record: dict) -> None
     tmp = marker.with_name(marker.name + ".tmp")
     tmp.write_text(json.dumps(record, indent=2) + "\n")
     tmp.rename(marker)
+
+
+def pull_and_verify(
+    repo_id: str,
+    *,
+    revision: str | None,
+    dest: Path,
+    trust,
+    policy: str,
+    recorder,
+    progress=None,
+    ready_marker: Path | None = None,
+) -> dict:
+    """`gkit pull`: the repository at a pinned commit into dest, then its signature verified
+    per policy; artifact.pulled and the verification are recorded. With a ready marker
+    (loader mode), a commit already loaded and verified is skipped, and a new one is pulled
+    beside dest, verified, moved into place and only then marked."""
+    from granite_ops_kit.audit import events
+    from granite_ops_kit.supply.verify import VerifyRequest, verify
+
+    if ready_marker and (done := already_loaded(ready_marker, repo_id, revision)):
+        return {**done, "dest": str(dest.resolve()), "skipped": True}
+    pulled = pull(repo_id, revision, staging_dir(dest) if ready_marker else dest)
+    recorder.record(events.pulled(pulled))
+    req = VerifyRequest(
+        model_path=Path(pulled.dest),
+        trust=trust,
+        policy=policy,
+        revision=pulled.commit,
+        supplier=repo_id.split("/")[0],
+    )
+    verified = verify(req, progress, recorder).to_json()
+    result = {
+        "repo_id": repo_id,
+        "revision": pulled.revision,
+        "commit": pulled.commit,
+        "dest": pulled.dest,
+        "files": pulled.files,
+        "bytes": pulled.bytes,
+        "manifest_digest": verified["manifest_digest"],
+        "verification": verified,
+    }
+    if ready_marker:
+        marker = {k: result[k] for k in ("repo_id", "commit", "manifest_digest")}
+        move_into_place(Path(pulled.dest), dest, ready_marker, marker)
+        result["dest"] = str(dest.resolve())
+    return result

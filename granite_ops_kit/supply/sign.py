@@ -18,13 +18,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from granite_ops_kit.audit import events
 from granite_ops_kit.errors import UsageError
 from granite_ops_kit.supply import bundle as bundle_io
-from granite_ops_kit.supply import hashing, model_files, statement, trust
+from granite_ops_kit.supply import hashing, measure, model_files, statement, trust
 from granite_ops_kit.supply.verify import default_signature
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SignRequest:
     model_path: Path
     key: Path
@@ -113,8 +114,18 @@ def _check_piece_count(count: int, shard_size: int) -> None:
 
 
 def sign(
-    req: SignRequest, progress: Callable[[int, int], Callable[[int], None]] | None = None
+    req: SignRequest,
+    progress: Callable[[int, int], Callable[[int], None]] | None = None,
+    recorder: events.Recorder | None = None,
 ) -> SignResult:
+    """Sign the model and write the bundle; with a recorder, artifact.signed is recorded."""
+    result = _signed(req, progress)
+    if recorder is not None:
+        recorder.record(events.signed(result))
+    return result
+
+
+def _signed(req: SignRequest, progress) -> SignResult:
     start = time.perf_counter()
     if not req.model_path.exists():
         raise UsageError(f"model path {req.model_path} does not exist.")
@@ -123,15 +134,14 @@ def sign(
     material = _verification_material(req, key)
     signature = req.signature or default_signature(req.model_path)
     ignores = [*req.ignore_paths, *model_files.signature_ignore(req.model_path, signature)]
-    files = model_files.list_files(req.model_path, ignores, allow_symlinks=False)
-    _check_piece_count(hashing.count_pieces(files, req.method, req.shard_size), req.shard_size)
-    pieces = hashing.pieces(files, req.method, req.shard_size)
-    total = sum(p.end - p.start for p in pieces)
-    digests = hashing.hash_pieces(
-        pieces, hash_type, progress=progress(total, len(pieces)) if progress else None
+    measured = measure.measure(
+        measure.list_model(req.model_path, ignores, allow_symlinks=False),
+        method=req.method,
+        hash_type=hash_type,
+        shard_size=req.shard_size,
+        progress=progress,
+        check_pieces=lambda count: _check_piece_count(count, req.shard_size),
     )
-    algorithm = hashing.algorithm_name(hash_type, req.method, req.shard_size)
-    resources = {name: (algorithm, d) for name, d in digests.items()}
     recorded_ignores = sorted({*ignores, *model_files.GIT_PATHS}) if req.model_path.is_dir() else []
     ser = {
         "method": req.method,
@@ -141,7 +151,7 @@ def sign(
         **({"ignore_paths": recorded_ignores} if recorded_ignores else {}),
     }
     name = req.model_path.resolve().name
-    doc = statement.build(name, resources, ser)
+    doc = statement.build(name, measured.resources(), ser)
     payload = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
     digest_alg = trust.CURVE_HASH[key.curve.key_size]()
     sig = key.sign(bundle_io.pae(payload), ec.ECDSA(digest_alg))
@@ -152,8 +162,8 @@ def sign(
         method="certificate" if req.certificate else "key",
         manifest_digest=statement.parse(payload).manifest_digest,
         serialization=ser,
-        files=len(files),
-        bytes=total,
+        files=len(measured.files),
+        bytes=measured.bytes,
         key_fingerprint=trust.key_hint(key.public_key()),
         seconds=round(time.perf_counter() - start, 3),
     )

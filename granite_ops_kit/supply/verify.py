@@ -12,10 +12,11 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
-from granite_ops_kit.errors import PolicyDenied, UsageError, VerificationFailed
+from granite_ops_kit.audit import events
+from granite_ops_kit.errors import GkitError, PolicyDenied, UsageError, VerificationFailed
 from granite_ops_kit.policy import engine
 from granite_ops_kit.supply import bundle as bundle_io
-from granite_ops_kit.supply import hashing, model_card, model_files, statement, trust
+from granite_ops_kit.supply import hashing, measure, model_card, model_files, statement, trust
 
 SIGNATURE_NAME = "model.sig"
 
@@ -30,6 +31,9 @@ class VerifyRequest:
     ignore_paths: list[str] = field(default_factory=list)
     policy: str = "default"
     expect_digest: str | None = None
+    # what the record names beside the model: the commit a pull resolved, the Hub owner
+    revision: str | None = None
+    supplier: str | None = None
 
 
 @dataclass
@@ -130,25 +134,50 @@ def compare(
             )
 
 
-def _pieces(files, signed: statement.SignedManifest, model: Path) -> list[hashing.Piece]:
-    """The pieces to hash, refused before they are made if they cannot match the statement
-    (a forged shard size would otherwise make millions of them)."""
-    shard = signed.shard_size or hashing.DEFAULT_SHARD_SIZE
-    count = hashing.count_pieces(files, signed.method, shard)
+def _check_shards(count: int, signed: statement.SignedManifest, model: Path) -> None:
+    """Refuse pieces that cannot match the statement before they are made (a forged shard
+    size would otherwise make millions of them)."""
     if signed.method == "shards" and count > len(signed.resources):
+        shard = signed.shard_size or hashing.DEFAULT_SHARD_SIZE
         raise VerificationFailed(
             f"{model}: the signature lists {len(signed.resources):,} shard(s) of "
             f"{shard:,} bytes, but the files make {count:,}: they are not the files signed."
         )
-    return hashing.pieces(files, signed.method, shard)
 
 
 def verify(
-    req: VerifyRequest, progress: Callable[[int, int], Callable[[int], None]] | None = None
+    req: VerifyRequest,
+    progress: Callable[[int, int], Callable[[int], None]] | None = None,
+    recorder: events.Recorder | None = None,
 ) -> VerifyResult:
     """Verify a model; raises VerificationFailed / PolicyDenied / UsageError on failure.
+    With a recorder, the outcome is recorded: artifact.verified, or for a failed check
+    (exit 1; a usage error is no evidence) artifact.verification_failed.
 
     `progress(total_bytes, pieces)` may return a callback that receives bytes hashed."""
+    try:
+        result = _verified(req, progress)
+    except GkitError as error:
+        if recorder is not None and error.exit_code == 1:
+            recorder.record(events.verification_failed(req.model_path, error, _policy_ref(req)))
+        raise
+    if req.supplier:
+        result.model["supplier"] = req.supplier
+    if recorder is not None:
+        recorder.record(events.verified(result, req.revision))
+    return result
+
+
+def _policy_ref(req: VerifyRequest) -> dict | None:
+    """The policy a failed verification ran under, where it could be read at all."""
+    try:
+        policy = engine.load(req.policy)
+    except GkitError:
+        return None
+    return {"id": policy.id, "sha256": policy.sha256}
+
+
+def _verified(req: VerifyRequest, progress) -> VerifyResult:
     start = time.perf_counter()
     if not req.model_path.exists():
         raise UsageError(f"model path {req.model_path} does not exist.")
@@ -167,7 +196,7 @@ def verify(
         hash_type = hashing.canonical_hash_type(signed.hash_type)
     except UsageError as e:
         raise VerificationFailed(f"{signature}: {e.message}") from None
-    files = model_files.list_files(
+    files = measure.list_model(
         req.model_path, _ignores(req, signature, signed), allow_symlinks=policy.allow_symlinks
     )
     decision = engine.evaluate(policy, _facts(signer, files, signed))
@@ -176,17 +205,16 @@ def verify(
             f"policy '{policy.id}' denies {req.model_path}: " + "; ".join(decision.deny) + ".",
             details={"deny": decision.deny, "policy": policy.id},
         )
-    pieces = _pieces(files, signed, req.model_path)
-    total = sum(p.end - p.start for p in pieces)
-    advance = progress(total, len(pieces)) if progress else None
-    actual = hashing.hash_pieces(pieces, hash_type, progress=advance)
     shard = signed.shard_size or hashing.DEFAULT_SHARD_SIZE
-    compare(
-        signed.resources,
-        actual,
-        hashing.algorithm_name(hash_type, signed.method, shard),
-        req.model_path,
+    measured = measure.measure(
+        files,
+        method=signed.method,
+        hash_type=hash_type,
+        shard_size=shard,
+        progress=progress,
+        check_pieces=lambda count: _check_shards(count, signed, req.model_path),
     )
+    compare(signed.resources, measured.digests, measured.algorithm, req.model_path)
     return VerifyResult(
         model_path=str(req.model_path.resolve()),
         signature=str(signature),
@@ -201,7 +229,7 @@ def verify(
             **({"shard_size": shard} if signed.method == "shards" else {}),
         },
         files=len(files),
-        bytes=total,
+        bytes=measured.bytes,
         policy={
             "id": policy.id,
             "sha256": policy.sha256,

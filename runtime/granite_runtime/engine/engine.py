@@ -20,7 +20,8 @@ from collections import deque
 
 import torch
 
-from granite_runtime.engine.cache import Batch, HybridCache
+from granite_runtime.engine.batch import Batch
+from granite_runtime.engine.cache import HybridCache
 from granite_runtime.engine.sampling import SamplingParams, sample, top_logprobs
 from granite_runtime.engine.sequence import Sequence, Status, TokenEvent
 from granite_runtime.engine.tokenizer import TextCodec

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import torch
 
-from granite_runtime.engine.cache import Batch, HybridCache
+from granite_runtime.engine.batch import Batch
+from granite_runtime.engine.cache import HybridCache
 from granite_runtime.layers.moe import graph_safe_moe
 
 # Without Triton (GKIT_TRITON=0), the static step copies each row's KV: at most this much

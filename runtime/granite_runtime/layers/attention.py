@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention.bias import causal_lower_right
 
-from granite_runtime.engine.cache import Batch, HybridCache
+from granite_runtime.engine.batch import Batch
+from granite_runtime.engine.cache import HybridCache
 from granite_runtime.kernels.choice import PYTORCH, KernelChoice
 from granite_runtime.layers.linear import one_row_fused
 from granite_runtime.spec.config import GraniteConfig

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from granite_runtime.engine.cache import Batch, HybridCache
+from granite_runtime.engine.batch import Batch
+from granite_runtime.engine.cache import HybridCache
 from granite_runtime.kernels.choice import PYTORCH, KernelChoice
 from granite_runtime.kernels.cpu import ops as cpu_ops
 from granite_runtime.layers import ssd

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from granite_runtime.engine.cache import Batch, HybridCache
+from granite_runtime.engine.batch import Batch
+from granite_runtime.engine.cache import HybridCache
 from granite_runtime.kernels.choice import PYTORCH, KernelChoice
 from granite_runtime.layers.attention import Attention
 from granite_runtime.layers.linear import one_row_fused
