@@ -115,7 +115,10 @@ def stream_one(port: int, prompt: list[int], out: int) -> dict:
     return {"sent": sent, "arrivals": arrivals}
 
 
-def run_row(port: int, clients: int, prompt_len: int, out: int, rounds: int, poisson: float):
+def run_row(
+    port: int, clients: int, prompt_len: int, out: int, rounds: int, poisson: float,
+    vocab: int = 30000,
+):  # fmt: skip
     rng = random.Random(clients * 100003 + prompt_len)
     results, errors = [], []
     lock = threading.Lock()
@@ -123,7 +126,7 @@ def run_row(port: int, clients: int, prompt_len: int, out: int, rounds: int, poi
     def client(delays: list[float]):
         for delay in delays:
             time.sleep(delay)
-            prompt = [rng.randrange(100, 30000) for _ in range(prompt_len)]
+            prompt = [rng.randrange(100, vocab) for _ in range(prompt_len)]
             try:
                 r = stream_one(port, prompt, out)
             except Exception as e:  # counted, printed, never hidden

@@ -226,8 +226,18 @@ def test_unknown_route_is_404_in_openai_shape(server):
     assert status == 404 and body["error"]["type"] == "not_found_error"
 
 
+def _counted(text: str, endpoint: str, status: str) -> float:
+    label = f'gkit_requests_total{{endpoint="{endpoint}",status="{status}"}}'
+    return sum(float(ln.split()[-1]) for ln in text.splitlines() if ln.startswith(label))
+
+
 def test_health_and_metrics(server, client):
+    with urllib.request.urlopen(server.base + "/metrics") as r:
+        before = r.read().decode()
     client.completions.create(model="tiny-hybrid", prompt="x", max_tokens=2)
+    streamed = client.completions.create(model="tiny-hybrid", prompt="x", max_tokens=2, stream=True)
+    assert len(list(streamed)) >= 1
+    assert _post(server, "/v1/embeddings", b"{}")[0] == 404
     with urllib.request.urlopen(server.base + "/health") as r:
         assert json.loads(r.read()) == {"status": "ok"}
     with urllib.request.urlopen(server.base + "/metrics") as r:
@@ -242,3 +252,42 @@ def test_health_and_metrics(server, client):
         assert name in text
     line = next(ln for ln in text.splitlines() if ln.startswith("gkit_generation_tokens_total"))
     assert float(line.split()[-1]) >= 2
+    # requests counted by endpoint and status, streamed ones too, unknown paths as "other"
+    grew = {
+        key: _counted(text, *key) - _counted(before, *key)
+        for key in (("/v1/completions", "200"), ("other", "404"))
+    }
+    assert grew == {("/v1/completions", "200"): 2.0, ("other", "404"): 1.0}
+
+
+def test_the_relay_delivers_a_steps_events_in_order_with_one_wakeup():
+    """Events put from the engine thread reach each stream's queue in order; a burst (one
+    step's tokens for every stream) wakes the event loop once, not once per event."""
+    import asyncio
+    import threading
+
+    from granite_runtime.server.relay import EventRelay
+
+    async def run():
+        loop = asyncio.get_running_loop()
+        relay, queues = EventRelay(loop), [asyncio.Queue() for _ in range(64)]
+        wakeups = []
+        real = loop.call_soon_threadsafe
+        loop.call_soon_threadsafe = lambda *a: (wakeups.append(1), real(*a))
+
+        def engine_step(step: int) -> None:
+            for q in queues:
+                relay.put(q, step)
+
+        # the loop is held (join blocks it) while three steps' events come in, as when it
+        # is busy writing: they wait in the relay, and one drain delivers them all
+        thread = threading.Thread(target=lambda: [engine_step(s) for s in range(3)])
+        thread.start()
+        thread.join()
+        await asyncio.sleep(0.01)
+        got = [[q.get_nowait() for _ in range(q.qsize())] for q in queues]
+        return got, len(wakeups)
+
+    got, wakeups = asyncio.run(run())
+    assert got == [[0, 1, 2]] * 64
+    assert wakeups == 1

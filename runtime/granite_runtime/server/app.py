@@ -20,7 +20,8 @@ from granite_runtime.engine.engine import Engine
 from granite_runtime.engine.sequence import Sequence, TokenEvent
 from granite_runtime.server import protocol as p
 from granite_runtime.server import request_fields
-from granite_runtime.server.metrics import Metrics
+from granite_runtime.server.metrics import Metrics, RequestCounter
+from granite_runtime.server.relay import relay_for
 from granite_runtime.server.tool_calls import ToolCallStream, parse_tool_calls
 from granite_runtime.spec.errors import RequestError
 
@@ -34,11 +35,9 @@ class Service:
 
 async def _submit_and_stream(service: Service, metrics: Metrics, prompt_ids, params):
     """Submit now (so refusals become HTTP errors), then yield events as they come."""
-    loop = asyncio.get_running_loop()
+    relay = relay_for(asyncio.get_running_loop())
     queue: asyncio.Queue[TokenEvent] = asyncio.Queue()
-    seq = service.engine.submit(
-        prompt_ids, params, lambda s, ev: loop.call_soon_threadsafe(queue.put_nowait, ev)
-    )
+    seq = service.engine.submit(prompt_ids, params, lambda s, ev: relay.put(queue, ev))
     metrics.prompt_tokens.inc(len(prompt_ids))
 
     async def events() -> AsyncIterator[tuple[Sequence, TokenEvent]]:
@@ -332,12 +331,7 @@ def create_app(service: Service) -> FastAPI:
 def _routes(app: FastAPI, service: Service, metrics: Metrics) -> None:
     known = {"/health", "/metrics", "/v1/models", "/v1/completions", "/v1/chat/completions"}
 
-    @app.middleware("http")
-    async def count(request: Request, call_next):
-        response = await call_next(request)
-        path = request.url.path if request.url.path in known else "other"  # bounded labels
-        metrics.requests.labels(path, str(response.status_code)).inc()
-        return response
+    app.add_middleware(RequestCounter, metrics=metrics, known=known)
 
     @app.get("/health")
     async def health():

@@ -45,3 +45,31 @@ class Metrics:
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class RequestCounter:
+    """ASGI middleware counting requests by endpoint and status. Plain ASGI, not Starlette's
+    BaseHTTPMiddleware, which relays every chunk of a streamed response through a memory
+    stream of its own: one more task hop per token per stream."""
+
+    def __init__(self, app, metrics: Metrics, known: set[str]) -> None:
+        self.app, self.metrics, self.known = app, metrics, known
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"] if scope["path"] in self.known else "other"  # bounded labels
+        status = []
+
+        async def counted(message) -> None:
+            if message["type"] == "http.response.start":
+                status.append(message["status"])
+                self.metrics.requests.labels(path, str(message["status"])).inc()
+            await send(message)
+
+        try:
+            await self.app(scope, receive, counted)
+        finally:
+            if not status:  # failed before answering: what the client will see is a 500
+                self.metrics.requests.labels(path, "500").inc()
