@@ -65,13 +65,43 @@ run_server(service, "127.0.0.1", port)
 """
 
 
-def start_server(path: Path, port: int, slots: int, length: int, log: Path):
+# The server's own cost, on any machine: the demo model on the CPU with every forward
+# replaced by a sleep of a fixed time (the GIL released, as a CUDA graph replay leaves it),
+# so what the served rate loses against CLIENTS / STEP is the server's and the engine
+# loop's Python, not the model's.
+FAKE_SERVER = """
+import sys, time, torch
+from granite_runtime.engine import engine
+step = float(sys.argv[5]) / 1e3
+def forward(self, tokens, slots, starts, decode):
+    time.sleep(step if decode else step * tokens.shape[1] / 512)
+    return torch.zeros(tokens.shape[0], 1, self.model.config.vocab_size)
+engine.Engine._forward = forward
+from granite_runtime.server.run import build_service, run_server
+path, port, slots, length = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+service = build_service(path, "cpu", "float32", slots, length, served_name="bench")
+run_server(service, "127.0.0.1", port)
+"""
+
+
+def start_server(
+    path: Path, port: int, slots: int, length: int, log: Path, fake_step_ms: float = 0.0
+):  # fmt: skip
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([*sys.path[:3], os.environ.get("PYTHONPATH", "")]),
     }
     proc = subprocess.Popen(
-        [sys.executable, "-c", SERVER, str(path), str(port), str(slots), str(length)],
+        [
+            sys.executable,
+            "-c",
+            FAKE_SERVER if fake_step_ms else SERVER,
+            str(path),
+            str(port),
+            str(slots),
+            str(length),
+            str(fake_step_ms),
+        ],
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
         env=env,
@@ -232,6 +262,39 @@ def engine_step_tok_s(path: Path, batches: list[int]) -> dict:
     return out
 
 
+def server_overhead(args) -> None:
+    from granite_ops_kit.demo.checkpoint import write_demo_model
+
+    path = Path(args.root) / "tiny-hybrid"
+    if not (path / "config.json").exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_demo_model(path, "tiny-hybrid", force=True)
+    vocab = json.loads((path / "config.json").read_text())["vocab_size"]
+    log = Path("/tmp/serve-bench-fake.log")
+    proc, _ = start_server(path, args.port, args.slots, args.max_model_len, log, args.fake_step_ms)
+    rows, step = [], args.fake_step_ms / 1e3
+    try:
+        stream_one(args.port, [5] * 16, 8)
+        for spec in args.rows.split(","):
+            clients, lengths = spec.split("x")
+            prompt_len, out = (int(v) for v in lengths.split("/"))
+            r = run_row(args.port, int(clients), prompt_len, out, args.rounds, 0.0, vocab - 1)
+            r["ceiling_tok_s"] = min(int(clients), args.slots) / step
+            r["served_vs_ceiling"] = r["out_tok_s"] / r["ceiling_tok_s"]
+            rows.append(r)
+            print(
+                f"  {clients:>3} x {prompt_len}/{out}: {r['out_tok_s']:,.0f} of "
+                f"{r['ceiling_tok_s']:,.0f} tok/s ({r['served_vs_ceiling']:.0%}), ITL p50/p99 "
+                f"{r['itl_p50_ms']:.1f}/{r['itl_p99_ms']:.1f} ms, TTFT p99 {r['ttft_p99_s']:.2f} s",
+                flush=True,
+            )
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    if args.json:
+        args.json.write_text(json.dumps({"fake_step_ms": args.fake_step_ms, "rows": rows}))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="granite-4.0-h-micro")
@@ -244,7 +307,16 @@ def main() -> None:
     ap.add_argument("--itl-under-prefill", type=int, default=0, help="clients in that row")
     ap.add_argument("--port", type=int, default=18123)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument(
+        "--fake-step-ms",
+        type=float,
+        default=0.0,
+        help="measure the server alone: the demo model on the CPU, every decode step a sleep "
+        "of this long (prefill in proportion), the ceiling CLIENTS / step",
+    )
     args = ap.parse_args()
+    if args.fake_step_ms:
+        return server_overhead(args)
     import torch
 
     card = torch.cuda.get_device_name()
