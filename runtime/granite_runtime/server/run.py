@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 from granite_runtime.parallel.launch import start_engine
@@ -33,6 +34,9 @@ def _exit_after_shutdown(signum, _frame) -> None:
     raise SystemExit(128 + signum)
 
 
+SWITCH_INTERVAL_S = 0.0005
+
+
 def run_server(
     service: Service, host: str = "127.0.0.1", port: int = 8000, graceful_seconds: int = 30
 ) -> None:
@@ -41,6 +45,10 @@ def run_server(
 
     import uvicorn
 
+    # The engine thread and the event loop share the GIL. A thread that wants it waits for
+    # the holder's switch interval (5 ms by default) unless the holder blocks first; a decode
+    # step takes a few ms, so the default turned every hand-off into a stall of up to a step.
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     app = create_app(service)
     config = uvicorn.Config(
         app, host=host, port=port, log_level="info", timeout_graceful_shutdown=graceful_seconds
