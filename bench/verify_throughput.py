@@ -21,8 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from granite_ops_kit.demo.job import demo_key
 
 BIN = Path(sys.executable).parent
 
@@ -44,24 +43,6 @@ def write_model(root: Path, total_bytes: int, big: int) -> int:
     for i in range(20):
         (root / f"extra-{i:02d}.json").write_bytes(os.urandom(100_000))
     return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
-
-
-def keys(d: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    priv, pub = d / "k.pem", d / "k.pub"
-    priv.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    pub.write_bytes(
-        key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
-    return priv, pub
 
 
 def export_tree(rev: str, dest: Path) -> str:
@@ -98,7 +79,7 @@ def main() -> None:
     try:
         model = work / "model"
         size = write_model(model, int(args.gb * 1e9), args.files)
-        priv, pub = keys(work)
+        priv, pub = demo_key(work)
         sig = model / "model.sig"
         dt, _ = timed(
             [
