@@ -182,7 +182,7 @@ def activation_bytes(
     h = c.hidden_size
     proj = (2 * c.mamba_inner + 2 * c.mamba_groups * c.mamba_state + c.mamba_heads) / tp
     mlp = 2 * max(c.shared_size, c.expert_size * max(c.top_k, 1)) / tp
-    # MoE prefill (layers.MoE._grouped_mm) holds two (tokens x k, hidden) tensors at once
+    # MoE prefill (layers.moe.MoE._grouped_mm) holds two (tokens x k, hidden) tensors at once
     moe = c.top_k * h if c.num_experts else 0
     widest = max(proj, mlp, moe, (c.num_heads + 2 * c.num_kv_heads) * c.head_dim / tp)
     per_token = (3 * h + 2 * widest) * d
@@ -200,7 +200,7 @@ def activation_bytes(
     if c.num_experts:  # decode sends up to 64 token copies (k per token) to the experts:
         copies = min(decode_batch, 64 // c.top_k) * c.top_k  # the largest such batch
         # kernels/triton/moe.py reads the experts in place and keeps one activation row per copy;
-        # layers.MoE._gathered (fp8 stacks) copies each chosen expert's weights
+        # layers.moe.MoE._gathered (fp8 stacks) copies each chosen expert's weights
         width = c.expert_size if experts_in_place else 3 * h * c.expert_size
         decode += copies * width / tp * d
     logits = decode_batch * c.vocab_size / tp * 4
