@@ -13,5 +13,5 @@ timeout 200 bash bench/compare_trees.sh "$other" "$out" granite-4.0-h-micro,gran
 timeout 240 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_runtime_gpu.py \
   > "$out/gpu_tests.txt" 2>&1
 tail -5 "$out/gpu_tests.txt"
-timeout 150 python3 bench/serve_bench.py --models granite-4.0-h-micro --rows "$rows" --rounds 1 \
+timeout 150 python3 bench/serve_bench.py --models granite-4.0-h-micro --rows "$rows" --rounds 1 --slots 64 \
   --json "$out/serve_bench.json" 2>&1 | tail -12
