@@ -22,6 +22,7 @@ from granite_ops_kit import catalog
 from granite_runtime.engine.batch import Batch
 from granite_runtime.engine.cache import HybridCache
 from granite_runtime.engine.graphs import GraphedDecoder
+from granite_runtime.kernels import select
 from granite_runtime.layers import fp8
 from granite_runtime.spec import memory
 from granite_runtime.spec.config import GraniteConfig
@@ -70,11 +71,15 @@ def run(name: str, prompt: int, batches: list[int], bandwidth: float) -> dict:
     # the yardstick for fp8's error: bf16's own error against fp32 on the same weights
     ids = torch.randint(0, config.vocab_size, (1, 64), generator=torch.Generator().manual_seed(0))
     pool = HybridCache(config, 1, 72, torch.float32, "cuda")
-    fp32 = model.float()(ids.cuda(), Batch.make([0], [0], "cuda"), pool, all_logits=True)[0]
+    model.float()
+    select.apply(model, select.resolve("cuda", torch.float32))  # a choice per dtype
+    fp32 = model(ids.cuda(), Batch.make([0], [0], "cuda"), pool, all_logits=True)[0]
     fp32, pool = fp32.cpu(), None
     model.to(torch.bfloat16)
+    select.apply(model, select.resolve("cuda", torch.bfloat16))
     bf16 = _measure(model, config, prompt, batches, bandwidth)
     fp8.quantize_linears(model)
+    select.apply(model, model.kernels)  # the fp8 linears take the model's kernels too
     torch.cuda.empty_cache()
     q = _measure(model, config, prompt, batches, bandwidth)
     a, b = bf16.pop("logits").float(), q.pop("logits").float()

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from granite_runtime.kernels.choice import PYTORCH, KernelChoice
-from granite_runtime.layers.linear import Weight
+from granite_runtime.layers.linear import DecodeLinear, Weight
 
 E4M3_MAX = 448.0
 # Hopper (9.0) and Ada (8.9) have FP8 tensor cores; `_scaled_mm` refuses older GPUs.
@@ -94,7 +94,7 @@ class Fp8Weight(nn.Module):
 def _eligible(name: str, module: nn.Module) -> bool:
     # _scaled_mm needs both matrix dimensions divisible by 16
     return (
-        isinstance(module, nn.Linear)
+        isinstance(module, nn.Linear | DecodeLinear)  # before or after a choice was applied
         and name != "lm_head"
         and not name.endswith("router.layer")
         and module.in_features % 16 == 0

@@ -29,7 +29,8 @@ class SwiGLU(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate_up = self.input_linear(x)
         if self.kernels.triton:
-            return self.output_linear(self.kernels.ops.fused.silu_mul(gate_up))
+            act = self.kernels.ops.fused.silu_mul(gate_up, launch=self.kernels.launch)
+            return self.output_linear(act)
         gate, up = gate_up.chunk(2, dim=-1)
         return self.output_linear(F.silu(gate) * up)
 
