@@ -119,7 +119,7 @@ def gkit(c: GraniteConfig, w: Workload, tp: int) -> Footprint:
             "bf16",
             tp,
             graphed_decode=True,
-            experts_in_place=w.weights_dtype != "fp8",  # fp8 stacks gather (layers.MoE)
+            experts_in_place=w.weights_dtype != "fp8",  # fp8 stacks gather (layers.moe.MoE)
         ),
         _non_torch("gkit", tp),
         {"prefill_chunk": GKIT_PREFILL_CHUNK, "conv_columns": c.mamba_conv - 1},

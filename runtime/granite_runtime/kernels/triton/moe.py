@@ -1,6 +1,6 @@
 """Triton kernels for the MoE experts at decode: each token's k experts read in place.
 
-The PyTorch decode path (layers.MoE._gathered) copies every chosen expert's weights into a
+The PyTorch decode path (layers.moe.MoE._gathered) copies every chosen expert's weights into a
 new tensor (`weight[experts]`) and then multiplies by the copy: each active weight byte is
 read, written and read again, and a decode step is nothing but weight reads. Here the expert
 index is read inside the kernel and its rows are loaded straight from the (E, rows, cols)
