@@ -43,14 +43,13 @@ def sample(
     logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None]
 ) -> list[int]:
     """One token per row of `logits` (B, V), each row with its own parameters."""
-    greedy = logits.argmax(dim=-1).tolist()
-    out = []
-    for row, p, gen, best in zip(logits, params, generators, greedy, strict=True):
-        if p.greedy:
-            out.append(best)
-            continue
-        probs = torch.softmax(_filter(row.float(), p), dim=-1)
-        out.append(int(torch.multinomial(probs.cpu(), 1, generator=gen)))
+    out = logits.argmax(dim=-1).tolist()
+    # rows are indexed only where they are sampled: iterating the tensor would make a view
+    # per row, every step, for greedy rows too (64 of them at 64 streams)
+    for row, (p, gen) in enumerate(zip(params, generators, strict=True)):
+        if not p.greedy:
+            probs = torch.softmax(_filter(logits[row].float(), p), dim=-1)
+            out[row] = int(torch.multinomial(probs.cpu(), 1, generator=gen))
     return out
 
 
