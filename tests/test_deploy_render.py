@@ -488,3 +488,38 @@ def test_a_loader_with_an_existing_claim_is_a_usage_error(verified_model, tmp_pa
     r = run_gkit("deploy", str(model), "--gpus", "1", "--output", str(tmp_path),
                  "--model-loader", "hf", "--existing-claim", "models", env=env)  # fmt: skip
     assert r.returncode == 2 and "--model-loader fills a new claim" in r.stderr
+
+
+def test_the_gate_reads_the_store_its_recorder_writes(tmp_path, tiny_hybrid, monkeypatch):
+    """A verification recorded in one audit store does not let a deploy through that records
+    into another: the gate looks for the passing verify where the deploy's own record goes,
+    never in whatever GKIT_AUDIT_DB happens to name."""
+    import shutil
+
+    from granite_ops_kit.audit.events import StoreRecorder
+    from granite_ops_kit.audit.store import Query, open_store
+    from granite_ops_kit.demo.job import demo_key
+    from granite_ops_kit.deploy.pipeline import DeployRequest, deploy
+    from granite_ops_kit.errors import PolicyDenied
+    from granite_ops_kit.supply.sign import SignRequest, sign
+    from granite_ops_kit.supply.trust import TrustInputs
+    from granite_ops_kit.supply.verify import VerifyRequest, verify
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_hybrid, model)
+    private, public = demo_key(tmp_path)
+    verified_in = StoreRecorder(f"sqlite:///{tmp_path / 'verified.db'}")
+    elsewhere = StoreRecorder(f"sqlite:///{tmp_path / 'other.db'}")
+    monkeypatch.setenv("GKIT_AUDIT_DB", verified_in.url)  # the env names the verified store
+    sign(SignRequest(model_path=model, key=private), recorder=verified_in)
+    trust = TrustInputs.from_files(public_key=public)
+    verify(VerifyRequest(model_path=model, trust=trust), recorder=verified_in)
+    req = DeployRequest(model_path=model, gpus=1, target="render", output_dir=tmp_path / "out")
+    with pytest.raises(PolicyDenied, match="no passing 'gkit verify'"):
+        deploy(req, "tester", elsewhere)
+    refused = list(open_store(elsewhere.url).records(Query(event="deployment.rendered")))
+    assert refused == []  # a refused gate renders nothing and records no deployment
+    result = deploy(req, "tester", verified_in)
+    assert result["action"] == "rendered" and result["manifest_digest"].startswith("sha256:")
+    recorded = list(open_store(verified_in.url).records(Query(event="deployment.rendered")))
+    assert [r["subject"]["digest"] for r in recorded] == [result["manifest_digest"]]

@@ -671,3 +671,32 @@ def test_malformed_model_files_fail_in_one_sentence(model, case):
         assert rc in (1, 2), text
         message = out["error"]["message"]
         assert "\n" not in message and len(message) < 400, message
+
+
+def test_a_file_grown_past_its_signed_shards_is_refused_before_hashing(model, keys):
+    """The attacker cannot change the signed shard size, but can grow a file: 2 signed
+    shards of 1 MiB, the weights then extended (sparse) to 64 GiB. gkit counts the pieces
+    the files would make against the statement (supply.measure's check) and refuses in
+    one sentence without reading a byte of the grown file."""
+    from model_signing import hashing, signing
+
+    for p in model.iterdir():
+        if p.name != "config.json":
+            p.unlink()
+    weights = model / "model.safetensors"
+    weights.write_bytes(os.urandom(2 << 20))
+    cfg = (
+        hashing.Config()
+        .use_shard_serialization(shard_size=1 << 20)
+        .set_ignored_paths(paths=["model.sig"])
+    )
+    signing.Config().use_elliptic_key_signer(private_key=keys["signer"].private).set_hashing_config(
+        cfg
+    ).sign(model, model / "model.sig")
+    os.truncate(weights, 64 << 30)
+    rc, out, seconds, rss_mb = bounded_run(
+        "verify", str(model), "--public-key", str(keys["signer"].public)
+    )
+    assert rc == 1 and "but the files make" in out and "not the files signed" in out, out
+    assert len(out.strip().splitlines()) == 1, out
+    assert seconds < 5.0 and rss_mb < 200, (seconds, rss_mb)
