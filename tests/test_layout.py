@@ -178,3 +178,21 @@ def test_comments_describe_the_code_not_its_history(folder):
         if history.search(line)
     ]
     assert hits == []
+
+
+def test_the_private_name_check_finds_one(tmp_path, monkeypatch):
+    """The checker itself sees `from m import _x` and `m._x` across modules."""
+    (tmp_path / "a.py").write_text("def _hidden():\n    pass\n")
+    (tmp_path / "b.py").write_text(
+        "from granite_ops_kit.fake_a import _hidden\n"
+        "from granite_ops_kit import fake_a\n"
+        "fake_a._hidden()\n"
+    )
+    monkeypatch.setitem(MODULES, "granite_ops_kit.fake_a", tmp_path / "a.py")
+    monkeypatch.setitem(MODULES, "granite_ops_kit.fake_b", tmp_path / "b.py")
+    targets, private = _imports("granite_ops_kit.fake_b")
+    assert "granite_ops_kit.fake_a" in targets
+    assert private == [
+        "granite_ops_kit.fake_b: from granite_ops_kit.fake_a import _hidden",
+        "granite_ops_kit.fake_b: fake_a._hidden",
+    ]
