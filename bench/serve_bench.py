@@ -73,9 +73,9 @@ FAKE_SERVER = """
 import sys, time, torch
 from granite_runtime.engine import engine
 step = float(sys.argv[5]) / 1e3
-def forward(self, tokens, slots, starts, decode):
-    time.sleep(step if decode else step * tokens.shape[1] / 512)
-    return torch.zeros(tokens.shape[0], 1, self.model.config.vocab_size)
+def forward(self, op, tokens, slots, starts, lengths=()):
+    time.sleep(step if op == engine.tp.OP_DECODE else step * tokens.numel() / 512)
+    return torch.zeros(len(slots), 1, self.model.config.vocab_size)
 engine.Engine._forward = forward
 from granite_runtime.server.run import build_service, run_server
 path, port, slots, length = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
@@ -212,9 +212,12 @@ def itl_under_prefill(port: int, others: int, prompt_len: int, out: int) -> dict
     crowd = run_row(port, others, prompt_len, 16, 1, 0.0)
     t.join()
     arrivals = watched["arrivals"]
-    gaps = [(b, b - a) for a, b in itertools.pairwise(arrivals)]
-    before = [g for at, g in gaps if at < arrived]
-    during = [g for at, g in gaps if arrived <= at <= arrived + crowd["ttft_p99_s"]]
+    gaps = list(itertools.pairwise(arrivals))
+    before = [b - a for a, b in gaps if b < arrived]
+    # every gap that overlaps the crowd's prefill window, so a stall spanning all of it
+    # counts too (the window holds no arrival then)
+    end = arrived + crowd["ttft_p99_s"]
+    during = [b - a for a, b in gaps if b >= arrived and a <= end]
     return {
         "others": others,
         "prompt": prompt_len,

@@ -31,23 +31,38 @@ GREEDY = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True, logprob
 PROMPT = [(7 * i + 3) % 1000 for i in range(40)]
 
 # Rank 0 in a subprocess: build the split service, prefill logits, then greedy generation
-# through the engine (every call announced to the follower), then stop the follower.
+# of two requests through the engine, the second joining while the first decodes, so that
+# plain prefill, packed (decode + chunk) and decode steps are all announced to the
+# follower; then stop the follower.
 TWO_RANKS = """
 import json, sys, torch
+from granite_runtime.parallel import tp
 from granite_runtime.parallel.launch import start_engine
-from granite_runtime.engine.sampling import SamplingParams
+from tests.test_runtime_tp import GREEDY, generate_pair
 path, prompt, device = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
 engine = start_engine(path, device, "float32", max_num_seqs=2, max_model_len=96, gpus=2)
 with torch.inference_mode():
     engine._reset(1)
     tokens = torch.tensor([prompt], device=engine.device)
-    logits = engine._forward(tokens, [1], [0], decode=False)[0, -1].cpu()
-params = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True, logprobs=0)
-seq = engine.generate(prompt, params)
+    logits = engine._forward(tp.OP_FORWARD, tokens, [1], [0])[0, -1].cpu()
+seqs = generate_pair(engine, prompt)
 engine.stop()
-print(json.dumps({"logits": logits.tolist(), "tokens": seq.output_ids,
-                  "logprobs": [lp[0] for lp in seq.logprobs]}))
+print(json.dumps({"logits": logits.tolist(), "tokens": [t for s in seqs for t in s.output_ids],
+                  "logprobs": [lp[0] for s in seqs for lp in s.logprobs]}))
 """
+
+
+def generate_pair(engine: Engine, prompt: list[int]) -> list:
+    """Greedy outputs of `prompt` and of its reverse, submitted two steps later."""
+    first = engine.submit(prompt, GREEDY)
+    engine.step()
+    engine.step()
+    second = engine.submit(prompt[::-1], GREEDY)
+    engine.step()  # one packed step: the first's third token and the whole second prompt
+    assert len(first.output_ids) == 3 and len(second.output_ids) == 1
+    while not (first.finish_reason and second.finish_reason):
+        engine.step()
+    return [first, second]
 
 
 @pytest.fixture(scope="module")
@@ -67,12 +82,12 @@ def one_rank(path: Path, device: str = "cpu") -> dict:
     with torch.inference_mode():
         engine._reset(1)
         tokens = torch.tensor([PROMPT], device=device)
-        logits = engine._forward(tokens, [1], [0], decode=False)[0, -1].cpu()
-    seq = engine.generate(PROMPT, GREEDY)
+        logits = engine._forward(tp.OP_FORWARD, tokens, [1], [0])[0, -1].cpu()
+    seqs = generate_pair(engine, PROMPT)
     return {
         "logits": logits,
-        "tokens": seq.output_ids,
-        "logprobs": [lp[0] for lp in seq.logprobs],
+        "tokens": [t for s in seqs for t in s.output_ids],
+        "logprobs": [lp[0] for s in seqs for lp in s.logprobs],
     }
 
 

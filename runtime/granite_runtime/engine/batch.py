@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 
@@ -11,8 +12,12 @@ import torch
 class Batch:
     """Rows of one forward call: row b owns `slots[b]` and starts at position `starts[b]`.
 
-    Every row carries the same number of tokens (L): a prefill chunk of one sequence, or one
-    token for each decoding sequence.
+    A plain batch has the same number of tokens (L) in every row: a prefill chunk of one
+    sequence, or one token for each decoding sequence. A packed batch (`Batch.packed`) puts
+    several such batches on one token axis, tokens (1, T), so that one step's decode tokens
+    and several prompts' chunks share each weight read: the token-wise layers (norms,
+    projections, MLPs, experts) run once over all T tokens and only the mixers' sequence
+    parts (convolution, scan, attention) run part by part (`each`).
     """
 
     slots: torch.Tensor  # (B,) long
@@ -22,6 +27,8 @@ class Batch:
     # Static: one token per row, slots and positions only as tensors, so the step has the
     # same shapes and no host reads whatever the values: what a CUDA graph can replay.
     static: bool = False
+    parts: list[Part] = field(default_factory=list)  # packed: the plain batches, in order
+    last: torch.Tensor | None = None  # packed: each row's last token on the token axis
 
     @property
     def rows(self) -> slice | torch.Tensor:
@@ -32,6 +39,24 @@ class Batch:
         if self.slots_list == list(range(first, first + len(self.slots_list))):
             return slice(first, first + len(self.slots_list))
         return self.slots
+
+    def each(self, fn: Callable[..., torch.Tensor], *xs: torch.Tensor) -> torch.Tensor:
+        """fn(*xs, batch) for a plain batch. For a packed one, fn(*part's xs, part's batch)
+        for each part, with each x (1, T, ...) viewed as that part's (rows, length, ...),
+        and the outputs joined back on the token axis."""
+        if not self.parts:
+            return fn(*xs, self)
+        outs = []
+        for part in self.parts:
+            views = [part.view(x) for x in xs]
+            outs.append(fn(*views, part.batch).reshape(1, part.tokens, -1))
+        return torch.cat(outs, dim=1)
+
+    def last_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """(rows, 1, ...): each row's last position of x (B, L, ...) or (1, T, ...) packed."""
+        if self.last is None:
+            return x[:, -1:]
+        return x[0, self.last].unsqueeze(1)
 
     @classmethod
     def graphable(cls, slots: torch.Tensor, starts: torch.Tensor) -> Batch:
@@ -45,4 +70,44 @@ class Batch:
             torch.tensor(starts, dtype=torch.long, device=device),
             list(slots),
             list(starts),
+        )
+
+    @classmethod
+    def packed(
+        cls, slots: list[int], starts: list[int], lengths: list[int], device: torch.device | str
+    ) -> Batch:
+        """One token axis over rows of `lengths` tokens each, in order: consecutive one-token
+        rows (decode tokens, a prompt's one-token remainder) run as one part, each longer row
+        as a part of its own. Logits come out one per row, in this order."""
+        parts, begin, row = [], 0, 0
+        while row < len(lengths):
+            end = row + 1
+            while lengths[row] == 1 and end < len(lengths) and lengths[end] == 1:
+                end += 1
+            plain = cls.make(slots[row:end], starts[row:end], device)
+            parts.append(Part(begin, end - row, lengths[row], plain))
+            begin, row = begin + parts[-1].tokens, end
+        whole = cls.make(slots, starts, device)
+        whole.parts = parts
+        ends = torch.tensor(lengths, dtype=torch.long).cumsum(0) - 1
+        whole.last = ends.to(device)
+        return whole
+
+
+@dataclass(frozen=True)
+class Part:
+    """One plain batch within a packed one: `rows` x `length` tokens from `begin`."""
+
+    begin: int
+    rows: int
+    length: int
+    batch: Batch
+
+    @property
+    def tokens(self) -> int:
+        return self.rows * self.length
+
+    def view(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, self.begin : self.begin + self.tokens].reshape(
+            self.rows, self.length, *x.shape[2:]
         )

@@ -3,8 +3,10 @@
 Each step has a token budget (`max_num_batched_tokens`, as vLLM's scheduler has): every
 running sequence's decode token counts against it first, and what is left goes to prompt
 chunks (at least MIN_PREFILL_TOKENS, so prompts never starve), several prompts in one step
-if they fit. Then one decode forward for every running sequence, sample, and report text.
-A long prompt therefore never stalls the streams already running for more than one chunk.
+if they fit. Decode tokens and chunks then run as one packed forward (engine/batch.py), so
+the weights are read once for all of them; a step with only decode tokens replays a CUDA
+graph. Then sample, and report text. A long prompt therefore never stalls the streams
+already running for more than one chunk's share of a step.
 Requests join and leave between steps. Admission control: a prompt that can never fit is
 refused at submit time (413); when every slot is busy, requests wait, and past
 `max_waiting` new ones are refused (429), so overload never turns into an out-of-memory
@@ -106,7 +108,7 @@ class Engine:
         lengths = {min(self.prefill_chunk, self.max_model_len)}
         n = MIN_PREFILL_TOKENS
         while n < min(self.prefill_chunk, self.max_model_len):
-            lengths.add(n)  # the chunk lengths _prefill_chunk cuts prompts into
+            lengths.add(n)  # the chunk lengths _chunks cuts prompts into
             n *= 2
         for length in sorted(lengths, reverse=True):
             tokens = torch.zeros(1, length, dtype=torch.long, device=self.device)
@@ -174,13 +176,12 @@ class Engine:
         for seq in [s for s in self.running if s.cancelled]:
             self._finish(seq, "cancelled")
         decoding = self._decoding()
-        budget = max(self.max_num_batched_tokens - len(decoding), MIN_PREFILL_TOKENS)
-        for seq in [s for s in self.running if s.in_prefill]:
-            if budget <= 0:
-                break
-            budget -= self._prefill_chunk(seq, budget)
-        decoding = self._decoding()  # with those whose prompt just finished
-        if decoding:
+        chunks = self._chunks(max(self.max_num_batched_tokens - len(decoding), MIN_PREFILL_TOKENS))
+        if chunks and (decoding or len(chunks) > 1):
+            self._packed_step(decoding, chunks)
+        elif chunks:
+            self._prefill(*chunks[0])
+        elif decoding:
             self._decode(decoding)
         self.stats["steps"] += 1
 
@@ -189,41 +190,74 @@ class Engine:
             s for s in self.running if not s.in_prefill and s.output_ids and s.finish_reason is None
         ]
 
-    def _prefill_chunk(self, seq: Sequence, budget: int) -> int:
-        start = seq.prefilled
-        take = min(budget, self.prefill_chunk, len(seq.prompt_ids) - start)
-        if take < len(seq.prompt_ids) - start:
-            # a chunk that is not the prompt's last has a length warmed up at start-up (a
-            # power of two from MIN_PREFILL_TOKENS): the kernels are compiled and tuned per
-            # length, and a budget minus however many streams decode would otherwise make a
-            # new length, and a compile stall, at nearly every step
-            take = max(1 << (take.bit_length() - 1), MIN_PREFILL_TOKENS)
-        chunk = seq.prompt_ids[start : start + take]
+    def _chunks(self, budget: int) -> list[tuple[Sequence, list[int]]]:
+        """The prompt chunks this step runs, in admission order, within `budget` tokens.
+        A chunk that is not its prompt's last is `prefill_chunk` long or has a power-of-two
+        length from MIN_PREFILL_TOKENS: the prefill kernels are warmed up at those lengths at start-up,
+        and a budget minus however many streams decode would otherwise make a new length,
+        and a compile stall, at nearly every step."""
+        chunks = []
+        for seq in [s for s in self.running if s.in_prefill]:
+            left = len(seq.prompt_ids) - seq.prefilled
+            take = min(budget, self.prefill_chunk, left)
+            if take < left and take < self.prefill_chunk:
+                if take < MIN_PREFILL_TOKENS:
+                    break  # what is left of the budget waits for the next step
+                take = 1 << (take.bit_length() - 1)
+            chunks.append((seq, seq.prompt_ids[seq.prefilled : seq.prefilled + take]))
+            budget -= take
+        return chunks
+
+    def _prefill(self, seq: Sequence, chunk: list[int]) -> None:
         tokens = torch.tensor([chunk], dtype=torch.long, device=self.device)
-        logits = self._forward(tokens, [seq.slot], [start], decode=False)
-        seq.prefilled += len(chunk)
-        self.stats["prompt_tokens"] += len(chunk)
-        if not seq.in_prefill:
-            self._accept([seq], logits[:, -1])
-        return len(chunk)
+        logits = self._forward(tp.OP_FORWARD, tokens, [seq.slot], [seq.prefilled])
+        self._prefilled([(seq, chunk)], logits[:, -1])
 
     def _decode(self, seqs: list[Sequence]) -> None:
         tokens = torch.tensor(
             [[s.output_ids[-1]] for s in seqs], dtype=torch.long, device=self.device
         )
         slots, starts = [s.slot for s in seqs], [s.length for s in seqs]
-        self._accept(seqs, self._forward(tokens, slots, starts, decode=True)[:, -1])
+        self._accept(seqs, self._forward(tp.OP_DECODE, tokens, slots, starts)[:, -1])
+
+    def _packed_step(self, decoding: list[Sequence], chunks) -> None:
+        """One forward for every decoding stream's next token and every chunk: the weights
+        are read once for all of them (engine/batch.py `Batch.packed`)."""
+        flat = [s.output_ids[-1] for s in decoding] + [t for _, chunk in chunks for t in chunk]
+        tokens = torch.tensor([flat], dtype=torch.long, device=self.device)
+        slots = [s.slot for s in decoding] + [seq.slot for seq, _ in chunks]
+        starts = [s.length for s in decoding] + [seq.prefilled for seq, _ in chunks]
+        lengths = [1] * len(decoding) + [len(chunk) for _, chunk in chunks]
+        logits = self._forward(tp.OP_PACKED, tokens, slots, starts, lengths)[:, -1]
+        if decoding:
+            self._accept(decoding, logits[: len(decoding)])
+        self._prefilled(chunks, logits[len(decoding) :])
+
+    def _prefilled(self, chunks, logits: torch.Tensor) -> None:
+        """Count the chunks in; a prompt now complete samples its first token."""
+        done = []
+        for row, (seq, chunk) in enumerate(chunks):
+            seq.prefilled += len(chunk)
+            self.stats["prompt_tokens"] += len(chunk)
+            if not seq.in_prefill:
+                done.append(row)
+        if done:
+            self._accept([chunks[row][0] for row in done], logits[done])
 
     # ---- model calls (every rank makes the same ones under tensor parallelism) -----------
-    def _forward(self, tokens: torch.Tensor, slots: list[int], starts: list[int], decode: bool):
+    def _forward(self, op: int, tokens, slots: list[int], starts: list[int], lengths=()):
+        """Logits (rows, 1, vocab) of a decode step (OP_DECODE: graphed where captured), a
+        prompt chunk (OP_FORWARD) or a packed step (OP_PACKED, tokens (1, sum(lengths)))."""
         if tp.rank() == 0:
-            tp.send_step(tp.OP_DECODE if decode else tp.OP_FORWARD, tokens, slots, starts)
-        logits = None
-        if decode and self.graphs is not None:
-            logits = self.graphs(tokens, slots, starts)
-        if logits is None:  # CPU, prefill, or a batch size with no graph
-            logits = self.model(tokens, Batch.make(slots, starts, self.device), self.cache)
-        return logits
+            tp.send_step(op, tokens, slots, starts, lengths)
+        graphed = op == tp.OP_DECODE and self.graphs is not None
+        if graphed and (logits := self.graphs(tokens, slots, starts)) is not None:
+            return logits
+        if op == tp.OP_PACKED:
+            batch = Batch.packed(slots, starts, lengths, self.device)
+        else:
+            batch = Batch.make(slots, starts, self.device)
+        return self.model(tokens, batch, self.cache)
 
     def _reset(self, slot: int) -> None:
         if tp.rank() == 0:
@@ -234,13 +268,13 @@ class Engine:
         """Ranks other than 0: make each model call rank 0 announces, until it stops."""
         with torch.inference_mode():
             while True:
-                op, tokens, slots, starts = tp.receive_step(self.device)
+                op, tokens, slots, starts, lengths = tp.receive_step(self.device)
                 if op == tp.OP_STOP:
                     return
                 if op == tp.OP_RESET:
                     self.cache.reset(slots[0])
-                elif op in (tp.OP_FORWARD, tp.OP_DECODE):
-                    self._forward(tokens, slots, starts, decode=op == tp.OP_DECODE)
+                elif op in (tp.OP_FORWARD, tp.OP_DECODE, tp.OP_PACKED):
+                    self._forward(op, tokens, slots, starts, lengths)
 
     def _constrain(self, seqs: list[Sequence], logits: torch.Tensor) -> torch.Tensor:
         """Forbid the tokens each constrained sequence's grammar rules out. Called before

@@ -48,17 +48,24 @@ class Attention(nn.Module):
         return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
 
     def forward(self, x: torch.Tensor, batch: Batch, cache: HybridCache) -> torch.Tensor:
-        b, length, _ = x.shape
-        q = self.q_proj(x).view(b, length, self.heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(b, length, self.kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(b, length, self.kv_heads, self.head_dim).transpose(1, 2)
-        positions = batch.starts[:, None] + torch.arange(length, device=x.device)
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        out = batch.each(lambda q, k, v, part: self._attend(q, k, v, part, cache), q, k, v)
+        return self.o_proj(out)
+
+    def _attend(self, q, k, v, batch: Batch, cache: HybridCache) -> torch.Tensor:
+        """(B, L, heads * head_dim) attention outputs of one plain batch's projections,
+        whose keys and values join the slots' rows in the pool."""
+        b, length, _ = q.shape
+        q = q.view(b, length, self.heads, self.head_dim).transpose(1, 2)
+        k = k.view(b, length, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = v.view(b, length, self.kv_heads, self.head_dim).transpose(1, 2)
+        positions = batch.starts[:, None] + torch.arange(length, device=q.device)
         if self.rope_theta is not None:
             q, k = self._rope(q, k, positions)
         index = cache.attn_index[self.layer]
         kc, vc = cache.k[index], cache.v[index]
-        if batch.static:
-            return self.o_proj(self._static_decode(q, k, v, kc, vc, batch))
+        if batch.static or (length == 1 and self.kernels.triton):
+            return self._static_decode(q, k, v, kc, vc, batch)
         total = max(batch.starts_list) + length
         if b == 1:  # views, no gather: the common prefill and batch-1 decode case
             slot, start = batch.slots_list[0], batch.starts_list[0]
@@ -71,12 +78,12 @@ class Attention(nn.Module):
             vc[rows, :, positions] = v.transpose(1, 2).to(vc.dtype)
             keys, values = kc[batch.slots, :, :total], vc[batch.slots, :, :total]
         mask = None  # one query per row attending to every written key needs no mask
-        if b == 1 and length > 1 and x.is_cuda:
+        if b == 1 and length > 1 and q.is_cuda:
             # a prompt chunk after `start` earlier tokens: causal aligned to the last key,
             # which SDPA runs as flash attention with no (length x total) mask in memory
             mask = causal_lower_right(length, total)
         elif length > 1 or b > 1:
-            key_pos = torch.arange(total, device=x.device)
+            key_pos = torch.arange(total, device=q.device)
             mask = key_pos.view(1, 1, 1, total) <= positions.view(b, 1, length, 1)
         out = F.scaled_dot_product_attention(
             q,
@@ -86,7 +93,7 @@ class Attention(nn.Module):
             scale=self.scale,
             enable_gqa=True,
         )
-        return self.o_proj(out.transpose(1, 2).reshape(b, length, -1))
+        return out.transpose(1, 2).reshape(b, length, -1)
 
     def fused_input(self, x: torch.Tensor, cache: HybridCache) -> list[torch.Tensor] | None:
         """[q, k, v] weights where one token's norm and q/k/v products run as one kernel

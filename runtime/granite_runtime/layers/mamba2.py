@@ -118,8 +118,16 @@ class Mamba2(nn.Module):
     def from_projection(self, proj: torch.Tensor, batch: Batch, cache: HybridCache):
         """The mixer after in_proj (proj: (B, L, in_proj's width)), so a caller that fused
         the norm into in_proj (model.granite.DecoderLayer) continues from here."""
-        b, length, _ = proj.shape
-        z, xbc, dt = proj.split([self.inner, self.conv_dim, self.heads], dim=-1)
+        z, xbc_dt = proj.split([self.inner, self.conv_dim + self.heads], dim=-1)
+        y = batch.each(lambda xbc_dt, part: self._sequence_mix(xbc_dt, part, cache), xbc_dt)
+        # The gated norm sees the fp32 scan output, as transformers' prefill path does.
+        return self._gated_out(y.reshape(z.shape), z, proj.dtype)
+
+    def _sequence_mix(self, xbc_dt: torch.Tensor, batch: Batch, cache: HybridCache):
+        """y (fp32, (B, L, inner)): the convolution and the scan of one plain batch, each
+        continuing from its slots' state in the pool, which is left holding the new state."""
+        b, length, _ = xbc_dt.shape
+        xbc, dt = xbc_dt.split([self.conv_dim, self.heads], dim=-1)
         xbc = self._conv(xbc, batch, cache)
         xs, Bm, Cm = xbc.split(
             [self.inner, self.groups * self.state, self.groups * self.state], dim=-1
@@ -135,8 +143,7 @@ class Mamba2(nn.Module):
             )  # fmt: skip
         else:
             y = self._scan(xs, self._dt(dt), Bm, Cm, batch, cache)
-        # The gated norm sees the fp32 scan output, as transformers' prefill path does.
-        return self._gated_out(y.reshape(b, length, self.inner), z, proj.dtype)
+        return y.reshape(b, length, self.inner)
 
     def _dt(self, dt: torch.Tensor) -> torch.Tensor:
         dt = F.softplus(dt.float() + self._constants()[2])

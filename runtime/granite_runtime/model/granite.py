@@ -120,13 +120,14 @@ class GraniteForCausalLM(nn.Module):
     def forward(
         self, tokens: torch.Tensor, batch: Batch, cache: HybridCache, all_logits: bool = False
     ) -> torch.Tensor:
-        """Logits (fp32) for every position if `all_logits`, else for each row's last token."""
+        """Logits (fp32) for every position if `all_logits`, else (rows, 1, vocab) for each
+        row's last token (of a packed batch too: engine/batch.py)."""
         x = tp.embed(self.model.embed_tokens, tokens) * self.config.embedding_multiplier
         delta = None
         for layer in self.model.layers:
             x, delta = layer(x, delta, batch, cache)
         if not all_logits:
-            x, delta = x[:, -1:], delta[:, -1:]
+            x, delta = batch.last_tokens(x), batch.last_tokens(delta)
         # the lm_head (200-400 MB) stays on the GEMV's measured choice: one call a step
         _, x = self.model.norm.add_forward(x, delta, self.config.residual_multiplier)
         return tp.gather_logits(self.lm_head(x)).float() / self.config.logits_scaling

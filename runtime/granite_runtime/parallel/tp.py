@@ -36,8 +36,9 @@ from granite_runtime.spec.errors import ModelLoadError
 _world = 1
 _rank = 0
 
-# Step protocol: a 3-number header (op, rows, tokens per row), then the payload.
-OP_STOP, OP_FORWARD, OP_DECODE, OP_RESET, OP_KEEPALIVE = 0, 1, 2, 3, 4
+# Step protocol: a 4-number header (op, rows, token rows, tokens), then the payload:
+# tokens, slots, starts and, packed (OP_PACKED), each row's token count.
+OP_STOP, OP_FORWARD, OP_DECODE, OP_RESET, OP_KEEPALIVE, OP_PACKED = 0, 1, 2, 3, 4, 5
 # An idle rank 0 sends a keepalive this often, so no rank waits in a collective long enough
 # to hit the process group's timeout (NCCL's watchdog would end the process).
 KEEPALIVE_SECONDS = 60.0
@@ -175,17 +176,18 @@ def gather_logits(logits: torch.Tensor) -> torch.Tensor:
 
 
 # ---- the step protocol ---------------------------------------------------------------
-def send_step(op: int, tokens: torch.Tensor, slots: list[int], starts: list[int]) -> None:
-    """Rank 0: tell the other ranks which call comes next, with its inputs."""
+def send_step(
+    op: int, tokens: torch.Tensor, slots: list[int], starts: list[int], lengths: list[int] = ()
+) -> None:
+    """Rank 0: tell the other ranks which call comes next, with its inputs: tokens (B, L)
+    for a plain batch, (1, T) with each row's `lengths` for a packed one (OP_PACKED)."""
     if _world == 1:
         return
     device = tokens.device
-    rows, length = tokens.shape
-    dist.broadcast(torch.tensor([op, rows, length], dtype=torch.long, device=device), src=0)
-    payload = torch.cat(
-        [tokens.reshape(-1), torch.tensor(slots + starts, dtype=torch.long, device=device)]
-    )
-    dist.broadcast(payload, src=0)
+    header = [op, len(slots), tokens.shape[0], tokens.numel()]
+    dist.broadcast(torch.tensor(header, dtype=torch.long, device=device), src=0)
+    rest = torch.tensor(slots + starts + list(lengths), dtype=torch.long, device=device)
+    dist.broadcast(torch.cat([tokens.reshape(-1), rest]), src=0)
 
 
 def send_control(op: int, slot: int, device: torch.device) -> None:
@@ -193,16 +195,17 @@ def send_control(op: int, slot: int, device: torch.device) -> None:
     send_step(op, torch.zeros(1, 0, dtype=torch.long, device=device), [slot], [0])
 
 
-def receive_step(device: torch.device) -> tuple[int, torch.Tensor, list[int], list[int]]:
-    """Other ranks: the next call rank 0 announced."""
-    header = torch.empty(3, dtype=torch.long, device=device)
+def receive_step(device: torch.device) -> tuple[int, torch.Tensor, list[int], list[int], list[int]]:
+    """Other ranks: the next call rank 0 announced (op, tokens, slots, starts, lengths)."""
+    header = torch.empty(4, dtype=torch.long, device=device)
     dist.broadcast(header, src=0)
-    op, rows, length = header.tolist()
-    payload = torch.empty(rows * length + 2 * rows, dtype=torch.long, device=device)
+    op, rows, token_rows, count = header.tolist()
+    per_row = 3 if op == OP_PACKED else 2
+    payload = torch.empty(count + per_row * rows, dtype=torch.long, device=device)
     dist.broadcast(payload, src=0)
-    tokens = payload[: rows * length].view(rows, length)
-    rest = payload[rows * length :].tolist()
-    return op, tokens, rest[:rows], rest[rows:]
+    tokens = payload[:count].view(token_rows, count // token_rows)
+    rest = payload[count:].tolist()
+    return op, tokens, rest[:rows], rest[rows : 2 * rows], rest[2 * rows :]
 
 
 def free_port() -> int:
