@@ -40,21 +40,6 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
-def word_tokenizer(path: Path) -> None:
-    """A tokenizer covering the random model's whole vocabulary (token-id prompts; the
-    server still decodes every token it streams, as it does for a real model)."""
-    if (path / "tokenizer.json").exists():
-        return
-    from tokenizers import Tokenizer, decoders, models
-
-    vocab = json.loads((path / "config.json").read_text())["vocab_size"]
-    words = {f"\u0120w{i}": i for i in range(vocab)}  # byte-level text of " w{i}"
-    tokenizer = Tokenizer(models.WordLevel(words, unk_token="\u0120w0"))
-    tokenizer.decoder = decoders.ByteLevel()  # decoded as Granite's byte-level BPE is
-    tokenizer.save(str(path / "tokenizer.json"))
-    (path / "tokenizer_config.json").write_text(json.dumps({"eos_token": "w0"}))
-
-
 # ---- the server -------------------------------------------------------------------------
 SERVER = """
 import sys
@@ -324,7 +309,7 @@ def main() -> None:
 
     card = torch.cuda.get_device_name()
     print(f"card: {card}", flush=True)
-    from common import checkpoint
+    from common import checkpoint, word_tokenizer
 
     report = {"card": card}
     rows = []
