@@ -72,6 +72,9 @@ def run_row(engine: Engine, clients: int, prompt_len: int, out: int, vocab: int)
         kind: {
             "calls": len(v),
             "ms_per_call": 1e3 * statistics.mean(s for _, s in v),
+            "ms_median": 1e3 * statistics.median(s for _, s in v),
+            "ms_max": 1e3 * max(s for _, s in v),
+            "first_ms": [round(1e3 * s, 1) for _, s in v[:6]],
             "tokens_per_call": statistics.mean(t for t, _ in v),
             "seconds": sum(s for _, s in v),
         }
@@ -128,7 +131,8 @@ def main() -> None:
               f"in at {r['all_prefilled_s']:.2f} s = {r['prompt_tok_s_until_prefilled']:,.0f} "
               "prompt tok/s", flush=True)  # fmt: skip
         for kind, k in r["kinds"].items():
-            print(f"   {kind:>7}: {k['calls']:5d} calls, {k['ms_per_call']:6.2f} ms each, "
+            print(f"   {kind:>7}: {k['calls']:5d} calls, {k['ms_per_call']:6.2f} ms each "
+                  f"(median {k['ms_median']:.2f}, max {k['ms_max']:.0f}, first {k['first_ms']}), "
                   f"{k['tokens_per_call']:6.0f} tokens each, {k['seconds']:.2f} s")  # fmt: skip
     print(packed_kernels(engine, args.slots - 1, 256, vocab), flush=True)
     if args.json:
