@@ -22,6 +22,7 @@ from collections import deque
 
 import torch
 
+from granite_runtime.engine import output
 from granite_runtime.engine.batch import Batch
 from granite_runtime.engine.cache import HybridCache
 from granite_runtime.engine.sampling import SamplingParams, sample, top_logprobs
@@ -38,7 +39,6 @@ from granite_runtime.spec.errors import RequestError
 MAX_GRAPHED_BATCH = 64
 PADDED_STEP = 16
 MIN_PREFILL_TOKENS = 64
-SETTLE_TOKENS = 16
 
 
 def graph_sizes(max_num_seqs: int) -> list[int]:
@@ -193,9 +193,9 @@ class Engine:
     def _chunks(self, budget: int) -> list[tuple[Sequence, list[int]]]:
         """The prompt chunks this step runs, in admission order, within `budget` tokens.
         A chunk that is not its prompt's last is `prefill_chunk` long or has a power-of-two
-        length from MIN_PREFILL_TOKENS: the prefill kernels are warmed up at those lengths at start-up,
-        and a budget minus however many streams decode would otherwise make a new length,
-        and a compile stall, at nearly every step."""
+        length from MIN_PREFILL_TOKENS: the prefill kernels are warmed up at those lengths
+        at start-up, and a budget minus however many streams decode would otherwise make a
+        new length, and a compile stall, at nearly every step."""
         chunks = []
         for seq in [s for s in self.running if s.in_prefill]:
             left = len(seq.prompt_ids) - seq.prefilled
@@ -302,59 +302,14 @@ class Engine:
                 seq.logprobs += lp
             self._report(seq, [token], lp)
 
-    # ---- text, stops and finishing ------------------------------------------------------
-    def _ends_with_eos(self, seq: Sequence) -> bool:
-        return not seq.params.ignore_eos and seq.output_ids[-1] in self.codec.stop_token_ids
-
-    def _finish_reason(self, seq: Sequence) -> str | None:
-        if self._ends_with_eos(seq):
-            return "stop"
-        if seq.matcher is not None and seq.matcher.is_stopped():
-            return "stop"  # the grammar is complete: nothing may follow
-        if len(seq.output_ids) >= seq.params.max_tokens:
-            return "length"
-        if len(seq.prompt_ids) + len(seq.output_ids) >= self.max_model_len:
-            return "length"
-        return None
-
+    # ---- text and finishing -------------------------------------------------------------
     def _report(self, seq: Sequence, new_ids: list[int], lp) -> None:
-        reason = self._finish_reason(seq)
-        ids = seq.output_ids[:-1] if self._ends_with_eos(seq) else seq.output_ids
-        text = self._decoded(seq, ids)
-        hold = 0
-        for stop in seq.params.stop:
-            cut = text.find(stop)
-            if cut >= 0:
-                text, reason = text[:cut], "stop"
-                break
-            hold = max(hold, len(stop) - 1)
-        if reason is None:
-            # Hold back what may be the start of a stop string or an unfinished character.
-            safe = len(text) - hold
-            while safe > seq.emitted and text[safe - 1] == "\ufffd":
-                safe -= 1
-        else:
-            safe = len(text)
-        safe = max(safe, seq.emitted)
-        seq.text = text
-        delta, seq.emitted = text[seq.emitted : safe], safe
+        reason = output.finish_reason(seq, self.codec.stop_token_ids, self.max_model_len)
+        delta, reason = output.next_text(seq, self.codec, reason)
         if reason is not None:
             self._finish(seq, reason, TokenEvent(delta, new_ids, lp, reason))
         elif seq.on_event:
             seq.on_event(seq, TokenEvent(delta, new_ids, lp))
-
-    def _decoded(self, seq: Sequence, ids: list[int]) -> str:
-        """The text of `ids`, decoding only the tokens after the last settled point: decoding
-        the whole output at every token cost O(length) per token, for every stream, in the
-        step's own thread. A point settles every SETTLE_TOKENS tokens where the text does not
-        end in U+FFFD (a character cut in two, which the next token may complete)."""
-        if not self.codec.concatenates:
-            return self.codec.decode(ids)
-        tail = self.codec.decode(ids[seq.settled_ids :])
-        text = seq.settled_text + tail
-        if len(ids) - seq.settled_ids >= SETTLE_TOKENS and not tail.endswith("\ufffd"):
-            seq.settled_ids, seq.settled_text = len(ids), text
-        return text
 
     def _finish(self, seq: Sequence, reason: str, event: TokenEvent | None = None) -> None:
         seq.finish_reason, seq.status = reason, Status.FINISHED

@@ -45,7 +45,7 @@ class Sequence:
     logprobs: list[tuple[float, dict[int, float]]] = field(default_factory=list)
     text: str = ""  # decoded output so far (after stop-string truncation)
     emitted: int = 0  # characters of `text` already reported
-    # the output decoded up to a settled token (engine._decoded decodes only what follows)
+    # the output decoded up to a settled token (engine/output.py decodes only what follows)
     settled_ids: int = 0
     settled_text: str = ""
     finish_reason: str | None = None
