@@ -3,7 +3,8 @@ once to an in-process Engine (as `gkit serve` builds it), stepped to the end, ev
 call timed by kind (graphed decode, one prompt chunk, packed decode + chunks) with its token
 count. Printed: per kind the calls, ms per call and tokens per call; the whole run's output
 tok/s beside the engine's graphed decode step at the same batch (its ceiling) and the ratio;
-prompt tok/s while prompts were being prefilled; then the kernel table of one packed step.
+prompt tok/s while prompts were being prefilled; then ms per call of the shapes a burst
+makes (packed steps against their parts), steady state.
 
 Run on the device: python bench/step_profile.py --model granite-4.0-h-micro --rows 64x512/256
 """
@@ -22,7 +23,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent / "runtime"), str(HERE.parent)]
 
 import torch  # noqa: E402
-from common import checkpoint, profile_step, word_tokenizer  # noqa: E402
+from common import checkpoint, timed, word_tokenizer  # noqa: E402
 
 from granite_runtime.engine.engine import Engine  # noqa: E402
 from granite_runtime.engine.sampling import SamplingParams  # noqa: E402
@@ -94,14 +95,34 @@ def run_row(engine: Engine, clients: int, prompt_len: int, out: int, vocab: int)
     }
 
 
-def packed_kernels(engine: Engine, decoding: int, chunk: int, vocab: int) -> str:
-    """The kernel table of one packed step: `decoding` one-token rows and one chunk."""
-    slots = list(range(decoding + 1))
-    starts = [512] * decoding + [0]
-    lengths = [1] * decoding + [chunk]
-    tokens = torch.randint(100, vocab, (1, decoding + chunk), device=engine.device)
+def step_shapes(engine: Engine, decoding: int, vocab: int) -> dict:
+    """ms per model call, steady state, of the shapes a burst makes: `decoding` one-token
+    rows eager, one plain 448-token chunk, and packed steps of those rows with one chunk
+    and with three (256 + 128 + 64, as the budget cuts 448)."""
+    shapes = {
+        "decode rows eager": [1] * decoding,
+        "one chunk of 448": [448],
+        "packed rows + 256": [1] * decoding + [256],
+        "packed rows + 256 + 128 + 64": [1] * decoding + [256, 128, 64],
+    }
     with torch.inference_mode():
-        return profile_step(lambda: engine._forward(tp.OP_PACKED, tokens, slots, starts, lengths))
+        return {name: 1e3 * timed(model_call(engine, n, vocab), 5) for name, n in shapes.items()}
+
+
+def model_call(engine: Engine, lengths: list[int], vocab: int):
+    """A model call over rows of `lengths` tokens on slots 0.. (one-token rows at 512)."""
+    from granite_runtime.engine.batch import Batch
+
+    slots = list(range(len(lengths)))
+    starts = [512 if n == 1 else 0 for n in lengths]
+    device = engine.device
+    if len(set(lengths)) == 1:  # a plain batch: rows x length
+        batch = Batch.make(slots, starts, device)
+        tokens = torch.randint(100, vocab, (len(lengths), lengths[0]), device=device)
+    else:
+        batch = Batch.packed(slots, starts, lengths, device)
+        tokens = torch.randint(100, vocab, (1, sum(lengths)), device=device)
+    return lambda: engine.model(tokens, batch, engine.cache)
 
 
 def main() -> None:
@@ -134,9 +155,12 @@ def main() -> None:
             print(f"   {kind:>7}: {k['calls']:5d} calls, {k['ms_per_call']:6.2f} ms each "
                   f"(median {k['ms_median']:.2f}, max {k['ms_max']:.0f}, first {k['first_ms']}), "
                   f"{k['tokens_per_call']:6.0f} tokens each, {k['seconds']:.2f} s")  # fmt: skip
-    print(packed_kernels(engine, args.slots - 1, 256, vocab), flush=True)
+    shapes = step_shapes(engine, args.slots - 3, vocab)
+    for name, ms in shapes.items():
+        print(f"   {name}: {ms:.2f} ms", flush=True)
     if args.json:
-        args.json.write_text(json.dumps({"card": torch.cuda.get_device_name(), "rows": rows}))
+        card = torch.cuda.get_device_name()
+        args.json.write_text(json.dumps({"card": card, "rows": rows, "shapes_ms": shapes}))
 
 
 if __name__ == "__main__":
