@@ -184,6 +184,23 @@ def test_decode_tokens_count_against_the_step_budget_and_prompts_share_the_rest(
     assert short.output_ids == alone.generate(short_ids, params).output_ids
 
 
+def test_a_step_gives_its_budget_to_one_prompt_in_a_multiple_of_64(tiny_hybrid):
+    """Each chunk is a part of the packed step, and an eager part costs the same host time
+    whatever its length: 449 - 1 decoding stream = 448 tokens go to the first prompt as one
+    chunk (not 256 + 128 + 64 over three prompts), and the 0 left start no other."""
+    model, codec = load_model(tiny_hybrid, "float32", "cpu"), TextCodec.from_dir(tiny_hybrid)
+    engine = Engine(model, codec, max_num_seqs=4, max_model_len=1024, prefill_chunk=512,
+                    max_num_batched_tokens=449)  # fmt: skip
+    params = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
+    stream = engine.submit([5, 6, 7], params)
+    engine.step()
+    prompts = [engine.submit(list(range(3, 603)), params) for _ in range(2)]
+    engine.step()
+    assert [p.prefilled for p in prompts] == [448, 0] and len(stream.output_ids) == 2
+    engine.step()  # the first's last 152, then 296 of the budget: 256 of the second
+    assert [p.prefilled for p in prompts] == [600, 256]
+
+
 def test_incremental_detokenizing_gives_the_whole_decode(tiny_hybrid):
     """The engine decodes only the tokens after a settled point; sampled output (characters
     cut across tokens included) must read exactly as decoding all of it at once."""

@@ -101,14 +101,15 @@ class Engine:
 
     @torch.inference_mode()
     def _warm_up_prefill(self) -> None:
-        """Prompt chunks of every length the scheduler cuts through slot 0 at start-up, so
-        Triton compiles and autotunes the prefill kernels now rather than during requests
-        (seconds of compiling).
+        """Prompt chunks through slot 0 at start-up, powers of two from MIN_PREFILL_TOKENS
+        to `prefill_chunk`, so Triton compiles and autotunes the prefill kernels now rather
+        than during requests (seconds of compiling): the multiples of MIN_PREFILL_TOKENS
+        that `_chunks` cuts share these lengths' specialisations and scan-chunk counts.
         Every rank runs it, in step, as every rank captures the graphs (tensor parallelism)."""
         lengths = {min(self.prefill_chunk, self.max_model_len)}
         n = MIN_PREFILL_TOKENS
         while n < min(self.prefill_chunk, self.max_model_len):
-            lengths.add(n)  # the chunk lengths _chunks cuts prompts into
+            lengths.add(n)
             n *= 2
         for length in sorted(lengths, reverse=True):
             tokens = torch.zeros(1, length, dtype=torch.long, device=self.device)
@@ -192,10 +193,13 @@ class Engine:
 
     def _chunks(self, budget: int) -> list[tuple[Sequence, list[int]]]:
         """The prompt chunks this step runs, in admission order, within `budget` tokens.
-        A chunk that is not its prompt's last is `prefill_chunk` long or has a power-of-two
-        length from MIN_PREFILL_TOKENS: the prefill kernels are warmed up at those lengths
-        at start-up, and a budget minus however many streams decode would otherwise make a
-        new length, and a compile stall, at nearly every step."""
+        A chunk that is not its prompt's last is cut to a multiple of MIN_PREFILL_TOKENS:
+        Triton specialises integer arguments by divisibility by 16, so those lengths share
+        the compiled kernels of the lengths warmed up at start-up, where a budget minus
+        however many streams decode (505, 498, ...) would meet new ones. It is a multiple
+        rather than a power of two because each chunk is a part of the packed step and an
+        eager part costs ~25 ms of host time on an H100 whatever its length (bench/NOTES.md,
+        the packed-step round): 448 tokens as one part, not as 256 + 128 + 64."""
         chunks = []
         for seq in [s for s in self.running if s.in_prefill]:
             left = len(seq.prompt_ids) - seq.prefilled
@@ -203,7 +207,7 @@ class Engine:
             if take < left and take < self.prefill_chunk:
                 if take < MIN_PREFILL_TOKENS:
                     break  # what is left of the budget waits for the next step
-                take = 1 << (take.bit_length() - 1)
+                take -= take % MIN_PREFILL_TOKENS
             chunks.append((seq, seq.prompt_ids[seq.prefilled : seq.prefilled + take]))
             budget -= take
         return chunks
