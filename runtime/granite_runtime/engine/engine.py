@@ -196,8 +196,8 @@ class Engine:
         A chunk that is not its prompt's last is cut to a multiple of MIN_PREFILL_TOKENS:
         Triton specialises integer arguments by divisibility by 16, so those lengths share
         the compiled kernels of the lengths warmed up at start-up, where a budget minus
-        however many streams decode (505, 498, ...) would meet new ones. It is a multiple
-        rather than a power of two because each chunk is a part of the packed step and an
+        however many streams decode (505, 498, ...) would need variants of its own. A multiple
+        rather than a power of two, because each chunk is a part of the packed step and an
         eager part costs ~25 ms of host time on an H100 whatever its length (bench/NOTES.md,
         the packed-step round): 448 tokens as one part, not as 256 + 128 + 64."""
         chunks = []

@@ -64,6 +64,8 @@ class Attention(nn.Module):
             q, k = self._rope(q, k, positions)
         index = cache.attn_index[self.layer]
         kc, vc = cache.k[index], cache.v[index]
+        # one-token rows on Triton (a graphed step, or a packed step's decode part) write
+        # their key and value and attend in place: no copy of the rows' keys
         if batch.static or (length == 1 and self.kernels.triton):
             return self._static_decode(q, k, v, kc, vc, batch)
         total = max(batch.starts_list) + length
