@@ -43,7 +43,7 @@ def main() -> None:
     kernels = sum(e.count for e in events if e.device_type.name == "CUDA")
     device_ms = sum(e.self_device_time_total for e in events if e.device_type.name == "CUDA")
     print(f"kernels launched: {kernels}, device time {device_ms / 1e3:.2f} ms", flush=True)
-    print(events.table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=50))
+    print(events.table(sort_by="self_cpu_time_total", row_limit=40, max_name_column_width=50))
 
 
 if __name__ == "__main__":

@@ -318,8 +318,8 @@ def test_fused_norms_and_gates_match_the_pytorch_ops(dtype, poisoned_outputs):
 @pytest.mark.parametrize("length", [2, 37])
 @pytest.mark.parametrize("bias", [False, True])
 def test_fused_conv_prefill_continues_the_window(dtype, length, bias, poisoned_outputs):
-    """A chunk after earlier ones: the kernel reads the pool window, the pool then holds
-    the chunk's last K-1 inputs (fewer new inputs than K-1 keep part of the old window)."""
+    """A chunk after earlier ones: the kernel reads the pool window and leaves it as it was
+    (the caller moves it, `Batch.window_after`, tested in test_runtime_packed.py)."""
     import torch.nn.functional as F
 
     from granite_runtime.kernels.triton import fused as triton_fused
@@ -332,12 +332,11 @@ def test_fused_conv_prefill_continues_the_window(dtype, length, bias, poisoned_o
     slots = torch.tensor([3, 1], device="cuda")
     full = torch.cat([pool[slots], xbc.transpose(1, 2)], dim=-1)
     expected = F.silu(F.conv1d(full, weight[:, None], b, groups=channels)).transpose(1, 2)
-    expected_pool = pool.clone()
-    expected_pool[slots] = full[..., -(k - 1) :]
-    got = triton_fused.conv_prefill(xbc, pool, weight, b, slots, slots)
+    before = pool.clone()
+    got = triton_fused.conv_prefill(xbc, pool, weight, b, slots)
     tol = 1e-6 if dtype == torch.float32 else 8e-3
     assert _rel(got, expected) < tol
-    assert torch.equal(pool, expected_pool)
+    assert torch.equal(pool, before)
 
 
 @pytest.mark.parametrize(("dtype", "tol"), [("float32", 1e-4), ("bfloat16", 3e-2)])

@@ -29,6 +29,9 @@ class Batch:
     static: bool = False
     parts: list[Part] = field(default_factory=list)  # packed: the plain batches, in order
     last: torch.Tensor | None = None  # packed: each row's last token on the token axis
+    # A padded chunk (`Batch.padded`): each row's first `lengths[b]` tokens are the prompt's,
+    # the rest padding that must leave no trace in the row's state.
+    lengths: torch.Tensor | None = None
 
     @property
     def rows(self) -> slice | torch.Tensor:
@@ -52,8 +55,29 @@ class Batch:
             outs.append(fn(*views, part.batch).reshape(1, part.tokens, -1))
         return torch.cat(outs, dim=1)
 
+    def drop_padding(self, dt: torch.Tensor) -> torch.Tensor:
+        """The scan's step sizes (B, L, H) with padding's set to zero: a zero step neither
+        decays the state nor adds to it, so the state after the chunk is the prompt's."""
+        if self.lengths is None:
+            return dt
+        real = torch.arange(dt.shape[1], device=dt.device) < self.lengths[:, None]
+        return dt * real[..., None]
+
+    def window_after(self, past: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, W): each row's last W inputs once chunk x (B, L, C) follows window `past`
+        (B, C, W), counting only the row's real tokens: a causal convolution's next window."""
+        width = past.shape[-1]
+        if self.lengths is None:
+            return torch.cat([past.to(x.dtype), x.transpose(1, 2)[..., -width:]], -1)[..., -width:]
+        full = torch.cat([past.to(x.dtype), x.transpose(1, 2)], dim=-1)
+        ends = self.lengths[:, None] + torch.arange(width, device=x.device)  # (B, W)
+        return full.gather(-1, ends[:, None, :].expand(-1, full.shape[1], -1))
+
     def last_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """(rows, 1, ...): each row's last position of x (B, L, ...) or (1, T, ...) packed."""
+        if self.lengths is not None:  # computed here, so a graph replays it with new lengths
+            rows = torch.arange(x.shape[0], device=x.device)
+            return x[rows, self.lengths - 1].unsqueeze(1)
         if self.last is None:
             return x[:, -1:]
         return x[0, self.last].unsqueeze(1)
@@ -62,6 +86,14 @@ class Batch:
     def graphable(cls, slots: torch.Tensor, starts: torch.Tensor) -> Batch:
         """A decode batch over caller-owned tensors (a CUDA graph's static inputs)."""
         return cls(slots, starts, [], [], static=True)
+
+    @classmethod
+    def padded(cls, slots: torch.Tensor, starts: torch.Tensor, lengths: torch.Tensor) -> Batch:
+        """One prompt chunk per row over caller-owned tensors (a chunk graph's static inputs,
+        engine/chunk_graphs.py): row b's first lengths[b] tokens are real, and its logits
+        come from the last of them. Every shape is the padded one and no value is read back
+        to the host."""
+        return cls(slots, starts, [], [], static=True, lengths=lengths)
 
     @classmethod
     def make(cls, slots: list[int], starts: list[int], device: torch.device | str) -> Batch:

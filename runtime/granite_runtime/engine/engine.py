@@ -3,9 +3,10 @@
 Each step has a token budget (`max_num_batched_tokens`, as vLLM's scheduler has): every
 running sequence's decode token counts against it first, and what is left goes to prompt
 chunks (at least MIN_PREFILL_TOKENS, so prompts never starve), several prompts in one step
-if they fit. Decode tokens and chunks then run as one packed forward (engine/batch.py), so
-the weights are read once for all of them; a step with only decode tokens replays a CUDA
-graph. Then sample, and report text. A long prompt therefore never stalls the streams
+if they fit. On a GPU the decode tokens replay a CUDA graph and each chunk a chunk graph
+(padded to a captured length, engine/chunk_graphs.py); where a chunk has no graph, decode
+tokens and chunks run as one packed forward (engine/batch.py), so the weights are read once
+for all of them. Then sample, and report text. A long prompt therefore never stalls the streams
 already running for more than one chunk's share of a step.
 Requests join and leave between steps. Admission control: a prompt that can never fit is
 refused at submit time (413); when every slot is busy, requests wait, and past
@@ -22,7 +23,7 @@ from collections import deque
 
 import torch
 
-from granite_runtime.engine import output
+from granite_runtime.engine import graphs, output
 from granite_runtime.engine.batch import Batch
 from granite_runtime.engine.cache import HybridCache
 from granite_runtime.engine.sampling import SamplingParams, sample, top_logprobs
@@ -33,21 +34,7 @@ from granite_runtime.model.granite import GraniteForCausalLM
 from granite_runtime.parallel import tp
 from granite_runtime.spec.errors import RequestError
 
-# Decode steps replay CUDA graphs captured at start-up: one per batch size up to this,
-# then one every PADDED_STEP rows up to the slot count; a batch between two of those
-# replays the larger one, its extra rows on a pad slot no sequence holds.
-MAX_GRAPHED_BATCH = 64
-PADDED_STEP = 16
 MIN_PREFILL_TOKENS = 64
-
-
-def graph_sizes(max_num_seqs: int) -> list[int]:
-    """Batch sizes to capture, largest first (smaller graphs then carve their workspace
-    out of the larger blocks already in the shared pool)."""
-    sizes = set(range(1, min(max_num_seqs, MAX_GRAPHED_BATCH) + 1))
-    sizes.update(range(MAX_GRAPHED_BATCH + PADDED_STEP, max_num_seqs, PADDED_STEP))
-    sizes.add(max_num_seqs)
-    return sorted(sizes, reverse=True)
 
 
 class Engine:
@@ -71,7 +58,7 @@ class Engine:
             self.cpu_path = prepare_for_cpu(model)  # C or oneDNN matvecs (bench/NOTES.md)
         graphed = self.device.type == "cuda" and os.environ.get("GKIT_CUDA_GRAPHS", "1") != "0"
         # the pad slot (the last one) is only needed where some batch sizes are padded
-        pad_slot = max_num_seqs if graphed and max_num_seqs > MAX_GRAPHED_BATCH else None
+        pad_slot = max_num_seqs if graphed and max_num_seqs > graphs.MAX_GRAPHED_BATCH else None
         self.cache = HybridCache(
             model.config,
             max_num_seqs + (pad_slot is not None),
@@ -79,15 +66,11 @@ class Engine:
             weight.dtype,
             weight.device,
         )
-        self.graphs = None
+        self.graphs = self.chunk_graphs = None
         if self.device.type == "cuda":
             self._warm_up_prefill()
         if graphed:
-            from granite_runtime.engine.graphs import GraphedDecoder
-
-            # before any slot is used: capturing warms up on slots 0..B-1
-            self.graphs = GraphedDecoder(model, self.cache, max_num_seqs, pad_slot=pad_slot)
-            self.graphs.capture(graph_sizes(max_num_seqs))
+            self._capture_graphs(pad_slot)
         self.free_slots = list(range(max_num_seqs))[::-1]
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
@@ -98,6 +81,18 @@ class Engine:
         self._released = False  # the other ranks were told to stop
         self.stats = {"prompt_tokens": 0, "generation_tokens": 0, "steps": 0}
         self._grammars = self._masks = None
+
+    def _capture_graphs(self, pad_slot: int | None) -> None:
+        """Decode graphs for every batch size, then chunk graphs for every padded chunk
+        length; before any slot is used, as capturing warms up on slots 0..B-1."""
+        from granite_runtime.engine import chunk_graphs
+
+        self.graphs = graphs.GraphedDecoder(self.model, self.cache, self.max_num_seqs, pad_slot)
+        self.graphs.capture(graphs.graph_sizes(self.max_num_seqs))
+        if chunk_graphs.can_graph(self.model, self.cache):
+            self.chunk_graphs = chunk_graphs.GraphedChunks(self.model, self.cache, self.graphs.pool)
+            largest = min(self.prefill_chunk, self.max_model_len)
+            self.chunk_graphs.capture(chunk_graphs.chunk_lengths(MIN_PREFILL_TOKENS, largest))
 
     @torch.inference_mode()
     def _warm_up_prefill(self) -> None:
@@ -178,7 +173,12 @@ class Engine:
             self._finish(seq, "cancelled")
         decoding = self._decoding()
         chunks = self._chunks(max(self.max_num_batched_tokens - len(decoding), MIN_PREFILL_TOKENS))
-        if chunks and (decoding or len(chunks) > 1):
+        if chunks and self._graphed(chunks):
+            if decoding:
+                self._decode(decoding)
+            for seq, chunk in chunks:
+                self._prefill(seq, chunk)
+        elif chunks and (decoding or len(chunks) > 1):
             self._packed_step(decoding, chunks)
         elif chunks:
             self._prefill(*chunks[0])
@@ -190,6 +190,15 @@ class Engine:
         return [
             s for s in self.running if not s.in_prefill and s.output_ids and s.finish_reason is None
         ]
+
+    def _graphed(self, chunks) -> bool:
+        """Whether every chunk replays a chunk graph (then the decode tokens replay theirs):
+        two graphs read the weights twice, but each is one launch where the packed forward
+        is hundreds, and those launches, not the GPU, set an eager step's pace."""
+        graphs = self.chunk_graphs
+        return graphs is not None and all(
+            graphs.size_for(seq.prefilled, len(chunk)) is not None for seq, chunk in chunks
+        )
 
     def _chunks(self, budget: int) -> list[tuple[Sequence, list[int]]]:
         """The prompt chunks this step runs, in admission order, within `budget` tokens.
@@ -250,12 +259,15 @@ class Engine:
 
     # ---- model calls (every rank makes the same ones under tensor parallelism) -----------
     def _forward(self, op: int, tokens, slots: list[int], starts: list[int], lengths=()):
-        """Logits (rows, 1, vocab) of a decode step (OP_DECODE: graphed where captured), a
-        prompt chunk (OP_FORWARD) or a packed step (OP_PACKED, tokens (1, sum(lengths)))."""
+        """Logits (rows, 1, vocab) of a decode step (OP_DECODE), a prompt chunk (OP_FORWARD),
+        each graphed where captured, or a packed step (OP_PACKED, tokens (1, sum(lengths)))."""
         if tp.rank() == 0:
             tp.send_step(op, tokens, slots, starts, lengths)
         graphed = op == tp.OP_DECODE and self.graphs is not None
         if graphed and (logits := self.graphs(tokens, slots, starts)) is not None:
+            return logits
+        chunk = op == tp.OP_FORWARD and self.chunk_graphs is not None and len(slots) == 1
+        if chunk and (logits := self.chunk_graphs(tokens, slots[0], starts[0])) is not None:
             return logits
         if op == tp.OP_PACKED:
             batch = Batch.packed(slots, starts, lengths, self.device)

@@ -19,9 +19,42 @@ from granite_runtime.engine.batch import Batch
 from granite_runtime.engine.cache import HybridCache
 from granite_runtime.layers.moe import graph_safe_moe
 
+# Decode steps replay CUDA graphs captured at start-up: one per batch size up to this,
+# then one every PADDED_STEP rows up to the slot count; a batch between two of those
+# replays the larger one, its extra rows on a pad slot no sequence holds.
+MAX_GRAPHED_BATCH = 64
+PADDED_STEP = 16
+
+
+def graph_sizes(max_num_seqs: int) -> list[int]:
+    """Batch sizes to capture, largest first (smaller graphs then carve their workspace
+    out of the larger blocks already in the shared pool)."""
+    sizes = set(range(1, min(max_num_seqs, MAX_GRAPHED_BATCH) + 1))
+    sizes.update(range(MAX_GRAPHED_BATCH + PADDED_STEP, max_num_seqs, PADDED_STEP))
+    sizes.add(max_num_seqs)
+    return sorted(sizes, reverse=True)
+
+
 # Without Triton (GKIT_TRITON=0), the static step copies each row's KV: at most this much
 # per attention layer per graphed step. With it, decode attention reads the pool in place.
 KV_GATHER_BUDGET = 256 << 20
+
+
+def record(step, out: torch.Tensor, pool) -> torch.cuda.CUDAGraph:
+    """A graph of `out.copy_(step())`, in memory pool `pool` (None: a new one).
+
+    Warms up (lazy initialisation, Triton autotuning) on the current stream, not a new side
+    stream per graph: the caching allocator keeps freed blocks per stream, so a side stream
+    per size left each warm-up's workspace reserved (+7-13% of the whole footprint measured
+    on an H200, bench/NOTES.md); on the current stream the blocks go back to the pool that
+    eager steps use."""
+    for _ in range(2):
+        step()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=pool):
+        out.copy_(step())
+    return graph
 
 
 class GraphedDecoder:
@@ -70,23 +103,13 @@ class GraphedDecoder:
         slots = torch.arange(b, dtype=torch.long, device=device)
         starts = torch.zeros(b, dtype=torch.long, device=device)
         batch = Batch.graphable(slots, starts)
-        # Warm up (lazy initialisation, Triton autotuning) on the current stream, not a new
-        # side stream per size: the caching allocator keeps freed blocks per stream, so a
-        # side stream per size left each warm-up's workspace reserved (+7-13% of the whole
-        # footprint measured on an H200, bench/NOTES.md); on the current stream the blocks
-        # go back to the pool prefill uses.
-        for _ in range(2):
-            self.step(tokens, batch, self.cache)
-        torch.cuda.synchronize()
         if self.out is None or self.out.shape[0] < b:
             vocab = self.model.config.vocab_size
             self.out = torch.empty(b, 1, vocab, dtype=torch.float32, device=device)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
-            # every graph writes its logits into one shared buffer: a separate output per
-            # graph kept 64 of them alive (835 MB for h-micro at 64 graphs, bench/NOTES.md)
-            logits = self.out[:b]
-            logits.copy_(self.step(tokens, batch, self.cache))
+        # every graph writes its logits into one shared buffer: a separate output per
+        # graph kept 64 of them alive (835 MB for h-micro at 64 graphs, bench/NOTES.md)
+        logits = self.out[:b]
+        graph = record(lambda: self.step(tokens, batch, self.cache), logits, self.pool)
         self.pool = graph.pool()
         return graph, tokens, slots, starts, logits
 

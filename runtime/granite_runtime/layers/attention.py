@@ -64,6 +64,8 @@ class Attention(nn.Module):
             q, k = self._rope(q, k, positions)
         index = cache.attn_index[self.layer]
         kc, vc = cache.k[index], cache.v[index]
+        if batch.static and length > 1:
+            return self._padded_chunk(q, k, v, kc, vc, batch)
         # one-token rows on Triton (a graphed step, or a packed step's decode part) write
         # their key and value and attend in place: no copy of the rows' keys
         if batch.static or (length == 1 and self.kernels.triton):
@@ -125,6 +127,21 @@ class Attention(nn.Module):
             launch=launch,
         )  # fmt: skip
         return ops.fused_linear.linear(out.view(1, 1, nq), self.o_proj.weight, launch=launch)
+
+    def _padded_chunk(self, q, k, v, kc, vc, batch: Batch) -> torch.Tensor:
+        """A padded chunk (`Batch.padded`, a chunk graph) as one-token rows of the same slot,
+        each at its own position: every key is written before any query attends, and each
+        query reads the slot's keys up to its own position, so the real tokens never see
+        the padding's (written past them, where later tokens overwrite them)."""
+        b, _, length, _ = q.shape
+        positions = batch.starts[:, None] + torch.arange(length, device=q.device)
+        rows = Batch.graphable(batch.slots.repeat_interleave(length), positions.reshape(-1))
+
+        def as_rows(t: torch.Tensor) -> torch.Tensor:  # (b, h, L, d) -> (b * L, h, 1, d)
+            return t.transpose(1, 2).reshape(b * length, t.shape[1], 1, t.shape[-1])
+
+        out = self._static_decode(as_rows(q), as_rows(k), as_rows(v), kc, vc, rows)
+        return out.reshape(b, length, -1)
 
     def _static_decode(self, q, k, v, kc, vc, batch: Batch) -> torch.Tensor:
         """One token per row, every shape fixed: scatter the new key/value to (slot, start),

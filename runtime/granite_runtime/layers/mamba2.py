@@ -68,20 +68,23 @@ class Mamba2(nn.Module):
             )  # fmt: skip
             return out.unsqueeze(1)
         rows = batch.rows
-        if k.triton:  # one pass over the chunk, the window read from the pool
-            weight, bias = self._constants()[3], self.conv1d.bias
-            return k.ops.fused.conv_prefill(xbc, cache.conv[index], weight, bias, batch.slots, rows)
         past = cache.conv[index, rows]  # (B, C, K-1); a view when slots are consecutive
-        full = torch.cat([past.to(xbc.dtype), xbc.transpose(1, 2)], dim=-1)  # (B, C, K-1+L)
-        cache.conv[index, rows] = full[:, :, -past.shape[-1] :].to(cache.conv.dtype)
         weight = self._constants()[3]  # (C, K)
-        if xbc.shape[1] == 1:
-            out = (full * weight).sum(-1, keepdim=True)
-            if self.conv1d.bias is not None:
-                out = out + self.conv1d.bias[:, None]
+        if k.triton:  # one pass over the chunk, the window read from the pool
+            pool, bias = cache.conv[index], self.conv1d.bias
+            out = k.ops.fused.conv_prefill(xbc, pool, weight, bias, batch.slots)
         else:
-            out = F.conv1d(full, self.conv1d.weight, self.conv1d.bias, groups=self.conv_dim)
-        return F.silu(out).transpose(1, 2)  # (B, L, C)
+            full = torch.cat([past.to(xbc.dtype), xbc.transpose(1, 2)], dim=-1)  # (B, C, K-1+L)
+            if xbc.shape[1] == 1:
+                out = (full * weight).sum(-1, keepdim=True)
+                if self.conv1d.bias is not None:
+                    out = out + self.conv1d.bias[:, None]
+            else:
+                out = F.conv1d(full, self.conv1d.weight, self.conv1d.bias, groups=self.conv_dim)
+            out = F.silu(out).transpose(1, 2)  # (B, L, C)
+        # after the convolution has read the old window (same stream)
+        cache.conv[index, rows] = batch.window_after(past, xbc).to(cache.conv.dtype)
+        return out
 
     def _cpu_step(self, x: torch.Tensor, batch: Batch, cache: HybridCache) -> torch.Tensor | None:
         """The whole decode step but the two projections in one C call (cpu_decode.c), or
@@ -142,7 +145,7 @@ class Mamba2(nn.Module):
                 dt_bias=dt_bias, dt_limit=self.dt_limit, launch=self.kernels.launch,
             )  # fmt: skip
         else:
-            y = self._scan(xs, self._dt(dt), Bm, Cm, batch, cache)
+            y = self._scan(xs, batch.drop_padding(self._dt(dt)), Bm, Cm, batch, cache)
         return y.reshape(b, length, self.inner)
 
     def _dt(self, dt: torch.Tensor) -> torch.Tensor:

@@ -184,11 +184,11 @@ def _conv_prefill_kernel(
     )
 
 
-def conv_prefill(x, conv_pool, weight, bias, slots, rows) -> torch.Tensor:
+def conv_prefill(x, conv_pool, weight, bias, slots) -> torch.Tensor:
     """silu(causal depthwise conv) over x (B, L, C), a view with a dense last dimension,
-    continuing each row's window in conv_pool (S, C, K-1) at `slots` (`rows` indexes the same
-    slots: a slice or the tensor), then moving that window to the chunk's last K-1 inputs.
-    weight (C, K). Returns (B, L, C) contiguous."""
+    continuing each row's window in conv_pool (S, C, K-1) at `slots`; the caller then moves
+    the window (`Batch.window_after`), after this kernel has read it. weight (C, K).
+    Returns (B, L, C) contiguous."""
     b, length, channels = x.shape
     k = weight.shape[1]
     assert x.stride(-1) == 1 and conv_pool.stride(-1) == 1 and weight.is_contiguous()
@@ -197,14 +197,10 @@ def conv_prefill(x, conv_pool, weight, bias, slots, rows) -> torch.Tensor:
     def grid(meta):
         return (triton.cdiv(length, meta["BLOCK_L"]), triton.cdiv(channels, meta["BLOCK_C"]), b)
 
-    # autotuning reruns the kernel: safe, as it only writes `out` (the pool moves below)
+    # autotuning reruns the kernel: safe, as it only writes `out`
     _conv_prefill_kernel[grid](
         x, conv_pool, weight, bias if bias is not None else weight, slots, out, length,
         channels, x.stride(0), x.stride(1), conv_pool.stride(0), conv_pool.stride(1),
         HAS_BIAS=bias is not None, K=k,
     )  # fmt: skip
-    # after the kernel has read the old window (same stream): keep the last K-1 inputs
-    past = conv_pool[rows]
-    window = torch.cat([past.to(x.dtype), x.transpose(1, 2)[..., -(k - 1) :]], dim=-1)
-    conv_pool[rows] = window[..., -(k - 1) :].to(conv_pool.dtype)
     return out

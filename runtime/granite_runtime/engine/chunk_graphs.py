@@ -1,0 +1,94 @@
+"""CUDA graphs for prompt chunks: one graph per padded chunk length, captured at start-up.
+
+An eager chunk launches ~1,300 kernels for h-micro and costs ~38 ms of host time on an H100
+whether it holds 448 tokens or 2,048, where its GPU work is 7-20 ms
+(bench/results/prefill_overhead-h100-*.txt): prefill, and every decode stream sharing a
+step with a chunk, ran at the host's pace. A graph replays the chunk as one launch.
+
+A chunk of n tokens replays the smallest captured length >= n, the tokens past n being
+padding that leaves no trace in the slot's state (`Batch.padded`); its keys land past the
+prompt, where later tokens overwrite them before anything reads them. A chunk whose padded
+end would run past the slot's KV row runs eagerly instead.
+
+Capture warms up on slot 0, so it happens before any sequence holds a slot, as for the
+decode graphs (engine/graphs.py); both share one memory pool, as they never run at once.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from granite_runtime.engine.batch import Batch
+from granite_runtime.engine.cache import HybridCache
+from granite_runtime.engine.graphs import record
+from granite_runtime.layers.moe import graph_safe_moe
+
+
+def chunk_lengths(smallest: int, largest: int) -> list[int]:
+    """Padded lengths to capture: powers of two from `smallest`, the points halfway between
+    (64, 96, 128, 192, ...) and `largest` itself, so padding is under a third of a graph."""
+    lengths, n = {largest}, smallest
+    while n < largest:
+        lengths.update(x for x in (n, n * 3 // 2) if x < largest)
+        n *= 2
+    return sorted(lengths)
+
+
+def can_graph(model, cache: HybridCache) -> bool:
+    """Whether a padded chunk runs graph-safe here: on CUDA through Triton (whose attention
+    reads the pool in place, where the PyTorch path would copy a KV row per token), and for
+    MoE models through the grouped GEMMs."""
+    if not (cache.ssm.is_cuda or cache.k.is_cuda) or not model.kernels.triton:
+        return False
+    return not model.config.num_experts or graph_safe_moe(model)
+
+
+class GraphedChunks:
+    def __init__(self, model, cache: HybridCache, pool=None):
+        self.model, self.cache, self.pool = model, cache, pool
+        self.graphs: dict[int, tuple] = {}
+        self.out: torch.Tensor | None = None  # (1, 1, vocab) fp32 logits, shared by all
+
+    def capture(self, lengths) -> None:
+        """A graph for each padded length that fits the KV row; call while no slot is in use."""
+        for length in sorted(lengths, reverse=True):  # smaller ones reuse the larger's blocks
+            if length <= self.cache.max_len and length not in self.graphs:
+                self.graphs[length] = self._capture(length)
+        self.cache.reset(0)
+        torch.cuda.synchronize()
+
+    def _capture(self, length: int) -> tuple:
+        device = self.cache.ssm.device if self.cache.ssm.numel() else self.cache.k.device
+        tokens = torch.zeros(1, length, dtype=torch.long, device=device)
+        slots, starts = (torch.zeros(1, dtype=torch.long, device=device) for _ in range(2))
+        real = torch.full((1,), length, dtype=torch.long, device=device)
+        batch = Batch.padded(slots, starts, real)
+        if self.out is None:
+            vocab = self.model.config.vocab_size
+            self.out = torch.empty(1, 1, vocab, dtype=torch.float32, device=device)
+        graph = record(lambda: self.model(tokens, batch, self.cache), self.out, self.pool)
+        self.pool = graph.pool()
+        return graph, tokens, slots, starts, real
+
+    def size_for(self, start: int, n: int) -> int | None:
+        """The captured length a chunk of n tokens from `start` replays, if any."""
+        fits = [s for s in self.graphs if s >= n and start + s <= self.cache.max_len]
+        return min(fits, default=None)
+
+    def __call__(self, tokens: torch.Tensor, slot: int, start: int) -> torch.Tensor | None:
+        """Logits (1, 1, vocab) after chunk tokens (1, n) of the sequence in `slot` from
+        position `start` (the pools updated in place), or None where no captured length
+        serves it (the caller runs it eagerly). The logits tensor is the graphs' own: read
+        it before the next chunk."""
+        n = tokens.shape[1]
+        size = self.size_for(start, n)
+        if size is None:
+            return None
+        graph, t_in, s_in, p_in, real = self.graphs[size]
+        t_in[:, :n].copy_(tokens, non_blocking=True)
+        t_in[:, n:].zero_()
+        s_in.fill_(slot)
+        p_in.fill_(start)
+        real.fill_(n)
+        graph.replay()
+        return self.out

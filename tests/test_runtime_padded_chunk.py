@@ -1,0 +1,67 @@
+"""A padded prompt chunk (`Batch.padded`: the static shape a chunk graph replays, its tail
+filler) computes what the unpadded chunk computes: the same last-token logits, the same
+Mamba state and the same keys at the prompt's positions. The filler is random tokens, so a
+trace of it anywhere would show."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from granite_runtime.engine import chunk_graphs  # noqa: E402
+from granite_runtime.engine.batch import Batch  # noqa: E402
+from granite_runtime.engine.cache import HybridCache  # noqa: E402
+from granite_runtime.model.loader import load_model  # noqa: E402
+
+
+def _ids(n: int, seed: int) -> torch.Tensor:
+    return torch.randint(0, 1000, (1, n), generator=torch.Generator().manual_seed(seed))
+
+
+def _after_first_chunk(model, slot: int) -> HybridCache:
+    cache = HybridCache(model.config, 4, 96, torch.float32, "cpu")
+    model(_ids(19, 1), Batch.make([slot], [0], "cpu"), cache)
+    return cache
+
+
+@pytest.mark.parametrize("fixture", ["tiny_hybrid", "tiny_dense"])
+@pytest.mark.parametrize("real", [1, 2, 37])  # fewer real tokens than the conv window, and more
+def test_a_padded_chunk_equals_the_unpadded_one(fixture, real, request):
+    model = load_model(request.getfixturevalue(fixture), "float32", "cpu")
+    chunk, filler = _ids(real, 2), _ids(64 - real, 3)
+    with torch.no_grad():
+        plain = _after_first_chunk(model, 2)
+        want = model(chunk, Batch.make([2], [19], "cpu"), plain)
+        padded = _after_first_chunk(model, 2)
+        batch = Batch.padded(torch.tensor([2]), torch.tensor([19]), torch.tensor([real]))
+        got = model(torch.cat([chunk, filler], dim=1), batch, padded)
+    assert got.shape == want.shape == (1, 1, model.config.vocab_size)
+    assert ((got - want).norm() / want.norm()).item() < 1e-5
+    for name in ("conv", "ssm"):
+        assert torch.allclose(getattr(plain, name), getattr(padded, name), atol=1e-5), name
+    end = 19 + real  # keys past the prompt hold filler until later tokens overwrite them
+    for name in ("k", "v"):
+        a, b = getattr(plain, name)[:, :, :, :end], getattr(padded, name)[:, :, :, :end]
+        assert torch.allclose(a, b, atol=1e-5), name
+    if padded.k.numel():
+        assert not torch.equal(plain.k, padded.k)  # the filler did write past the prompt
+
+
+def test_the_next_conv_window_counts_only_real_tokens():
+    past = torch.arange(6.0).view(1, 2, 3)  # (B, C, W): columns 0-2 and 3-5
+    x = torch.tensor([[[10.0, 20.0], [11.0, 21.0], [99.0, 99.0]]])  # (B, L, C), 2 real
+    plain = Batch.make([0], [0], "cpu")
+    assert plain.window_after(past, x[:, :2]).tolist() == [[[2.0, 10.0, 11.0], [5.0, 20.0, 21.0]]]
+    padded = Batch.padded(torch.tensor([0]), torch.tensor([0]), torch.tensor([2]))
+    assert padded.window_after(past, x).tolist() == [[[2.0, 10.0, 11.0], [5.0, 20.0, 21.0]]]
+    one = Batch.padded(torch.tensor([0]), torch.tensor([0]), torch.tensor([1]))
+    assert one.window_after(past, x).tolist() == [[[1.0, 2.0, 10.0], [4.0, 5.0, 20.0]]]
+
+
+def test_chunk_lengths_keep_padding_under_a_third_of_a_graph():
+    assert chunk_graphs.chunk_lengths(64, 512) == [64, 96, 128, 192, 256, 384, 512]
+    assert chunk_graphs.chunk_lengths(64, 300) == [64, 96, 128, 192, 256, 300]
+    lengths = chunk_graphs.chunk_lengths(64, 2048)
+    padded = {n: min(s for s in lengths if s >= n) for n in range(65, 2049)}
+    assert all(s - n < s / 3 for n, s in padded.items())
