@@ -67,7 +67,8 @@ def test_a_prompt_through_chunk_graphs_equals_eager_chunks(fixture, dtype, tol, 
         runs.append((torch.cat(logits), cache))
     (eager, eager_cache), (graphed, graphed_cache) = runs
     assert _rel(graphed, eager) < tol
-    assert (graphed.argmax(-1) == eager.argmax(-1)).all()
+    if dtype == "float32":  # in bf16 a random model's top logits lie within rounding
+        assert (graphed.argmax(-1) == eager.argmax(-1)).all()
     for name in ("ssm", "conv"):
         a, b = getattr(graphed_cache, name), getattr(eager_cache, name)
         if a.numel():

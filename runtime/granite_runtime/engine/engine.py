@@ -82,13 +82,15 @@ class Engine:
         self.stats = {"prompt_tokens": 0, "generation_tokens": 0, "steps": 0}
         self._grammars = self._masks = None
 
+    @torch.inference_mode()  # as steps run: the constants layers derive are inference tensors
     def _capture_graphs(self, pad_slot: int | None) -> None:
         """Decode graphs for every batch size, then chunk graphs for every padded chunk
         length; before any slot is used, as capturing warms up on slots 0..B-1."""
         from granite_runtime.engine import chunk_graphs
 
-        self.graphs = graphs.GraphedDecoder(self.model, self.cache, self.max_num_seqs, pad_slot)
-        self.graphs.capture(graphs.graph_sizes(self.max_num_seqs))
+        sizes = graphs.graph_sizes(self.max_num_seqs)
+        self.graphs = graphs.GraphedDecoder(self.model, self.cache, sizes[0], pad_slot=pad_slot)
+        self.graphs.capture(sizes)
         if chunk_graphs.can_graph(self.model, self.cache):
             self.chunk_graphs = chunk_graphs.GraphedChunks(self.model, self.cache, self.graphs.pool)
             largest = min(self.prefill_chunk, self.max_model_len)
