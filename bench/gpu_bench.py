@@ -107,6 +107,7 @@ def prefill(model, length: int, weights: int, profile: bool = False) -> dict:
         table = profile_step(run, 30)
         print(f"prefill {length} tokens, kernels (3 calls):\n{table}")
     return {
+        **prefill_in_chunk_graphs(model, prompt, cache),
         f"prefill_{length}_tok_s": length / secs,
         f"prefill_{length}_calls_tok_s": [round(length / t) for t in calls],
         f"prefill_{length}_peak_gib": peak / 2**30,
@@ -114,6 +115,24 @@ def prefill(model, length: int, weights: int, profile: bool = False) -> dict:
         f"prefill_{length}_peak_vs_predicted": peak / predicted - 1,
         f"prefill_{length}_tuned": _tuned_configs(),
     }
+
+
+def prefill_in_chunk_graphs(model, prompt, cache, chunk: int = 2048) -> dict:
+    """The same prompt as the engine runs it with `--prefill-chunk chunk`: chunk graphs
+    (engine/chunk_graphs.py) replayed one after another, the median of 5 runs."""
+    from granite_runtime.engine.chunk_graphs import GraphedChunks
+
+    length = prompt.shape[1]
+    size = min(chunk, length)
+    graphs = GraphedChunks(model, cache)
+    graphs.capture([size])
+
+    def run():
+        for start in range(0, length, size):
+            graphs(prompt[:, start : start + size], 0, start)
+
+    secs = statistics.median([timed(run, 1) for _ in range(5)])
+    return {f"prefill_{length}_chunk_graphs_{size}_tok_s": length / secs}
 
 
 def _tuned_configs() -> str:
@@ -728,6 +747,8 @@ def main() -> None:
                 print(f"  {key}: {v['us']:.1f} us, {v['gb_s']:,.0f} GB/s of expert weights")
         report[name] = r
         for length in [v for v in args.prompts.split(",") if v]:
+            graphed = {k: round(v) for k, v in r.items() if k.startswith(f"prefill_{length}_chunk")}
+            print(f"{name}: prefill {length} tokens through chunk graphs: {graphed}")
             print(
                 f"{name}: prefill {length} tokens {r[f'prefill_{length}_tok_s']:,.0f} tok/s "
                 f"(calls: {r[f'prefill_{length}_calls_tok_s']}), "

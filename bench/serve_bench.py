@@ -45,7 +45,10 @@ SERVER = """
 import sys
 from granite_runtime.server.run import build_service, run_server
 path, port, slots, length = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-service = build_service(path, "cuda", "bfloat16", slots, length, served_name="bench")
+chunk = int(sys.argv[6])
+service = build_service(
+    path, "cuda", "bfloat16", slots, length, served_name="bench", prefill_chunk=chunk
+)
 run_server(service, "127.0.0.1", port)
 """
 
@@ -70,7 +73,8 @@ run_server(service, "127.0.0.1", port)
 
 
 def start_server(
-    path: Path, port: int, slots: int, length: int, log: Path, fake_step_ms: float = 0.0
+    path: Path, port: int, slots: int, length: int, log: Path, fake_step_ms: float = 0.0,
+    prefill_chunk: int = 512,
 ):  # fmt: skip
     env = {
         **os.environ,
@@ -86,6 +90,7 @@ def start_server(
             str(slots),
             str(length),
             str(fake_step_ms),
+            str(prefill_chunk),
         ],
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
@@ -283,6 +288,36 @@ def server_overhead(args) -> None:
         args.json.write_text(json.dumps({"fake_step_ms": args.fake_step_ms, "rows": rows}))
 
 
+def serve_rows(args, name: str, path: Path, rows, chunk: int, report: dict) -> list[dict]:
+    """Every row against one server (`--prefill-chunk chunk`), then the ITL-under-prefill
+    probe; the server is stopped before the engine's own ceiling is measured."""
+    log = Path(f"/tmp/{name}-{chunk}.log")
+    proc, up = start_server(path, args.port, args.slots, args.max_model_len, log, 0.0, chunk)
+    print(f"{name}: server up in {up:.0f} s ({args.slots} slots, chunk {chunk})", flush=True)
+    served = []
+    try:
+        stream_one(args.port, [5] * 32, 8)  # warm
+        for clients, prompt_len, out in rows:
+            r = run_row(args.port, clients, prompt_len, out, args.rounds, args.poisson)
+            r["prefill_chunk"] = chunk
+            served.append(r)
+            print(
+                f"  {clients:>3} x {prompt_len}/{out}: {r['out_tok_s']:,.0f} out tok/s, "
+                f"TTFT p50/p99 {r['ttft_p50_s']:.2f}/{r['ttft_p99_s']:.2f} s, ITL p50/p99 "
+                f"{r['itl_p50_ms']:.1f}/{r['itl_p99_ms']:.1f} ms"
+                + (f", errors {r['errors']}" if r["errors"] else ""),
+                flush=True,
+            )
+        if args.itl_under_prefill:
+            u = itl_under_prefill(args.port, args.itl_under_prefill - 1, 2048, 16)
+            report[f"{name}_itl_under_prefill_chunk_{chunk}"] = u
+            print(f"  one client while {u['others']} prefill 2048: {u}", flush=True)
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    return served
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="granite-4.0-h-micro")
@@ -293,6 +328,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="requests per client (fixed)")
     ap.add_argument("--poisson", type=float, default=0.0, help="requests/s instead")
     ap.add_argument("--itl-under-prefill", type=int, default=0, help="clients in that row")
+    ap.add_argument(
+        "--prefill-chunks", default="512", help="comma-separated: a server for each value"
+    )
     ap.add_argument("--port", type=int, default=18123)
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument(
@@ -320,42 +358,23 @@ def main() -> None:
     for name in args.models.split(","):
         path = checkpoint(name, Path(args.root))
         word_tokenizer(path)
-        proc, up = start_server(
-            path, args.port, args.slots, args.max_model_len, Path(f"/tmp/{name}.log")
-        )
-        print(f"{name}: server up in {up:.0f} s ({args.slots} slots)", flush=True)
-        served = []
-        try:
-            stream_one(args.port, [5] * 32, 8)  # warm
-            for clients, prompt_len, out in rows:
-                r = run_row(args.port, clients, prompt_len, out, args.rounds, args.poisson)
-                served.append(r)
+        chunks = [int(c) for c in args.prefill_chunks.split(",")]
+        for chunk in chunks:
+            served = serve_rows(args, name, path, rows, chunk, report)
+            key = name if len(chunks) == 1 else f"{name}_prefill_chunk_{chunk}"
+            report[key] = served
+        ceilings = engine_step_tok_s(path, sorted({min(c, args.slots) for c, _, _ in rows}))
+        for key in [k for k in report if k == name or k.startswith(f"{name}_prefill_chunk")]:
+            for r in report[key]:
+                ceiling = ceilings[min(r["clients"], args.slots)]
+                r["engine_step_tok_s"], r["engine_graphed"] = ceiling["tok_s"], ceiling["graphed"]
+                r["served_vs_engine"] = r["out_tok_s"] / ceiling["tok_s"]
                 print(
-                    f"  {clients:>3} x {prompt_len}/{out}: {r['out_tok_s']:,.0f} out tok/s, "
-                    f"TTFT p50/p99 {r['ttft_p50_s']:.2f}/{r['ttft_p99_s']:.2f} s, ITL p50/p99 "
-                    f"{r['itl_p50_ms']:.1f}/{r['itl_p99_ms']:.1f} ms"
-                    + (f", errors {r['errors']}" if r["errors"] else ""),
+                    f"  {key} {r['clients']:>3} x {r['prompt']}/{r['out']}: served "
+                    f"{r['out_tok_s']:,.0f} / engine step {ceiling['tok_s']:,.0f} tok/s "
+                    f"(graphed {ceiling['graphed']}) = {r['served_vs_engine']:.0%}",
                     flush=True,
                 )
-            if args.itl_under_prefill:
-                u = itl_under_prefill(args.port, args.itl_under_prefill - 1, 2048, 16)
-                report[f"{name}_itl_under_prefill"] = u
-                print(f"  one client while {u['others']} prefill 2048: {u}", flush=True)
-        finally:
-            proc.terminate()
-            proc.wait(60)
-        ceilings = engine_step_tok_s(path, sorted({min(c, args.slots) for c, _, _ in rows}))
-        for r in served:
-            ceiling = ceilings[min(r["clients"], args.slots)]
-            r["engine_step_tok_s"], r["engine_graphed"] = ceiling["tok_s"], ceiling["graphed"]
-            r["served_vs_engine"] = r["out_tok_s"] / ceiling["tok_s"]
-            print(
-                f"  {r['clients']:>3} x {r['prompt']}/{r['out']}: served {r['out_tok_s']:,.0f} "
-                f"/ engine step {ceiling['tok_s']:,.0f} tok/s (graphed {ceiling['graphed']}) "
-                f"= {r['served_vs_engine']:.0%}",
-                flush=True,
-            )
-        report[name] = served
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from granite_ops_kit.audit import events
 from granite_ops_kit.errors import runtime_errors
+from granite_runtime.spec.memory import PREFILL_CHUNK
 
 
 @dataclass(kw_only=True)
@@ -23,6 +24,7 @@ class ServeRequest:
     api_key: str | None = None
     served_model_name: str | None = None
     gpus: int = 1
+    prefill_chunk: int = PREFILL_CHUNK
 
 
 def serve(req: ServeRequest, recorder: events.Recorder, announce: Callable[[str], None]) -> None:
@@ -41,6 +43,7 @@ def serve(req: ServeRequest, recorder: events.Recorder, announce: Callable[[str]
             req.api_key,
             req.served_model_name,
             req.gpus,
+            req.prefill_chunk,
         )
         engine = service.engine
         split = f", split over {req.gpus} processes" if req.gpus > 1 else ""

@@ -18,6 +18,7 @@ import typer
 from granite_ops_kit.cli import output
 from granite_ops_kit.cli.options import JSON_OPTION
 from granite_ops_kit.errors import UsageError, runtime_errors
+from granite_runtime.spec.memory import PREFILL_CHUNK
 
 
 def _read_schema(path: Path) -> dict:
@@ -73,6 +74,13 @@ def serve(
     max_model_len: int = typer.Option(
         None, min=16, help="Context per sequence (default: the model's, at most 4096)."
     ),
+    prefill_chunk: int = typer.Option(
+        PREFILL_CHUNK,
+        min=16,
+        help="Prompt tokens one step runs: larger chunks fill long prompts sooner (time to "
+        "first token), smaller ones delay running streams less (inter-token latency). "
+        "`gkit size --prefill-chunk` counts its memory.",
+    ),
     api_key: str = typer.Option(
         None,
         envvar="GKIT_API_KEY",
@@ -114,6 +122,7 @@ def serve(
             api_key=api_key,
             served_model_name=served_model_name,
             gpus=gpus,
+            prefill_chunk=prefill_chunk,
         )
     serve_model(req, recorder(), output.stderr.print)
 

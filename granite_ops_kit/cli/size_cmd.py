@@ -14,6 +14,7 @@ import typer
 from granite_ops_kit.cli import output
 from granite_ops_kit.cli.options import JSON_OPTION
 from granite_ops_kit.units import format_bytes
+from granite_runtime.spec.memory import PREFILL_CHUNK
 
 GIB = 2**30
 
@@ -95,6 +96,9 @@ def size(
     gpu_memory_utilization: float = typer.Option(
         0.9, min=0.1, max=1.0, help="Fraction of GPU memory to plan for."
     ),
+    prefill_chunk: int = typer.Option(
+        PREFILL_CHUNK, min=16, help="Prompt tokens per step, as `gkit serve --prefill-chunk`."
+    ),
     plot: Path = typer.Option(None, help="Write a PNG of memory against context."),
     sweep: bool = typer.Option(False, help="Also tabulate sessions per GPU type at 4k/32k/128k."),
     json_: bool = JSON_OPTION,
@@ -113,8 +117,9 @@ def size(
 
     output.use_json(json_)
     workload = engines.Workload(
-        context, concurrency, weights_dtype, kv_dtype, state_dtype, gpu_memory_utilization
-    )
+        context, concurrency, weights_dtype, kv_dtype, state_dtype, gpu_memory_utilization,
+        prefill_chunk,
+    )  # fmt: skip
     engines.check_workload(engine, workload)
     request = Request(resolve(model), find_gpu(gpu), gpus, engine, workload)
     plan = plan_and_record(request, recorder())

@@ -35,7 +35,6 @@ ENGINE_WEIGHTS = {
 CUDA_CONTEXT = 512 * MIB  # driver context + cuBLAS workspace, outside the torch allocator
 NCCL_BUFFERS = 384 * MIB  # per GPU when tensor parallel
 CUDA_GRAPHS = {"gkit": 64 * MIB, "vllm": 512 * MIB, "llama.cpp": 0}
-GKIT_PREFILL_CHUNK = 512
 VLLM_BATCHED_TOKENS = 8192
 LLAMA_UBATCH = 512
 
@@ -72,6 +71,7 @@ class Workload:
     kv_dtype: str = "bf16"
     state_dtype: str = "bf16"
     gpu_memory_utilization: float = 0.9
+    prefill_chunk: int = memory.PREFILL_CHUNK  # gkit's rules: the largest prefill workspace
 
 
 def check_combination(engine: str, weights_dtype: str) -> None:
@@ -114,7 +114,7 @@ def gkit(c: GraniteConfig, w: Workload, tp: int) -> Footprint:
         int(state),
         memory.activation_bytes(
             c,
-            GKIT_PREFILL_CHUNK,
+            w.prefill_chunk,
             w.concurrency,
             "bf16",
             tp,
@@ -122,7 +122,7 @@ def gkit(c: GraniteConfig, w: Workload, tp: int) -> Footprint:
             experts_in_place=w.weights_dtype != "fp8",  # fp8 stacks gather (layers.moe.MoE)
         ),
         _non_torch("gkit", tp),
-        {"prefill_chunk": GKIT_PREFILL_CHUNK, "conv_columns": c.mamba_conv - 1},
+        {"prefill_chunk": w.prefill_chunk, "conv_columns": c.mamba_conv - 1},
     )
 
 

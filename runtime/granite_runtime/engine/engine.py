@@ -33,6 +33,7 @@ from granite_runtime.kernels.cpu.prepare import prepare_for_cpu
 from granite_runtime.model.granite import GraniteForCausalLM
 from granite_runtime.parallel import tp
 from granite_runtime.spec.errors import RequestError
+from granite_runtime.spec.memory import PREFILL_CHUNK
 
 MIN_PREFILL_TOKENS = 64
 
@@ -44,7 +45,7 @@ class Engine:
         codec: TextCodec,
         max_num_seqs: int = 8,
         max_model_len: int = 4096,
-        prefill_chunk: int = 512,
+        prefill_chunk: int = PREFILL_CHUNK,
         max_waiting: int = 256,
         max_num_batched_tokens: int | None = None,
     ):

@@ -18,6 +18,7 @@ from granite_runtime.model.loader import load_model
 from granite_runtime.parallel import tp
 from granite_runtime.spec.config import GraniteConfig
 from granite_runtime.spec.errors import ModelLoadError
+from granite_runtime.spec.memory import PREFILL_CHUNK
 
 
 def start_engine(
@@ -27,15 +28,17 @@ def start_engine(
     max_num_seqs: int = 8,
     max_model_len: int | None = None,
     gpus: int = 1,
+    prefill_chunk: int = PREFILL_CHUNK,
 ) -> Engine:
     """The engine, on rank 0. With gpus > 1 the model is split over that many processes
     (tensor parallelism, tp.py): this one is rank 0; the others are started here and
     follow its steps until `Engine.stop`. On the CPU, gpus > 1 means processes over gloo,
-    which is how the tests exercise the split without GPUs."""
+    which is how the tests exercise the split without GPUs. `prefill_chunk`: tokens of
+    one prompt per step (Engine)."""
     root = Path(model_path).resolve()
     config = GraniteConfig.from_file(root / "config.json")
     max_len = max_model_len or min(config.max_position_embeddings, 4096)
-    settings = (str(root), device, dtype, max_num_seqs, max_len)
+    settings = (str(root), device, dtype, max_num_seqs, max_len, prefill_chunk)
     if gpus > 1:
         tp.local_config(config, gpus)  # a model that does not split fails here, in one sentence
         _check_devices(device, gpus)
@@ -54,10 +57,12 @@ def _check_devices(device: str, gpus: int) -> None:
         )
 
 
-def _engine(rank: int, world: int, root: str, device: str, dtype, max_num_seqs, max_len):
+def _engine(rank: int, world: int, root: str, device: str, dtype, max_num_seqs, max_len, chunk):
     model = load_model(root, dtype, _rank_device(device, rank), rank, world)
     codec = TextCodec.from_dir(Path(root))
-    return Engine(model, codec, max_num_seqs=max_num_seqs, max_model_len=max_len)
+    return Engine(
+        model, codec, max_num_seqs=max_num_seqs, max_model_len=max_len, prefill_chunk=chunk
+    )
 
 
 def _start_followers(world: int, settings: tuple) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from granite_runtime.parallel.launch import start_engine
 from granite_runtime.server.app import Service, create_app
+from granite_runtime.spec.memory import PREFILL_CHUNK
 
 log = logging.getLogger("granite_runtime")
 
@@ -21,9 +22,12 @@ def build_service(
     api_key: str | None = None,
     served_name: str | None = None,
     gpus: int = 1,
+    prefill_chunk: int = PREFILL_CHUNK,
 ) -> Service:
     """The engine (launch.start_engine: split over `gpus` processes when > 1) and the API."""
-    engine = start_engine(model_path, device, dtype, max_num_seqs, max_model_len, gpus)
+    engine = start_engine(
+        model_path, device, dtype, max_num_seqs, max_model_len, gpus, prefill_chunk
+    )
     return Service(engine, served_name or Path(model_path).resolve().name, api_key)
 
 

@@ -10,6 +10,10 @@ from dataclasses import dataclass
 
 from granite_runtime.spec.config import GraniteConfig
 
+# Tokens of one prompt the engine runs per step (a chunk), and so the largest prefill
+# workspace: `gkit serve --prefill-chunk`, which sizing counts with the same default.
+PREFILL_CHUNK = 512
+
 DTYPE_BYTES = {
     "float32": 4,
     "fp32": 4,
