@@ -11,8 +11,11 @@ from dataclasses import dataclass
 from granite_runtime.spec.config import GraniteConfig
 
 # Tokens of one prompt the engine runs per step (a chunk), and so the largest prefill
-# workspace: `gkit serve --prefill-chunk`, which sizing counts with the same default.
-PREFILL_CHUNK = 512
+# workspace: `gkit serve --prefill-chunk`, which sizing counts with the same default. 2048
+# over 512 on an H100 (h-micro, 64 clients, chunk graphs): 64 x 2048 TTFT p99 3.10 s where
+# 512 gave 5.46, and 64 x 512/256 served 4,979 tok/s where 512 gave 4,287; a running
+# stream's ITL p99 while others prefill rises from 24 to 51 ms (bench/NOTES.md).
+PREFILL_CHUNK = 2048
 
 DTYPE_BYTES = {
     "float32": 4,
