@@ -90,10 +90,10 @@ def test_hybrid_against_dense_sibling(context, sessions, low, high):
             Workload(context, sessions),
         )
     )
-    cmp = plan["comparison"]
-    assert cmp["against"] == "granite-4.0-micro"
-    assert low <= cmp["less_memory_with_weights"] <= high
-    assert "70%" in cmp["ibm_claim"]
+    cmp = plan.comparison
+    assert cmp.against == "granite-4.0-micro"
+    assert low <= cmp.less_memory_with_weights <= high
+    assert "70%" in cmp.ibm_claim
 
 
 def test_gkit_pools_are_what_the_runtime_allocates(tiny_hybrid):
@@ -124,26 +124,26 @@ def test_llama_cpp_keeps_state_in_fp32():
 
 def test_vllm_refuses_more_sessions_than_its_mamba_blocks():
     plan = make_plan(Request(resolve("h-micro"), find_gpu("l4"), 1, "vllm", Workload(131072, 64)))
-    assert plan["fits"] is False
-    assert plan["per_gpu"]["details"]["max_num_seqs"] == plan["max_sessions_at_context"] < 64
+    assert plan.fits is False
+    assert plan.per_gpu.details["max_num_seqs"] == plan.max_sessions_at_context < 64
 
 
 def test_answers_are_consistent():
     plan = make_plan(
         Request(resolve("h-micro"), find_gpu("h100-80gb"), 1, "gkit", Workload(32768, 8))
     )
-    assert plan["fits"] and plan["fewest_gpus"] == 1
-    most = plan["max_sessions_at_context"]
+    assert plan.fits and plan.fewest_gpus == 1
+    most = plan.max_sessions_at_context
     over = make_plan(
         Request(resolve("h-micro"), find_gpu("h100-80gb"), 1, "gkit", Workload(32768, most + 1))
     )
-    assert not over["fits"] and over["max_sessions_at_context"] == most
+    assert not over.fits and over.max_sessions_at_context == most
     # Decode bound: weights + 8 x 32k tokens of KV + 8 states read and written, at 3,350 GB/s.
-    bound = plan["decode_bound"]
+    bound = plan.decode_bound
     expected = 6_382_792_192 + 8 * 32768 * 8192 + 2 * 8 * 38_688_768
-    assert bound["bytes_per_step_per_gpu"] == expected
-    assert bound["tokens_per_s_per_session"] == pytest.approx(3350e9 / expected)
-    assert bound["tokens_per_s_total"] == pytest.approx(8 * 3350e9 / expected)
+    assert bound.bytes_per_step_per_gpu == expected
+    assert bound.tokens_per_s_per_session == pytest.approx(3350e9 / expected)
+    assert bound.tokens_per_s_total == pytest.approx(8 * 3350e9 / expected)
 
 
 def test_cli_json_for_h_small_on_two_h100s_without_torch():

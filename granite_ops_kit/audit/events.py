@@ -139,15 +139,15 @@ def pulled(result) -> records.Event:
     )
 
 
-def capacity_planned(request, plan: dict) -> records.Event:
+def capacity_planned(request, plan) -> records.Event:
     """capacity.planned (ISO/IEC 42001 A.4.5), recorded before the answer is shown."""
     w = request.workload
     return event(
         "capacity.planned",
         request.shape.name,
-        "success" if plan["fits"] else "denied",
+        "success" if plan.fits else "denied",
         f"{request.gpus} x {request.gpu.name}, {w.concurrency} sessions x {w.context:,} tokens, "
-        f"{request.engine}: {plan['per_gpu']['total']:,} of {plan['budget_per_gpu']:,} bytes "
+        f"{request.engine}: {plan.per_gpu.total:,} of {plan.budget_per_gpu:,} bytes "
         "per GPU",
         details={
             "gpu": request.gpu.name,
@@ -155,9 +155,9 @@ def capacity_planned(request, plan: dict) -> records.Event:
             "engine": request.engine,
             "context": w.context,
             "concurrency": w.concurrency,
-            "fits": plan["fits"],
-            "per_gpu_bytes": plan["per_gpu"]["total"],
-            "budget_per_gpu": plan["budget_per_gpu"],
+            "fits": plan.fits,
+            "per_gpu_bytes": plan.per_gpu.total,
+            "budget_per_gpu": plan.budget_per_gpu,
         },
     )
 

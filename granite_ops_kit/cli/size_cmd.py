@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from granite_ops_kit.sizing.plan import Plan
+
 from pathlib import Path
 
 import typer
@@ -19,41 +21,41 @@ from granite_runtime.spec.memory import PREFILL_CHUNK
 GIB = 2**30
 
 
-def _render_plan(con: Console, p: dict) -> None:
-    w, f = p["workload"], p["per_gpu"]
-    verdict = "[green]fits[/]" if p["fits"] else "[red]does not fit[/]"
+def _render_plan(con: Console, p: Plan) -> None:
+    w, f = p.workload, p.per_gpu
+    verdict = "[green]fits[/]" if p.fits else "[red]does not fit[/]"
     con.print(
-        f"[bold]{p['model']}[/] on {p['gpus']} x {p['gpu']['label']} with {p['engine']}: "
-        f"{w['concurrency']} sessions x {w['context']:,} tokens {verdict}"
+        f"[bold]{p.model}[/] on {p.gpus} x {p.gpu.label} with {p.engine}: "
+        f"{w.concurrency} sessions x {w.context:,} tokens {verdict}"
     )
     from rich.table import Table
 
     table = Table("per GPU", "bytes", show_header=True)
     for key in ("weights", "kv_cache", "state_cache", "activations", "non_torch", "total"):
-        table.add_row(key.replace("_", " "), format_bytes(f[key]))
-    table.add_row("budget", format_bytes(p["budget_per_gpu"]))
+        table.add_row(key.replace("_", " "), format_bytes(getattr(f, key)))
+    table.add_row("budget", format_bytes(p.budget_per_gpu))
     con.print(table)
-    limit = " (search limit)" if p["max_context_at_concurrency"] >= 1 << 22 else ""
-    con.print(f"most sessions at {w['context']:,} tokens: {p['max_sessions_at_context']:,}")
+    limit = " (search limit)" if p.max_context_at_concurrency >= 1 << 22 else ""
+    con.print(f"most sessions at {w.context:,} tokens: {p.max_sessions_at_context:,}")
     con.print(
-        f"longest context at {w['concurrency']} sessions: "
-        f"{p['max_context_at_concurrency']:,} tokens{limit} (the model is trained to "
-        f"{p['model_max_context']:,})"
+        f"longest context at {w.concurrency} sessions: "
+        f"{p.max_context_at_concurrency:,} tokens{limit} (the model is trained to "
+        f"{p.model_max_context:,})"
     )
-    con.print(f"fewest GPUs that fit: {p['fewest_gpus'] or 'more than 8'}")
-    d = p["decode_bound"]
+    con.print(f"fewest GPUs that fit: {p.fewest_gpus or 'more than 8'}")
+    d = p.decode_bound
     con.print(
-        f"decode bound from bandwidth: {d['tokens_per_s_per_session']:,.0f} tok/s per "
-        f"session, {d['tokens_per_s_total']:,.0f} tok/s in all"
+        f"decode bound from bandwidth: {d.tokens_per_s_per_session:,.0f} tok/s per "
+        f"session, {d.tokens_per_s_total:,.0f} tok/s in all"
     )
-    cmp = p["comparison"]
+    cmp = p.comparison
     con.print(
-        f"against {cmp['against']}: {cmp['less_memory_with_weights']:.1%} less memory "
-        f"with weights, {cmp['less_cache_memory']:.1%} less cache memory"
+        f"against {cmp.against}: {cmp.less_memory_with_weights:.1%} less memory "
+        f"with weights, {cmp.less_cache_memory:.1%} less cache memory"
     )
-    con.print(f"[dim]{cmp['ibm_claim']}[/]")
-    if p["engine"] == "vllm":
-        d = f["details"]
+    con.print(f"[dim]{cmp.ibm_claim}[/]")
+    if p.engine == "vllm":
+        d = f.details
         con.print(
             f"vLLM: block size {d['block_size']}, {d['num_blocks']:,} blocks, "
             f"{d['blocks_per_request']} per request, max_num_seqs {d['max_num_seqs']}"
@@ -123,17 +125,18 @@ def size(
     engines.check_workload(engine, workload)
     request = Request(resolve(model), find_gpu(gpu), gpus, engine, workload)
     plan = plan_and_record(request, recorder())
+    data = plan.to_json()
     if plot:
-        plan["plot"] = str(sweeps.plot(request, plot))
+        data["plot"] = str(sweeps.plot(request, plot))
     if sweep:
-        plan["sweep"] = sweeps.sweep(request)
+        data["sweep"] = sweeps.sweep(request)
 
     def render(con: Console) -> None:
         _render_plan(con, plan)
         if sweep:
-            _render_sweep(con, plan["sweep"], list(sweeps.SWEEP_CONTEXTS))
+            _render_sweep(con, data["sweep"], list(sweeps.SWEEP_CONTEXTS))
         if plot:
-            con.print(f"plot: {plan['plot']}")
+            con.print(f"plot: {data['plot']}")
 
     require_fit(plan)
-    output.emit(plan, render)
+    output.emit(data, render)

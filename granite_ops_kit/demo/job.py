@@ -85,7 +85,7 @@ def _sign_and_verify(model_path: Path, private: Path, public: Path, recorder) ->
     return verify(req, recorder=recorder).to_json()
 
 
-def _plan(model_path: Path, recorder) -> dict:
+def _plan(model_path: Path, recorder):
     from granite_ops_kit.sizing.engines import Workload
     from granite_ops_kit.sizing.gpus import find_gpu
     from granite_ops_kit.sizing.plan import Request, plan_and_record
@@ -160,10 +160,10 @@ def _steps(model, public, verified, plan, chart, chat, report) -> list[dict]:
         {
             "step": "size",
             "status": "done",
-            "fits": plan["fits"],
-            "gpus": plan["gpus"],
-            "per_gpu_bytes": plan["per_gpu"]["total"],
-            "max_sessions_at_context": plan["max_sessions_at_context"],
+            "fits": plan.fits,
+            "gpus": plan.gpus,
+            "per_gpu_bytes": plan.per_gpu.total,
+            "max_sessions_at_context": plan.max_sessions_at_context,
         },
         {
             "step": "deploy",

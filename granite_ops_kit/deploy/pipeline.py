@@ -88,7 +88,7 @@ def _check(req: DeployRequest) -> str:
     return release
 
 
-def plan_for(req: DeployRequest) -> dict:
+def plan_for(req: DeployRequest):
     from granite_ops_kit.sizing import engines
     from granite_ops_kit.sizing.gpus import find_gpu
     from granite_ops_kit.sizing.plan import Request, make_plan, require_fit
@@ -160,8 +160,8 @@ def deploy(
             "gpu": req.gpu,
             "context": req.context,
             "concurrency": req.concurrency,
-            "per_gpu_bytes": plan["per_gpu"]["total"],
-            "budget_per_gpu": plan["budget_per_gpu"],
+            "per_gpu_bytes": plan.per_gpu.total,
+            "budget_per_gpu": plan.budget_per_gpu,
         },
     }
     # A render deploys nothing: it is recorded (and printed) as what it is. An applied

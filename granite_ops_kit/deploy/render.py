@@ -7,6 +7,10 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from granite_ops_kit.sizing.plan import Plan
 
 from granite_ops_kit.deploy import assets, helm
 
@@ -38,7 +42,7 @@ def _plan_into_chart(chart: Path, values: dict) -> None:
     )
 
 
-def write(output: Path, values: dict, plan: dict, release: str, namespace: str) -> dict:
+def write(output: Path, values: dict, plan: Plan, release: str, namespace: str) -> dict:
     import yaml
 
     output.mkdir(parents=True, exist_ok=True)
@@ -51,7 +55,7 @@ def write(output: Path, values: dict, plan: dict, release: str, namespace: str) 
             "# manifest and the image. helm upgrade --install RELEASE chart -f values.yaml\n"
             + yaml.safe_dump(values, sort_keys=False)
         )
-        (stage / "plan.json").write_text(json.dumps(plan, indent=2, default=str) + "\n")
+        (stage / "plan.json").write_text(json.dumps(plan.to_json(), indent=2, default=str) + "\n")
         rendered = None
         if helm.find_helm():
             helm.helm("lint", str(stage / "chart"), "-f", str(stage / "values.yaml"))

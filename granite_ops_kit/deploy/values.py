@@ -4,6 +4,10 @@ image. The chart's own defaults cover the rest; values.schema.json checks the re
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from granite_ops_kit.sizing.plan import Plan
 
 GIB = 1 << 30
 
@@ -23,7 +27,7 @@ class ModelSource:
 class ChartInputs:
     name: str
     gpus: int
-    plan: dict
+    plan: Plan
     image_repository: str
     image_tag: str
     image_digest: str = ""
@@ -42,9 +46,9 @@ def _gib(n: float) -> str:
     return f"{max(1, int(-(-n // GIB)))}Gi"
 
 
-def host_memory(plan: dict) -> tuple[str, str]:
+def host_memory(plan: Plan) -> tuple[str, str]:
     """Request and limit: the weights pass through host memory while loading."""
-    weights = plan["per_gpu"]["weights"] * plan["gpus"]
+    weights = plan.per_gpu.weights * plan.gpus
     return _gib(weights + 8 * GIB), _gib(2 * weights + 16 * GIB)
 
 
@@ -54,10 +58,10 @@ def shm_size(gpus: int) -> str:
 
 
 def build(inputs: ChartInputs) -> dict:
-    plan, w = inputs.plan, inputs.plan["workload"]
+    plan, w = inputs.plan, inputs.plan.workload
     request, limit = host_memory(plan)
     src = inputs.source
-    model_bytes = plan["per_gpu"]["weights"] * plan["gpus"]
+    model_bytes = plan.per_gpu.weights * plan.gpus
     return {
         "gpus": inputs.gpus,
         "image": {
@@ -94,8 +98,8 @@ def build(inputs: ChartInputs) -> dict:
             "port": inputs.port,
             "device": inputs.device,
             "dtype": inputs.dtype,
-            "maxModelLen": w["context"],
-            "maxNumSeqs": w["concurrency"],
+            "maxModelLen": w.context,
+            "maxNumSeqs": w.concurrency,
         },
         "resources": {
             "requests": {"cpu": str(4 * inputs.gpus), "memory": request},
@@ -103,10 +107,10 @@ def build(inputs: ChartInputs) -> dict:
         },
         "shm": {"sizeLimit": shm_size(inputs.gpus)},
         "plan": {
-            "gpu": plan["gpu"]["name"],
-            "context": w["context"],
-            "concurrency": w["concurrency"],
-            "perGpuBytes": plan["per_gpu"]["total"],
-            "budgetPerGpuBytes": plan["budget_per_gpu"],
+            "gpu": plan.gpu.name,
+            "context": w.context,
+            "concurrency": w.concurrency,
+            "perGpuBytes": plan.per_gpu.total,
+            "budgetPerGpuBytes": plan.budget_per_gpu,
         },
     }

@@ -6,6 +6,7 @@ where it must be (most sessions, longest context) since footprints are monotone 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from granite_ops_kit.errors import UsageError
@@ -75,8 +76,72 @@ def with_change(w: Workload, **change) -> Workload:
     return Workload(**{**w.__dict__, **change})
 
 
-def decode_bound(c: GraniteConfig, r: Request, tp: int) -> dict:
+@dataclass(frozen=True)
+class DecodeBound:
     """Tokens/s if a decode step only had to read its bytes once at the GPU's bandwidth."""
+
+    bytes_per_step_per_gpu: int
+    step_ms: float
+    tokens_per_s_per_session: float
+    tokens_per_s_total: float
+
+
+@dataclass(frozen=True)
+class ModelMemory:
+    weights: int
+    cache: int
+    total: int
+    cache_only: int
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The hybrid against its dense sibling (or an all-attention twin), weights + caches."""
+
+    against: str
+    models: dict[str, ModelMemory]
+    less_memory_with_weights: float
+    less_cache_memory: float
+    ibm_claim: str = IBM_CLAIM
+
+
+@dataclass(frozen=True)
+class Plan:
+    """`gkit size`'s answer; `to_json` is what `--json` prints and plan.json holds."""
+
+    model: str
+    source: str
+    engine: str
+    gpu: GPU
+    gpus: int
+    workload: Workload
+    fits: bool
+    per_gpu: Footprint
+    budget_per_gpu: int
+    max_sessions_at_context: int
+    max_context_at_concurrency: int
+    model_max_context: int
+    fewest_gpus: int | None
+    parameters: int
+    active_parameters: int
+    kv_bytes_per_token: int
+    state_bytes_per_sequence: int
+    decode_bound: DecodeBound
+    comparison: Comparison
+
+    def to_json(self) -> dict:
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {
+            **fields,
+            "gpu": self.gpu.to_json(),
+            "workload": dataclasses.asdict(self.workload),
+            "per_gpu": self.per_gpu.to_json(),
+            "decode_bound": dataclasses.asdict(self.decode_bound),
+            "comparison": dataclasses.asdict(self.comparison),
+        }
+
+
+def decode_bound(c: GraniteConfig, r: Request, tp: int) -> DecodeBound:
     w = r.workload
     weights = memory.weight_bytes_per_gpu(c, engines.BITS[w.weights_dtype], tp)
     if c.num_experts:
@@ -96,16 +161,10 @@ def decode_bound(c: GraniteConfig, r: Request, tp: int) -> dict:
     kv = w.concurrency * w.context * memory.kv_bytes_per_token_per_gpu(c, w.kv_dtype, tp)
     state = 2 * w.concurrency * memory.state_bytes_per_sequence_per_gpu(c, w.state_dtype, tp)
     step = (weights + kv + state) / (r.gpu.bandwidth_gbs * 1e9)
-    return {
-        "bytes_per_step_per_gpu": int(weights + kv + state),
-        "step_ms": step * 1e3,
-        "tokens_per_s_per_session": 1 / step,
-        "tokens_per_s_total": w.concurrency / step,
-    }
+    return DecodeBound(int(weights + kv + state), step * 1e3, 1 / step, w.concurrency / step)
 
 
-def compare(r: Request) -> dict:
-    """The hybrid against its dense sibling (or an all-attention twin), weights + caches."""
+def compare(r: Request) -> Comparison:
     name, other_config = comparison_shape(r.shape)
     w = r.workload
     rows = {}
@@ -114,27 +173,22 @@ def compare(r: Request) -> dict:
         kv = w.context * w.concurrency * memory.kv_bytes_per_token(c, _runtime(w.kv_dtype))
         state = w.concurrency * memory.state_bytes_per_sequence(c, _runtime(w.state_dtype))
         weights = memory.weight_bytes_per_gpu(c, engines.BITS[w.weights_dtype], 1)
-        rows[label] = {
-            "weights": weights,
-            "cache": int(kv + state),
-            "total": int(weights + kv + state),
-            "cache_only": int(kv + state),
-        }
+        cache = int(kv + state)
+        rows[label] = ModelMemory(weights, cache, int(weights + kv + state), cache)
     mine, theirs = rows[r.shape.name], rows[name]
-    return {
-        "against": name,
-        "models": rows,
-        "less_memory_with_weights": 1 - mine["total"] / theirs["total"],
-        "less_cache_memory": 1 - mine["cache"] / theirs["cache"] if theirs["cache"] else 0,
-        "ibm_claim": IBM_CLAIM,
-    }
+    return Comparison(
+        name,
+        rows,
+        1 - mine.total / theirs.total,
+        1 - mine.cache / theirs.cache if theirs.cache else 0,
+    )
 
 
 def _runtime(dtype: str) -> str:
     return {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}.get(dtype, dtype)
 
 
-def make_plan(r: Request) -> dict:
+def make_plan(r: Request) -> Plan:
     c = parse_config(r.shape)
     tp, w = r.gpus, r.workload
     if not valid_tp(c, tp):
@@ -146,48 +200,48 @@ def make_plan(r: Request) -> dict:
     sessions = largest_fitting(lambda n: fits(c, r, with_change(w, concurrency=n), tp)[0])
     context = largest_fitting(lambda n: fits(c, r, with_change(w, context=n), tp)[0])
     fewest = next((n for n in TP_SIZES if valid_tp(c, n) and fits(c, r, w, n)[0]), None)
-    return {
-        "model": r.shape.name,
-        "source": r.shape.source,
-        "engine": r.engine,
-        "gpu": r.gpu.to_json(),
-        "gpus": tp,
-        "workload": w.__dict__,
-        "fits": ok,
-        "per_gpu": f.to_json(),
-        "budget_per_gpu": budget(r.gpu, r.engine, w.gpu_memory_utilization),
-        "max_sessions_at_context": sessions,
-        "max_context_at_concurrency": context,
-        "model_max_context": c.max_position_embeddings,
-        "fewest_gpus": fewest,
-        "parameters": memory.parameter_count(c),
-        "active_parameters": memory.parameter_count(c, active_only=True),
-        "kv_bytes_per_token": memory.kv_bytes_per_token(c, _runtime(w.kv_dtype)),
-        "state_bytes_per_sequence": memory.state_bytes_per_sequence(c, _runtime(w.state_dtype)),
-        "decode_bound": decode_bound(c, r, tp),
-        "comparison": compare(r),
-    }
+    return Plan(
+        model=r.shape.name,
+        source=r.shape.source,
+        engine=r.engine,
+        gpu=r.gpu,
+        gpus=tp,
+        workload=w,
+        fits=ok,
+        per_gpu=f,
+        budget_per_gpu=budget(r.gpu, r.engine, w.gpu_memory_utilization),
+        max_sessions_at_context=sessions,
+        max_context_at_concurrency=context,
+        model_max_context=c.max_position_embeddings,
+        fewest_gpus=fewest,
+        parameters=memory.parameter_count(c),
+        active_parameters=memory.parameter_count(c, active_only=True),
+        kv_bytes_per_token=memory.kv_bytes_per_token(c, _runtime(w.kv_dtype)),
+        state_bytes_per_sequence=memory.state_bytes_per_sequence(c, _runtime(w.state_dtype)),
+        decode_bound=decode_bound(c, r, tp),
+        comparison=compare(r),
+    )
 
 
-def require_fit(plan: dict) -> dict:
+def require_fit(plan: Plan) -> Plan:
     """The plan, or PlanDoesNotFit saying by how much and what would fit."""
-    if plan["fits"]:
+    if plan.fits:
         return plan
     from granite_ops_kit.errors import PlanDoesNotFit
     from granite_ops_kit.units import format_bytes
 
-    f, w = plan["per_gpu"], plan["workload"]
+    w = plan.workload
     raise PlanDoesNotFit(
-        f"{plan['model']}: {w['concurrency']} sessions x {w['context']:,} tokens need "
-        f"{format_bytes(f['total'])} per GPU on {plan['gpus']} x {plan['gpu']['name']}, the "
-        f"budget is {format_bytes(plan['budget_per_gpu'])}; at most "
-        f"{plan['max_sessions_at_context']} sessions fit, or use "
-        f"{plan['fewest_gpus'] or 'more than 8'} GPUs.",
-        details=plan,
+        f"{plan.model}: {w.concurrency} sessions x {w.context:,} tokens need "
+        f"{format_bytes(plan.per_gpu.total)} per GPU on {plan.gpus} x {plan.gpu.name}, the "
+        f"budget is {format_bytes(plan.budget_per_gpu)}; at most "
+        f"{plan.max_sessions_at_context} sessions fit, or use "
+        f"{plan.fewest_gpus or 'more than 8'} GPUs.",
+        details=plan.to_json(),
     )
 
 
-def plan_and_record(r: Request, recorder) -> dict:
+def plan_and_record(r: Request, recorder) -> Plan:
     """`gkit size`'s plan, with capacity.planned recorded before anyone acts on it."""
     from granite_ops_kit.audit import events
 
