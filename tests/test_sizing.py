@@ -167,6 +167,25 @@ def test_cli_plan_that_does_not_fit_exits_1_with_numbers():
     assert "need" in result.stderr and "the budget is" in result.stderr
 
 
+def test_the_prefill_chunk_is_counted_and_bounded():
+    """`--prefill-chunk` sizes the largest prefill workspace (the chunk graphs' and the eager
+    chunk's); below 16 tokens it is a usage error, for `gkit size` and `gkit serve` alike,
+    refused before any model is read."""
+    gpu = find_gpu("h100-80gb")
+    small, large = (
+        make_plan(Request(resolve("h-micro"), gpu, 1, "gkit", Workload(32768, 8, prefill_chunk=n)))
+        for n in (512, 2048)
+    )
+    assert small.per_gpu.details["prefill_chunk"] == 512
+    assert large.per_gpu.activations > small.per_gpu.activations
+    assert large.per_gpu.kv_cache == small.per_gpu.kv_cache
+    assert large.to_json()["workload"]["prefill_chunk"] == 2048
+    for command in (["size", "h-micro"], ["serve", "/nonexistent"]):
+        result = run_gkit(*command, "--prefill-chunk", "8")
+        assert result.returncode == 2 and "prefill-chunk" in result.stderr
+        assert "Traceback" not in result.stderr
+
+
 def test_cli_uneven_tensor_parallel_is_a_usage_error():
     result = run_gkit("size", "granite-4.0-h-small", "--gpus", "3")
     assert result.returncode == 2
