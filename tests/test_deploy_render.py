@@ -520,6 +520,8 @@ def test_the_gate_reads_the_store_its_recorder_writes(tmp_path, tiny_hybrid, mon
     refused = list(open_store(elsewhere.url).records(Query(event="deployment.rendered")))
     assert refused == []  # a refused gate renders nothing and records no deployment
     result = deploy(req, "tester", verified_in)
-    assert result["action"] == "rendered" and result["manifest_digest"].startswith("sha256:")
+    assert result.action == "rendered" and result.manifest_digest.startswith("sha256:")
+    assert Path(result.chart.values).is_file() and result.applied is None
     recorded = list(open_store(verified_in.url).records(Query(event="deployment.rendered")))
-    assert [r["subject"]["digest"] for r in recorded] == [result["manifest_digest"]]
+    assert [r["subject"]["digest"] for r in recorded] == [result.manifest_digest]
+    assert recorded[0]["details"] == json.loads(json.dumps(result.to_json(), default=str))

@@ -162,19 +162,20 @@ def capacity_planned(request, plan) -> records.Event:
     )
 
 
-def image_built(tag: str, result: dict, manifest_digest: str | None, req) -> records.Event:
+def image_built(built, req) -> records.Event:
+    """image.built: `built` is the deploy.results.BuiltImage, `req` the image.BuildRequest."""
     return event(
         "image.built",
-        tag,
+        built.tag,
         "success",
-        f"{req.accelerator} image {result['image_id']} from {result['base_image']}",
-        digest=result["image_id"],
+        f"{built.accelerator} image {built.image_id} from {built.base_image}",
+        digest=built.image_id,
         details={
-            "model_manifest_digest": manifest_digest,
+            "model_manifest_digest": built.model_manifest_digest,
             "verification": req.verification,
             "bake_model": req.bake_model,
-            "accelerator": req.accelerator,
-            "labels": result["labels"],
+            "accelerator": built.accelerator,
+            "labels": built.labels,
         },
     )
 

@@ -26,6 +26,8 @@ from granite_ops_kit.errors import UsageError
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from granite_ops_kit.deploy.results import DeployResult
+
 
 def _log(message: str) -> None:
     if not output.state.json:
@@ -115,11 +117,11 @@ def build(
 
     def render(con: Console) -> None:
         con.print(
-            f"[green]built[/] {result['tag']} ({result['image_id'][:19]}), user "
-            f"{result['user']}, model {result['model_manifest_digest'] or '(unsigned)'}"
+            f"[green]built[/] {result.tag} ({result.image_id[:19]}), user "
+            f"{result.user}, model {result.model_manifest_digest or '(unsigned)'}"
         )
 
-    output.emit(result, render)
+    output.emit(result.to_json(), render)
 
 
 def deploy(
@@ -242,7 +244,7 @@ def deploy(
     )
     with hashing_progress() as progress:
         result = pipeline.deploy(req, current_actor(), recorder(), progress, _log)
-    output.emit(result, _render_deployed(result))
+    output.emit(result.to_json(), _render_deployed(result))
 
 
 def _take_down(model_path: Path, target: str, output_dir: Path) -> None:
@@ -252,22 +254,24 @@ def _take_down(model_path: Path, target: str, output_dir: Path) -> None:
         model_path=model_path, gpus=0, target=target, output_dir=output_dir
     )
     removed = pipeline.take_down(req, recorder())
-    output.emit(removed, _render_deployed(removed))
 
-
-def _render_deployed(result: dict):
     def render(con: Console) -> None:
-        if result["action"] == "removed":
-            con.print(f"[green]removed[/] (podman) the pod of {result['play_file']}")
-            return
-        plan = result["plan"]
+        con.print(f"[green]removed[/] (podman) the pod of {removed.play_file}")
+
+    output.emit(removed.to_json(), render)
+
+
+def _render_deployed(result: DeployResult):
+    def render(con: Console) -> None:
+        plan = result.plan
         con.print(
-            f"[green]{result['action']}[/] ({result['target']}) {result['release']}: "
-            f"{result['gpus']} x {plan['gpu']}, {plan['concurrency']} sessions x "
-            f"{plan['context']:,} tokens; {result['verification']}"
+            f"[green]{result.action}[/] ({result.target}) {result.release}: "
+            f"{result.gpus} x {plan.gpu}, {plan.concurrency} sessions x "
+            f"{plan.context:,} tokens; {result.verification}"
         )
+        shown = result.to_json()
         for key in ("chart", "values", "rendered", "release_status", "pod", "container", "url"):
-            if result.get(key):
-                con.print(f"  {key:<15} {result[key]}")
+            if shown.get(key):
+                con.print(f"  {key:<15} {shown[key]}")
 
     return render

@@ -11,9 +11,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from granite_ops_kit.audit.events import StoreRecorder
 from granite_ops_kit.demo.checkpoint import DemoModel, write_demo_model
+
+if TYPE_CHECKING:
+    from granite_ops_kit.deploy.results import DeployResult
 
 QUESTION = "What does a platform team check before it serves a model?"
 PLAN = {"gpu": "h100-80gb", "gpus": 2, "context": 4096, "concurrency": 8}
@@ -40,13 +44,13 @@ def run_demo(root: Path, write_model: Callable[..., DemoModel] = write_demo_mode
     private, public = demo_key(root)
     verified = _sign_and_verify(model.path, private, public, recorder)
     plan = _plan(model.path, recorder)
-    chart = _render_chart(model.path, root, recorder)
+    deployed = _render_chart(model.path, root, recorder)
     with runtime_errors():
         chat = ask_once(model.path, QUESTION)
     from granite_ops_kit.audit import events
 
     recorder.record(events.served(model.path, chat["url"], chat["response"]["usage"]))
-    steps = _steps(model, public, verified, plan, chart, chat, _audit(root))
+    steps = _steps(model, public, verified, plan, deployed, chat, _audit(root))
     return DemoRun(model, steps)
 
 
@@ -98,7 +102,7 @@ def _plan(model_path: Path, recorder):
     return plan_and_record(request, recorder)
 
 
-def _render_chart(model_path: Path, root: Path, recorder) -> dict:
+def _render_chart(model_path: Path, root: Path, recorder) -> DeployResult:
     """The chart for two GPUs; its verify step gets the trust inputs the gate verified with,
     in the release's own ConfigMap."""
     from granite_ops_kit.deploy.pipeline import DeployRequest, deploy
@@ -147,7 +151,7 @@ def _audit(root: Path) -> dict:
     }
 
 
-def _steps(model, public, verified, plan, chart, chat, report) -> list[dict]:
+def _steps(model, public, verified, plan, deployed, chat, report) -> list[dict]:
     return [
         {"step": "demo-model", "status": "done", "artifact": str(model.path)},
         {"step": "sign", "status": "done", "artifact": verified["signature"], "key": str(public)},
@@ -169,10 +173,10 @@ def _steps(model, public, verified, plan, chart, chat, report) -> list[dict]:
             "step": "deploy",
             "status": "done",
             "target": "render",
-            "gpus": chart["gpus"],
-            "chart": chart["chart"],
-            "values": chart["values"],
-            "rendered": chart["rendered"],
+            "gpus": deployed.gpus,
+            "chart": deployed.chart.chart,
+            "values": deployed.chart.values,
+            "rendered": deployed.chart.rendered,
         },
         {
             "step": "serve",

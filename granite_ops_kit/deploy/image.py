@@ -11,6 +11,7 @@ from pathlib import Path
 
 from granite_ops_kit import __version__
 from granite_ops_kit.deploy import assets, wheelhouse
+from granite_ops_kit.deploy.results import BuiltImage
 from granite_ops_kit.errors import CheckFailed, UsageError
 
 ACCELERATORS = ("cuda", "cpu")
@@ -114,7 +115,7 @@ def _context(req: BuildRequest, ctx: Path, log) -> None:
         shutil.copytree(req.model_path, ctx / "model", symlinks=False)
 
 
-def build(req: BuildRequest, log=print) -> dict:
+def build(req: BuildRequest, log=print) -> BuiltImage:
     if not req.model_path.is_dir():
         raise UsageError(f"{req.model_path} is not a model directory.")
     if req.accelerator not in ACCELERATORS:
@@ -149,12 +150,13 @@ def build(req: BuildRequest, log=print) -> dict:
             if "aux" in chunk and "ID" in chunk["aux"]:
                 image_id = chunk["aux"]["ID"]
     image = client.images.get(image_id or req.tag)
-    return {
-        "tag": req.tag,
-        "image_id": image.id,
-        "labels": image.labels,
-        "base_image": base,
-        "accelerator": req.accelerator,
-        "size_bytes": image.attrs.get("Size"),
-        "user": image.attrs["Config"].get("User"),
-    }
+    return BuiltImage(
+        tag=req.tag,
+        image_id=image.id,
+        labels=image.labels,
+        base_image=base,
+        accelerator=req.accelerator,
+        size_bytes=image.attrs.get("Size"),
+        user=image.attrs["Config"].get("User"),
+        model_manifest_digest=req.manifest_digest or None,
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from granite_ops_kit.deploy.results import HelmRelease
 from granite_ops_kit.errors import CheckFailed
 
 GPU = "nvidia.com/gpu"
@@ -26,7 +27,10 @@ def _client(context: str | None):
     return client
 
 
-def preflight(gpus: int, namespace: str, storage_class: str | None, context: str | None) -> dict:
+def preflight(
+    gpus: int, namespace: str, storage_class: str | None, context: str | None
+) -> list[str]:
+    """The nodes a pod with this many GPUs can schedule on; refuses when there are none."""
     from kubernetes.client.exceptions import ApiException
     from urllib3.exceptions import HTTPError
 
@@ -64,7 +68,7 @@ def preflight(gpus: int, namespace: str, storage_class: str | None, context: str
             if e.status == 404:
                 raise CheckFailed(f"storage class {storage_class} does not exist.") from None
             raise
-    return {"nodes_with_gpus": fitting}
+    return fitting
 
 
 def install(
@@ -74,7 +78,7 @@ def install(
     namespace: str,
     context: str | None,
     timeout: str = "45m",
-) -> dict:
+) -> HelmRelease:
     from granite_ops_kit.deploy import helm
 
     args = [
@@ -97,8 +101,6 @@ def install(
     import json
 
     info = json.loads(status)
-    return {
-        "release": release,
-        "revision": info.get("version"),
-        "status": info.get("info", {}).get("status"),
-    }
+    return HelmRelease(
+        release=release, revision=info.get("version"), status=info.get("info", {}).get("status")
+    )

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from granite_ops_kit import __version__
 from granite_ops_kit.audit import events
+from granite_ops_kit.deploy import results
 from granite_ops_kit.errors import CheckFailed, UsageError
 
 if TYPE_CHECKING:
@@ -109,20 +111,11 @@ def _pod_trust(req: DeployRequest, checked) -> tuple[dict[str, str], list[str]]:
     return for_pod(checked.trust)
 
 
-def deploy(
-    req: DeployRequest, actor: str, recorder: events.Recorder, progress=None, log=None
-) -> dict:
-    """Gate, plan, render and (per target) apply; deployment.rendered or .applied is
-    recorded with the outcome observed, a failure included."""
+def _chart_values(req: DeployRequest, plan, checked, repo: str, tag: str) -> dict:
     from granite_ops_kit.deploy import values
 
-    release = _check(req)
-    recorder.ensure_recordable()  # never an applied deployment without its record
-    checked = _gated(req, actor, recorder, progress)
-    plan = plan_for(req)
-    repo, _, tag = (req.image or default_image(req.model_path)).rpartition(":")
     trust_files, verify_args = _pod_trust(req, checked)
-    chart_values = values.build(
+    return values.build(
         values.ChartInputs(
             name=slug(req.model_path),
             gpus=req.gpus,
@@ -146,43 +139,59 @@ def deploy(
             port=req.port,
         )
     )
-    result = {
-        "target": req.target,
-        "gpus": req.gpus,
-        "release": release,
-        "namespace": req.namespace,
-        "manifest_digest": checked.manifest_digest,
-        "verification": verification_label(checked),
-        "signer": checked.signer,
-        **({"verification_failure": checked.failure} if checked.failure else {}),
-        "approval": checked.approval,
-        "plan": {
-            "gpu": req.gpu,
-            "context": req.context,
-            "concurrency": req.concurrency,
-            "per_gpu_bytes": plan.per_gpu.total,
-            "budget_per_gpu": plan.budget_per_gpu,
-        },
-    }
+
+
+def deploy(
+    req: DeployRequest, actor: str, recorder: events.Recorder, progress=None, log=None
+) -> results.DeployResult:
+    """Gate, plan, render and (per target) apply; deployment.rendered or .applied is
+    recorded with the outcome observed, a failure included."""
+    release = _check(req)
+    recorder.ensure_recordable()  # never an applied deployment without its record
+    checked = _gated(req, actor, recorder, progress)
+    plan = plan_for(req)
+    repo, _, tag = (req.image or default_image(req.model_path)).rpartition(":")
+    chart_values = _chart_values(req, plan, checked, repo, tag)
     # A render deploys nothing: it is recorded (and printed) as what it is. An applied
     # deployment is recorded with the outcome observed, a failure included.
+    result = results.DeployResult(
+        action="rendered" if req.target == "render" else "deployed",
+        target=req.target,
+        gpus=req.gpus,
+        release=release,
+        namespace=req.namespace,
+        manifest_digest=checked.manifest_digest,
+        verification=verification_label(checked),
+        verification_failure=checked.failure,
+        signer=checked.signer,
+        approval=checked.approval,
+        plan=results.PlanSummary(
+            gpu=req.gpu,
+            context=req.context,
+            concurrency=req.concurrency,
+            per_gpu_bytes=plan.per_gpu.total,
+            budget_per_gpu=plan.budget_per_gpu,
+        ),
+    )
     event = "deployment.rendered" if req.target == "render" else "deployment.applied"
-    result["action"] = "rendered" if req.target == "render" else "deployed"
     where = f"{req.target}: {release} on {req.gpus} GPU(s)"
     failure = None
     try:
-        result.update(_apply(req, release, chart_values, plan, f"{repo}:{tag}", log))
+        chart, applied = _apply(req, release, chart_values, plan, f"{repo}:{tag}", log)
+        result = dataclasses.replace(result, chart=chart, applied=applied)
     except CheckFailed as error:
         failure = error
     recorder.record(
-        events.deployment(event, req.model_path, where, result, checked.manifest_digest, failure)
+        events.deployment(
+            event, req.model_path, where, result.to_json(), result.manifest_digest, failure
+        )
     )
     if failure:
         raise failure
     return result
 
 
-def take_down(req: DeployRequest, recorder: events.Recorder) -> dict:
+def take_down(req: DeployRequest, recorder: events.Recorder) -> results.PodRemoved:
     """`gkit deploy --target podman --down`: remove what a podman deploy started."""
     from granite_ops_kit.deploy import podman
 
@@ -192,9 +201,9 @@ def take_down(req: DeployRequest, recorder: events.Recorder) -> dict:
             "(kubernetes) or docker rm (docker) for the others."
         )
     recorder.ensure_recordable()
-    result = podman.down(req.output_dir)
-    recorder.record(events.deployment_removed(req.model_path, result))
-    return {**result, "target": "podman", "action": "removed"}
+    removed = podman.down(req.output_dir)
+    recorder.record(events.deployment_removed(req.model_path, removed.to_json()))
+    return removed
 
 
 def _gated(req: DeployRequest | ImageJob, actor: str, recorder: events.Recorder, progress):
@@ -214,38 +223,38 @@ def _gated(req: DeployRequest | ImageJob, actor: str, recorder: events.Recorder,
     )
 
 
-def _apply(req: DeployRequest, release, chart_values, plan, image: str, log) -> dict:
+def _apply(
+    req: DeployRequest, release, chart_values, plan, image: str, log
+) -> tuple[results.RenderedChart | None, results.Applied | None]:
+    """Render the chart (docker runs the image without one) and, but for render, start it."""
     from granite_ops_kit.deploy import render
 
-    if req.target == "render":
-        return render.write(req.output_dir, chart_values, plan, release, req.namespace)
-    if req.target == "podman":
-        from granite_ops_kit.deploy import podman
-
-        files = render.write(req.output_dir, chart_values, plan, release, req.namespace)
-        if not files["rendered"]:
-            raise CheckFailed("helm is needed to render the Deployment podman plays.")
-        rendered = Path(files["rendered"]).read_text()
-        return {
-            **files,
-            **podman.play(
-                req.output_dir,
-                rendered,
-                req.model_path,
-                image,
-                req.port,
-                log or (lambda message: None),
-            ),
-        }
+    if req.target == "docker":
+        return None, _run_container(req, release, chart_values, image)
     if req.target == "kubernetes":
         from granite_ops_kit.deploy import kube
 
-        pre = kube.preflight(req.gpus, req.namespace, req.storage_class or None, req.kube_context)
-        files = render.write(req.output_dir, chart_values, plan, release, req.namespace)
+        nodes = kube.preflight(req.gpus, req.namespace, req.storage_class or None, req.kube_context)
+    chart = render.write(req.output_dir, chart_values, plan, release, req.namespace)
+    if req.target == "kubernetes":
         status = kube.install(
-            release, Path(files["chart"]), Path(files["values"]), req.namespace, req.kube_context
+            release, Path(chart.chart), Path(chart.values), req.namespace, req.kube_context
         )
-        return {**files, **pre, "release_status": status}
+        return chart, results.KubeRelease(nodes_with_gpus=nodes, release_status=status)
+    if req.target == "podman":
+        from granite_ops_kit.deploy import podman
+
+        if not chart.rendered:
+            raise CheckFailed("helm is needed to render the Deployment podman plays.")
+        rendered = Path(chart.rendered).read_text()
+        pod = podman.play(
+            req.output_dir, rendered, req.model_path, image, req.port, log or (lambda m: None)
+        )
+        return chart, pod
+    return chart, None
+
+
+def _run_container(req: DeployRequest, release, chart_values, image: str):
     from granite_ops_kit.deploy import docker_run
 
     container = docker_run.run(
@@ -259,11 +268,11 @@ def _apply(req: DeployRequest, release, chart_values, plan, image: str, log) -> 
         )
     )
     seconds = docker_run.wait_healthy(container, req.port)
-    return {
-        "container": container.name,
-        "url": f"http://127.0.0.1:{req.port}/v1",
-        "healthy_after_s": round(seconds, 1),
-    }
+    return results.DockerContainer(
+        container=container.name,
+        url=f"http://127.0.0.1:{req.port}/v1",
+        healthy_after_s=round(seconds, 1),
+    )
 
 
 @dataclass(kw_only=True)
@@ -285,7 +294,7 @@ class ImageJob:
 
 def build_image(
     job: ImageJob, actor: str, recorder: events.Recorder, progress=None, log=None
-) -> dict:
+) -> results.BuiltImage:
     """Gate the model again, build the image, record image.built; returns the build."""
     from granite_ops_kit.deploy import image
 
@@ -306,6 +315,6 @@ def build_image(
         verification=verification_label(checked),
         wheelhouse=job.wheelhouse,
     )
-    result = image.build(req, log)
-    recorder.record(events.image_built(req.tag, result, checked.manifest_digest, req))
-    return {**result, "tag": req.tag, "model_manifest_digest": checked.manifest_digest}
+    built = image.build(req, log)
+    recorder.record(events.image_built(built, req))
+    return built

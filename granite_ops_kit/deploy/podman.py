@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from granite_ops_kit.deploy.docker_run import answers_health
+from granite_ops_kit.deploy.results import PodmanPod, PodRemoved
 from granite_ops_kit.errors import CheckFailed, UsageError
 
 PLAY_FILE = "podman-play.yaml"
@@ -127,7 +128,7 @@ def ensure_image(image: str) -> str:
     return "docker"
 
 
-def play(output: Path, rendered: str, model_dir: Path, image: str, port: int, log) -> dict:
+def play(output: Path, rendered: str, model_dir: Path, image: str, port: int, log) -> PodmanPod:
     import yaml
 
     objects = play_objects(rendered, model_dir)
@@ -142,13 +143,13 @@ def play(output: Path, rendered: str, model_dir: Path, image: str, port: int, lo
     except CheckFailed as e:
         raise CheckFailed(f"{e.message.rstrip('.')}; {_why_not_serving(pod)}") from None
     seconds = wait_healthy(pod, port)
-    return {
-        "play_file": str(play_file),
-        "pod": pod,
-        "url": f"http://127.0.0.1:{port}/v1",
-        "healthy_after_s": round(time.monotonic() - start, 1),
-        "ready_after_s": round(seconds, 1),
-    }
+    return PodmanPod(
+        play_file=str(play_file),
+        pod=pod,
+        url=f"http://127.0.0.1:{port}/v1",
+        healthy_after_s=round(time.monotonic() - start, 1),
+        ready_after_s=round(seconds, 1),
+    )
 
 
 def _containers(pod: str) -> list[dict]:
@@ -198,7 +199,7 @@ def wait_healthy(pod: str, port: int, timeout: float = 600) -> float:
     raise CheckFailed(f"the pod {pod} did not answer /health on port {port} within {timeout} s.")
 
 
-def down(output: Path) -> dict:
+def down(output: Path) -> PodRemoved:
     play_file = output / PLAY_FILE
     if not play_file.is_file():
         raise UsageError(
@@ -206,4 +207,4 @@ def down(output: Path) -> dict:
             f"--output {output}` started."
         )
     podman("kube", "down", str(play_file), timeout=120)
-    return {"play_file": str(play_file), "removed": True}
+    return PodRemoved(play_file=str(play_file))

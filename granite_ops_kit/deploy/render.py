@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from granite_ops_kit.sizing.plan import Plan
 
 from granite_ops_kit.deploy import assets, helm
+from granite_ops_kit.deploy.results import RenderedChart
 
 OWNED = ("chart", "values.yaml", "rendered.yaml", "plan.json")
 
@@ -42,7 +43,7 @@ def _plan_into_chart(chart: Path, values: dict) -> None:
     )
 
 
-def write(output: Path, values: dict, plan: Plan, release: str, namespace: str) -> dict:
+def write(output: Path, values: dict, plan: Plan, release: str, namespace: str) -> RenderedChart:
     import yaml
 
     output.mkdir(parents=True, exist_ok=True)
@@ -80,9 +81,9 @@ def write(output: Path, values: dict, plan: Plan, release: str, namespace: str) 
                 (stage / name).rename(target)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-    return {
-        "chart": str(output / "chart"),
-        "values": str(output / "values.yaml"),
-        "rendered": rendered,
-        "plan_file": str(output / "plan.json"),
-    }
+    return RenderedChart(
+        chart=str(output / "chart"),
+        values=str(output / "values.yaml"),
+        rendered=rendered,
+        plan_file=str(output / "plan.json"),
+    )
