@@ -1,13 +1,19 @@
 """Continuous batching over fixed cache pools.
 
-Each step has a token budget (`max_num_batched_tokens`, as vLLM's scheduler has): every
-running sequence's decode token counts against it first, and what is left goes to prompt
-chunks (at least MIN_PREFILL_TOKENS, so prompts never starve), several prompts in one step
-if they fit. On a GPU the decode tokens replay a CUDA graph and each chunk a chunk graph
-(padded to a captured length, engine/chunk_graphs.py); where a chunk has no graph, decode
-tokens and chunks run as one packed forward (engine/batch.py), so the weights are read once
-for all of them. Then sample, and report text. A long prompt therefore never stalls the streams
+Each step runs what engine/scheduler.py picks within a token budget: every running stream's
+next token, then prompt chunks. On a GPU the decode tokens replay a CUDA graph and each
+chunk a chunk graph (padded to a captured length, engine/chunk_graphs.py); where a chunk has
+no graph, decode tokens and chunks run as one packed forward (engine/batch.py), so the
+weights are read once for all of them. A long prompt therefore never stalls the streams
 already running for more than one chunk's share of a step.
+
+A step launches its GPU work, then reports the previous step's tokens (text, stop strings,
+the callbacks that stream them) while the GPU computes, and only then waits for its own
+logits: the host's per-token work for 64 streams is milliseconds, as long as a decode step,
+and no longer adds to it. A token that ends its sequence is known at once (end of text,
+length); one that ends it through a stop string is found while the next step runs, whose
+token for that sequence is then dropped.
+
 Requests join and leave between steps. Admission control: a prompt that can never fit is
 refused at submit time (413); when every slot is busy, requests wait, and past
 `max_waiting` new ones are refused (429), so overload never turns into an out-of-memory
@@ -23,7 +29,7 @@ from collections import deque
 
 import torch
 
-from granite_runtime.engine import graphs, output
+from granite_runtime.engine import graphs, output, scheduler
 from granite_runtime.engine.batch import Batch
 from granite_runtime.engine.cache import HybridCache
 from granite_runtime.engine.sampling import SamplingParams, sample, top_logprobs
@@ -35,7 +41,7 @@ from granite_runtime.parallel import tp
 from granite_runtime.spec.errors import RequestError
 from granite_runtime.spec.memory import PREFILL_CHUNK
 
-MIN_PREFILL_TOKENS = 64
+MIN_PREFILL_TOKENS = scheduler.MIN_PREFILL_TOKENS
 
 
 class Engine:
@@ -82,6 +88,7 @@ class Engine:
         self._released = False  # the other ranks were told to stop
         self.stats = {"prompt_tokens": 0, "generation_tokens": 0, "steps": 0}
         self._grammars = self._masks = None
+        self._unreported: list[tuple[Sequence, int, list]] = []  # the last step's tokens
 
     @torch.inference_mode()  # as steps run: the constants layers derive are inference tensors
     def _capture_graphs(self, pad_slot: int | None) -> None:
@@ -155,7 +162,7 @@ class Engine:
 
     # ---- one step ---------------------------------------------------------------------
     def has_work(self) -> bool:
-        return bool(self.waiting or self.running)
+        return bool(self.waiting or self.running or self._unreported)
 
     def _admit(self) -> None:
         with self._lock:
@@ -174,25 +181,23 @@ class Engine:
         self._admit()
         for seq in [s for s in self.running if s.cancelled]:
             self._finish(seq, "cancelled")
-        decoding = self._decoding()
-        chunks = self._chunks(max(self.max_num_batched_tokens - len(decoding), MIN_PREFILL_TOKENS))
+        decoding = scheduler.decoding(self.running)
+        budget = max(self.max_num_batched_tokens - len(decoding), MIN_PREFILL_TOKENS)
+        chunks = scheduler.chunks(self.running, budget, self.prefill_chunk)
         if chunks and self._graphed(chunks):
-            if decoding:
-                self._decode(decoding)
-            for seq, chunk in chunks:
-                self._prefill(seq, chunk)
+            launched = ([self._decode(decoding)] if decoding else []) + [
+                self._prefill(seq, chunk) for seq, chunk in chunks
+            ]
         elif chunks and (decoding or len(chunks) > 1):
-            self._packed_step(decoding, chunks)
+            launched = self._packed_step(decoding, chunks)
         elif chunks:
-            self._prefill(*chunks[0])
-        elif decoding:
-            self._decode(decoding)
-        self.stats["steps"] += 1
-
-    def _decoding(self) -> list[Sequence]:
-        return [
-            s for s in self.running if not s.in_prefill and s.output_ids and s.finish_reason is None
-        ]
+            launched = [self._prefill(*chunks[0])]
+        else:
+            launched = [self._decode(decoding)] if decoding else []
+        self._report_unreported()  # while the GPU runs this step
+        for seqs, logits in launched:
+            self._accept(seqs, logits)
+        self.stats["steps"] += 1 if launched else 0
 
     def _graphed(self, chunks) -> bool:
         """Whether every chunk replays a chunk graph (then the decode tokens replay theirs):
@@ -203,40 +208,21 @@ class Engine:
             graphs.size_for(seq.prefilled, len(chunk)) is not None for seq, chunk in chunks
         )
 
-    def _chunks(self, budget: int) -> list[tuple[Sequence, list[int]]]:
-        """The prompt chunks this step runs, in admission order, within `budget` tokens.
-        A chunk that is not its prompt's last is cut to a multiple of MIN_PREFILL_TOKENS:
-        Triton specialises integer arguments by divisibility by 16, so those lengths share
-        the compiled kernels of the lengths warmed up at start-up, where a budget minus
-        however many streams decode (505, 498, ...) would need variants of its own. A multiple
-        rather than a power of two, because each chunk is a part of the packed step and an
-        eager part costs ~25 ms of host time on an H100 whatever its length (bench/NOTES.md,
-        the packed-step round): 448 tokens as one part, not as 256 + 128 + 64."""
-        chunks = []
-        for seq in [s for s in self.running if s.in_prefill]:
-            left = len(seq.prompt_ids) - seq.prefilled
-            take = min(budget, self.prefill_chunk, left)
-            if take < left and take < self.prefill_chunk:
-                if take < MIN_PREFILL_TOKENS:
-                    break  # what is left of the budget waits for the next step
-                take -= take % MIN_PREFILL_TOKENS
-            chunks.append((seq, seq.prompt_ids[seq.prefilled : seq.prefilled + take]))
-            budget -= take
-        return chunks
-
-    def _prefill(self, seq: Sequence, chunk: list[int]) -> None:
+    # Each launch returns (the sequences that take a token, their logits (rows, vocab)),
+    # without waiting for the GPU; `step` accepts them once the last step is reported.
+    def _prefill(self, seq: Sequence, chunk: list[int]):
         tokens = torch.tensor([chunk], dtype=torch.long, device=self.device)
         logits = self._forward(tp.OP_FORWARD, tokens, [seq.slot], [seq.prefilled])
-        self._prefilled([(seq, chunk)], logits[:, -1])
+        return self._prefilled([(seq, chunk)], logits[:, -1])
 
-    def _decode(self, seqs: list[Sequence]) -> None:
+    def _decode(self, seqs: list[Sequence]):
         tokens = torch.tensor(
             [[s.output_ids[-1]] for s in seqs], dtype=torch.long, device=self.device
         )
         slots, starts = [s.slot for s in seqs], [s.length for s in seqs]
-        self._accept(seqs, self._forward(tp.OP_DECODE, tokens, slots, starts)[:, -1])
+        return seqs, self._forward(tp.OP_DECODE, tokens, slots, starts)[:, -1]
 
-    def _packed_step(self, decoding: list[Sequence], chunks) -> None:
+    def _packed_step(self, decoding: list[Sequence], chunks) -> list:
         """One forward for every decoding stream's next token and every chunk: the weights
         are read once for all of them (engine/batch.py `Batch.packed`)."""
         flat = [s.output_ids[-1] for s in decoding] + [t for _, chunk in chunks for t in chunk]
@@ -245,20 +231,22 @@ class Engine:
         starts = [s.length for s in decoding] + [seq.prefilled for seq, _ in chunks]
         lengths = [1] * len(decoding) + [len(chunk) for _, chunk in chunks]
         logits = self._forward(tp.OP_PACKED, tokens, slots, starts, lengths)[:, -1]
-        if decoding:
-            self._accept(decoding, logits[: len(decoding)])
-        self._prefilled(chunks, logits[len(decoding) :])
+        return [
+            (decoding, logits[: len(decoding)]),
+            self._prefilled(chunks, logits[len(decoding) :]),
+        ]
 
-    def _prefilled(self, chunks, logits: torch.Tensor) -> None:
-        """Count the chunks in; a prompt now complete samples its first token."""
+    def _prefilled(self, chunks, logits: torch.Tensor):
+        """Count the chunks in; a prompt now complete samples its first token. Indexing
+        by a list copies its logits: the chunk graphs share one logits buffer, which the
+        step's next chunk overwrites before anything samples."""
         done = []
         for row, (seq, chunk) in enumerate(chunks):
             seq.prefilled += len(chunk)
             self.stats["prompt_tokens"] += len(chunk)
             if not seq.in_prefill:
                 done.append(row)
-        if done:
-            self._accept([chunks[row][0] for row in done], logits[done])
+        return [chunks[row][0] for row in done], logits[done]
 
     # ---- model calls (every rank makes the same ones under tensor parallelism) -----------
     def _forward(self, op: int, tokens, slots: list[int], starts: list[int], lengths=()):
@@ -306,29 +294,41 @@ class Engine:
         return self._masks.apply(logits, rows, slots)
 
     def _accept(self, seqs: list[Sequence], logits: torch.Tensor) -> None:
+        """Sample (this waits for the step) and take each sequence's token; what it reads
+        as is reported during the next step. A sequence a stop string ended meanwhile
+        drops its token."""
+        if not seqs:
+            return
         logits = self._constrain(seqs, logits)
         chosen = sample(logits, [s.params for s in seqs], [s.generator for s in seqs])
         now = time.monotonic()
         for row, (seq, token) in enumerate(zip(seqs, chosen, strict=True)):
+            if seq.status is Status.FINISHED:
+                continue
             seq.first_token_at = seq.first_token_at or now
             if seq.matcher is not None:
                 seq.matcher.consume_token(token)  # the mask allowed only tokens it accepts
             seq.output_ids.append(token)
+            seq.ending = output.finish_reason(seq, self.codec.stop_token_ids, self.max_model_len)
             self.stats["generation_tokens"] += 1
             lp = []
             if seq.params.logprobs is not None:
                 lp = [top_logprobs(logits[row], token, seq.params.logprobs)]
                 seq.logprobs += lp
-            self._report(seq, [token], lp)
+            self._unreported.append((seq, token, lp))
 
     # ---- text and finishing -------------------------------------------------------------
-    def _report(self, seq: Sequence, new_ids: list[int], lp) -> None:
-        reason = output.finish_reason(seq, self.codec.stop_token_ids, self.max_model_len)
-        delta, reason = output.next_text(seq, self.codec, reason)
-        if reason is not None:
-            self._finish(seq, reason, TokenEvent(delta, new_ids, lp, reason))
-        elif seq.on_event:
-            seq.on_event(seq, TokenEvent(delta, new_ids, lp))
+    def _report_unreported(self) -> None:
+        """The text each token of the last step adds, streamed; finished sequences end."""
+        unreported, self._unreported = self._unreported, []
+        for seq, token, lp in unreported:
+            if seq.status is Status.FINISHED:
+                continue  # cancelled or failed since
+            delta, reason = output.next_text(seq, self.codec, seq.ending)
+            if reason is not None:
+                self._finish(seq, reason, TokenEvent(delta, [token], lp, reason))
+            elif seq.on_event:
+                seq.on_event(seq, TokenEvent(delta, [token], lp))
 
     def _finish(self, seq: Sequence, reason: str, event: TokenEvent | None = None) -> None:
         seq.finish_reason, seq.status = reason, Status.FINISHED
@@ -366,6 +366,7 @@ class Engine:
                 self._fail_all(f"internal error in the engine: {bad}")
 
     def _fail_all(self, message: str) -> None:
+        self._unreported = []
         for seq in list(self.running) + list(self.waiting):
             with self._lock:
                 if seq in self.waiting:

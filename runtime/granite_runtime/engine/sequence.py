@@ -49,6 +49,8 @@ class Sequence:
     settled_ids: int = 0
     settled_text: str = ""
     finish_reason: str | None = None
+    # what its last token ends it with (end of text, length), until that token is reported
+    ending: str | None = None
     cancelled: bool = False
     arrival: float = field(default_factory=time.monotonic)
     first_token_at: float | None = None
