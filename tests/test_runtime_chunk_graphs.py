@@ -79,29 +79,73 @@ def test_a_prompt_through_chunk_graphs_equals_eager_chunks(fixture, dtype, tol, 
         assert _rel(graphed_cache.k[:, 2, :, :185], eager_cache.k[:, 2, :, :185]) < tol
 
 
+def _engine(path, codec, how: str, **sizes) -> Engine:
+    """An engine whose prompts run beside the decode steps (a prefill stream), inside them
+    through chunk graphs, or inside them eagerly."""
+    engine = Engine(
+        load_model(path, "float32", "cuda"), codec, prefill_beside_decode=how == "beside",
+        **sizes,
+    )  # fmt: skip
+    assert (engine.prefill is not None) == (how == "beside")
+    if how == "eager":
+        engine.chunk_graphs = None
+    return engine
+
+
 @pytest.mark.parametrize("fixture", ["hybrid_without_experts", "tiny_dense"])
 def test_the_engine_generates_the_same_with_chunk_graphs(fixture, request):
     """Three prompts of several chunks at once, mixed with decode steps: greedy tokens as
     with no chunk graphs (the same engine settings, chunk graphs switched off; fp32, where
-    the packed forward's other GEMM shapes cannot flip a greedy choice)."""
+    the packed forward's other GEMM shapes cannot flip a greedy choice), and the same again
+    with the prompts on a stream of their own beside the decode steps."""
     path = request.getfixturevalue(fixture)
     codec = TextCodec.from_dir(path)
     params = SamplingParams(temperature=0.0, max_tokens=10, ignore_eos=True)
     prompts = [list(range(5 + i, 5 + i + n)) for i, n in enumerate((150, 70, 201))]
     outputs = []
-    for graphed in (True, False):
-        engine = Engine(
-            load_model(path, "float32", "cuda"), codec, max_num_seqs=3, max_model_len=256,
-            prefill_chunk=128, max_num_batched_tokens=128,
+    for how in ("beside", "inside", "eager"):
+        engine = _engine(
+            path, codec, how, max_num_seqs=3, max_model_len=256, prefill_chunk=128,
+            max_num_batched_tokens=128,
         )  # fmt: skip
-        assert (engine.chunk_graphs is not None) and sorted(engine.chunk_graphs.graphs) == [
-            64, 96, 128
-        ]  # fmt: skip
-        if not graphed:
-            engine.chunk_graphs = None
+        if how == "inside":
+            assert sorted(engine.chunk_graphs.graphs) == [64, 96, 128]
         seqs = [engine.submit(p, params) for p in prompts]
         while engine.has_work():
             engine.step()
         outputs.append([s.output_ids for s in seqs])
-    assert outputs[0] == outputs[1]
+    assert outputs[0] == outputs[1] == outputs[2]
     assert all(len(o) == 10 for o in outputs[0])
+
+
+def test_prompts_beside_running_streams_and_a_cancel_in_flight(hybrid_without_experts):
+    """Prompts arrive while a stream decodes and one is cancelled while its prefill is in
+    flight on the prefill stream: it ends cancelled once it lands, its slot comes back, and
+    every other sequence generates what it does with prompts inside the steps."""
+    codec = TextCodec.from_dir(hybrid_without_experts)
+    params = SamplingParams(temperature=0.0, max_tokens=40, ignore_eos=True)
+    outputs = []
+    for how in ("beside", "inside"):
+        engine = _engine(
+            hybrid_without_experts, codec, how, max_num_seqs=4, max_model_len=512,
+            prefill_chunk=128,
+        )  # fmt: skip
+        first = engine.submit([5, 6, 7, 8], params)
+        for _ in range(3):
+            engine.step()
+        assert len(first.output_ids) >= 2  # decoding when the others arrive
+        later = [
+            engine.submit(list(range(9 + i, 9 + i + n)), params) for i, n in enumerate((300, 200))
+        ]
+        gone = engine.submit(list(range(40, 290)), params)
+        engine.step()
+        if how == "beside":
+            assert engine.prefill.holds(gone)  # queued on the prefill stream, not landed
+        gone.cancel()
+        while engine.has_work():
+            engine.step()
+        assert gone.finish_reason == "cancelled" and gone.output_ids == []
+        assert engine.running == [] and len(engine.free_slots) == 4
+        outputs.append([s.output_ids for s in (first, *later)])
+    assert outputs[0] == outputs[1]
+    assert all(len(o) == 40 for o in outputs[0])

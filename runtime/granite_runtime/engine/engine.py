@@ -1,18 +1,16 @@
 """Continuous batching over fixed cache pools.
 
-Each step runs what engine/scheduler.py picks within a token budget: every running stream's
-next token, then prompt chunks. On a GPU the decode tokens replay a CUDA graph and each
-chunk a chunk graph (padded to a captured length, engine/chunk_graphs.py); where a chunk has
-no graph, decode tokens and chunks run as one packed forward (engine/batch.py), so the
-weights are read once for all of them. A long prompt therefore never stalls the streams
-already running for more than one chunk's share of a step.
+Each step decodes every running stream's next token (a CUDA graph on a GPU). Prompts run
+beside the steps on a stream of their own, through chunk graphs (engine/prefill_stream.py),
+where there is one GPU and every chunk has a graph; otherwise inside the steps, as chunks
+within a token budget (engine/scheduler.py): a chunk graph each, or, where a chunk has none,
+one packed forward with the decode tokens (engine/batch.py). Either way a long prompt never
+stalls the running streams for more than one chunk's share of a step.
 
-A step launches its GPU work, then reports the previous step's tokens (text, stop strings,
-the callbacks that stream them) while the GPU computes, and only then waits for its own
-logits: the host's per-token work for 64 streams is milliseconds, as long as a decode step,
-and no longer adds to it. A token that ends its sequence is known at once (end of text,
-length); one that ends it through a stop string is found while the next step runs, whose
-token for that sequence is then dropped.
+A step launches its GPU work, then reports the last step's tokens (text, stop strings, the
+stream callbacks) while the GPU computes, and only then samples: for 64 streams the host's
+per-token work takes as long as a decode step and no longer adds to it. A stop string found
+that late ends its sequence after the next step was launched, whose token is then dropped.
 
 Requests join and leave between steps. Admission control: a prompt that can never fit is
 refused at submit time (413); when every slot is busy, requests wait, and past
@@ -29,7 +27,7 @@ from collections import deque
 
 import torch
 
-from granite_runtime.engine import graphs, output, scheduler
+from granite_runtime.engine import graphs, output, scheduler, startup
 from granite_runtime.engine.batch import Batch
 from granite_runtime.engine.cache import HybridCache
 from granite_runtime.engine.sampling import SamplingParams, sample, top_logprobs
@@ -40,8 +38,6 @@ from granite_runtime.model.granite import GraniteForCausalLM
 from granite_runtime.parallel import tp
 from granite_runtime.spec.errors import RequestError
 from granite_runtime.spec.memory import PREFILL_CHUNK
-
-MIN_PREFILL_TOKENS = scheduler.MIN_PREFILL_TOKENS
 
 
 class Engine:
@@ -54,7 +50,10 @@ class Engine:
         prefill_chunk: int = PREFILL_CHUNK,
         max_waiting: int = 256,
         max_num_batched_tokens: int | None = None,
+        prefill_beside_decode: bool = True,
     ):
+        """`prefill_beside_decode`: on a GPU with chunk graphs and one rank, prompts run
+        on a stream of their own beside the decode steps (engine/prefill_stream.py)."""
         self.model, self.codec = model, codec
         self.max_num_seqs, self.max_model_len = max_num_seqs, max_model_len
         self.prefill_chunk, self.max_waiting = prefill_chunk, max_waiting
@@ -73,11 +72,17 @@ class Engine:
             weight.dtype,
             weight.device,
         )
-        self.graphs = self.chunk_graphs = None
+        largest = min(prefill_chunk, max_model_len)
         if self.device.type == "cuda":
-            self._warm_up_prefill()
+            startup.warm_up_prefill(model, self.cache, largest)
+        ready = startup.Prepared()
         if graphed:
-            self._capture_graphs(pad_slot)
+            beside = prefill_beside_decode and tp.world_size() == 1
+            ready = startup.capture_graphs(
+                model, self.cache, max_num_seqs, largest, pad_slot, beside
+            )
+        self.graphs, self.chunk_graphs = ready.graphs, ready.chunk_graphs
+        self.prefill = ready.prefill
         self.free_slots = list(range(max_num_seqs))[::-1]
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
@@ -89,37 +94,6 @@ class Engine:
         self.stats = {"prompt_tokens": 0, "generation_tokens": 0, "steps": 0}
         self._grammars = self._masks = None
         self._unreported: list[tuple[Sequence, int, list]] = []  # the last step's tokens
-
-    @torch.inference_mode()  # as steps run: the constants layers derive are inference tensors
-    def _capture_graphs(self, pad_slot: int | None) -> None:
-        """Decode graphs for every batch size, then chunk graphs for every padded chunk
-        length; before any slot is used, as capturing warms up on slots 0..B-1."""
-        from granite_runtime.engine import chunk_graphs
-
-        sizes = graphs.graph_sizes(self.max_num_seqs)
-        self.graphs = graphs.GraphedDecoder(self.model, self.cache, sizes[0], pad_slot=pad_slot)
-        self.graphs.capture(sizes)
-        if chunk_graphs.can_graph(self.model, self.cache):
-            self.chunk_graphs = chunk_graphs.GraphedChunks(self.model, self.cache, self.graphs.pool)
-            largest = min(self.prefill_chunk, self.max_model_len)
-            self.chunk_graphs.capture(chunk_graphs.chunk_lengths(MIN_PREFILL_TOKENS, largest))
-
-    @torch.inference_mode()
-    def _warm_up_prefill(self) -> None:
-        """Prompt chunks through slot 0 at start-up, powers of two from MIN_PREFILL_TOKENS
-        to `prefill_chunk`, so Triton compiles and autotunes the prefill kernels now rather
-        than during requests (seconds of compiling): the multiples of MIN_PREFILL_TOKENS
-        that `_chunks` cuts share these lengths' specialisations and scan-chunk counts.
-        Every rank runs it, in step, as every rank captures the graphs (tensor parallelism)."""
-        lengths = {min(self.prefill_chunk, self.max_model_len)}
-        n = MIN_PREFILL_TOKENS
-        while n < min(self.prefill_chunk, self.max_model_len):
-            lengths.add(n)
-            n *= 2
-        for length in sorted(lengths, reverse=True):
-            tokens = torch.zeros(1, length, dtype=torch.long, device=self.device)
-            self.model(tokens, Batch.make([0], [0], self.device), self.cache)
-            self.cache.reset(0)
 
     # ---- submitting -------------------------------------------------------------------
     def submit(self, prompt_ids: list[int], params: SamplingParams, on_event=None) -> Sequence:
@@ -178,12 +152,21 @@ class Engine:
 
     @torch.inference_mode()
     def step(self) -> None:
+        if self.prefill is None:
+            return self._step()
+        with torch.cuda.stream(self.prefill.decode):
+            return self._step()
+
+    def _step(self) -> None:
         self._admit()
         for seq in [s for s in self.running if s.cancelled]:
-            self._finish(seq, "cancelled")
+            if not (self.prefill and self.prefill.holds(seq)):  # in flight: ends as it lands
+                self._finish(seq, "cancelled")
+        landed = self._land_and_queue_prompts()
         decoding = scheduler.decoding(self.running)
-        budget = max(self.max_num_batched_tokens - len(decoding), MIN_PREFILL_TOKENS)
-        chunks = scheduler.chunks(self.running, budget, self.prefill_chunk)
+        budget = max(self.max_num_batched_tokens - len(decoding), scheduler.MIN_PREFILL_TOKENS)
+        serial = [s for s in self.running if not (self.prefill and self.prefill.fits(s))]
+        chunks = scheduler.chunks(serial, budget, self.prefill_chunk)
         if chunks and self._graphed(chunks):
             launched = ([self._decode(decoding)] if decoding else []) + [
                 self._prefill(seq, chunk) for seq, chunk in chunks
@@ -194,16 +177,38 @@ class Engine:
             launched = [self._prefill(*chunks[0])]
         else:
             launched = [self._decode(decoding)] if decoding else []
+        if not launched and not landed and self.prefill is not None:
+            self.prefill.wait()  # nothing to decode: sleep until a prompt lands
         self._report_unreported()  # while the GPU runs this step
-        for seqs, logits in launched:
+        for seqs, logits in [*launched, *landed]:
             self._accept(seqs, logits)
         self.stats["steps"] += 1 if launched else 0
+
+    def _land_and_queue_prompts(self) -> list:
+        """Beside the decode steps: the prompts whose prefill finished (each samples its
+        first token with this step's), then new prompts queued while there is room."""
+        if self.prefill is None:
+            return []
+        landed = []
+        for seq, logits in self.prefill.landed():
+            if seq.cancelled:
+                self._finish(seq, "cancelled")
+            else:
+                landed.append(([seq], logits))
+        for seq in self.running:
+            fresh = seq.in_prefill and seq.prefilled == 0
+            if fresh and self.prefill.has_room() and self.prefill.fits(seq):
+                self.prefill.enqueue(seq)
+                self.stats["prompt_tokens"] += len(seq.prompt_ids)
+        return landed
 
     def _graphed(self, chunks) -> bool:
         """Whether every chunk replays a chunk graph (then the decode tokens replay theirs):
         two graphs read the weights twice, but each is one launch where the packed forward
         is hundreds, and those launches, not the GPU, set an eager step's pace."""
         graphs = self.chunk_graphs
+        if self.prefill is not None:
+            return False  # the chunk graphs are the prefill stream's
         return graphs is not None and all(
             graphs.size_for(seq.prefilled, len(chunk)) is not None for seq, chunk in chunks
         )
@@ -258,6 +263,7 @@ class Engine:
         if graphed and (logits := self.graphs(tokens, slots, starts)) is not None:
             return logits
         chunk = op == tp.OP_FORWARD and self.chunk_graphs is not None and len(slots) == 1
+        chunk = chunk and self.prefill is None
         if chunk and (logits := self.chunk_graphs(tokens, slots[0], starts[0])) is not None:
             return logits
         if op == tp.OP_PACKED:
@@ -367,6 +373,8 @@ class Engine:
 
     def _fail_all(self, message: str) -> None:
         self._unreported = []
+        if self.prefill is not None:
+            self.prefill.drain()  # their slots are freed below: nothing may still write them
         for seq in list(self.running) + list(self.waiting):
             with self._lock:
                 if seq in self.waiting:

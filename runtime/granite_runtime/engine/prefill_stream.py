@@ -1,0 +1,94 @@
+"""Prompts prefilled beside the decode steps: chunk graphs on a low-priority CUDA stream.
+
+Inside a step, a 2,048-token chunk held every running stream for ~30 ms where its decode
+step alone takes 3-6 ms on an H100 (bench/NOTES.md). Here a prompt's chunks are queued on a
+stream of their own and the decode steps keep their pace on a high-priority one: measured
+by bench/prefill_overlap.py, an h-micro decode step beside 2,048-token chunks stays within
+~2.3x of its idle time while the chunks keep ~90% of their rate.
+
+Ordering between the two streams:
+- a prompt is queued after the decode stream's work so far (its slot's reset, and whatever
+  the slot's last holder ran there);
+- the engine takes a prompt's first token only once its event has completed, and only then
+  decodes it on the decode stream, so the decode stream reads a finished state;
+- a sequence in flight is never finished (cancelled) until it lands, so its slot cannot be
+  reset and reused while the prefill stream still writes it.
+The chunk graphs have a memory pool of their own: they run at the same time as decode graphs.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import torch
+
+from granite_runtime.engine.chunk_graphs import GraphedChunks
+from granite_runtime.engine.sequence import Sequence
+
+# Prompt tokens queued ahead on the prefill stream: enough to keep it busy between two
+# looks (a step is a few ms; 4 chunks of 2,048 are ~120 ms of h-micro prefill), few enough
+# that CUDA's launch queue never fills and blocks the host.
+QUEUED_CHUNKS = 4
+
+
+class PrefillStream:
+    def __init__(self, graphs: GraphedChunks, prefill_chunk: int, device: torch.device):
+        low, high = torch.cuda.Stream.priority_range()
+        self.stream = torch.cuda.Stream(device, priority=low)
+        self.decode = torch.cuda.Stream(device, priority=high)  # the engine's steps run here
+        self.graphs, self.chunk = graphs, prefill_chunk
+        self.limit = QUEUED_CHUNKS * prefill_chunk
+        self.in_flight: deque[tuple[Sequence, torch.Tensor, torch.cuda.Event]] = deque()
+        self.queued = 0
+
+    def _pieces(self, n: int) -> list[tuple[int, int]]:
+        return [(a, min(self.chunk, n - a)) for a in range(0, n, self.chunk)]
+
+    def fits(self, seq: Sequence) -> bool:
+        """Whether every chunk of the prompt replays a graph (else it is prefilled in the
+        decode steps, eagerly)."""
+        pieces = self._pieces(len(seq.prompt_ids))
+        return all(self.graphs.size_for(a, n) is not None for a, n in pieces)
+
+    def has_room(self) -> bool:
+        return self.queued < self.limit
+
+    def holds(self, seq: Sequence) -> bool:
+        return any(s is seq for s, _, _ in self.in_flight)
+
+    def enqueue(self, seq: Sequence) -> None:
+        """Queue the whole prompt's chunks; its first token's logits land with an event."""
+        prompt = seq.prompt_ids
+        self.stream.wait_stream(self.decode)
+        with torch.cuda.stream(self.stream):
+            tokens = torch.tensor(prompt, dtype=torch.long).pin_memory()
+            tokens = tokens.to(self.stream.device, non_blocking=True)
+            for a, n in self._pieces(len(prompt)):
+                out = self.graphs(tokens[None, a : a + n], seq.slot, a)
+            logits = out[:, -1].clone()  # the graphs share their logits buffer
+            landed = torch.cuda.Event()
+            landed.record(self.stream)
+        logits.record_stream(self.decode)  # sampled on the decode stream
+        seq.prefilled = len(prompt)
+        self.in_flight.append((seq, logits, landed))
+        self.queued += len(prompt)
+
+    def landed(self) -> list[tuple[Sequence, torch.Tensor]]:
+        """The prompts whose prefill has finished, in the order they were queued."""
+        done = []
+        while self.in_flight and self.in_flight[0][2].query():
+            seq, logits, _ = self.in_flight.popleft()
+            self.queued -= len(seq.prompt_ids)
+            done.append((seq, logits))
+        return done
+
+    def wait(self) -> None:
+        """Block (the GIL released) until the first prompt in flight lands."""
+        if self.in_flight:
+            self.in_flight[0][2].synchronize()
+
+    def drain(self) -> None:
+        """Wait for everything queued and forget it (the engine is failing its requests)."""
+        self.stream.synchronize()
+        self.in_flight.clear()
+        self.queued = 0
