@@ -164,9 +164,10 @@ class Engine:
                 self._finish(seq, "cancelled")
         landed = self._land_and_queue_prompts()
         decoding = scheduler.decoding(self.running)
-        budget = max(self.max_num_batched_tokens - len(decoding), scheduler.MIN_PREFILL_TOKENS)
-        serial = [s for s in self.running if not (self.prefill and self.prefill.fits(s))]
-        chunks = scheduler.chunks(serial, budget, self.prefill_chunk)
+        beside = self.prefill.fits if self.prefill else lambda seq: False
+        serial = [s for s in self.running if s.in_prefill and not beside(s)]
+        left = self.max_num_batched_tokens - len(decoding)
+        chunks = scheduler.chunks(serial, left, self.prefill_chunk)
         if chunks and self._graphed(chunks):
             launched = ([self._decode(decoding)] if decoding else []) + [
                 self._prefill(seq, chunk) for seq, chunk in chunks
@@ -206,15 +207,14 @@ class Engine:
         """Whether every chunk replays a chunk graph (then the decode tokens replay theirs):
         two graphs read the weights twice, but each is one launch where the packed forward
         is hundreds, and those launches, not the GPU, set an eager step's pace."""
-        graphs = self.chunk_graphs
-        if self.prefill is not None:
-            return False  # the chunk graphs are the prefill stream's
-        return graphs is not None and all(
-            graphs.size_for(seq.prefilled, len(chunk)) is not None for seq, chunk in chunks
+        graphs = self.chunk_graphs  # beside the decode steps, they are the prefill stream's
+        return (
+            graphs is not None
+            and self.prefill is None
+            and all(graphs.size_for(seq.prefilled, len(chunk)) is not None for seq, chunk in chunks)
         )
 
-    # Each launch returns (the sequences that take a token, their logits (rows, vocab)),
-    # without waiting for the GPU; `step` accepts them once the last step is reported.
+    # A launch returns (the sequences taking a token, their logits) without waiting on the GPU.
     def _prefill(self, seq: Sequence, chunk: list[int]):
         tokens = torch.tensor([chunk], dtype=torch.long, device=self.device)
         logits = self._forward(tp.OP_FORWARD, tokens, [seq.slot], [seq.prefilled])

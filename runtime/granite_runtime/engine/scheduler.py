@@ -19,8 +19,8 @@ def decoding(running: list[Sequence]) -> list[Sequence]:
 
 
 def chunks(running: list[Sequence], budget: int, largest: int) -> list[tuple[Sequence, list[int]]]:
-    """The prompt chunks this step runs, in admission order, within `budget` tokens and at
-    most `largest` (the prefill chunk) each.
+    """The prompt chunks this step runs, in admission order, within `budget` tokens (at
+    least MIN_PREFILL_TOKENS) and at most `largest` (the prefill chunk) each.
 
     A chunk that is not its prompt's last is cut to a multiple of MIN_PREFILL_TOKENS:
     Triton specialises integer arguments by divisibility by 16, so those lengths share the
@@ -29,7 +29,7 @@ def chunks(running: list[Sequence], budget: int, largest: int) -> list[tuple[Seq
     power of two, because an eager chunk costs ~25 ms of host time on an H100 whatever its
     length (bench/NOTES.md, the packed-step round): 448 tokens as one part, not as
     256 + 128 + 64."""
-    out = []
+    out, budget = [], max(budget, MIN_PREFILL_TOKENS)
     for seq in [s for s in running if s.in_prefill]:
         left = len(seq.prompt_ids) - seq.prefilled
         take = min(budget, largest, left)
