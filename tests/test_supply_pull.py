@@ -129,9 +129,12 @@ def test_loader_mode_verifies_before_the_ready_marker_and_skips_once_loaded(tmp_
     }
     assert sorted(p.name for p in volume.iterdir()) == [".gkit-ready", "model"]  # no staging
     shutil.rmtree(tmp_path / "hf")
+    # anyone who can write the claim can write the marker: what it adds is never echoed
+    marker.write_text(json.dumps({**written, "verified_by": "admin", "dest": "/etc"}))
     again = pull(env, pub, dest, "--revision", COMMIT, "--ready-marker", str(marker), "--json")
     assert again.returncode == 0, again.stdout + again.stderr
-    assert json.loads(again.stdout)["skipped"] is True
+    skipped = json.loads(again.stdout)
+    assert skipped == {"ok": True, **written, "dest": str(dest.resolve()), "skipped": True}
     assert run_gkit("verify", str(dest), "--public-key", str(pub)).returncode == 0
 
 

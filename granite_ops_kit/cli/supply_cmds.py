@@ -239,15 +239,15 @@ def pull(
             progress=progress,
             ready_marker=ready_marker,
         )
-    if result.get("skipped"):
-        output.emit(result, lambda con: con.print(f"[green]already loaded[/] {final}"))
+    if result.skipped:
+        output.emit(result.to_json(), lambda con: con.print(f"[green]already loaded[/] {final}"))
         return
 
     def render(con):
         con.print(
-            f"[green]pulled[/] {repo_id}@{result['commit']} -> {result['dest']} "
-            f"({result['files']} files, {result['bytes']:,} bytes)"
+            f"[green]pulled[/] {repo_id}@{result.commit} -> {result.dest} "
+            f"({result.files} files, {result.bytes:,} bytes)"
         )
-        _render_verify(result["verification"])(con)
+        _render_verify(result.verification.to_json())(con)
 
-    output.emit(result, render)
+    output.emit(result.to_json(), render)

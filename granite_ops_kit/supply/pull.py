@@ -12,10 +12,14 @@ import json
 import os
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from granite_ops_kit.errors import CheckFailed, UsageError
+
+if TYPE_CHECKING:
+    from granite_ops_kit.supply.verify import VerifyResult
 
 REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -28,6 +32,31 @@ class PullResult:
     dest: str
     files: int
     bytes: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class PulledModel:
+    """`gkit pull`: the commit pulled and its verification; or, in loader mode, that this
+    commit was already loaded and verified (skipped, with only what its marker names)."""
+
+    repo_id: str
+    commit: str
+    dest: str
+    manifest_digest: str | None
+    revision: str | None = None
+    files: int | None = None
+    bytes: int | None = None
+    verification: VerifyResult | None = None
+    skipped: bool = False
+
+    def to_json(self) -> dict:
+        if self.skipped:
+            keys = ("repo_id", "commit", "manifest_digest", "dest")
+            return {**{k: getattr(self, k) for k in keys}, "skipped": True}
+        return {
+            **{f.name: getattr(self, f.name) for f in fields(self) if f.name != "skipped"},
+            "verification": self.verification.to_json() if self.verification else None,
+        }
 
 
 def _download(repo_id: str, revision: str | None) -> Path:
@@ -144,7 +173,7 @@ def pull_and_verify(
     recorder,
     progress=None,
     ready_marker: Path | None = None,
-) -> dict:
+) -> PulledModel:
     """`gkit pull`: the repository at a pinned commit into dest, then its signature verified
     per policy; artifact.pulled and the verification are recorded. With a ready marker
     (loader mode), a commit already loaded and verified is skipped, and a new one is pulled
@@ -153,7 +182,13 @@ def pull_and_verify(
     from granite_ops_kit.supply.verify import VerifyRequest, verify
 
     if ready_marker and (done := already_loaded(ready_marker, repo_id, revision)):
-        return {**done, "dest": str(dest.resolve()), "skipped": True}
+        return PulledModel(
+            repo_id=repo_id,
+            commit=str(done.get("commit")),
+            dest=str(dest.resolve()),
+            manifest_digest=done.get("manifest_digest"),
+            skipped=True,
+        )
     pulled = pull(repo_id, revision, staging_dir(dest) if ready_marker else dest)
     recorder.record(events.pulled(pulled))
     req = VerifyRequest(
@@ -163,19 +198,18 @@ def pull_and_verify(
         revision=pulled.commit,
         supplier=repo_id.split("/")[0],
     )
-    verified = verify(req, progress, recorder).to_json()
-    result = {
-        "repo_id": repo_id,
-        "revision": pulled.revision,
-        "commit": pulled.commit,
-        "dest": pulled.dest,
-        "files": pulled.files,
-        "bytes": pulled.bytes,
-        "manifest_digest": verified["manifest_digest"],
-        "verification": verified,
-    }
+    verified = verify(req, progress, recorder)
     if ready_marker:
-        marker = {k: result[k] for k in ("repo_id", "commit", "manifest_digest")}
+        marker = {"repo_id": repo_id, "commit": pulled.commit}
+        marker["manifest_digest"] = verified.manifest_digest
         move_into_place(Path(pulled.dest), dest, ready_marker, marker)
-        result["dest"] = str(dest.resolve())
-    return result
+    return PulledModel(
+        repo_id=repo_id,
+        revision=pulled.revision,
+        commit=pulled.commit,
+        dest=str(dest.resolve()) if ready_marker else pulled.dest,
+        files=pulled.files,
+        bytes=pulled.bytes,
+        manifest_digest=verified.manifest_digest,
+        verification=verified,
+    )
