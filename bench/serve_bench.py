@@ -45,9 +45,10 @@ SERVER = """
 import sys
 from granite_runtime.server.run import build_service, run_server
 path, port, slots, length = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-chunk = int(sys.argv[6])
+chunk, beside = int(sys.argv[6]), sys.argv[7] == "1"
 service = build_service(
-    path, "cuda", "bfloat16", slots, length, served_name="bench", prefill_chunk=chunk
+    path, "cuda", "bfloat16", slots, length, served_name="bench", prefill_chunk=chunk,
+    prefill_beside_decode=beside,
 )
 run_server(service, "127.0.0.1", port)
 """
@@ -74,7 +75,7 @@ run_server(service, "127.0.0.1", port)
 
 def start_server(
     path: Path, port: int, slots: int, length: int, log: Path, fake_step_ms: float = 0.0,
-    prefill_chunk: int = 512,
+    prefill_chunk: int = 512, beside: bool = False,
 ):  # fmt: skip
     env = {
         **os.environ,
@@ -91,6 +92,7 @@ def start_server(
             str(length),
             str(fake_step_ms),
             str(prefill_chunk),
+            "1" if beside else "0",
         ],
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
@@ -288,18 +290,28 @@ def server_overhead(args) -> None:
         args.json.write_text(json.dumps({"fake_step_ms": args.fake_step_ms, "rows": rows}))
 
 
-def serve_rows(args, name: str, path: Path, rows, chunk: int, report: dict) -> list[dict]:
-    """Every row against one server (`--prefill-chunk chunk`), then the ITL-under-prefill
-    probe; the server is stopped before the engine's own ceiling is measured."""
-    log = Path(f"/tmp/{name}-{chunk}.log")
-    proc, up = start_server(path, args.port, args.slots, args.max_model_len, log, 0.0, chunk)
-    print(f"{name}: server up in {up:.0f} s ({args.slots} slots, chunk {chunk})", flush=True)
+def serve_rows(
+    args, name: str, path: Path, rows, chunk: int, beside: bool, report: dict
+) -> list[dict]:
+    """Every row against one server (`prefill_chunk=chunk`, prompts beside the decode steps
+    or inside them), then the ITL-under-prefill probe; the server is stopped before the
+    engine's own ceiling is measured."""
+    where = "beside" if beside else "inside"
+    log = Path(f"/tmp/{name}-{chunk}-{where}.log")
+    proc, up = start_server(
+        path, args.port, args.slots, args.max_model_len, log, 0.0, chunk, beside
+    )
+    print(
+        f"{name}: server up in {up:.0f} s ({args.slots} slots, chunk {chunk}, prompts {where} "
+        "the decode steps)",
+        flush=True,
+    )
     served = []
     try:
         stream_one(args.port, [5] * 32, 8)  # warm
         for clients, prompt_len, out in rows:
             r = run_row(args.port, clients, prompt_len, out, args.rounds, args.poisson)
-            r["prefill_chunk"] = chunk
+            r["prefill_chunk"], r["prefill"] = chunk, where
             served.append(r)
             print(
                 f"  {clients:>3} x {prompt_len}/{out}: {r['out_tok_s']:,.0f} out tok/s, "
@@ -310,7 +322,7 @@ def serve_rows(args, name: str, path: Path, rows, chunk: int, report: dict) -> l
             )
         if args.itl_under_prefill:
             u = itl_under_prefill(args.port, args.itl_under_prefill - 1, 2048, 16)
-            report[f"{name}_itl_under_prefill_chunk_{chunk}"] = u
+            report[f"{name}_itl_under_prefill_chunk_{chunk}_{where}"] = u
             print(f"  one client while {u['others']} prefill 2048: {u}", flush=True)
     finally:
         proc.terminate()
@@ -330,6 +342,12 @@ def main() -> None:
     ap.add_argument("--itl-under-prefill", type=int, default=0, help="clients in that row")
     ap.add_argument(
         "--prefill-chunks", default="512", help="comma-separated: a server for each value"
+    )
+    ap.add_argument(
+        "--prefill-beside",
+        default="0",
+        help="comma-separated 0/1: a server with prompts inside the decode steps (0) or "
+        "beside them on a stream of their own (1)",
     )
     ap.add_argument("--port", type=int, default=18123)
     ap.add_argument("--json", type=Path, default=None)
@@ -359,9 +377,11 @@ def main() -> None:
         path = checkpoint(name, Path(args.root))
         word_tokenizer(path)
         chunks = [int(c) for c in args.prefill_chunks.split(",")]
-        for chunk in chunks:
-            served = serve_rows(args, name, path, rows, chunk, report)
-            key = name if len(chunks) == 1 else f"{name}_prefill_chunk_{chunk}"
+        variants = [(c, b == "1") for c in chunks for b in args.prefill_beside.split(",")]
+        for chunk, beside in variants:
+            served = serve_rows(args, name, path, rows, chunk, beside, report)
+            where = "beside" if beside else "inside"
+            key = name if len(variants) == 1 else f"{name}_prefill_chunk_{chunk}_{where}"
             report[key] = served
         ceilings = engine_step_tok_s(path, sorted({min(c, args.slots) for c, _, _ in rows}))
         for key in [k for k in report if k == name or k.startswith(f"{name}_prefill_chunk")]:

@@ -29,12 +29,14 @@ def start_engine(
     max_model_len: int | None = None,
     gpus: int = 1,
     prefill_chunk: int = PREFILL_CHUNK,
+    prefill_beside_decode: bool = False,
 ) -> Engine:
     """The engine, on rank 0. With gpus > 1 the model is split over that many processes
     (tensor parallelism, tp.py): this one is rank 0; the others are started here and
     follow its steps until `Engine.stop`. On the CPU, gpus > 1 means processes over gloo,
     which is how the tests exercise the split without GPUs. `prefill_chunk`: tokens of
-    one prompt per step (Engine)."""
+    one prompt per step (Engine); `prefill_beside_decode`: prompts on a stream of their
+    own (Engine; one GPU only)."""
     root = Path(model_path).resolve()
     config = GraniteConfig.from_file(root / "config.json")
     max_len = max_model_len or min(config.max_position_embeddings, 4096)
@@ -43,7 +45,7 @@ def start_engine(
         tp.local_config(config, gpus)  # a model that does not split fails here, in one sentence
         _check_devices(device, gpus)
         _start_followers(gpus, settings)
-    return _engine(0, gpus, *settings)
+    return _engine(0, gpus, *settings, beside=prefill_beside_decode)
 
 
 def _rank_device(device: str, rank: int) -> str:
@@ -57,12 +59,16 @@ def _check_devices(device: str, gpus: int) -> None:
         )
 
 
-def _engine(rank: int, world: int, root: str, device: str, dtype, max_num_seqs, max_len, chunk):
+def _engine(
+    rank: int, world: int, root: str, device: str, dtype, max_num_seqs, max_len, chunk,
+    beside: bool = False,
+):  # fmt: skip
     model = load_model(root, dtype, _rank_device(device, rank), rank, world)
     codec = TextCodec.from_dir(Path(root))
     return Engine(
-        model, codec, max_num_seqs=max_num_seqs, max_model_len=max_len, prefill_chunk=chunk
-    )
+        model, codec, max_num_seqs=max_num_seqs, max_model_len=max_len, prefill_chunk=chunk,
+        prefill_beside_decode=beside,
+    )  # fmt: skip
 
 
 def _start_followers(world: int, settings: tuple) -> None:

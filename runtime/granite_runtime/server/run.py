@@ -23,11 +23,13 @@ def build_service(
     served_name: str | None = None,
     gpus: int = 1,
     prefill_chunk: int = PREFILL_CHUNK,
+    prefill_beside_decode: bool = False,
 ) -> Service:
     """The engine (launch.start_engine: split over `gpus` processes when > 1) and the API."""
     engine = start_engine(
-        model_path, device, dtype, max_num_seqs, max_model_len, gpus, prefill_chunk
-    )
+        model_path, device, dtype, max_num_seqs, max_model_len, gpus, prefill_chunk,
+        prefill_beside_decode,
+    )  # fmt: skip
     return Service(engine, served_name or Path(model_path).resolve().name, api_key)
 
 
