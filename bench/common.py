@@ -37,6 +37,14 @@ def copy_bandwidth(gib: float = 2.0) -> float:
     return 2 * a.numel() * 10 / (time.perf_counter() - t) / 1e9
 
 
+def pct(values: list[float], q: float) -> float:
+    """The q-quantile of `values` (nearest rank), nan for none."""
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
 def timed(fn, repeat: int) -> float:
     """Seconds per call of fn, after one warm call, the device synchronised around."""
     fn()

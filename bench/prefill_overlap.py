@@ -21,17 +21,12 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent / "runtime"), str(HERE.parent)]
 
 import torch  # noqa: E402
-from common import checkpoint, timed  # noqa: E402
+from common import checkpoint, pct, timed  # noqa: E402
 
 from granite_runtime.engine.cache import HybridCache  # noqa: E402
 from granite_runtime.engine.chunk_graphs import GraphedChunks  # noqa: E402
 from granite_runtime.engine.graphs import GraphedDecoder  # noqa: E402
 from granite_runtime.model.loader import load_model  # noqa: E402
-
-
-def pct(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(q * len(values)))]
 
 
 def together(decode, chunk, fast: torch.cuda.Stream, slow: torch.cuda.Stream, chunks: int):

@@ -135,6 +135,10 @@ def test_loader_mode_verifies_before_the_ready_marker_and_skips_once_loaded(tmp_
     assert again.returncode == 0, again.stdout + again.stderr
     skipped = json.loads(again.stdout)
     assert skipped == {"ok": True, **written, "dest": str(dest.resolve()), "skipped": True}
+    # nor is a "digest" that is not one (an object, a string of markup)
+    marker.write_text(json.dumps({**written, "manifest_digest": {"<b>": "x" * 1000}}))
+    forged = pull(env, pub, dest, "--revision", COMMIT, "--ready-marker", str(marker), "--json")
+    assert forged.returncode == 0 and json.loads(forged.stdout)["manifest_digest"] is None
     assert run_gkit("verify", str(dest), "--public-key", str(pub)).returncode == 0
 
 

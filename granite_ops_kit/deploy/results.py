@@ -11,8 +11,15 @@ def _flat(part) -> dict:
     return part.to_json() if part is not None else {}
 
 
+class _Fields:
+    """`to_json` of a result that is its fields, as they are."""
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
 @dataclass(frozen=True, kw_only=True)
-class RenderedChart:
+class RenderedChart(_Fields):
     """The files `render.write` left in the output folder (rendered is None without helm)."""
 
     chart: str
@@ -20,20 +27,14 @@ class RenderedChart:
     rendered: str | None
     plan_file: str
 
-    def to_json(self) -> dict:
-        return dataclasses.asdict(self)
-
 
 @dataclass(frozen=True, kw_only=True)
-class PodmanPod:
+class PodmanPod(_Fields):
     play_file: str
     pod: str
     url: str
     healthy_after_s: float
     ready_after_s: float
-
-    def to_json(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -44,22 +45,16 @@ class HelmRelease:
 
 
 @dataclass(frozen=True, kw_only=True)
-class KubeRelease:
+class KubeRelease(_Fields):
     nodes_with_gpus: list[str]
     release_status: HelmRelease
 
-    def to_json(self) -> dict:
-        return dataclasses.asdict(self)
-
 
 @dataclass(frozen=True, kw_only=True)
-class DockerContainer:
+class DockerContainer(_Fields):
     container: str
     url: str
     healthy_after_s: float
-
-    def to_json(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 Applied = PodmanPod | KubeRelease | DockerContainer
@@ -124,7 +119,7 @@ class PodRemoved:
 
 
 @dataclass(frozen=True, kw_only=True)
-class BuiltImage:
+class BuiltImage(_Fields):
     """`gkit build`: the image on the Docker engine and the model manifest it was gated on."""
 
     tag: str
@@ -135,6 +130,3 @@ class BuiltImage:
     size_bytes: int | None
     user: str | None
     model_manifest_digest: str | None = None
-
-    def to_json(self) -> dict:
-        return dataclasses.asdict(self)

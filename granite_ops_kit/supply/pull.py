@@ -21,6 +21,7 @@ from granite_ops_kit.errors import CheckFailed, UsageError
 if TYPE_CHECKING:
     from granite_ops_kit.supply.verify import VerifyResult
 
+DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -57,6 +58,12 @@ class PulledModel:
             **{f.name: getattr(self, f.name) for f in fields(self) if f.name != "skipped"},
             "verification": self.verification.to_json() if self.verification else None,
         }
+
+
+def _digest(value) -> str | None:
+    """A manifest digest read from the ready marker, if it is one (the marker is anyone's
+    who can write the claim: nothing else it holds is reported)."""
+    return value if isinstance(value, str) and DIGEST.match(value) else None
 
 
 def _download(repo_id: str, revision: str | None) -> Path:
@@ -186,7 +193,7 @@ def pull_and_verify(
             repo_id=repo_id,
             commit=str(done.get("commit")),
             dest=str(dest.resolve()),
-            manifest_digest=done.get("manifest_digest"),
+            manifest_digest=_digest(done.get("manifest_digest")),
             skipped=True,
         )
     pulled = pull(repo_id, revision, staging_dir(dest) if ready_marker else dest)

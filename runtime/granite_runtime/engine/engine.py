@@ -3,10 +3,10 @@
 Each step decodes every running stream's next token (a CUDA graph on a GPU). Asked to
 (`prefill_beside_decode`), prompts run beside the steps on a stream of their own through
 chunk graphs (engine/prefill_stream.py), with one GPU and a graph for every chunk; else
-inside the steps, as chunks
-within a token budget (engine/scheduler.py): a chunk graph each, or, where a chunk has none,
-one packed forward with the decode tokens (engine/batch.py). Either way a long prompt never
-stalls the running streams for more than one chunk's share of a step.
+inside the steps, as chunks within a token budget (engine/scheduler.py): a chunk graph
+each, or, where a chunk has none, one packed forward with the decode tokens
+(engine/batch.py). Either way a long prompt never stalls the running streams for more than
+one chunk's share of a step.
 
 A step launches its GPU work, then reports the last step's tokens (text, stop strings, the
 stream callbacks) while the GPU computes, and only then samples: for 64 streams the host's
