@@ -29,24 +29,31 @@ from granite_runtime.engine.graphs import GraphedDecoder  # noqa: E402
 from granite_runtime.model.loader import load_model  # noqa: E402
 
 
-def together(decode, chunk, fast: torch.cuda.Stream, slow: torch.cuda.Stream, chunks: int):
-    """Enqueue `chunks` chunk replays on `slow`, then step decode on `fast` until they end."""
-    done = torch.cuda.Event()
+def together(decode, chunk, fast, slow, chunks: int, ahead: int):
+    """Step decode on `fast` while `chunks` chunk replays run on `slow`, at most `ahead` of
+    them queued at a time and topped up before every step, as the engine's prefill stream
+    does (engine/prefill_stream.py QUEUED_CHUNKS). Returns the decode steps' latencies, the
+    wall time until the last chunk ends, and the host time spent queueing chunks (a launch
+    queue that fills blocks the host there, and every decode step waits behind it)."""
     torch.cuda.synchronize()
     began = time.perf_counter()
-    with torch.cuda.stream(slow):
-        for _ in range(chunks):
-            chunk()
-        done.record(slow)
-    steps = []
-    while not done.query():
+    queued, left, steps, queueing = [], chunks, [], 0.0
+    while left or queued:
+        queued = [e for e in queued if not e.query()]
+        t = time.perf_counter()
+        with torch.cuda.stream(slow):
+            while left and len(queued) < ahead:
+                chunk()
+                queued.append(torch.cuda.Event())
+                queued[-1].record(slow)
+                left -= 1
+        queueing += time.perf_counter() - t
         t = time.perf_counter()
         with torch.cuda.stream(fast):
             decode()
         fast.synchronize()
         steps.append(time.perf_counter() - t)
-    done.synchronize()
-    return steps, time.perf_counter() - began
+    return steps, time.perf_counter() - began, queueing
 
 
 def main() -> None:
@@ -56,6 +63,7 @@ def main() -> None:
     ap.add_argument("--batches", default="1,64")
     ap.add_argument("--lengths", default="512,2048")
     ap.add_argument("--chunks", type=int, default=40)
+    ap.add_argument("--ahead", type=int, default=4, help="chunks queued at a time")
     args = ap.parse_args()
     model = load_model(checkpoint(args.model, Path(args.root)), "bfloat16", "cuda")
     batches = [int(b) for b in args.batches.split(",")]
@@ -85,7 +93,7 @@ def main() -> None:
                     decode()
                     torch.cuda.synchronize()
                     alone.append(time.perf_counter() - t)
-                steps, wall = together(decode, chunk, fast, slow, args.chunks)
+                steps, wall, queueing = together(decode, chunk, fast, slow, args.chunks, args.ahead)
                 rate = args.chunks * n / wall
                 print(
                     f"  decode b{b}: alone p50/p99 {pct(alone, 0.5) * 1e3:.2f}/"
@@ -93,7 +101,8 @@ def main() -> None:
                     f"{pct(steps, 0.5) * 1e3:.2f}/{pct(steps, 0.99) * 1e3:.2f} ms "
                     f"({pct(steps, 0.99) / pct(alone, 0.99):.2f}x); chunks meanwhile "
                     f"{rate:,.0f} tok/s ({rate * alone_chunk / n:.0%} of alone), "
-                    f"{len(steps)} decode steps = {len(steps) * b / wall:,.0f} tok/s",
+                    f"{len(steps)} decode steps = {len(steps) * b / wall:,.0f} tok/s, "
+                    f"{queueing / wall:.0%} of the wall spent queueing chunks",
                     flush=True,
                 )
 
