@@ -22,6 +22,7 @@ import itertools
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 import threading
@@ -65,6 +66,11 @@ path, port, slots, length = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int
 service = build_service(path, "cpu", "float32", slots, length, served_name="bench")
 run_server(service, "127.0.0.1", port)
 """
+
+
+# A stream with no event for this long counts as an error: a server whose engine stalled
+# or died ends the row within this, not at the device call's limit.
+STALL_S = 60
 
 
 def start_server(
@@ -117,7 +123,7 @@ def stream_one(port: int, prompt: list[int], out: int) -> dict:
             "stream": True,
         }
     )
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=STALL_S)
     sent = time.perf_counter()
     conn.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
     response = conn.getresponse()
@@ -291,7 +297,7 @@ def serve_rows(
     or inside them), then the ITL-under-prefill probe; the server is stopped before the
     engine's own ceiling is measured."""
     where = "beside" if beside else "inside"
-    log = Path(f"/tmp/{name}-{chunk}-{where}.log")
+    log = (args.logs or Path("/tmp")) / f"{name}-{chunk}-{where}.log"
     proc, up = start_server(
         path, args.port, args.slots, args.max_model_len, log, 0.0, chunk, beside
     )
@@ -314,6 +320,8 @@ def serve_rows(
                 + (f", errors {r['errors']}" if r["errors"] else ""),
                 flush=True,
             )
+            if r["errors"]:
+                print(f"  server log, last lines:\n{log.read_text()[-1500:]}", flush=True)
         if args.itl_under_prefill:
             u = itl_under_prefill(args.port, args.itl_under_prefill - 1, 2048, 16)
             report[f"{name}_itl_under_prefill_chunk_{chunk}_{where}"] = u
@@ -345,6 +353,7 @@ def main() -> None:
     )
     ap.add_argument("--port", type=int, default=18123)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--logs", type=Path, default=None, help="folder for the servers' logs")
     ap.add_argument(
         "--fake-step-ms",
         type=float,
@@ -353,6 +362,9 @@ def main() -> None:
         "of this long (prefill in proportion), the ceiling CLIENTS / step",
     )
     args = ap.parse_args()
+    # `timeout` sends SIGTERM: leave through the finally blocks, which stop the server (one
+    # left running would share the GPU with whatever the call runs next)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.fake_step_ms:
         return server_overhead(args)
     import torch
@@ -377,6 +389,8 @@ def main() -> None:
             where = "beside" if beside else "inside"
             key = name if len(variants) == 1 else f"{name}_prefill_chunk_{chunk}_{where}"
             report[key] = served
+            if args.json:  # kept so far, should a later server not come back
+                args.json.write_text(json.dumps(report, indent=2))
         ceilings = engine_step_tok_s(path, sorted({min(c, args.slots) for c, _, _ in rows}))
         for key in [k for k in report if k == name or k.startswith(f"{name}_prefill_chunk")]:
             for r in report[key]:
