@@ -76,7 +76,7 @@ def main() -> None:
     with torch.inference_mode():
         decoder = GraphedDecoder(model, cache, max(batches))
         decoder.capture(sorted(batches, reverse=True))
-        chunked = GraphedChunks(model, cache)  # a pool of its own: it runs beside decode
+        chunked = GraphedChunks(model, cache, beside_decode=True)  # it runs beside decode
         chunked.capture(lengths)
         for n in lengths:
             tokens = torch.randint(100, 1000, (1, n), device="cuda")

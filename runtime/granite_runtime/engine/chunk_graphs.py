@@ -44,8 +44,14 @@ def can_graph(model, cache: HybridCache) -> bool:
 
 
 class GraphedChunks:
-    def __init__(self, model, cache: HybridCache, pool=None):
-        self.model, self.cache, self.pool = model, cache, pool
+    def __init__(self, model, cache: HybridCache, pool=None, beside_decode: bool = False):
+        """`beside_decode`: these graphs replay at the same time as the decode graphs (on
+        a stream of their own), so they get a memory pool and a capture stream of their
+        own: two graphs captured on one stream share its cuBLAS workspace (graphs.record),
+        and two steps running at once then corrupt each other's products."""
+        self.model, self.cache = model, cache
+        self.pool = None if beside_decode else pool
+        self.capture_stream = torch.cuda.Stream() if beside_decode else None
         self.graphs: dict[int, tuple] = {}
         self.out: torch.Tensor | None = None  # (1, 1, vocab) fp32 logits, shared by all
 
@@ -66,7 +72,8 @@ class GraphedChunks:
         if self.out is None:
             vocab = self.model.config.vocab_size
             self.out = torch.empty(1, 1, vocab, dtype=torch.float32, device=device)
-        graph = record(lambda: self.model(tokens, batch, self.cache), self.out, self.pool)
+        step = lambda: self.model(tokens, batch, self.cache)  # noqa: E731
+        graph = record(step, self.out, self.pool, self.capture_stream)
         self.pool = graph.pool()
         return graph, tokens, slots, starts, real
 

@@ -40,8 +40,11 @@ def graph_sizes(max_num_seqs: int) -> list[int]:
 KV_GATHER_BUDGET = 256 << 20
 
 
-def record(step, out: torch.Tensor, pool) -> torch.cuda.CUDAGraph:
-    """A graph of `out.copy_(step())`, in memory pool `pool` (None: a new one).
+def record(step, out: torch.Tensor, pool, stream=None) -> torch.cuda.CUDAGraph:
+    """A graph of `out.copy_(step())`, in memory pool `pool` (None: a new one), captured on
+    `stream` (None: PyTorch's one capture stream). Graphs captured on one stream share its
+    cuBLAS workspace, whatever their pools (pytorch/pytorch#193402): graphs that replay at
+    the same time as others must be captured on a stream of their own.
 
     Warms up (lazy initialisation, Triton autotuning) on the current stream, not a new side
     stream per graph: the caching allocator keeps freed blocks per stream, so a side stream
@@ -52,7 +55,7 @@ def record(step, out: torch.Tensor, pool) -> torch.cuda.CUDAGraph:
         step()
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, pool=pool):
+    with torch.cuda.graph(graph, pool=pool, stream=stream):
         out.copy_(step())
     return graph
 

@@ -13,7 +13,8 @@ Ordering between the two streams:
   decodes it on the decode stream, so the decode stream reads a finished state;
 - a sequence in flight is never finished (cancelled) until it lands, so its slot cannot be
   reset and reused while the prefill stream still writes it.
-The chunk graphs have a memory pool of their own: they run at the same time as decode graphs.
+The chunk graphs have a memory pool and a capture stream of their own (chunk_graphs.py): they
+run at the same time as decode graphs.
 """
 
 from __future__ import annotations

@@ -46,14 +46,15 @@ def capture_graphs(
     beside: bool,
 ) -> Prepared:  # fmt: skip
     """Decode graphs for every batch size, then chunk graphs for every padded chunk length
-    up to `largest`; with `beside`, the chunk graphs get a memory pool of their own (they
-    run at the same time as decode graphs) and a PrefillStream to run on."""
+    up to `largest`; with `beside`, the chunk graphs get a memory pool and a capture stream
+    of their own (they run at the same time as decode graphs) and a PrefillStream to run
+    on."""
     sizes = graphs.graph_sizes(max_num_seqs)
     decoder = graphs.GraphedDecoder(model, cache, sizes[0], pad_slot=pad_slot)
     decoder.capture(sizes)
     if not chunk_graphs.can_graph(model, cache):
         return Prepared(decoder)
-    chunks = chunk_graphs.GraphedChunks(model, cache, None if beside else decoder.pool)
+    chunks = chunk_graphs.GraphedChunks(model, cache, decoder.pool, beside_decode=beside)
     chunks.capture(chunk_graphs.chunk_lengths(MIN_PREFILL_TOKENS, largest))
     device = model.model.embed_tokens.weight.device
     return Prepared(decoder, chunks, PrefillStream(chunks, largest, device) if beside else None)
