@@ -25,6 +25,7 @@ class ServeRequest:
     served_model_name: str | None = None
     gpus: int = 1
     prefill_chunk: int = PREFILL_CHUNK
+    stall_seconds: float = 120.0  # granite_runtime.server.app.STALL_SECONDS
 
 
 def serve(req: ServeRequest, recorder: events.Recorder, announce: Callable[[str], None]) -> None:
@@ -44,6 +45,7 @@ def serve(req: ServeRequest, recorder: events.Recorder, announce: Callable[[str]
             req.served_model_name,
             req.gpus,
             req.prefill_chunk,
+            stall_seconds=req.stall_seconds,
         )
         engine = service.engine
         split = f", split over {req.gpus} processes" if req.gpus > 1 else ""

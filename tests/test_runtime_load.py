@@ -231,3 +231,44 @@ def test_a_template_bomb_is_refused_and_health_stays_quick(tmp_path, tiny_hybrid
             assert r.status == 200
     finally:
         proc.stop()
+
+
+def test_a_step_that_never_returns_fails_health_until_it_returns(tiny_hybrid):
+    """A hung GPU kernel leaves the engine in one step forever, and /health (the liveness
+    probe) must say so rather than answer ok while every stream waits. A hang cannot be
+    caused on a CPU, so the model call blocks on an event instead: that is the fault; the
+    engine, the server and the probe are the real ones."""
+    from fastapi.testclient import TestClient
+
+    from granite_runtime.engine.sampling import SamplingParams
+    from granite_runtime.server.app import create_app
+    from granite_runtime.server.run import build_service
+
+    service = build_service(tiny_hybrid, "cpu", "float32", 2, 256, stall_seconds=0.5)
+    engine, release = service.engine, threading.Event()
+    forward = engine._forward
+    engine._forward = lambda *args: (release.wait(30), forward(*args))[1]
+    with TestClient(create_app(service)) as http:
+        assert http.get("/health").status_code == 200  # idle: never stalled
+        seq = engine.submit([5, 6, 7], SamplingParams(max_tokens=2, ignore_eos=True))
+        time.sleep(0.3)
+        assert http.get("/health").status_code == 200  # within the limit
+        deadline = time.monotonic() + 10
+        while (r := http.get("/health")).status_code == 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert r.status_code == 503
+        error = r.json()["error"]
+        assert (error["type"], error["code"]) == ("service_unavailable", "engine_stalled")
+        assert "in one step for" in error["message"] and "limit is 0.5 s" in error["message"]
+        metrics = http.get("/metrics").text
+        age = next(ln for ln in metrics.splitlines() if ln.startswith("gkit_engine_step_seconds "))
+        assert float(age.split()[-1]) >= 0.5
+        release.set()
+        deadline = time.monotonic() + 30
+        while seq.finish_reason is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (seq.finish_reason, len(seq.output_ids)) == ("length", 2)
+        r = http.get("/health")
+        assert (r.status_code, r.json()) == (200, {"status": "ok"})
+        metrics = http.get("/metrics").text
+        assert "gkit_engine_step_seconds 0.0" in metrics

@@ -81,6 +81,12 @@ def serve(
         "first token), smaller ones delay running streams less (inter-token latency). "
         "`gkit size --prefill-chunk` counts its memory.",
     ),
+    stall_seconds: float = typer.Option(
+        120.0,
+        min=1.0,
+        help="/health answers 503 once one engine step has run this long (a hung GPU), so a "
+        "liveness probe restarts the server.",
+    ),
     api_key: str = typer.Option(
         None,
         envvar="GKIT_API_KEY",
@@ -123,6 +129,7 @@ def serve(
             served_model_name=served_model_name,
             gpus=gpus,
             prefill_chunk=prefill_chunk,
+            stall_seconds=stall_seconds,
         )
     serve_model(req, recorder(), output.stderr.print)
 

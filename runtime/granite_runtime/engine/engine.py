@@ -65,35 +65,29 @@ class Engine:
         graphed = self.device.type == "cuda" and os.environ.get("GKIT_CUDA_GRAPHS", "1") != "0"
         # the pad slot (the last one) is only needed where some batch sizes are padded
         pad_slot = max_num_seqs if graphed and max_num_seqs > graphs.MAX_GRAPHED_BATCH else None
-        self.cache = HybridCache(
-            model.config,
-            max_num_seqs + (pad_slot is not None),
-            max_model_len,
-            weight.dtype,
-            weight.device,
-        )
+        slots = max_num_seqs + (pad_slot is not None)
+        self.cache = HybridCache(model.config, slots, max_model_len, weight.dtype, weight.device)
         largest = min(prefill_chunk, max_model_len)
         if self.device.type == "cuda":
             startup.warm_up_prefill(model, self.cache, largest)
-        ready = startup.Prepared()
+        prep = startup.Prepared()
         if graphed:
             beside = prefill_beside_decode and tp.world_size() == 1
-            ready = startup.capture_graphs(
+            prep = startup.capture_graphs(
                 model, self.cache, max_num_seqs, largest, pad_slot, beside
             )
-        self.graphs, self.chunk_graphs = ready.graphs, ready.chunk_graphs
-        self.prefill = ready.prefill
+        self.graphs, self.chunk_graphs, self.prefill = prep.graphs, prep.chunk_graphs, prep.prefill
         self.free_slots = list(range(max_num_seqs))[::-1]
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self._lock = threading.Condition()
         self._thread: threading.Thread | None = None
-        self._stopping = False
-        self.accepting = True
+        self._stopping, self.accepting = False, True
         self._released = False  # the other ranks were told to stop
         self.stats = {"prompt_tokens": 0, "generation_tokens": 0, "steps": 0}
         self._grammars = self._masks = None
         self._unreported: list[tuple[Sequence, int, list]] = []  # the last step's tokens
+        self.stepped_at = time.monotonic()  # when the step now running began (stalled_for)
 
     # ---- submitting -------------------------------------------------------------------
     def submit(self, prompt_ids: list[int], params: SamplingParams, on_event=None) -> Sequence:
@@ -137,6 +131,11 @@ class Engine:
     # ---- one step ---------------------------------------------------------------------
     def has_work(self) -> bool:
         return bool(self.waiting or self.running or self._unreported)
+
+    def stalled_for(self) -> float:
+        """Seconds the step now running has taken, 0 while idle: a step that never returns
+        (a hung GPU kernel) grows it, and /health turns 503 on it."""
+        return time.monotonic() - self.stepped_at if self.has_work() else 0.0
 
     def _admit(self) -> None:
         with self._lock:
@@ -366,6 +365,7 @@ class Engine:
                         tp.send_control(tp.OP_KEEPALIVE, 0, self.device)
                 if self._stopping and not self.has_work():
                     return
+            self.stepped_at = time.monotonic()
             try:
                 self.step()
             except Exception as bad:  # fail the requests, keep serving

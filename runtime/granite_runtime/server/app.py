@@ -25,12 +25,19 @@ from granite_runtime.server.relay import relay_for
 from granite_runtime.server.tool_calls import ToolCallStream, parse_tool_calls
 from granite_runtime.spec.errors import RequestError
 
+# A step that has run this long is taken for a hung GPU (or engine): /health answers 503, so
+# the liveness probe restarts the pod instead of leaving its streams waiting forever. A step
+# on a GPU takes milliseconds (bench/NOTES.md); the margin is for a CPU's slow prompt chunks
+# (`gkit serve --stall-seconds`).
+STALL_SECONDS = 120.0
+
 
 @dataclass
 class Service:
     engine: Engine
     model_name: str
     api_key: str | None = None
+    stall_seconds: float = STALL_SECONDS
 
 
 async def _submit_and_stream(service: Service, metrics: Metrics, prompt_ids, params):
@@ -337,6 +344,13 @@ def _routes(app: FastAPI, service: Service, metrics: Metrics) -> None:
     async def health():
         if not service.engine.accepting:
             raise RequestError("shutting down.", 503, "service_unavailable")
+        if (stalled := service.engine.stalled_for()) > service.stall_seconds:
+            raise RequestError(
+                f"the engine has been in one step for {stalled:.0f} s (the limit is "
+                f"{service.stall_seconds:g} s): it is stalled.",
+                503,
+                "engine_stalled",
+            )
         return {"status": "ok"}
 
     @app.get("/metrics")

@@ -42,6 +42,11 @@ class Metrics:
         Gauge("gkit_cache_slots_total", "Sequence slots allocated", registry=r).set(
             engine.max_num_seqs
         )
+        Gauge(
+            "gkit_engine_step_seconds",
+            "How long the step now running has taken (0 while idle; /health fails past its limit)",
+            registry=r,
+        ).set_function(engine.stalled_for)
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

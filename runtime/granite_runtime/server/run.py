@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from granite_runtime.parallel.launch import start_engine
-from granite_runtime.server.app import Service, create_app
+from granite_runtime.server.app import STALL_SECONDS, Service, create_app
 from granite_runtime.spec.memory import PREFILL_CHUNK
 
 log = logging.getLogger("granite_runtime")
@@ -24,13 +24,16 @@ def build_service(
     gpus: int = 1,
     prefill_chunk: int = PREFILL_CHUNK,
     prefill_beside_decode: bool = False,
+    stall_seconds: float = STALL_SECONDS,
 ) -> Service:
-    """The engine (launch.start_engine: split over `gpus` processes when > 1) and the API."""
+    """The engine (launch.start_engine: split over `gpus` processes when > 1) and the API;
+    /health fails once one step has run `stall_seconds`."""
     engine = start_engine(
         model_path, device, dtype, max_num_seqs, max_model_len, gpus, prefill_chunk,
         prefill_beside_decode,
     )  # fmt: skip
-    return Service(engine, served_name or Path(model_path).resolve().name, api_key)
+    name = served_name or Path(model_path).resolve().name
+    return Service(engine, name, api_key, stall_seconds)
 
 
 def _exit_after_shutdown(signum, _frame) -> None:
