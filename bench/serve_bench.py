@@ -50,17 +50,24 @@ run_server(service, "127.0.0.1", port)
 
 
 # The server's own cost, on any machine: the demo model on the CPU with every forward
-# replaced by a sleep of a fixed time (the GIL released, as a CUDA graph replay leaves it),
-# so what the served rate loses against CLIENTS / STEP is the server's and the engine
-# loop's Python, not the model's.
+# replaced by a fake GPU that takes a fixed time per step (prefill in proportion). As on a
+# GPU, a launch returns at once and the work queues; sampling waits (a sleep, the GIL
+# released, as a CUDA sync leaves it) until what was launched is done. What the served rate
+# loses against CLIENTS / STEP is the server's and the engine loop's Python, not the model's.
 FAKE_SERVER = """
 import sys, time, torch
 from granite_runtime.engine import engine
 step = float(sys.argv[5]) / 1e3
+done_at = [0.0]  # when the fake GPU finishes what has been launched
 def forward(self, op, tokens, slots, starts, lengths=()):
-    time.sleep(step if op == engine.tp.OP_DECODE else step * tokens.numel() / 512)
+    cost = step if op == engine.tp.OP_DECODE else step * tokens.numel() / 512
+    done_at[0] = max(done_at[0], time.monotonic()) + cost
     return torch.zeros(len(slots), 1, self.model.config.vocab_size)
-engine.Engine._forward = forward
+sample = engine.sample
+def sample_when_done(*args):
+    time.sleep(max(0.0, done_at[0] - time.monotonic()))
+    return sample(*args)
+engine.Engine._forward, engine.sample = forward, sample_when_done
 from granite_runtime.server.run import build_service, run_server
 path, port, slots, length = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 service = build_service(path, "cpu", "float32", slots, length, served_name="bench")
@@ -358,8 +365,8 @@ def main() -> None:
         "--fake-step-ms",
         type=float,
         default=0.0,
-        help="measure the server alone: the demo model on the CPU, every decode step a sleep "
-        "of this long (prefill in proportion), the ceiling CLIENTS / step",
+        help="measure the server alone: the demo model on the CPU, every decode step this long "
+        "on a fake GPU (prefill in proportion), the ceiling CLIENTS / step",
     )
     args = ap.parse_args()
     # `timeout` sends SIGTERM: leave through the finally blocks, which stop the server (one
