@@ -121,6 +121,18 @@ def fresh() -> None:
     torch.cuda.reset_peak_memory_stats()
 
 
+def catalog_config(name: str) -> dict:
+    """Catalog model `name`'s config, as its checkpoint's config.json holds it."""
+    return {**catalog.load_config(name), "model_type": "granitemoehybrid"}
+
+
+def drawn_on_gpu(name: str) -> GraniteForCausalLM:
+    """Catalog model `name` with random bf16 weights drawn on the GPU and no checkpoint:
+    h-small's 64 GB would not fit the device machine's disk next to anything else."""
+    with torch.no_grad():
+        return random_model(catalog_config(name), 0, 1, "cuda")
+
+
 def checkpoint(name: str, root: Path) -> Path:
     """A random-weight checkpoint of catalog model `name` under root (written once, drawn
     on the GPU: seconds, where the numpy demo-model writer took minutes)."""
@@ -130,7 +142,7 @@ def checkpoint(name: str, root: Path) -> Path:
 
         path.mkdir(parents=True, exist_ok=True)
         t = time.perf_counter()
-        raw = {**catalog.load_config(name), "model_type": "granitemoehybrid"}
+        raw = catalog_config(name)
         with torch.no_grad():
             state = random_model(raw, 0, 1, "cuda").state_dict()
         if raw.get("tie_word_embeddings", True):

@@ -16,9 +16,8 @@ import argparse
 import json
 
 import torch
-from common import copy_bandwidth, random_model, timed
+from common import catalog_config, copy_bandwidth, random_model, timed
 
-from granite_ops_kit import catalog
 from granite_runtime.engine.batch import Batch
 from granite_runtime.engine.cache import HybridCache
 from granite_runtime.engine.graphs import GraphedDecoder
@@ -65,7 +64,7 @@ def _measure(model, config, prompt: int, batches: list[int], bandwidth: float) -
 
 @torch.inference_mode()
 def run(name: str, prompt: int, batches: list[int], bandwidth: float) -> dict:
-    raw = {**catalog.load_config(name), "model_type": "granitemoehybrid"}
+    raw = catalog_config(name)
     config = GraniteConfig.from_dict(raw)
     model = random_model(raw, 0, 1, "cuda")
     # the yardstick for fp8's error: bf16's own error against fp32 on the same weights

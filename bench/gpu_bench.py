@@ -22,7 +22,14 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from common import checkpoint, copy_bandwidth, profile_step, programs_per_sm, timed
+from common import (
+    checkpoint,
+    copy_bandwidth,
+    drawn_on_gpu,
+    profile_step,
+    programs_per_sm,
+    timed,
+)
 
 from granite_runtime.engine.batch import Batch
 from granite_runtime.engine.cache import HybridCache
@@ -232,7 +239,7 @@ def decode_switches(
 
 @torch.inference_mode()
 def gkit(
-    path: Path,
+    model,
     prompt_lens: list[int],
     batches: list[int],
     bandwidth: float,
@@ -243,7 +250,6 @@ def gkit(
     only_variants: tuple[str, ...] = (),
     rounds: int = 1,
 ) -> dict:
-    model = load_model(path, "bfloat16", "cuda")
     c = model.config
     out = {}
     weights = memory.parameter_count(c) * 2
@@ -677,6 +683,12 @@ def main() -> None:
     ap.add_argument("--profile-prefill", type=int, default=0, help="profile this prompt length")
     ap.add_argument("--no-transformers", action="store_true", help="skip the peer's decode")
     ap.add_argument(
+        "--draw-on-gpu",
+        action="store_true",
+        help="random weights drawn in GPU memory, no checkpoint written (h-small: its 64 GB "
+        "would not fit the device's disk); the peer, which loads a checkpoint, is skipped",
+    )
+    ap.add_argument(
         "--mamba-ssm",
         default="",
         help="folder holding a copy of mamba_ssm/ (its ops/triton and utils files): "
@@ -702,12 +714,14 @@ def main() -> None:
             for key, v in kernels.items():
                 print(f"  {key}: {v}")
             continue
-        # weights drawn on the GPU and saved with safetensors: ~20 s where the demo-model
-        # writer (numpy, one core) took 109 s for h-micro, device minutes being scarce
-
-        path = checkpoint(name, Path(args.root))
+        if args.draw_on_gpu:
+            path, model = None, drawn_on_gpu(name)
+        else:  # weights drawn on the GPU and saved with safetensors: ~20 s where the
+            # demo-model writer (numpy, one core) took 109 s for h-micro
+            path = checkpoint(name, Path(args.root))
+            model = load_model(path, "bfloat16", "cuda")
         r = gkit(
-            path,
+            model,
             [int(v) for v in args.prompts.split(",") if v],
             [int(b) for b in args.batches.split(",")],
             bandwidth,
@@ -720,12 +734,14 @@ def main() -> None:
         )
         for key in [k for k in r if k.startswith("profile_")]:
             print(f"{key}:\n{r.pop(key)}")
+        config = model.config
+        del model
         torch.cuda.empty_cache()
         prompt_lens = [int(v) for v in args.prompts.split(",") if v]
         peer_name = "transformers + mamba_ssm" if peer else "transformers (PyTorch path)"
-        theirs = {} if args.no_transformers else transformers_run(path, prompt_lens)
+        no_peer = args.no_transformers or path is None  # the peer loads a checkpoint
+        theirs = {} if no_peer else transformers_run(path, prompt_lens)
         r.update({f"transformers_{k}": v for k, v in theirs.items()})
-        config = GraniteConfig.from_dict(json.loads((path / "config.json").read_text()), name)
         r.update(kernel_timings(config, args.kernels, peer))
         for key, v in r.items():
             if key.startswith("state_update") and isinstance(v, dict):

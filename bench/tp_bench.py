@@ -17,9 +17,8 @@ import json
 import multiprocessing
 
 import torch
-from common import random_model, timed
+from common import catalog_config, random_model, timed
 
-from granite_ops_kit import catalog
 from granite_runtime.engine.engine import Engine
 from granite_runtime.parallel import tp
 
@@ -87,7 +86,7 @@ def main() -> None:
         f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}, torch {torch.__version__}"
     )
     for name in args.models:
-        raw = {**catalog.load_config(name), "model_type": "granitemoehybrid"}
+        raw = catalog_config(name)
         rows = {w: run_world(raw, w, args.prompt, args.batches) for w in (1, 2)}
         one, two = (torch.tensor(rows[w].pop("logits")) for w in (1, 2))
         rel = ((two - one).norm() / one.norm()).item()
