@@ -9,6 +9,7 @@ import signal
 import threading
 import time
 import urllib.request
+from pathlib import Path
 
 import openai
 import pytest
@@ -197,6 +198,75 @@ def test_a_multi_prompt_request_refused_partway_leaves_no_orphans(server):
     assert _wait_idle(server, 5) == 0
 
 
+class HealthWatch:
+    """Asks /health every 20 ms on a thread of its own while the block runs; `slowest` is
+    the longest answer (seconds), `failures` the answers that were not 200."""
+
+    def __init__(self, base: str):
+        self.base, self.times, self.failures = base, [], 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                with urllib.request.urlopen(self.base + "/health", timeout=5) as r:
+                    self.failures += r.status != 200
+            except OSError:
+                self.failures += 1
+            self.times.append(time.monotonic() - started)
+            self._stop.wait(0.02)
+
+    def __enter__(self) -> HealthWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    @property
+    def slowest(self) -> float:
+        return max(self.times)
+
+
+def _rss_peak_bytes(pid: int) -> int:
+    """The process's peak resident set (VmHWM) so far."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_a_50_mb_body_without_a_length_is_413_and_costs_no_memory(server):
+    """A client that sends 50 MB chunked (no Content-Length to refuse it by) is cut off
+    past the limit: 413, the server's peak memory grows by under 100 MB, and /health
+    answers within 100 ms throughout."""
+    before = _rss_peak_bytes(server.proc.pid)
+    piece = b"x" * (1 << 20)
+    with HealthWatch(server.base) as health:
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+        conn.putrequest("POST", "/v1/completions")
+        conn.putheader("Authorization", f"Bearer {KEY}")
+        conn.putheader("Content-Type", "application/json")
+        conn.putheader("Transfer-Encoding", "chunked")
+        conn.endheaders()
+        try:
+            for _ in range(50):
+                conn.send(b"%x\r\n%s\r\n" % (len(piece), piece))
+            conn.send(b"0\r\n\r\n")
+        except OSError:
+            pass  # the server may close the connection once it has refused the body
+        response = conn.getresponse()
+        status, body = response.status, json.loads(response.read())
+        conn.close()
+        time.sleep(0.2)
+    assert status == 413 and body["error"]["code"] == "request_too_large"
+    assert _rss_peak_bytes(server.proc.pid) - before < 100 << 20
+    assert health.failures == 0 and health.slowest < 0.1, health.times
+
+
 def test_an_oversized_body_is_413_before_it_is_read(server):
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
     conn.putrequest("POST", "/v1/completions")
@@ -222,11 +292,12 @@ def test_a_template_bomb_is_refused_and_health_stays_quick(tmp_path, tiny_hybrid
     try:
         client = OpenAI(base_url=proc.base + "/v1", api_key="x", max_retries=0)
         started = time.monotonic()
-        with pytest.raises(openai.BadRequestError) as refused:
+        with HealthWatch(proc.base) as health, pytest.raises(openai.BadRequestError) as refused:
             client.chat.completions.create(
                 model="bomb", messages=[{"role": "user", "content": "hi"}]
             )
         assert "builds a value over" in str(refused.value) and time.monotonic() - started < 5
+        assert health.failures == 0 and health.slowest < 0.1, health.times
         with urllib.request.urlopen(proc.base + "/health", timeout=2) as r:
             assert r.status == 200
     finally:

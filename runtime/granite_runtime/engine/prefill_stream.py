@@ -41,15 +41,19 @@ class PrefillStream:
         self.limit = QUEUED_CHUNKS * prefill_chunk
         self.in_flight: deque[tuple[Sequence, torch.Tensor, torch.cuda.Event]] = deque()
         self.queued = 0
+        self._fits: dict[int, bool] = {}  # prompt length -> every chunk has a graph
 
     def _pieces(self, n: int) -> list[tuple[int, int]]:
         return [(a, min(self.chunk, n - a)) for a in range(0, n, self.chunk)]
 
     def fits(self, seq: Sequence) -> bool:
         """Whether every chunk of the prompt replays a graph (else it is prefilled in the
-        decode steps, eagerly)."""
-        pieces = self._pieces(len(seq.prompt_ids))
-        return all(self.graphs.size_for(a, n) is not None for a, n in pieces)
+        decode steps, eagerly). Asked of every waiting prompt every step: kept by length."""
+        n = len(seq.prompt_ids)
+        if n not in self._fits:
+            pieces = self._pieces(n)
+            self._fits[n] = all(self.graphs.size_for(a, k) is not None for a, k in pieces)
+        return self._fits[n]
 
     def has_room(self) -> bool:
         return self.queued < self.limit
