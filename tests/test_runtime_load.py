@@ -35,6 +35,47 @@ def _metric(server, name: str) -> float:
     raise AssertionError(f"no metric {name}")
 
 
+class HealthWatch:
+    """Asks /health every 20 ms on a thread of its own while the block runs; `slowest` is
+    the longest answer (seconds), `failures` the answers that were not 200."""
+
+    def __init__(self, base: str):
+        self.base, self.times, self.failures = base, [], 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                with urllib.request.urlopen(self.base + "/health", timeout=5) as r:
+                    self.failures += r.status != 200
+            except OSError:
+                self.failures += 1
+            self.times.append(time.monotonic() - started)
+            self._stop.wait(0.02)
+
+    def __enter__(self) -> HealthWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    @property
+    def slowest(self) -> float:
+        return max(self.times)
+
+
+def _rss_peak_bytes(pid: int) -> int:
+    """The process's peak resident set (VmHWM) so far."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
+
+
 @pytest.mark.slow
 def test_64_concurrent_streaming_clients_complete_with_the_right_lengths(server):
     async def one(client: AsyncOpenAI, i: int) -> tuple[int, str | None, int]:
@@ -178,65 +219,30 @@ def test_a_non_streaming_client_that_disconnects_frees_its_slot(server):
         body,
         {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"},
     )
-    deadline = time.monotonic() + 10
-    while _metric(server, "gkit_running_sequences") == 0 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    conn.sock.shutdown(2)
-    conn.close()
-    assert _wait_idle(server) == 0
+    with HealthWatch(server.base) as health:
+        deadline = time.monotonic() + 10
+        while _metric(server, "gkit_running_sequences") == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        conn.sock.shutdown(2)
+        conn.close()
+        assert _wait_idle(server) == 0
+    assert _metric(server, "gkit_queue_length") == 0
+    assert health.failures == 0 and health.slowest < 0.1, health.times
 
 
 def test_a_multi_prompt_request_refused_partway_leaves_no_orphans(server):
     client = OpenAI(base_url=server.base + "/v1", api_key=KEY, max_retries=0)
     # the third prompt is too long for the context: refused after two were submitted
     prompts = [[5] * 10, [6] * 10, [7] * 600]
-    with pytest.raises(openai.APIStatusError) as refused:
-        client.completions.create(
-            model="tiny-hybrid", prompt=prompts, max_tokens=400, extra_body={"ignore_eos": True}
-        )
-    assert refused.value.status_code == 413
-    assert _wait_idle(server, 5) == 0
-
-
-class HealthWatch:
-    """Asks /health every 20 ms on a thread of its own while the block runs; `slowest` is
-    the longest answer (seconds), `failures` the answers that were not 200."""
-
-    def __init__(self, base: str):
-        self.base, self.times, self.failures = base, [], 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-
-    def _watch(self) -> None:
-        while not self._stop.is_set():
-            started = time.monotonic()
-            try:
-                with urllib.request.urlopen(self.base + "/health", timeout=5) as r:
-                    self.failures += r.status != 200
-            except OSError:
-                self.failures += 1
-            self.times.append(time.monotonic() - started)
-            self._stop.wait(0.02)
-
-    def __enter__(self) -> HealthWatch:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_) -> None:
-        self._stop.set()
-        self._thread.join(10)
-
-    @property
-    def slowest(self) -> float:
-        return max(self.times)
-
-
-def _rss_peak_bytes(pid: int) -> int:
-    """The process's peak resident set (VmHWM) so far."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmHWM")
+    with HealthWatch(server.base) as health:
+        with pytest.raises(openai.APIStatusError) as refused:
+            client.completions.create(
+                model="tiny-hybrid", prompt=prompts, max_tokens=400, extra_body={"ignore_eos": True}
+            )
+        assert refused.value.status_code == 413
+        assert _wait_idle(server, 5) == 0
+    assert _metric(server, "gkit_queue_length") == 0
+    assert health.failures == 0 and health.slowest < 0.1, health.times
 
 
 def test_a_50_mb_body_without_a_length_is_413_and_costs_no_memory(server):
