@@ -197,8 +197,8 @@ def run_row(
 
 def itl_under_prefill(port: int, others: int, prompt_len: int, out: int) -> dict:
     """One client streams 2,048 tokens; 1.5 s in, `others` clients arrive with
-    `prompt_len`-token prompts. Its ITL p99 before they came vs while they prefill (until
-    the last of them has its first token)."""
+    `prompt_len`-token prompts and ask for `out` tokens each. Its ITL p99 before they came
+    vs while they prefill (until the last of them has its first token)."""
     watched: dict = {}
 
     def watch():
@@ -208,7 +208,7 @@ def itl_under_prefill(port: int, others: int, prompt_len: int, out: int) -> dict
     t.start()
     time.sleep(1.5)  # the watched stream's idle pace first (hundreds of tokens)
     arrived = time.perf_counter()
-    crowd = run_row(port, others, prompt_len, 16, 1, 0.0)
+    crowd = run_row(port, others, prompt_len, out, 1, 0.0)
     t.join()
     arrivals = watched["arrivals"]
     gaps = list(itertools.pairwise(arrivals))
@@ -260,6 +260,38 @@ def engine_step_tok_s(path: Path, batches: list[int]) -> dict:
             seconds = (time.perf_counter() - began) / 50
             out[b] = {"tok_s": b / seconds, "graphed": bool(graphed.graphs)}
             del graphed, cache
+            torch.cuda.empty_cache()
+    return out
+
+
+def prompt_seconds(path: Path, lengths: list[int]) -> dict[int, float]:
+    """One prompt of each length through a chunk graph, alone on the GPU: with the decode
+    step, what the rows would take with prompts and steps one after the other."""
+    import torch
+
+    from granite_runtime.engine.cache import HybridCache
+    from granite_runtime.engine.chunk_graphs import GraphedChunks
+    from granite_runtime.engine.startup import warm_up_prefill
+    from granite_runtime.model.loader import load_model
+
+    model = load_model(path, "bfloat16", "cuda")
+    out = {}
+    with torch.inference_mode():
+        for n in lengths:
+            cache = HybridCache(model.config, 1, n, torch.bfloat16, "cuda")
+            warm_up_prefill(model, cache, n)  # compiled and tuned before the capture
+            chunks = GraphedChunks(model, cache)
+            chunks.capture([n])
+            tokens = torch.randint(0, 900, (1, n), device="cuda")
+            for _ in range(3):
+                chunks(tokens, 0, 0)
+            torch.cuda.synchronize()
+            began = time.perf_counter()
+            for _ in range(20):
+                chunks(tokens, 0, 0)
+            torch.cuda.synchronize()
+            out[n] = (time.perf_counter() - began) / 20
+            del chunks, cache
             torch.cuda.empty_cache()
     return out
 
@@ -329,10 +361,13 @@ def serve_rows(
             )
             if r["errors"]:
                 print(f"  server log, last lines:\n{log.read_text()[-1500:]}", flush=True)
-        if args.itl_under_prefill:
-            u = itl_under_prefill(args.port, args.itl_under_prefill - 1, 2048, 16)
-            report[f"{name}_itl_under_prefill_chunk_{chunk}_{where}"] = u
-            print(f"  one client while {u['others']} prefill 2048: {u}", flush=True)
+        # the others ask for 1 token (prefill alone beside the stream) and for 16 (they
+        # join its decode steps too, which grow from batch 1 to 64)
+        for others_out in (1, 16) if args.itl_under_prefill else ():
+            others = args.itl_under_prefill - 1
+            u = itl_under_prefill(args.port, others, 2048, others_out)
+            report[f"{name}_itl_under_prefill_{others_out}_chunk_{chunk}_{where}"] = u
+            print(f"  one client while {others} prefill 2048 (out {others_out}): {u}", flush=True)
     finally:
         proc.terminate()
         proc.wait(60)
@@ -399,15 +434,22 @@ def main() -> None:
             if args.json:  # kept so far, should a later server not come back
                 args.json.write_text(json.dumps(report, indent=2))
         ceilings = engine_step_tok_s(path, sorted({min(c, args.slots) for c, _, _ in rows}))
+        prompts = prompt_seconds(path, sorted({n for _, n, _ in rows}))
         for key in [k for k in report if k == name or k.startswith(f"{name}_prefill_chunk")]:
             for r in report[key]:
                 ceiling = ceilings[min(r["clients"], args.slots)]
                 r["engine_step_tok_s"], r["engine_graphed"] = ceiling["tok_s"], ceiling["graphed"]
                 r["served_vs_engine"] = r["out_tok_s"] / ceiling["tok_s"]
+                # every client's prompt, then its tokens at the step's rate, one after the other
+                step_s = min(r["clients"], args.slots) / ceiling["tok_s"]
+                serial_s = r["clients"] * prompts[r["prompt"]] + r["out"] * step_s
+                r["serial_tok_s"] = r["clients"] * r["out"] / serial_s
                 print(
                     f"  {key} {r['clients']:>3} x {r['prompt']}/{r['out']}: served "
                     f"{r['out_tok_s']:,.0f} / engine step {ceiling['tok_s']:,.0f} tok/s "
-                    f"(graphed {ceiling['graphed']}) = {r['served_vs_engine']:.0%}",
+                    f"(graphed {ceiling['graphed']}) = {r['served_vs_engine']:.0%}; prompts "
+                    f"and steps one after the other: {r['serial_tok_s']:,.0f} tok/s "
+                    f"({r['out_tok_s'] / r['serial_tok_s']:.0%} of it served)",
                     flush=True,
                 )
     if args.json:

@@ -25,6 +25,7 @@ class ServeRequest:
     served_model_name: str | None = None
     gpus: int = 1
     prefill_chunk: int = PREFILL_CHUNK
+    prefill_beside: bool = True  # prompts on a CUDA stream beside the decode steps
     stall_seconds: float = 120.0  # granite_runtime.server.app.STALL_SECONDS
 
 
@@ -45,13 +46,16 @@ def serve(req: ServeRequest, recorder: events.Recorder, announce: Callable[[str]
             req.served_model_name,
             req.gpus,
             req.prefill_chunk,
+            req.prefill_beside,
             stall_seconds=req.stall_seconds,
         )
         engine = service.engine
         split = f", split over {req.gpus} processes" if req.gpus > 1 else ""
+        prompts = "beside" if engine.prefill is not None else "inside"
         announce(
             f"serving {service.model_name} on http://{req.host}:{req.port} ({engine.device}"
-            f"{split}, {engine.max_num_seqs} slots x {engine.max_model_len} tokens)"
+            f"{split}, {engine.max_num_seqs} slots x {engine.max_model_len} tokens, prompts "
+            f"{prompts} the decode steps)"
         )
         where = f"{service.model_name} on {req.host}:{req.port}"
         started = events.runtime(

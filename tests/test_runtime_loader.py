@@ -171,3 +171,16 @@ def test_serve_on_a_port_in_use_exits_2_before_loading(tiny_hybrid):
     assert f"port {port} on 127.0.0.1 is already in use by " in r.stderr
     assert f"(pid {os.getpid()})" in r.stderr  # this test process holds it
     assert "serving" not in r.stderr and elapsed < 10
+
+
+def test_serve_says_where_prompts_run_and_the_cpu_runs_them_inside(tiny_hybrid):
+    """Prompts beside the decode steps need a CUDA stream: on the CPU the default
+    (--prefill-beside) serves them inside the steps, and the start line says so."""
+    from tests.server_process import ServerProcess
+
+    for flags in ((), ("--prefill-inside",)):
+        server = ServerProcess(tiny_hybrid, *flags)
+        try:
+            assert "prompts inside the decode steps)" in server.output()
+        finally:
+            server.stop()

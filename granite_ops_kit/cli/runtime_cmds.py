@@ -81,6 +81,13 @@ def serve(
         "first token), smaller ones delay running streams less (inter-token latency). "
         "`gkit size --prefill-chunk` counts its memory.",
     ),
+    prefill_beside: bool = typer.Option(
+        True,
+        "--prefill-beside/--prefill-inside",
+        help="On one GPU, run prompts on a CUDA stream of their own beside the decode steps, "
+        "so running streams keep their pace while prompts arrive; --prefill-inside runs them "
+        "as chunks inside the steps (the CPU and --gpus > 1 always do).",
+    ),
     stall_seconds: float = typer.Option(
         120.0,
         min=1.0,
@@ -129,6 +136,7 @@ def serve(
             served_model_name=served_model_name,
             gpus=gpus,
             prefill_chunk=prefill_chunk,
+            prefill_beside=prefill_beside,
             stall_seconds=stall_seconds,
         )
     serve_model(req, recorder(), output.stderr.print)

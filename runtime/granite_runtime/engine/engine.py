@@ -1,8 +1,8 @@
 """Continuous batching over fixed cache pools.
 
-Each step decodes every running stream's next token (a CUDA graph on a GPU). Asked to
-(`prefill_beside_decode`), prompts run beside the steps on a stream of their own through
-chunk graphs (engine/prefill_stream.py), with one GPU and a graph for every chunk; else
+Each step decodes every running stream's next token (a CUDA graph on a GPU). With one GPU
+and a graph for every chunk, prompts run beside the steps on a stream of their own through
+chunk graphs (engine/prefill_stream.py; `prefill_beside_decode=False` turns it off); else
 inside the steps, as chunks within a token budget (engine/scheduler.py): a chunk graph
 each, or, where a chunk has none, one packed forward with the decode tokens
 (engine/batch.py). Either way a long prompt never stalls the running streams for more than
@@ -51,7 +51,7 @@ class Engine:
         prefill_chunk: int = PREFILL_CHUNK,
         max_waiting: int = 256,
         max_num_batched_tokens: int | None = None,
-        prefill_beside_decode: bool = False,
+        prefill_beside_decode: bool = True,
     ):
         """`prefill_beside_decode`: prompts on a stream of their own (module docstring)."""
         self.model, self.codec = model, codec

@@ -29,7 +29,7 @@ def start_engine(
     max_model_len: int | None = None,
     gpus: int = 1,
     prefill_chunk: int = PREFILL_CHUNK,
-    prefill_beside_decode: bool = False,
+    prefill_beside_decode: bool = True,
 ) -> Engine:
     """The engine, on rank 0. With gpus > 1 the model is split over that many processes
     (tensor parallelism, tp.py): this one is rank 0; the others are started here and
@@ -61,7 +61,7 @@ def _check_devices(device: str, gpus: int) -> None:
 
 def _engine(
     rank: int, world: int, root: str, device: str, dtype, max_num_seqs, max_len, chunk,
-    beside: bool = False,
+    beside: bool = True,
 ):  # fmt: skip
     model = load_model(root, dtype, _rank_device(device, rank), rank, world)
     codec = TextCodec.from_dir(Path(root))

@@ -23,7 +23,7 @@ def build_service(
     served_name: str | None = None,
     gpus: int = 1,
     prefill_chunk: int = PREFILL_CHUNK,
-    prefill_beside_decode: bool = False,
+    prefill_beside_decode: bool = True,
     stall_seconds: float = STALL_SECONDS,
 ) -> Service:
     """The engine (launch.start_engine: split over `gpus` processes when > 1) and the API;
