@@ -2,9 +2,10 @@
 
 Inside a step, a 2,048-token chunk held every running stream for ~30 ms where its decode
 step alone takes 3-6 ms on an H100 (bench/NOTES.md). Here a prompt's chunks are queued on a
-stream of their own and the decode steps keep their pace on a high-priority one: measured
-by bench/prefill_overlap.py, an h-micro decode step beside 2,048-token chunks stays within
-~2.3x of its idle time while the chunks keep ~90% of their rate.
+stream of their own and the decode steps run on a high-priority one: measured by
+bench/prefill_overlap.py on an H100, an h-micro decode step beside 2,048-token chunks takes
+~2.3x its idle time (1.5x beside 1,024-token chunks) while the chunks keep ~60% of their
+rate (~50%), where inside a step a 2,048-token chunk adds its whole ~34 ms to it.
 
 Ordering between the two streams:
 - a prompt is queued after the decode stream's work so far (its slot's reset, and whatever
