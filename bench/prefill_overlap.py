@@ -6,6 +6,9 @@ decode step's p50/p99 latency (as the engine sees it: replay, then wait for its 
 the prompt tokens/s the chunks keep meanwhile. The graphs use separate memory pools, as
 concurrent graphs must. If the decode step stays under 2x its idle time while prefill keeps
 most of its rate, moving chunks off the decode step's stream is worth building.
+`--sm-carveouts` captures the chunk graphs again for each count of SMs their GEMMs leave
+free (carved_chunk_graphs), to see whether the decode step's slowdown beside them is
+Hopper's persistent GEMMs holding every SM.
 
 Run on the device: python bench/prefill_overlap.py --model granite-4.0-h-micro
 """
@@ -56,6 +59,21 @@ def together(decode, chunk, fast, slow, chunks: int, ahead: int):
     return steps, time.perf_counter() - began, queueing
 
 
+def carved_chunk_graphs(model, cache, lengths, carveout: int) -> GraphedChunks:
+    """Chunk graphs whose matrix products leave `carveout` SMs free. Hopper's cuBLAS GEMMs are
+    persistent (one block per SM, each running many tiles): a stream priority cannot move a
+    decode kernel ahead of blocks that never end, so it waits for the whole GEMM. The SM
+    count target is read when a product is launched, so graphs captured under it keep it
+    (pytorch/pytorch#147966 for cuBLASLt, #183330 for cuBLAS)."""
+    torch._C._set_sm_carveout_experimental(carveout or None)
+    try:
+        chunked = GraphedChunks(model, cache, beside_decode=True)  # it runs beside decode
+        chunked.capture(lengths)
+    finally:
+        torch._C._set_sm_carveout_experimental(None)
+    return chunked
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="granite-4.0-h-micro")
@@ -64,6 +82,9 @@ def main() -> None:
     ap.add_argument("--lengths", default="512,2048")
     ap.add_argument("--chunks", type=int, default=40)
     ap.add_argument("--ahead", type=int, default=4, help="chunks queued at a time")
+    ap.add_argument(
+        "--sm-carveouts", default="0", help="SMs the chunks' GEMMs leave free, e.g. 0,16,32"
+    )
     args = ap.parse_args()
     model = load_model(checkpoint(args.model, Path(args.root)), "bfloat16", "cuda")
     batches = [int(b) for b in args.batches.split(",")]
@@ -72,39 +93,52 @@ def main() -> None:
     cache = HybridCache(model.config, prefill_slot + 1, 4096, torch.bfloat16, "cuda")
     low, high = torch.cuda.Stream.priority_range()
     fast, slow = torch.cuda.Stream(priority=high), torch.cuda.Stream(priority=low)
-    print(f"{torch.cuda.get_device_name()}, {args.model}, stream priorities {low}..{high}")
+    sms = torch.cuda.get_device_properties().multi_processor_count
+    print(f"{torch.cuda.get_device_name()} ({sms} SMs), {args.model}, priorities {low}..{high}")
     with torch.inference_mode():
         decoder = GraphedDecoder(model, cache, max(batches))
         decoder.capture(sorted(batches, reverse=True))
-        chunked = GraphedChunks(model, cache, beside_decode=True)  # it runs beside decode
-        chunked.capture(lengths)
-        for n in lengths:
-            tokens = torch.randint(100, 1000, (1, n), device="cuda")
-            chunk = lambda t=tokens: chunked(t, prefill_slot, 0)  # noqa: E731
-            alone_chunk = timed(chunk, 10)
-            print(f"chunk {n}: alone {alone_chunk * 1e3:.2f} ms ({n / alone_chunk:,.0f} tok/s)")
-            for b in batches:
-                ids = torch.randint(100, 1000, (b, 1), device="cuda")
-                slots, starts = list(range(b)), [512] * b
-                decode = lambda i=ids, s=slots, p=starts: decoder(i, s, p)  # noqa: E731
-                alone = []
-                for _ in range(50):
-                    t = time.perf_counter()
-                    decode()
-                    torch.cuda.synchronize()
-                    alone.append(time.perf_counter() - t)
-                steps, wall, queueing = together(decode, chunk, fast, slow, args.chunks, args.ahead)
-                rate = args.chunks * n / wall
+        for carveout in [int(c) for c in args.sm_carveouts.split(",")]:
+            chunked = carved_chunk_graphs(model, cache, lengths, carveout)
+            for n in lengths:
+                tokens = torch.randint(100, 1000, (1, n), device="cuda")
+                chunk = lambda t=tokens, g=chunked: g(t, prefill_slot, 0)  # noqa: E731
+                alone_chunk = timed(chunk, 10)
                 print(
-                    f"  decode b{b}: alone p50/p99 {pct(alone, 0.5) * 1e3:.2f}/"
-                    f"{pct(alone, 0.99) * 1e3:.2f} ms; beside chunks p50/p99 "
-                    f"{pct(steps, 0.5) * 1e3:.2f}/{pct(steps, 0.99) * 1e3:.2f} ms "
-                    f"({pct(steps, 0.99) / pct(alone, 0.99):.2f}x); chunks meanwhile "
-                    f"{rate:,.0f} tok/s ({rate * alone_chunk / n:.0%} of alone), "
-                    f"{len(steps)} decode steps = {len(steps) * b / wall:,.0f} tok/s, "
-                    f"{queueing / wall:.0%} of the wall spent queueing chunks",
-                    flush=True,
+                    f"chunk {n}, {carveout} SMs left free: alone {alone_chunk * 1e3:.2f} ms "
+                    f"({n / alone_chunk:,.0f} tok/s)"
                 )
+                for b in batches:
+                    overlap_row(decoder, chunk, alone_chunk, n, b, fast, slow, args)
+            del chunked
+            torch.cuda.empty_cache()
+
+
+def overlap_row(decoder, chunk, alone_chunk: float, n: int, b: int, fast, slow, args) -> None:
+    """Decode at batch b alone, then beside the chunks; the two rates kept, summed, say how
+    much better than one after the other (1.0) running them at once is."""
+    ids = torch.randint(100, 1000, (b, 1), device="cuda")
+    slots, starts = list(range(b)), [512] * b
+    decode = lambda i=ids, s=slots, p=starts: decoder(i, s, p)  # noqa: E731
+    alone = []
+    for _ in range(50):
+        t = time.perf_counter()
+        decode()
+        torch.cuda.synchronize()
+        alone.append(time.perf_counter() - t)
+    steps, wall, queueing = together(decode, chunk, fast, slow, args.chunks, args.ahead)
+    rate = args.chunks * n / wall
+    kept_chunk, kept_decode = rate * alone_chunk / n, pct(alone, 0.5) / pct(steps, 0.5)
+    print(
+        f"  decode b{b}: alone p50/p99 {pct(alone, 0.5) * 1e3:.2f}/"
+        f"{pct(alone, 0.99) * 1e3:.2f} ms; beside chunks p50/p99 "
+        f"{pct(steps, 0.5) * 1e3:.2f}/{pct(steps, 0.99) * 1e3:.2f} ms "
+        f"({pct(steps, 0.99) / pct(alone, 0.99):.2f}x); chunks meanwhile "
+        f"{rate:,.0f} tok/s ({kept_chunk:.0%} of alone), {len(steps)} decode steps = "
+        f"{len(steps) * b / wall:,.0f} tok/s; both kept {kept_decode + kept_chunk:.2f} of "
+        f"serial; {queueing / wall:.0%} of the wall spent queueing chunks",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":
