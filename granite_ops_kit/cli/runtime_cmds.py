@@ -85,8 +85,9 @@ def serve(
         True,
         "--prefill-beside/--prefill-inside",
         help="On one GPU, run prompts on a CUDA stream of their own beside the decode steps, "
-        "so running streams keep their pace while prompts arrive; --prefill-inside runs them "
-        "as chunks inside the steps (the CPU and --gpus > 1 always do).",
+        "so no running stream waits for a whole prompt chunk (lower inter-token latency while "
+        "prompts arrive); --prefill-inside runs them as chunks inside the steps (the CPU and "
+        "--gpus > 1 always do).",
     ),
     stall_seconds: float = typer.Option(
         120.0,
