@@ -4,8 +4,8 @@
 #   1. h-micro beside, chunks 1,024 and 2,048: 64 x 512/256, 64 x 2048/128, the ITL probe
 #      with the 63 others asking for 1 token (prefill alone) and for 16
 #   2. h-tiny (MoE) at 64 x 512/256, beside and inside
-#   3. the engine's gpu tests, whose engines now prefill beside by default
-#   bash bench/serve_round.sh OUT_DIR   (about 480 s on an H100)
+#   bash bench/serve_round.sh OUT_DIR   (about 400 s on an H100; the gpu tests are in
+#   bench/beside_round.sh, which gives them the time they need)
 set -uo pipefail
 out=$1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$out/card.txt"
@@ -16,6 +16,3 @@ timeout 230 python3 bench/serve_bench.py --models granite-4.0-h-micro \
 timeout 200 python3 bench/serve_bench.py --models granite-4.0-h-tiny --rows 64x512/256 \
   --prefill-chunks 2048 --prefill-beside 1,0 --logs "$out" \
   --json "$out/serve_bench-h-tiny.json" 2>&1 | grep -v "^INFO" | tail -8
-timeout 100 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_runtime_gpu.py \
-  tests/test_runtime_chunk_graphs.py > "$out/gpu_tests.txt" 2>&1
-tail -3 "$out/gpu_tests.txt"
