@@ -64,13 +64,18 @@ def carved_chunk_graphs(model, cache, lengths, carveout: int) -> GraphedChunks:
     persistent (one block per SM, each running many tiles): a stream priority cannot move a
     decode kernel ahead of blocks that never end, so it waits for the whole GEMM. The SM
     count target is read when a product is launched, so graphs captured under it keep it
-    (pytorch/pytorch#147966 for cuBLASLt, #183330 for cuBLAS)."""
+    (pytorch/pytorch#147966 for cuBLASLt; cuBLAS only from #183330, so the products go
+    through cuBLASLt while a carveout is set)."""
+    blas = torch.backends.cuda.preferred_blas_library()
     torch._C._set_sm_carveout_experimental(carveout or None)
+    if carveout:
+        torch.backends.cuda.preferred_blas_library("cublaslt")
     try:
         chunked = GraphedChunks(model, cache, beside_decode=True)  # it runs beside decode
         chunked.capture(lengths)
     finally:
         torch._C._set_sm_carveout_experimental(None)
+        torch.backends.cuda.preferred_blas_library(blas)
     return chunked
 
 
@@ -94,7 +99,10 @@ def main() -> None:
     low, high = torch.cuda.Stream.priority_range()
     fast, slow = torch.cuda.Stream(priority=high), torch.cuda.Stream(priority=low)
     sms = torch.cuda.get_device_properties().multi_processor_count
-    print(f"{torch.cuda.get_device_name()} ({sms} SMs), {args.model}, priorities {low}..{high}")
+    print(
+        f"{torch.cuda.get_device_name()} ({sms} SMs), torch {torch.__version__}, {args.model}, "
+        f"stream priorities {low}..{high}"
+    )
     with torch.inference_mode():
         decoder = GraphedDecoder(model, cache, max(batches))
         decoder.capture(sorted(batches, reverse=True))
