@@ -310,6 +310,26 @@ def test_a_template_bomb_is_refused_and_health_stays_quick(tmp_path, tiny_hybrid
         proc.stop()
 
 
+def test_work_arriving_after_a_long_idle_is_not_a_stall(tiny_hybrid):
+    """An engine idle for longer than the stall limit gets a request: until its loop wakes
+    and steps, no step is running, so /health stays 200 (the age of the last step is not
+    a stall). The loop is not started here, which holds that moment open."""
+    from fastapi.testclient import TestClient
+
+    from granite_runtime.engine.sampling import SamplingParams
+    from granite_runtime.server.app import create_app
+    from granite_runtime.server.run import build_service
+
+    service = build_service(tiny_hybrid, "cpu", "float32", 2, 256, stall_seconds=0.2)
+    engine = service.engine
+    engine.generate([5, 6], SamplingParams(max_tokens=1, ignore_eos=True))  # a step, long ago
+    time.sleep(0.4)
+    engine.submit([5, 6, 7], SamplingParams(max_tokens=2, ignore_eos=True))
+    assert engine.has_work() and engine.stalled_for() == 0.0
+    http = TestClient(create_app(service))  # no `with`: the lifespan, and its loop, never run
+    assert (http.get("/health").status_code, engine.stalled_for()) == (200, 0.0)
+
+
 def test_a_step_that_never_returns_fails_health_until_it_returns(tiny_hybrid):
     """A hung GPU kernel leaves the engine in one step forever, and /health (the liveness
     probe) must say so rather than answer ok while every stream waits. A hang cannot be

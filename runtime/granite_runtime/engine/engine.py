@@ -87,7 +87,7 @@ class Engine:
         self.stats = {"prompt_tokens": 0, "generation_tokens": 0, "steps": 0}
         self._grammars = self._masks = None
         self._unreported: list[tuple[Sequence, int, list]] = []  # the last step's tokens
-        self.stepped_at = time.monotonic()  # when the step now running began (stalled_for)
+        self.step_began: float | None = None  # when the loop's running step began, if one is
 
     # ---- submitting -------------------------------------------------------------------
     def submit(self, prompt_ids: list[int], params: SamplingParams, on_event=None) -> Sequence:
@@ -133,9 +133,10 @@ class Engine:
         return bool(self.waiting or self.running or self._unreported)
 
     def stalled_for(self) -> float:
-        """Seconds the step now running has taken, 0 while idle: a step that never returns
-        (a hung GPU kernel) grows it, and /health turns 503 on it."""
-        return time.monotonic() - self.stepped_at if self.has_work() else 0.0
+        """Seconds the loop's running step has taken, 0 between steps (work waiting for the
+        loop to wake is no step): a hung GPU kernel grows it, and /health turns 503 on it."""
+        began = self.step_began
+        return 0.0 if began is None else time.monotonic() - began
 
     def _admit(self) -> None:
         with self._lock:
@@ -235,10 +236,8 @@ class Engine:
         starts = [s.length for s in decoding] + [seq.prefilled for seq, _ in chunks]
         lengths = [1] * len(decoding) + [len(chunk) for _, chunk in chunks]
         logits = self._forward(tp.OP_PACKED, tokens, slots, starts, lengths)[:, -1]
-        return [
-            (decoding, logits[: len(decoding)]),
-            self._prefilled(chunks, logits[len(decoding) :]),
-        ]
+        split = len(decoding)
+        return [(decoding, logits[:split]), self._prefilled(chunks, logits[split:])]
 
     def _prefilled(self, chunks, logits: torch.Tensor):
         """Count the chunks in; a prompt now complete samples its first token. Indexing
@@ -365,11 +364,12 @@ class Engine:
                         tp.send_control(tp.OP_KEEPALIVE, 0, self.device)
                 if self._stopping and not self.has_work():
                     return
-            self.stepped_at = time.monotonic()
+            self.step_began = time.monotonic()
             try:
                 self.step()
             except Exception as bad:  # fail the requests, keep serving
                 self._fail_all(f"internal error in the engine: {bad}")
+            self.step_began = None
 
     def _fail_all(self, message: str) -> None:
         self._unreported = []
