@@ -33,7 +33,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent / "runtime"), str(HERE.parent)]
 
-from common import pct  # noqa: E402
+from common import pct, timed  # noqa: E402
 
 # ---- the server -------------------------------------------------------------------------
 SERVER = """
@@ -250,15 +250,7 @@ def engine_step_tok_s(path: Path, batches: list[int]) -> dict:
             else:  # a batch the graphs do not support runs eagerly, as the engine does
                 batch = Batch.make(slots, starts, "cuda")
                 fn = lambda t=tokens, b=batch, c=cache: model(t, b, c)  # noqa: E731
-            for _ in range(5):
-                fn()
-            torch.cuda.synchronize()
-            began = time.perf_counter()
-            for _ in range(50):
-                fn()
-            torch.cuda.synchronize()
-            seconds = (time.perf_counter() - began) / 50
-            out[b] = {"tok_s": b / seconds, "graphed": bool(graphed.graphs)}
+            out[b] = {"tok_s": b / timed(fn, 50), "graphed": bool(graphed.graphs)}
             del graphed, cache
             torch.cuda.empty_cache()
     return out
@@ -283,14 +275,7 @@ def prompt_seconds(path: Path, lengths: list[int]) -> dict[int, float]:
             chunks = GraphedChunks(model, cache)
             chunks.capture([n])
             tokens = torch.randint(0, 900, (1, n), device="cuda")
-            for _ in range(3):
-                chunks(tokens, 0, 0)
-            torch.cuda.synchronize()
-            began = time.perf_counter()
-            for _ in range(20):
-                chunks(tokens, 0, 0)
-            torch.cuda.synchronize()
-            out[n] = (time.perf_counter() - began) / 20
+            out[n] = timed(lambda c=chunks, t=tokens: c(t, 0, 0), 20)
             del chunks, cache
             torch.cuda.empty_cache()
     return out
