@@ -256,13 +256,15 @@ def engine_step_tok_s(path: Path, batches: list[int]) -> dict:
     return out
 
 
-def prompt_seconds(path: Path, lengths: list[int]) -> dict[int, float]:
-    """One prompt of each length through a chunk graph, alone on the GPU: with the decode
+def prompt_seconds(path: Path, lengths: list[int], largest: int) -> dict[int, float]:
+    """Seconds a prompt of each length takes through the chunk graphs alone on the GPU, as
+    a server with `largest`-token chunks prefills it beside the decode steps: whole prompts
+    short enough share a replay, `rows` at a time (chunk_graphs.row_counts). With the decode
     step, what the rows would take with prompts and steps one after the other."""
     import torch
 
     from granite_runtime.engine.cache import HybridCache
-    from granite_runtime.engine.chunk_graphs import GraphedChunks
+    from granite_runtime.engine.chunk_graphs import GraphedChunks, row_counts
     from granite_runtime.engine.startup import warm_up_prefill
     from granite_runtime.model.loader import load_model
 
@@ -270,12 +272,23 @@ def prompt_seconds(path: Path, lengths: list[int]) -> dict[int, float]:
     out = {}
     with torch.inference_mode():
         for n in lengths:
-            cache = HybridCache(model.config, 1, n, torch.bfloat16, "cuda")
+            rows = row_counts([n], largest).get(n, 1)
+            cache = HybridCache(model.config, rows, n, torch.bfloat16, "cuda")
             warm_up_prefill(model, cache, n)  # compiled and tuned before the capture
             chunks = GraphedChunks(model, cache)
-            chunks.capture([n])
-            tokens = torch.randint(0, 900, (1, n), device="cuda")
-            out[n] = timed(lambda c=chunks, t=tokens: c(t, 0, 0), 20)
+            chunks.capture([n], {n: rows})
+            tokens = torch.randint(0, 900, (rows, n), device="cuda")
+            alone = timed(lambda c=chunks, t=tokens: c(t[:1], 0, 0), 20)
+            out[n] = alone
+            if rows > 1:
+                each = (tokens, torch.full((rows,), n, device="cuda"), torch.arange(rows).cuda())
+                shared = timed(lambda c=chunks, a=each: c.replay_prompts(*a), 20)
+                out[n] = shared / rows
+                print(
+                    f"  prompt of {n}: alone {n / alone:,.0f} tok/s, {rows} sharing a replay "
+                    f"{rows * n / shared:,.0f} tok/s",
+                    flush=True,
+                )
             del chunks, cache
             torch.cuda.empty_cache()
     return out
@@ -419,7 +432,7 @@ def main() -> None:
             if args.json:  # kept so far, should a later server not come back
                 args.json.write_text(json.dumps(report, indent=2))
         ceilings = engine_step_tok_s(path, sorted({min(c, args.slots) for c, _, _ in rows}))
-        prompts = prompt_seconds(path, sorted({n for _, n, _ in rows}))
+        prompts = prompt_seconds(path, sorted({n for _, n, _ in rows}), max(chunks))
         for key in [k for k in report if k == name or k.startswith(f"{name}_prefill_chunk")]:
             for r in report[key]:
                 ceiling = ceilings[min(r["clients"], args.slots)]

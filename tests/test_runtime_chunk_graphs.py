@@ -79,6 +79,54 @@ def test_a_prompt_through_chunk_graphs_equals_eager_chunks(fixture, dtype, tol, 
         assert _rel(graphed_cache.k[:, 2, :, :185], eager_cache.k[:, 2, :, :185]) < tol
 
 
+@pytest.mark.parametrize(("fixture", "dtype", "tol"), CASES)
+def test_whole_prompts_sharing_a_replay_equal_each_alone(fixture, dtype, tol, request):
+    """Prompts of 40, 64 and 51 tokens in slots 3, 1 and 2 through one three-row graph of
+    64 give each prompt's logits and state through one-row graphs, and leave slot 0 as it
+    was. The rows' real lengths differ, so each row's padding must leave no trace."""
+    path = request.getfixturevalue(fixture)
+    model = load_model(path, dtype, "cuda")
+    gen = torch.Generator().manual_seed(5)
+    lengths, slots = [40, 64, 51], [3, 1, 2]
+    prompts = [torch.randint(0, 1000, (n,), generator=gen).cuda() for n in lengths]
+    runs = []
+    for together in (False, True):
+        cache = HybridCache(model.config, 4, 192, model.lm_head.weight.dtype, "cuda")
+        graphs = chunk_graphs.GraphedChunks(model, cache)
+        with torch.no_grad():
+            if together:
+                graphs.capture([64, 96], chunk_graphs.row_counts([64, 96], 192))
+                assert graphs.rows_for(40) == (64, 3) and graphs.rows_for(90) == (96, 2)
+                assert graphs.rows_for(97) is None
+            else:
+                graphs.capture([64])
+            if cache.ssm.numel():
+                cache.ssm[:, 0] = 7.0  # a slot no prompt uses: must stay as it is
+            if together:
+                tokens = torch.zeros(3, 64, dtype=torch.long, device="cuda")
+                for row, p in enumerate(prompts):
+                    tokens[row, : len(p)] = p
+                as_tensors = (torch.tensor(v, device="cuda") for v in (lengths, slots))
+                logits = graphs.replay_prompts(tokens, *as_tensors)[:, -1].float().cpu()
+            else:
+                each = zip(prompts, slots, strict=True)
+                logits = torch.cat([graphs(p[None], s, 0)[:, -1].float().cpu() for p, s in each])
+        runs.append((logits, cache))
+    (alone, alone_cache), (shared, shared_cache) = runs
+    assert _rel(shared, alone) < tol
+    if dtype == "float32":
+        assert (shared.argmax(-1) == alone.argmax(-1)).all()
+    for slot, n in zip(slots, lengths, strict=True):
+        for name in ("ssm", "conv"):
+            a, b = getattr(shared_cache, name), getattr(alone_cache, name)
+            if a.numel():
+                assert _rel(a[:, slot], b[:, slot]) < tol, (name, slot)
+        if shared_cache.k.numel():
+            assert _rel(shared_cache.k[:, slot, :, :n], alone_cache.k[:, slot, :, :n]) < tol
+    if shared_cache.ssm.numel():
+        assert torch.all(shared_cache.ssm[:, 0] == 7.0)
+
+
 def _engine(path, codec, how: str, **sizes) -> Engine:
     """An engine whose prompts run beside the decode steps (a prefill stream), inside them
     through chunk graphs, or inside them eagerly."""
@@ -149,3 +197,28 @@ def test_prompts_beside_running_streams_and_a_cancel_in_flight(hybrid_without_ex
         outputs.append([s.output_ids for s in (first, *later)])
     assert outputs[0] == outputs[1]
     assert all(len(o) == 40 for o in outputs[0])
+
+
+def test_short_prompts_arriving_together_share_replays_beside(hybrid_without_experts):
+    """Six short prompts at once, beside the decode steps: they share the two-row graph of
+    64, three replays of two prompts each, and every sequence generates what it does with
+    prompts inside the steps."""
+    codec = TextCodec.from_dir(hybrid_without_experts)
+    params = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
+    prompts = [list(range(7 + i, 7 + i + n)) for i, n in enumerate((20, 64, 33, 50, 41, 60))]
+    outputs = []
+    for how in ("beside", "inside"):
+        engine = _engine(
+            hybrid_without_experts, codec, how, max_num_seqs=6, max_model_len=256,
+            prefill_chunk=128,
+        )  # fmt: skip
+        seqs = [engine.submit(p, params) for p in prompts]
+        engine.step()
+        if how == "beside":
+            assert sorted(engine.chunk_graphs.batched) == [64]
+            assert [len(group) for group, _, _ in engine.prefill.in_flight] == [2, 2, 2]
+        while engine.has_work():
+            engine.step()
+        outputs.append([s.output_ids for s in seqs])
+    assert outputs[0] == outputs[1]
+    assert all(len(o) == 12 for o in outputs[0])

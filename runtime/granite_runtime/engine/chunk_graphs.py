@@ -10,8 +10,13 @@ padding that leaves no trace in the slot's state (`Batch.padded`); its keys land
 prompt, where later tokens overwrite them before anything reads them. A chunk whose padded
 end would run past the slot's KV row runs eagerly instead.
 
-Capture warms up on slot 0, so it happens before any sequence holds a slot, as for the
-decode graphs (engine/graphs.py); both share one memory pool, as they never run at once.
+Prompts shorter than half a chunk can also share one replay (`rows_for`, `replay_prompts`):
+a graph of several rows of one padded length, so that four prompts of 512 tokens read the
+weights once, as one 2,048-token chunk does; alone, a 512-token chunk keeps ~75% of a
+2,048-token one's rate on an H100 (bench/NOTES.md, round 18's serial figures).
+
+Capture warms up on slots 0..rows-1, so it happens before any sequence holds a slot, as for
+the decode graphs (engine/graphs.py); both share one memory pool, as they never run at once.
 """
 
 from __future__ import annotations
@@ -34,6 +39,18 @@ def chunk_lengths(smallest: int, largest: int) -> list[int]:
     return sorted(lengths)
 
 
+# Rows of a graph that prefills several whole prompts at once: each row costs its padded
+# length in activations, so rows x length stays within the largest chunk.
+MAX_ROWS = 4
+
+
+def row_counts(lengths, largest: int) -> dict[int, int]:
+    """Padded length -> rows, for the lengths that leave room for two rows or more within
+    `largest` tokens: four rows of 512 where the chunk is 2,048, two of 1,024."""
+    rows = {n: min(MAX_ROWS, largest // n) for n in lengths}
+    return {n: r for n, r in rows.items() if r >= 2}
+
+
 def can_graph(model, cache: HybridCache) -> bool:
     """Whether a padded chunk runs graph-safe here: on CUDA through Triton (whose attention
     reads the pool in place, where the PyTorch path would copy a KV row per token), and for
@@ -52,28 +69,36 @@ class GraphedChunks:
         self.model, self.cache = model, cache
         self.pool = None if beside_decode else pool
         self.capture_stream = torch.cuda.Stream() if beside_decode else None
-        self.graphs: dict[int, tuple] = {}
-        self.out: torch.Tensor | None = None  # (1, 1, vocab) fp32 logits, shared by all
+        self.graphs: dict[int, tuple] = {}  # padded length -> a one-row graph
+        self.batched: dict[int, tuple] = {}  # padded length -> a graph of several whole prompts
+        self.out: torch.Tensor | None = None  # (MAX_ROWS, 1, vocab) fp32 logits, shared by all
 
-    def capture(self, lengths) -> None:
-        """A graph for each padded length that fits the KV row; call while no slot is in use."""
+    def capture(self, lengths, rows: dict[int, int] | None = None) -> None:
+        """A graph for each padded length that fits the KV row, and one of `rows[length]`
+        rows for each length in `rows`; call while no slot is in use."""
+        most = min(MAX_ROWS, self.cache.num_slots)  # capture warms up on slots 0..rows-1
+        rows = {n: min(r, most) for n, r in (rows or {}).items() if min(r, most) >= 2}
         for length in sorted(lengths, reverse=True):  # smaller ones reuse the larger's blocks
             if length <= self.cache.max_len and length not in self.graphs:
-                self.graphs[length] = self._capture(length)
-        self.cache.reset(0)
+                self.graphs[length] = self._capture(length, 1)
+            if length <= self.cache.max_len and length in rows and length not in self.batched:
+                self.batched[length] = self._capture(length, rows[length])
+        for slot in range(max([1, *rows.values()])):
+            self.cache.reset(slot)
         torch.cuda.synchronize()
 
-    def _capture(self, length: int) -> tuple:
+    def _capture(self, length: int, rows: int) -> tuple:
         device = self.cache.ssm.device if self.cache.ssm.numel() else self.cache.k.device
-        tokens = torch.zeros(1, length, dtype=torch.long, device=device)
-        slots, starts = (torch.zeros(1, dtype=torch.long, device=device) for _ in range(2))
-        real = torch.full((1,), length, dtype=torch.long, device=device)
+        tokens = torch.zeros(rows, length, dtype=torch.long, device=device)
+        slots = torch.arange(rows, dtype=torch.long, device=device)
+        starts = torch.zeros(rows, dtype=torch.long, device=device)
+        real = torch.full((rows,), length, dtype=torch.long, device=device)
         batch = Batch.padded(slots, starts, real)
         if self.out is None:
             vocab = self.model.config.vocab_size
-            self.out = torch.empty(1, 1, vocab, dtype=torch.float32, device=device)
+            self.out = torch.empty(MAX_ROWS, 1, vocab, dtype=torch.float32, device=device)
         step = lambda: self.model(tokens, batch, self.cache)  # noqa: E731
-        graph = record(step, self.out, self.pool, self.capture_stream)
+        graph = record(step, self.out[:rows], self.pool, self.capture_stream)
         self.pool = graph.pool()
         return graph, tokens, slots, starts, real
 
@@ -98,4 +123,23 @@ class GraphedChunks:
         p_in.fill_(start)
         real.fill_(n)
         graph.replay()
-        return self.out
+        return self.out[:1]
+
+    def rows_for(self, n: int) -> tuple[int, int] | None:
+        """(padded length, rows) of the graph that whole prompts of n tokens share, if any."""
+        fits = [s for s in self.batched if s >= n]
+        return (min(fits), self.batched[min(fits)][1].shape[0]) if fits else None
+
+    def replay_prompts(
+        self, tokens: torch.Tensor, lengths: torch.Tensor, slots: torch.Tensor
+    ) -> torch.Tensor:
+        """Logits (rows, 1, vocab) after whole prompts, one per row of tokens (rows, length)
+        (a captured padded length with `rows` rows): row b's first lengths[b] tokens are the
+        prompt of the sequence in slots[b]. Inputs on the device; the logits are the graphs'
+        own buffer, as for __call__."""
+        graph, t_in, s_in, _, real = self.batched[tokens.shape[1]]
+        t_in.copy_(tokens, non_blocking=True)
+        s_in.copy_(slots, non_blocking=True)
+        real.copy_(lengths, non_blocking=True)
+        graph.replay()  # p_in: every row starts at 0, as captured
+        return self.out[: tokens.shape[0]]

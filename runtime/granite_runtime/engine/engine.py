@@ -196,11 +196,9 @@ class Engine:
                 self._finish(seq, "cancelled")
             else:
                 landed.append(([seq], logits))
-        for seq in self.running:
-            fresh = seq.in_prefill and seq.prefilled == 0
-            if fresh and self.prefill.has_room() and self.prefill.fits(seq):
-                self.prefill.enqueue(seq)
-                self.stats["prompt_tokens"] += len(seq.prompt_ids)
+        fresh = [s for s in self.running if s.in_prefill and s.prefilled == 0]
+        for seq in self.prefill.enqueue([s for s in fresh if self.prefill.fits(s)]):
+            self.stats["prompt_tokens"] += len(seq.prompt_ids)
         return landed
 
     def _graphed(self, chunks) -> bool:

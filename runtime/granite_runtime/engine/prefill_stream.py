@@ -40,7 +40,7 @@ class PrefillStream:
         self.decode = torch.cuda.Stream(device, priority=high)  # the engine's steps run here
         self.graphs, self.chunk = graphs, prefill_chunk
         self.limit = QUEUED_CHUNKS * prefill_chunk
-        self.in_flight: deque[tuple[Sequence, torch.Tensor, torch.cuda.Event]] = deque()
+        self.in_flight: deque[tuple[list[Sequence], torch.Tensor, torch.cuda.Event]] = deque()
         self.queued = 0
         self._fits: dict[int, bool] = {}  # prompt length -> every chunk has a graph
 
@@ -56,36 +56,78 @@ class PrefillStream:
             self._fits[n] = all(self.graphs.size_for(a, k) is not None for a, k in pieces)
         return self._fits[n]
 
-    def has_room(self) -> bool:
-        return self.queued < self.limit
-
     def holds(self, seq: Sequence) -> bool:
-        return any(s is seq for s, _, _ in self.in_flight)
+        return any(s is seq for group, _, _ in self.in_flight for s in group)
 
-    def enqueue(self, seq: Sequence) -> None:
-        """Queue the whole prompt's chunks; its first token's logits land with an event."""
-        prompt = seq.prompt_ids
+    def enqueue(self, seqs: list[Sequence]) -> list[Sequence]:
+        """Queue the prompts' chunks, in order, as long as there is room; the ones queued
+        are returned. Prompts that share a batched graph's padded length go through it
+        together, a graph's rows at a time; the rest go one by one. Each replay's first
+        tokens' logits land with an event."""
+        taken, tokens = [], self.queued
+        for seq in seqs:
+            if tokens >= self.limit:
+                break
+            taken.append(seq)
+            tokens += len(seq.prompt_ids)
+        if not taken:
+            return []
         self.stream.wait_stream(self.decode)
         with torch.cuda.stream(self.stream):
-            tokens = torch.tensor(prompt, dtype=torch.long).pin_memory()
-            tokens = tokens.to(self.stream.device, non_blocking=True)
-            for a, n in self._pieces(len(prompt)):
-                out = self.graphs(tokens[None, a : a + n], seq.slot, a)
-            logits = out[:, -1].clone()  # the graphs share their logits buffer
-            landed = torch.cuda.Event()
-            landed.record(self.stream)
-        logits.record_stream(self.decode)  # sampled on the decode stream
-        seq.prefilled = len(prompt)
-        self.in_flight.append((seq, logits, landed))
-        self.queued += len(prompt)
+            for group in self._groups(taken):
+                logits = self._together(group) if len(group) > 1 else self._alone(group[0])
+                landed = torch.cuda.Event()
+                landed.record(self.stream)
+                logits.record_stream(self.decode)  # sampled on the decode stream
+                for seq in group:
+                    seq.prefilled = len(seq.prompt_ids)
+                self.in_flight.append((group, logits, landed))
+        self.queued = tokens
+        return taken
+
+    def _groups(self, seqs: list[Sequence]) -> list[list[Sequence]]:
+        """Prompts of one batched graph's padded length, `rows` to a group while they last;
+        the others, and a group's remainder, alone."""
+        groups, sharing = [], {}
+        for seq in seqs:
+            shared = self.graphs.rows_for(len(seq.prompt_ids))
+            if shared is None:
+                groups.append([seq])
+                continue
+            group = sharing.setdefault(shared[0], [])
+            group.append(seq)
+            if len(group) == shared[1]:
+                groups.append(sharing.pop(shared[0]))
+        groups.extend([seq] for group in sharing.values() for seq in group)
+        return groups
+
+    def _alone(self, seq: Sequence) -> torch.Tensor:
+        prompt = seq.prompt_ids
+        tokens = torch.tensor(prompt, dtype=torch.long).pin_memory()
+        tokens = tokens.to(self.stream.device, non_blocking=True)
+        for a, n in self._pieces(len(prompt)):
+            out = self.graphs(tokens[None, a : a + n], seq.slot, a)
+        return out[:, -1].clone()  # the graphs share their logits buffer
+
+    def _together(self, group: list[Sequence]) -> torch.Tensor:
+        size, _ = self.graphs.rows_for(len(group[0].prompt_ids))
+        tokens = torch.zeros(len(group), size, dtype=torch.long)
+        for row, seq in enumerate(group):
+            tokens[row, : len(seq.prompt_ids)] = torch.tensor(seq.prompt_ids)
+        lengths = torch.tensor([len(seq.prompt_ids) for seq in group])
+        slots = torch.tensor([seq.slot for seq in group])
+        on_device = [t.pin_memory().to(self.stream.device, non_blocking=True)
+                     for t in (tokens, lengths, slots)]  # fmt: skip
+        return self.graphs.replay_prompts(*on_device)[:, -1].clone()
 
     def landed(self) -> list[tuple[Sequence, torch.Tensor]]:
         """The prompts whose prefill has finished, in the order they were queued."""
         done = []
         while self.in_flight and self.in_flight[0][2].query():
-            seq, logits, _ = self.in_flight.popleft()
-            self.queued -= len(seq.prompt_ids)
-            done.append((seq, logits))
+            group, logits, _ = self.in_flight.popleft()
+            for row, seq in enumerate(group):
+                self.queued -= len(seq.prompt_ids)
+                done.append((seq, logits[row : row + 1]))
         return done
 
     def wait(self) -> None:

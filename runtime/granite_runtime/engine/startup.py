@@ -55,6 +55,9 @@ def capture_graphs(
     if not chunk_graphs.can_graph(model, cache):
         return Prepared(decoder)
     chunks = chunk_graphs.GraphedChunks(model, cache, decoder.pool, beside_decode=beside)
-    chunks.capture(chunk_graphs.chunk_lengths(MIN_PREFILL_TOKENS, largest))
+    lengths = chunk_graphs.chunk_lengths(MIN_PREFILL_TOKENS, largest)
+    # whole prompts share a replay only beside the decode steps: inside, a step's chunks
+    # each replay their own graph (Engine._graphed)
+    chunks.capture(lengths, chunk_graphs.row_counts(lengths, largest) if beside else None)
     device = model.model.embed_tokens.weight.device
     return Prepared(decoder, chunks, PrefillStream(chunks, largest, device) if beside else None)
