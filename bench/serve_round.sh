@@ -1,18 +1,27 @@
 #!/usr/bin/env bash
 # One device call for served numbers with prompts beside the decode steps (the default),
 # each stage bounded so the ones before it come back if a later one runs out:
-#   1. h-micro beside, chunks 1,024 and 2,048: 64 x 512/256, 64 x 2048/128, the ITL probe
-#      with the 63 others asking for 1 token (prefill alone) and for 16
-#   2. h-tiny (MoE) at 64 x 512/256, beside and inside
-#   bash bench/serve_round.sh OUT_DIR   (about 400 s on an H100; the gpu tests are in
-#   bench/beside_round.sh, which gives them the time they need)
+#   1. h-micro, chunk 2,048: 64 x 512/256 with whole prompts sharing replays (the default)
+#      and with one prompt a replay (GKIT_SHARED_PROMPTS=0); then 64 x 2048/128 and the ITL
+#      probe (the 63 others asking for 1 token, then 16)
+#   2. h-tiny (MoE) at 64 x 512/256, shared and not
+#   3. h-tiny's graphed batch-64 step against its memory roofline (gpu_bench)
+#   bash bench/serve_round.sh OUT_DIR   (about 560 s on an H100; the gpu tests are in
+#   bench/beside_round.sh)
 set -uo pipefail
 out=$1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$out/card.txt"
-timeout 230 python3 bench/serve_bench.py --models granite-4.0-h-micro \
-  --rows 64x512/256,64x2048/128 --prefill-chunks 1024,2048 --prefill-beside 1 \
-  --itl-under-prefill 64 --logs "$out" --json "$out/serve_bench-h-micro.json" 2>&1 \
-  | grep -v "^INFO" | tail -16
-timeout 200 python3 bench/serve_bench.py --models granite-4.0-h-tiny --rows 64x512/256 \
-  --prefill-chunks 2048 --prefill-beside 1,0 --logs "$out" \
-  --json "$out/serve_bench-h-tiny.json" 2>&1 | grep -v "^INFO" | tail -8
+serve() {  # serve LIMIT NAME ARGS...: serve_bench, its summary lines shown
+  local limit=$1 name=$2
+  shift 2
+  timeout "$limit" python3 bench/serve_bench.py --prefill-chunks 2048 --prefill-beside 1 \
+    --logs "$out" --json "$out/serve_bench-$name.json" "$@" 2>&1 | grep -v "^INFO" | tail -10
+}
+serve 130 h-micro-shared --models granite-4.0-h-micro --rows 64x512/256,64x2048/128 \
+  --itl-under-prefill 64
+GKIT_SHARED_PROMPTS=0 serve 75 h-micro-alone --models granite-4.0-h-micro --rows 64x512/256
+serve 110 h-tiny-shared --models granite-4.0-h-tiny --rows 64x512/256
+GKIT_SHARED_PROMPTS=0 serve 90 h-tiny-alone --models granite-4.0-h-tiny --rows 64x512/256
+timeout 120 python3 bench/gpu_bench.py --models granite-4.0-h-tiny --batches 64 --prompts "" \
+  --kernels "" --variants none --no-transformers --profile-graph 64 > "$out/gpu_bench-h-tiny.txt" 2>&1
+grep -E "decode_b64|roofline" "$out/gpu_bench-h-tiny.txt" | head -4

@@ -4,6 +4,7 @@ holds a slot: warming up and capturing write into slots 0..B-1."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -57,7 +58,9 @@ def capture_graphs(
     chunks = chunk_graphs.GraphedChunks(model, cache, decoder.pool, beside_decode=beside)
     lengths = chunk_graphs.chunk_lengths(MIN_PREFILL_TOKENS, largest)
     # whole prompts share a replay only beside the decode steps: inside, a step's chunks
-    # each replay their own graph (Engine._graphed)
-    chunks.capture(lengths, chunk_graphs.row_counts(lengths, largest) if beside else None)
+    # each replay their own graph (Engine._graphed). GKIT_SHARED_PROMPTS=0 keeps one prompt
+    # a replay, to measure what sharing gives.
+    shared = beside and os.environ.get("GKIT_SHARED_PROMPTS", "1") != "0"
+    chunks.capture(lengths, chunk_graphs.row_counts(lengths, largest) if shared else None)
     device = model.model.embed_tokens.weight.device
     return Prepared(decoder, chunks, PrefillStream(chunks, largest, device) if beside else None)
