@@ -8,7 +8,8 @@ concurrent graphs must. If the decode step stays under 2x its idle time while pr
 most of its rate, moving chunks off the decode step's stream is worth building.
 `--sm-carveouts` captures the chunk graphs again for each count of SMs their GEMMs leave
 free (carved_chunk_graphs), to see whether the decode step's slowdown beside them is
-Hopper's persistent GEMMs holding every SM.
+Hopper's persistent GEMMs holding every SM (on an H100, 32 SMs left free cut it only from
+2.15x to 2.05x: bench/NOTES.md round 19).
 
 Run on the device: python bench/prefill_overlap.py --model granite-4.0-h-micro
 """
