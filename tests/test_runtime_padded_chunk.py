@@ -12,6 +12,9 @@ torch = pytest.importorskip("torch")
 from granite_runtime.engine import chunk_graphs  # noqa: E402
 from granite_runtime.engine.batch import Batch  # noqa: E402
 from granite_runtime.engine.cache import HybridCache  # noqa: E402
+from granite_runtime.engine.prefill_stream import share_replays  # noqa: E402
+from granite_runtime.engine.sampling import SamplingParams  # noqa: E402
+from granite_runtime.engine.sequence import Sequence  # noqa: E402
 from granite_runtime.model.loader import load_model  # noqa: E402
 
 
@@ -65,3 +68,69 @@ def test_chunk_lengths_keep_padding_under_a_third_of_a_graph():
     lengths = chunk_graphs.chunk_lengths(64, 2048)
     padded = {n: min(s for s in lengths if s >= n) for n in range(65, 2049)}
     assert all(s - n < s / 3 for n, s in padded.items())
+
+
+@pytest.mark.parametrize("fixture", ["tiny_hybrid", "tiny_dense"])
+def test_whole_prompts_in_the_rows_of_one_padded_batch_equal_each_alone(fixture, request):
+    """The shape a shared replay runs (chunk_graphs.replay_prompts), here eagerly: three
+    prompts of 5, 48 and 31 tokens as rows of 48 in slots 3, 0 and 2, random filler after
+    each, give each prompt's logits and state alone, and leave slot 1 untouched."""
+    model = load_model(request.getfixturevalue(fixture), "float32", "cpu")
+    lengths, slots = [5, 48, 31], [3, 0, 2]
+    prompts = [_ids(n, 10 + n) for n in lengths]
+    with torch.no_grad():
+        alone = HybridCache(model.config, 4, 96, torch.float32, "cpu")
+        want = torch.cat(
+            [
+                model(p, Batch.make([s], [0], "cpu"), alone)[:, -1]
+                for p, s in zip(prompts, slots, strict=True)
+            ]
+        )
+        shared = HybridCache(model.config, 4, 96, torch.float32, "cpu")
+        if shared.ssm.numel():
+            shared.ssm[:, 1] = 7.0
+        rows = torch.cat([torch.cat([p, _ids(48 - p.shape[1], 4)], dim=1) for p in prompts])
+        batch = Batch.padded(
+            torch.tensor(slots), torch.zeros(3, dtype=torch.long), torch.tensor(lengths)
+        )
+        got = model(rows, batch, shared)[:, -1]
+    assert ((got - want).norm() / want.norm()).item() < 1e-5
+    for slot, n in zip(slots, lengths, strict=True):
+        for name in ("conv", "ssm"):
+            a, b = getattr(alone, name)[:, slot], getattr(shared, name)[:, slot]
+            assert torch.allclose(a, b, atol=1e-5), (name, slot)
+        for name in ("k", "v"):
+            a, b = getattr(alone, name)[:, slot, :, :n], getattr(shared, name)[:, slot, :, :n]
+            assert torch.allclose(a, b, atol=1e-5), (name, slot)
+    if shared.ssm.numel():
+        assert torch.all(shared.ssm[:, 1] == 7.0)
+
+
+def test_row_counts_keep_rows_times_length_within_the_chunk():
+    lengths = chunk_graphs.chunk_lengths(64, 2048)
+    rows = chunk_graphs.row_counts(lengths, 2048)
+    assert rows == {64: 4, 96: 4, 128: 4, 192: 4, 256: 4, 384: 4, 512: 4, 768: 2, 1024: 2}
+    assert all(n * r <= 2048 for n, r in rows.items())
+
+
+def test_prompts_share_replays_by_padded_length_and_the_rest_go_alone():
+    """Four rows of 64 for prompts up to 64 tokens, two of 128 up to 128, none above: a
+    group fills in arrival order and is queued once full, a long prompt never waits for
+    one, and what is left of a group at the end goes one prompt a replay."""
+    shared = {64: (64, 4), 128: (128, 2)}
+
+    def rows_for(n: int):
+        return next((v for size, v in sorted(shared.items()) if n <= size), None)
+
+    params = SamplingParams(max_tokens=1)
+    lengths = [10, 64, 100, 300, 33, 64, 128, 50, 20]
+    seqs = [Sequence(list(range(1, n + 1)), params) for n in lengths]
+    groups = share_replays(seqs, rows_for)
+    assert [[len(s.prompt_ids) for s in g] for g in groups] == [
+        [300],  # no shared graph: queued as it comes
+        [10, 64, 33, 64],  # full at its fourth prompt
+        [100, 128],
+        [50],  # what is left of the group of 64
+        [20],
+    ]
+    assert sorted(id(s) for g in groups for s in g) == sorted(id(s) for s in seqs)

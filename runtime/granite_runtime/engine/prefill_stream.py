@@ -33,6 +33,25 @@ from granite_runtime.engine.sequence import Sequence
 QUEUED_CHUNKS = 4
 
 
+def share_replays(seqs: list[Sequence], rows_for) -> list[list[Sequence]]:
+    """The replays that queue `seqs`: prompts of one shared graph's padded length
+    (`rows_for(n)`: (padded length, rows), or None where none is shared), `rows` to a
+    replay while they last, in order of the group's last prompt; the others, and what is
+    left of a group, one to a replay."""
+    groups, sharing = [], {}
+    for seq in seqs:
+        shared = rows_for(len(seq.prompt_ids))
+        if shared is None:
+            groups.append([seq])
+            continue
+        group = sharing.setdefault(shared[0], [])
+        group.append(seq)
+        if len(group) == shared[1]:
+            groups.append(sharing.pop(shared[0]))
+    groups.extend([seq] for group in sharing.values() for seq in group)
+    return groups
+
+
 class PrefillStream:
     def __init__(self, graphs: GraphedChunks, prefill_chunk: int, device: torch.device):
         low, high = torch.cuda.Stream.priority_range()
@@ -74,7 +93,7 @@ class PrefillStream:
             return []
         self.stream.wait_stream(self.decode)
         with torch.cuda.stream(self.stream):
-            for group in self._groups(taken):
+            for group in share_replays(taken, self.graphs.rows_for):
                 logits = self._together(group) if len(group) > 1 else self._alone(group[0])
                 landed = torch.cuda.Event()
                 landed.record(self.stream)
@@ -84,22 +103,6 @@ class PrefillStream:
                 self.in_flight.append((group, logits, landed))
         self.queued = tokens
         return taken
-
-    def _groups(self, seqs: list[Sequence]) -> list[list[Sequence]]:
-        """Prompts of one batched graph's padded length, `rows` to a group while they last;
-        the others, and a group's remainder, alone."""
-        groups, sharing = [], {}
-        for seq in seqs:
-            shared = self.graphs.rows_for(len(seq.prompt_ids))
-            if shared is None:
-                groups.append([seq])
-                continue
-            group = sharing.setdefault(shared[0], [])
-            group.append(seq)
-            if len(group) == shared[1]:
-                groups.append(sharing.pop(shared[0]))
-        groups.extend([seq] for group in sharing.values() for seq in group)
-        return groups
 
     def _alone(self, seq: Sequence) -> torch.Tensor:
         prompt = seq.prompt_ids
