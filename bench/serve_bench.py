@@ -20,6 +20,7 @@ import argparse
 import http.client
 import itertools
 import json
+import multiprocessing
 import os
 import random
 import signal
@@ -49,58 +50,30 @@ run_server(service, "127.0.0.1", port)
 """
 
 
-# The server's own cost, on any machine: the demo model on the CPU with every forward
-# replaced by a fake GPU that takes a fixed time per step (prefill in proportion). As on a
-# GPU, a launch returns at once and the work queues; sampling waits (a sleep, the GIL
-# released, as a CUDA sync leaves it) until what was launched is done. What the served rate
-# loses against CLIENTS / STEP is the server's and the engine loop's Python, not the model's.
-FAKE_SERVER = """
-import sys, time, torch
-from granite_runtime.engine import engine
-step = float(sys.argv[5]) / 1e3
-done_at = [0.0]  # when the fake GPU finishes what has been launched
-def forward(self, op, tokens, slots, starts, lengths=()):
-    cost = step if op == engine.tp.OP_DECODE else step * tokens.numel() / 512
-    done_at[0] = max(done_at[0], time.monotonic()) + cost
-    return torch.zeros(len(slots), 1, self.model.config.vocab_size)
-sample = engine.sample
-def sample_when_done(*args):
-    time.sleep(max(0.0, done_at[0] - time.monotonic()))
-    return sample(*args)
-engine.Engine._forward, engine.sample = forward, sample_when_done
-from granite_runtime.server.run import build_service, run_server
-path, port, slots, length = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-service = build_service(path, "cpu", "float32", slots, length, served_name="bench")
-run_server(service, "127.0.0.1", port)
-"""
-
-
 # A stream with no event for this long counts as an error: a server whose engine stalled
 # or died ends the row within this, not at the device call's limit.
 STALL_S = 60
 
 
 def start_server(
-    path: Path, port: int, slots: int, length: int, log: Path, fake_step_ms: float = 0.0,
-    prefill_chunk: int = 512, beside: bool = False,
+    path: Path, port: int, slots: int, length: int, log: Path, prefill_chunk: int = 512,
+    beside: bool = False, fake: tuple[float, float, float] | None = None,
 ):  # fmt: skip
+    """`gkit serve`'s server, or with `fake` (step ms, prompts' slowdown of a step beside
+    them or 0 for inside, prefill tok/s) the same server over bench/fake_gpu.py's GPU."""
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([*sys.path[:3], os.environ.get("PYTHONPATH", "")]),
     }
+    where = [str(path), str(port), str(slots), str(length)]
+    if fake:
+        step_ms, slowdown, prefill_tok_s = fake
+        script = [str(HERE / "fake_gpu.py"), *where, str(step_ms), str(prefill_chunk)]
+        script += [str(slowdown), str(prefill_tok_s)]
+    else:
+        script = ["-c", SERVER, *where, "0", str(prefill_chunk), "1" if beside else "0"]
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            FAKE_SERVER if fake_step_ms else SERVER,
-            str(path),
-            str(port),
-            str(slots),
-            str(length),
-            str(fake_step_ms),
-            str(prefill_chunk),
-            "1" if beside else "0",
-        ],
+        [sys.executable, *script],
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
         env=env,
@@ -118,9 +91,8 @@ def start_server(
     raise RuntimeError("server did not answer /health within 420 s")
 
 
-def stream_one(port: int, prompt: list[int], out: int) -> dict:
-    """One streaming completion: send time, first-token time, every token's arrival."""
-    body = json.dumps(
+def completion_body(prompt: list[int], out: int) -> bytes:
+    return json.dumps(
         {
             "model": "bench",
             "prompt": prompt,
@@ -129,7 +101,11 @@ def stream_one(port: int, prompt: list[int], out: int) -> dict:
             "ignore_eos": True,
             "stream": True,
         }
-    )
+    ).encode()
+
+
+def stream_one(port: int, body: bytes) -> dict:
+    """One streaming completion (`completion_body`): send time, every token's arrival."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=STALL_S)
     sent = time.perf_counter()
     conn.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
@@ -148,16 +124,18 @@ def run_row(
     port: int, clients: int, prompt_len: int, out: int, rounds: int, poisson: float,
     vocab: int = 30000,
 ):  # fmt: skip
+    """Every request's body is made before the clock starts: 2,048 random ids take ~1 ms of
+    Python each, and the client threads share one GIL, so bodies made in the timed window
+    would delay every client's reads (and their arrival times) by the others' making."""
     rng = random.Random(clients * 100003 + prompt_len)
     results, errors = [], []
     lock = threading.Lock()
 
-    def client(delays: list[float]):
-        for delay in delays:
+    def client(plan: list[tuple[float, bytes]]):
+        for delay, body in plan:
             time.sleep(delay)
-            prompt = [rng.randrange(100, vocab) for _ in range(prompt_len)]
             try:
-                r = stream_one(port, prompt, out)
+                r = stream_one(port, body)
             except Exception as e:  # counted, printed, never hidden
                 with lock:
                     errors.append(str(e)[:200])
@@ -165,12 +143,16 @@ def run_row(
             with lock:
                 results.append(r)
 
+    bodies = [
+        completion_body([rng.randrange(100, vocab) for _ in range(prompt_len)], out)
+        for _ in range(clients * rounds)
+    ]
     if poisson:  # one thread per request, arrivals at `poisson` requests per second
         gaps = [rng.expovariate(poisson) for _ in range(clients * rounds)]
         starts = [sum(gaps[: i + 1]) for i in range(len(gaps))]
-        plans = [[s] for s in starts]
+        plans = [[(s, body)] for s, body in zip(starts, bodies, strict=True)]
     else:
-        plans = [[0.0] * rounds for _ in range(clients)]
+        plans = [[(0.0, body) for body in bodies[c::clients]] for c in range(clients)]
     threads = [threading.Thread(target=client, args=(plan,)) for plan in plans]
     began = time.perf_counter()
     for t in threads:
@@ -195,22 +177,25 @@ def run_row(
     }
 
 
-def itl_under_prefill(port: int, others: int, prompt_len: int, out: int) -> dict:
+def _watch(port: int, out: int, results) -> None:
+    results.put(stream_one(port, completion_body([7] * 64, out)))
+
+
+def itl_under_prefill(port: int, others: int, prompt_len: int, out: int, vocab=30000) -> dict:
     """One client streams 2,048 tokens; 1.5 s in, `others` clients arrive with
     `prompt_len`-token prompts and ask for `out` tokens each. Its ITL p99 before they came
-    vs while they prefill (until the last of them has its first token)."""
-    watched: dict = {}
-
-    def watch():
-        watched.update(stream_one(port, [7] * 64, 2048))
-
-    t = threading.Thread(target=watch)
-    t.start()
+    vs while they prefill (until the last of them has its first token). The watched client
+    is a process of its own: in the crowd's process its reads would wait for the crowd's
+    threads to hand back the GIL, which is the client's delay, not the server's."""
+    fork = multiprocessing.get_context("fork")  # before the crowd's threads exist
+    results = fork.Queue()
+    watcher = fork.Process(target=_watch, args=(port, 2048, results), daemon=True)
+    watcher.start()
     time.sleep(1.5)  # the watched stream's idle pace first (hundreds of tokens)
-    arrived = time.perf_counter()
-    crowd = run_row(port, others, prompt_len, out, 1, 0.0)
-    t.join()
-    arrivals = watched["arrivals"]
+    arrived = time.perf_counter()  # CLOCK_MONOTONIC: the same clock in the watcher
+    crowd = run_row(port, others, prompt_len, out, 1, 0.0, vocab)
+    arrivals = results.get(timeout=STALL_S)["arrivals"]
+    watcher.join()
     gaps = list(itertools.pairwise(arrivals))
     before = [b - a for a, b in gaps if b < arrived]
     # every gap that overlaps the crowd's prefill window, so a stall spanning all of it
@@ -295,6 +280,7 @@ def prompt_seconds(path: Path, lengths: list[int], largest: int) -> dict[int, fl
 
 
 def server_overhead(args) -> None:
+    """The rows, and the ITL probe, against the server over bench/fake_gpu.py's GPU."""
     from granite_ops_kit.demo.checkpoint import write_demo_model
 
     path = Path(args.root) / "tiny-hybrid"
@@ -303,11 +289,16 @@ def server_overhead(args) -> None:
         write_demo_model(path, "tiny-hybrid", force=True)
     vocab = json.loads((path / "config.json").read_text())["vocab_size"]
     log = Path("/tmp/serve-bench-fake.log")
-    proc, _ = start_server(path, args.port, args.slots, args.max_model_len, log, args.fake_step_ms)
+    chunk = int(args.prefill_chunks.split(",")[0])
+    prefill_tok_s = args.fake_prefill_tok_s or 512 / (args.fake_step_ms / 1e3)
+    fake = (args.fake_step_ms, args.fake_beside, prefill_tok_s)
+    proc, _ = start_server(path, args.port, args.slots, args.max_model_len, log, chunk, fake=fake)
     rows, step = [], args.fake_step_ms / 1e3
+    report = {"fake_step_ms": step * 1e3, "fake_beside": args.fake_beside, "rows": rows}
+    report["fake_prefill_tok_s"] = prefill_tok_s
     try:
-        stream_one(args.port, [5] * 16, 8)
-        for spec in args.rows.split(","):
+        stream_one(args.port, completion_body([5] * 16, 8))
+        for spec in args.rows.split(",") if args.rows else ():
             clients, lengths = spec.split("x")
             prompt_len, out = (int(v) for v in lengths.split("/"))
             r = run_row(args.port, int(clients), prompt_len, out, args.rounds, 0.0, vocab - 1)
@@ -320,11 +311,23 @@ def server_overhead(args) -> None:
                 f"{r['itl_p50_ms']:.1f}/{r['itl_p99_ms']:.1f} ms, TTFT p99 {r['ttft_p99_s']:.2f} s",
                 flush=True,
             )
+        for others_out in (1, 16) if args.itl_under_prefill else ():
+            others = args.itl_under_prefill - 1
+            u = itl_under_prefill(args.port, others, 2048, others_out, vocab - 1)
+            report[f"itl_under_prefill_{others_out}"] = u
+            print(
+                f"  one client while {others} prefill 2048 (out {others_out}): ITL p99 "
+                f"{u['during_prefill_itl_p99_ms']:.1f} ms = {u['ratio']:.2f}x idle "
+                f"({u['idle_itl_p99_ms']:.1f} ms; the fake GPU alone would give "
+                f"{args.fake_beside or float('nan'):.2f}x), others' TTFT p99 "
+                f"{u['others_ttft_p99_s']:.2f} s",
+                flush=True,
+            )
     finally:
         proc.terminate()
         proc.wait(60)
     if args.json:
-        args.json.write_text(json.dumps({"fake_step_ms": args.fake_step_ms, "rows": rows}))
+        args.json.write_text(json.dumps(report, indent=2))
 
 
 def serve_rows(
@@ -335,9 +338,7 @@ def serve_rows(
     engine's own ceiling is measured."""
     where = "beside" if beside else "inside"
     log = (args.logs or Path("/tmp")) / f"{name}-{chunk}-{where}.log"
-    proc, up = start_server(
-        path, args.port, args.slots, args.max_model_len, log, 0.0, chunk, beside
-    )
+    proc, up = start_server(path, args.port, args.slots, args.max_model_len, log, chunk, beside)
     print(
         f"{name}: server up in {up:.0f} s ({args.slots} slots, chunk {chunk}, prompts {where} "
         "the decode steps)",
@@ -345,7 +346,7 @@ def serve_rows(
     )
     served = []
     try:
-        stream_one(args.port, [5] * 32, 8)  # warm
+        stream_one(args.port, completion_body([5] * 32, 8))  # warm
         for clients, prompt_len, out in rows:
             r = run_row(args.port, clients, prompt_len, out, args.rounds, args.poisson)
             r["prefill_chunk"], r["prefill"] = chunk, where
@@ -399,7 +400,20 @@ def main() -> None:
         type=float,
         default=0.0,
         help="measure the server alone: the demo model on the CPU, every decode step this long "
-        "on a fake GPU (prefill in proportion), the ceiling CLIENTS / step",
+        "on a fake GPU (bench/fake_gpu.py), the ceiling CLIENTS / step",
+    )
+    ap.add_argument(
+        "--fake-beside",
+        type=float,
+        default=0.0,
+        help="with --fake-step-ms: prompts beside the decode steps, each step launched beside "
+        "them this many times as long (0: prompts inside the steps)",
+    )
+    ap.add_argument(
+        "--fake-prefill-tok-s",
+        type=float,
+        default=0.0,
+        help="with --fake-step-ms: the fake GPU's prefill rate (default 512 tokens a step)",
     )
     args = ap.parse_args()
     # `timeout` sends SIGTERM: leave through the finally blocks, which stop the server (one
