@@ -186,20 +186,21 @@ class Engine:
         self.stats["steps"] += 1 if launched else 0
 
     def _land_and_queue_prompts(self) -> list:
-        """Beside the decode steps: the prompts whose prefill finished (each samples its
-        first token with this step's), then new prompts queued while there is room."""
+        """Beside the decode steps: the prompts whose prefill finished (their first tokens
+        sampled together, after this step's), then new prompts queued while there is room."""
         if self.prefill is None:
             return []
-        landed = []
+        seqs, rows = [], []
         for seq, logits in self.prefill.landed():
             if seq.cancelled:
                 self._finish(seq, "cancelled")
             else:
-                landed.append(([seq], logits))
+                seqs.append(seq)
+                rows.append(logits)
         fresh = [s for s in self.running if s.in_prefill and s.prefilled == 0]
         for seq in self.prefill.enqueue([s for s in fresh if self.prefill.fits(s)]):
             self.stats["prompt_tokens"] += len(seq.prompt_ids)
-        return landed
+        return [(seqs, torch.cat(rows))] if seqs else []
 
     def _graphed(self, chunks) -> bool:
         """Whether every chunk replays a chunk graph (then the decode tokens replay theirs):
