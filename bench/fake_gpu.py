@@ -32,7 +32,11 @@ import torch  # noqa: E402
 
 from granite_runtime.engine import engine  # noqa: E402
 from granite_runtime.engine.chunk_graphs import chunk_lengths, row_counts  # noqa: E402
-from granite_runtime.engine.prefill_stream import QUEUED_CHUNKS, share_replays  # noqa: E402
+from granite_runtime.engine.prefill_stream import (  # noqa: E402
+    QUEUED_CHUNKS,
+    share_replays,
+    within_room,
+)
 from granite_runtime.engine.scheduler import MIN_PREFILL_TOKENS  # noqa: E402
 
 
@@ -86,19 +90,14 @@ class FakePrefillStream:
         return (min(fits), self.rows[min(fits)]) if fits else None
 
     def enqueue(self, seqs: list) -> list:
-        taken, tokens = [], self.queued
-        for seq in seqs:
-            if tokens >= self.limit:
-                break
-            taken.append(seq)
-            tokens += len(seq.prompt_ids)
+        taken = within_room(seqs, self.queued, self.limit)
         for group in share_replays(taken, self.rows_for):
             shared = self.rows_for(len(group[0].prompt_ids)) if len(group) > 1 else None
             work = shared[0] * len(group) if shared else len(group[0].prompt_ids)
             for seq in group:
                 seq.prefilled = len(seq.prompt_ids)
             self.in_flight.append((group, self.device.queue_prompts(work)))
-        self.queued = tokens
+        self.queued += sum(len(seq.prompt_ids) for seq in taken)
         return taken
 
     def landed(self) -> list:

@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 from granite_runtime.engine import chunk_graphs  # noqa: E402
 from granite_runtime.engine.batch import Batch  # noqa: E402
 from granite_runtime.engine.cache import HybridCache  # noqa: E402
-from granite_runtime.engine.prefill_stream import share_replays  # noqa: E402
+from granite_runtime.engine.prefill_stream import share_replays, within_room  # noqa: E402
 from granite_runtime.engine.sampling import SamplingParams  # noqa: E402
 from granite_runtime.engine.sequence import Sequence  # noqa: E402
 from granite_runtime.model.loader import load_model  # noqa: E402
@@ -134,3 +134,16 @@ def test_prompts_share_replays_by_padded_length_and_the_rest_go_alone():
         [20],
     ]
     assert sorted(id(s) for g in groups for s in g) == sorted(id(s) for s in seqs)
+
+
+def test_prompts_are_queued_in_order_while_the_prefill_stream_has_room():
+    """Room for 1,000 prompt tokens: prompts go in order until as many are queued; the one
+    that crosses the limit still goes (else a prompt longer than the room would never run),
+    and none after it."""
+    params = SamplingParams(max_tokens=1)
+    seqs = [Sequence([1] * n, params) for n in (300, 500, 400, 10)]
+    assert [len(s.prompt_ids) for s in within_room(seqs, 0, 1000)] == [300, 500, 400]
+    assert [len(s.prompt_ids) for s in within_room(seqs, 900, 1000)] == [300]
+    assert within_room(seqs, 1000, 1000) == []
+    alone = [Sequence([1] * 4000, params)]
+    assert within_room(alone, 0, 1000) == alone

@@ -52,6 +52,19 @@ def share_replays(seqs: list[Sequence], rows_for) -> list[list[Sequence]]:
     return groups
 
 
+def within_room(seqs: list[Sequence], queued: int, limit: int) -> list[Sequence]:
+    """The prompts of `seqs`, in order, that are queued while fewer than `limit` prompt
+    tokens are (`queued` already): the last one taken may pass the limit, so a prompt
+    longer than the room still goes once the queue has drained."""
+    taken = []
+    for seq in seqs:
+        if queued >= limit:
+            break
+        taken.append(seq)
+        queued += len(seq.prompt_ids)
+    return taken
+
+
 class PrefillStream:
     def __init__(self, graphs: GraphedChunks, prefill_chunk: int, device: torch.device):
         low, high = torch.cuda.Stream.priority_range()
@@ -83,12 +96,7 @@ class PrefillStream:
         are returned. Prompts that share a batched graph's padded length go through it
         together, a graph's rows at a time; the rest go one by one. Each replay's first
         tokens' logits land with an event."""
-        taken, tokens = [], self.queued
-        for seq in seqs:
-            if tokens >= self.limit:
-                break
-            taken.append(seq)
-            tokens += len(seq.prompt_ids)
+        taken = within_room(seqs, self.queued, self.limit)
         if not taken:
             return []
         self.stream.wait_stream(self.decode)
@@ -101,7 +109,7 @@ class PrefillStream:
                 for seq in group:
                     seq.prefilled = len(seq.prompt_ids)
                 self.in_flight.append((group, logits, landed))
-        self.queued = tokens
+        self.queued += sum(len(seq.prompt_ids) for seq in taken)
         return taken
 
     def _alone(self, seq: Sequence) -> torch.Tensor:
