@@ -1,8 +1,18 @@
-"""Where one eager prompt chunk's wall time goes on the GPU: host-side ops (self CPU time)
-against device time, and how many kernels it launches. A 448-token chunk of h-micro takes
-~47 ms where its device work is a few ms (bench/NOTES.md, the packed-step round).
+"""Where one prompt chunk's time goes on the GPU.
+
+Eager: host-side ops (self CPU time) against device time, and how many kernels it launches
+(a 448-token chunk of h-micro takes ~47 ms where its device work is a few ms: bench/NOTES.md,
+the packed-step round).
+
+`--starts`: the same chunk at each of these positions in its sequence, through its chunk
+graph (as the server runs it) and eagerly, each with the device time its attention kernels
+take. A chunk graph runs attention as one-token rows through the decode kernel
+(layers/attention.py `_padded_chunk`): each row reads its slot's keys up to itself, so a
+chunk's attention reads grow with its start, where the eager chunk's flash attention reads
+each key block once per block of queries.
 
 Run on the device: python bench/prefill_overhead.py --model granite-4.0-h-micro --length 448
+  python bench/prefill_overhead.py --length 2048 --starts 0,2048,8192,30720
 """
 
 from __future__ import annotations
@@ -20,7 +30,45 @@ from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 from granite_runtime.engine.batch import Batch  # noqa: E402
 from granite_runtime.engine.cache import HybridCache  # noqa: E402
+from granite_runtime.engine.chunk_graphs import GraphedChunks  # noqa: E402
 from granite_runtime.model.loader import load_model  # noqa: E402
+
+# names of the attention kernels: the Triton decode kernel's, flash's, cuDNN's SDPA, fmha
+ATTENTION_KERNELS = ("attention", "flash", "sdpa", "fmha")
+
+
+def device_ms(call) -> tuple[float, float]:
+    """Device time of one call (ms), and of its attention kernels within it."""
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        call()
+        torch.cuda.synchronize()
+    kernels = [e for e in prof.key_averages() if e.device_type.name == "CUDA"]
+    attention = [e for e in kernels if any(m in e.key.lower() for m in ATTENTION_KERNELS)]
+    total = sum(e.self_device_time_total for e in kernels) / 1e3
+    return total, sum(e.self_device_time_total for e in attention) / 1e3
+
+
+def by_start(model, length: int, starts: list[int]) -> None:
+    """The chunk at each start: its graph's replay against the eager chunk (module doc)."""
+    cache = HybridCache(model.config, 2, max(starts) + length, torch.bfloat16, "cuda")
+    tokens = torch.randint(100, 1000, (1, length), device="cuda")
+    with torch.inference_mode():
+        model(tokens, Batch.make([0], [0], "cuda"), cache)  # Triton compiles and tunes here
+        graphs = GraphedChunks(model, cache)
+        graphs.capture([length])
+        for start in starts:
+            replay = lambda s=start: graphs(tokens, 0, s)  # noqa: E731
+            eager = lambda s=start: model(tokens, Batch.make([0], [s], "cuda"), cache)  # noqa: E731
+            wall = 1e3 * timed(replay, 5)
+            rate = 1e3 * length / wall
+            g_total, g_attn = device_ms(replay)
+            e_total, e_attn = device_ms(eager)
+            print(
+                f"start {start:>6}: graph {wall:.2f} ms a replay ({rate:,.0f} tok/s), "
+                f"device {g_total:.2f} ms, attention {g_attn:.2f} ms; eager device "
+                f"{e_total:.2f} ms, attention {e_attn:.2f} ms",
+                flush=True,
+            )
 
 
 def main() -> None:
@@ -28,8 +76,11 @@ def main() -> None:
     ap.add_argument("--model", default="granite-4.0-h-micro")
     ap.add_argument("--root", default="/tmp/gkit-models")
     ap.add_argument("--length", type=int, default=448)
+    ap.add_argument("--starts", default="", help="comma-separated positions (module doc)")
     args = ap.parse_args()
     model = load_model(checkpoint(args.model, Path(args.root)), "bfloat16", "cuda")
+    if args.starts:
+        return by_start(model, args.length, [int(v) for v in args.starts.split(",")])
     cache = HybridCache(model.config, 2, 4096, torch.bfloat16, "cuda")
     tokens = torch.randint(100, 1000, (1, args.length), device="cuda")
     with torch.inference_mode():
