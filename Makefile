@@ -19,6 +19,9 @@ $(STAMP): pyproject.toml scripts/install-system-packages.sh
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH)
 	$(BIN)/pip install --quiet -e '.[runtime,plot,dev]'
+	# Triton's interpreter runs the CUDA kernels on CPU tensors in tests; it needs NumPy < 2,
+	# kept in a folder of its own (tests/test_runtime_triton_interpreted.py)
+	$(BIN)/pip install --quiet --no-deps --target $(VENV)/triton-interpreter triton==3.5.0 'numpy<2'
 	$(BIN)/python scripts/get_helm.py
 	# checkov pins versions that clash with gkit's own (cyclonedx, packaging): its own venv
 	$(PYTHON) -m venv .venv-checkov

@@ -5,10 +5,9 @@
 #   1. the chunk-graph and reporting gpu tests (whole prompts sharing a replay among them)
 #   2. bench/beside_parity.py: beside must give the inside run's greedy tokens
 #   3. the other runtime gpu tests, now that engines prefill beside by default
-#   4. a 2,048-token chunk at starts 0 to 30,720, graphed and eager, with its attention's
-#      device time (the chunk graphs run attention as one-token rows: prefill_overhead.py)
-#   5. prefill_overlap at 1,024 and 2,048 tokens (the decode step beside chunks, again)
-#   bash bench/beside_round.sh OUT_DIR   (about 500 s on an H100)
+#   4. prefill_overlap at 1,024 and 2,048 tokens (the decode step beside chunks, again)
+#   bash bench/beside_round.sh OUT_DIR   (about 480 s on an H100; the chunk graphs' block
+#   attention has its own round: bench/chunk_attention_round.sh)
 set -uo pipefail
 out=$1
 nvidia-smi --query-gpu=name --format=csv,noheader | tee "$out/card.txt"
@@ -20,7 +19,5 @@ timeout 70 python3 bench/beside_parity.py 2>&1 | grep -v Warning | tee "$out/bes
 timeout 200 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_runtime_gpu.py \
   > "$out/gpu_tests.txt" 2>&1
 tail -3 "$out/gpu_tests.txt"
-timeout 90 python3 bench/prefill_overhead.py --length 2048 --starts 0,2048,8192,30720 2>&1 \
-  | grep -v Warning | tee "$out/prefill_overhead-starts.txt" | tail -5
 timeout 90 python3 bench/prefill_overlap.py --lengths 1024,2048 2>&1 \
   | grep -v Warning | tee "$out/prefill_overlap.txt" | tail -8

@@ -4,12 +4,13 @@ Eager: host-side ops (self CPU time) against device time, and how many kernels i
 (a 448-token chunk of h-micro takes ~47 ms where its device work is a few ms: bench/NOTES.md,
 the packed-step round).
 
-`--starts`: the same chunk at each of these positions in its sequence, through its chunk
-graph (as the server runs it) and eagerly, each with the device time its attention kernels
-take. A chunk graph runs attention as one-token rows through the decode kernel
+`--starts`: the same chunk at each of these positions in its sequence, eagerly and through
+its chunk graph (as the server runs it) both ways, each with the device time its attention
+kernels take. By default a chunk graph attends as one-token rows through the decode kernel
 (layers/attention.py `_padded_chunk`): each row reads its slot's keys up to itself, so a
-chunk's attention reads grow with its start, where the eager chunk's flash attention reads
-each key block once per block of queries.
+chunk's attention reads grow with its start. With `KernelChoice.chunk_attention`
+(GKIT_FLASH_CHUNKS=1) it attends as query blocks, each reading a key block once, as the
+eager chunk's flash attention does.
 
 Run on the device: python bench/prefill_overhead.py --model granite-4.0-h-micro --length 448
   python bench/prefill_overhead.py --length 2048 --starts 0,2048,8192,30720
@@ -18,6 +19,7 @@ Run on the device: python bench/prefill_overhead.py --model granite-4.0-h-micro 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -31,6 +33,7 @@ from torch.profiler import ProfilerActivity, profile  # noqa: E402
 from granite_runtime.engine.batch import Batch  # noqa: E402
 from granite_runtime.engine.cache import HybridCache  # noqa: E402
 from granite_runtime.engine.chunk_graphs import GraphedChunks  # noqa: E402
+from granite_runtime.kernels import select  # noqa: E402
 from granite_runtime.model.loader import load_model  # noqa: E402
 
 # names of the attention kernels: the Triton decode kernel's, flash's, cuDNN's SDPA, fmha
@@ -49,26 +52,30 @@ def device_ms(call) -> tuple[float, float]:
 
 
 def by_start(model, length: int, starts: list[int]) -> None:
-    """The chunk at each start: its graph's replay against the eager chunk (module doc)."""
+    """The chunk at each start: its graph's replay, attending as one-token rows and as
+    query blocks (kernels/triton/chunk_attention.py), against the eager chunk."""
     cache = HybridCache(model.config, 2, max(starts) + length, torch.bfloat16, "cuda")
     tokens = torch.randint(100, 1000, (1, length), device="cuda")
     with torch.inference_mode():
         model(tokens, Batch.make([0], [0], "cuda"), cache)  # Triton compiles and tunes here
-        graphs = GraphedChunks(model, cache)
-        graphs.capture([length])
+        graphs = {}
+        for way, block in (("rows", False), ("blocks", True)):  # baked in at capture
+            select.apply(model, dataclasses.replace(model.kernels, chunk_attention=block))
+            graphs[way] = GraphedChunks(model, cache)
+            graphs[way].capture([length])
         for start in starts:
-            replay = lambda s=start: graphs(tokens, 0, s)  # noqa: E731
             eager = lambda s=start: model(tokens, Batch.make([0], [s], "cuda"), cache)  # noqa: E731
-            wall = 1e3 * timed(replay, 5)
-            rate = 1e3 * length / wall
-            g_total, g_attn = device_ms(replay)
             e_total, e_attn = device_ms(eager)
-            print(
-                f"start {start:>6}: graph {wall:.2f} ms a replay ({rate:,.0f} tok/s), "
-                f"device {g_total:.2f} ms, attention {g_attn:.2f} ms; eager device "
-                f"{e_total:.2f} ms, attention {e_attn:.2f} ms",
-                flush=True,
-            )
+            line = [f"start {start:>6}: eager device {e_total:.2f} ms, attention {e_attn:.2f} ms"]
+            for way, chunked in graphs.items():
+                replay = lambda s=start, g=chunked: g(tokens, 0, s)  # noqa: E731
+                wall = 1e3 * timed(replay, 5)
+                total, attn = device_ms(replay)
+                line.append(
+                    f"graph ({way}) {wall:.2f} ms a replay ({1e3 * length / wall:,.0f} tok/s), "
+                    f"attention {attn:.2f} ms of its {total:.2f} ms on the device"
+                )
+            print("; ".join(line), flush=True)
 
 
 def main() -> None:

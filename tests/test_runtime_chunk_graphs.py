@@ -4,6 +4,8 @@ the KV row runs eagerly, and the engine generates the same tokens with them as w
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -14,6 +16,7 @@ from granite_runtime.engine.cache import HybridCache  # noqa: E402
 from granite_runtime.engine.engine import Engine  # noqa: E402
 from granite_runtime.engine.sampling import SamplingParams  # noqa: E402
 from granite_runtime.engine.tokenizer import TextCodec  # noqa: E402
+from granite_runtime.kernels import select  # noqa: E402
 from granite_runtime.model.loader import load_model  # noqa: E402
 
 pytestmark = pytest.mark.gpu
@@ -34,14 +37,42 @@ def hybrid_without_experts(tmp_path_factory):
     return write_demo_model(dest, "tiny-hybrid", overrides={"num_local_experts": 0}).path
 
 
+def _load(path, dtype: str, block_attention: bool):
+    """The model, its chunk graphs attending as query blocks (kernels/triton/
+    chunk_attention.py) or as one-token rows through the decode kernel."""
+    model = load_model(path, dtype, "cuda")
+    select.apply(model, dataclasses.replace(model.kernels, chunk_attention=block_attention))
+    return model
+
+
+def test_block_attention_equals_causal_attention_at_h_micros_shape():
+    """kernels/triton/chunk_attention.py in bf16 on the GPU: 32 query heads over 8 KV heads
+    of 64, a 2,048-token chunk from 0 and a 1,000-token one from 3,000, against SDPA."""
+    from granite_runtime.kernels.triton.chunk_attention import chunk_attention
+    from tests.test_runtime_triton_interpreted import _reference
+
+    gen = torch.Generator().manual_seed(7)
+    k_pool, v_pool = (torch.randn(2, 8, 4096, 64, generator=gen).bfloat16() for _ in range(2))
+    for length, slot, start in [(2048, 1, 0), (1000, 0, 3000)]:
+        q = torch.randn(1, 32, length, 64, generator=gen).bfloat16().transpose(1, 2)
+        slots, starts = torch.tensor([slot]), torch.tensor([start])
+        got = chunk_attention(
+            q.cuda(), k_pool.cuda(), v_pool.cuda(), slots.cuda(), starts.cuda(), 0.125
+        )
+        want = _reference(q.float(), k_pool.float(), v_pool.float(), slots, starts, 0.125)
+        assert _rel(got.cpu(), want) < 1e-2, (length, start)
+
+
 def _rel(a, b) -> float:
     return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
+@pytest.mark.parametrize("block_attention", [False, True])
 @pytest.mark.parametrize(("fixture", "dtype", "tol"), CASES)
-def test_a_prompt_through_chunk_graphs_equals_eager_chunks(fixture, dtype, tol, request):
-    path = request.getfixturevalue(fixture)
-    model = load_model(path, dtype, "cuda")
+def test_a_prompt_through_chunk_graphs_equals_eager_chunks(
+    fixture, dtype, tol, block_attention, request
+):
+    model = _load(request.getfixturevalue(fixture), dtype, block_attention)
     ids = torch.randint(0, 1000, (1, 185), generator=torch.Generator().manual_seed(3)).cuda()
     pieces = [(0, 40), (40, 120), (120, 168), (168, 185)]  # graphs 64, 96, 64, then eager
     runs = []
@@ -79,13 +110,15 @@ def test_a_prompt_through_chunk_graphs_equals_eager_chunks(fixture, dtype, tol, 
         assert _rel(graphed_cache.k[:, 2, :, :185], eager_cache.k[:, 2, :, :185]) < tol
 
 
+@pytest.mark.parametrize("block_attention", [False, True])
 @pytest.mark.parametrize(("fixture", "dtype", "tol"), CASES)
-def test_whole_prompts_sharing_a_replay_equal_each_alone(fixture, dtype, tol, request):
+def test_whole_prompts_sharing_a_replay_equal_each_alone(
+    fixture, dtype, tol, block_attention, request
+):
     """Prompts of 40, 64 and 51 tokens in slots 3, 1 and 2 through one three-row graph of
     64 give each prompt's logits and state through one-row graphs, and leave slot 0 as it
     was. The rows' real lengths differ, so each row's padding must leave no trace."""
-    path = request.getfixturevalue(fixture)
-    model = load_model(path, dtype, "cuda")
+    model = _load(request.getfixturevalue(fixture), dtype, block_attention)
     gen = torch.Generator().manual_seed(5)
     lengths, slots = [40, 64, 51], [3, 1, 2]
     prompts = [torch.randint(0, 1000, (n,), generator=gen).cuda() for n in lengths]

@@ -28,17 +28,30 @@ class KernelChoice:
     fused_attention: bool = False
     # MoE steps of many tokens through torch._grouped_mm (static shapes, graph-safe)
     grouped_mm: bool = False
+    # a chunk graph's attention as query blocks over the pool (kernels/triton/
+    # chunk_attention.py) instead of one-token rows through the decode kernel; off until
+    # measured on a GPU (GKIT_FLASH_CHUNKS=1 turns it on)
+    chunk_attention: bool = False
     launch: LaunchOptions = DEFAULT
 
     @cached_property
     def ops(self) -> SimpleNamespace:
         """The Triton kernel modules, imported on first use: CPU builds of torch have no
         Triton, and a choice without it never asks."""
-        from granite_runtime.kernels.triton import decode, fused, fused_linear, gemv, moe, scan
+        from granite_runtime.kernels.triton import (
+            chunk_attention,
+            decode,
+            fused,
+            fused_linear,
+            gemv,
+            moe,
+            scan,
+        )
 
         return SimpleNamespace(
-            decode=decode, fused=fused, fused_linear=fused_linear, gemv=gemv, moe=moe, scan=scan
-        )
+            chunk_attention=chunk_attention, decode=decode, fused=fused,
+            fused_linear=fused_linear, gemv=gemv, moe=moe, scan=scan,
+        )  # fmt: skip
 
 
 # PyTorch's own ops everywhere: what a layer does until a choice is applied

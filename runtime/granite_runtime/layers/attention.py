@@ -129,10 +129,11 @@ class Attention(nn.Module):
         return ops.fused_linear.linear(out.view(1, 1, nq), self.o_proj.weight, launch=launch)
 
     def _padded_chunk(self, q, k, v, kc, vc, batch: Batch) -> torch.Tensor:
-        """A padded chunk (`Batch.padded`, a chunk graph) as one-token rows of the same slot,
-        each at its own position: every key is written before any query attends, and each
-        query reads the slot's keys up to its own position, so the real tokens never see
-        the padding's (written past them, where later tokens overwrite them)."""
+        """A padded chunk (`Batch.padded`, a chunk graph): every key is written before any
+        query attends, and each query reads the slot's keys up to its own position, so the
+        real tokens never see the padding's (written past them, where later tokens
+        overwrite them). As one-token rows of the same slot, each at its own position, or
+        with `kernels.chunk_attention` as query blocks (kernels/triton/chunk_attention.py)."""
         b, _, length, _ = q.shape
         positions = batch.starts[:, None] + torch.arange(length, device=q.device)
         rows = Batch.graphable(batch.slots.repeat_interleave(length), positions.reshape(-1))
@@ -140,7 +141,14 @@ class Attention(nn.Module):
         def as_rows(t: torch.Tensor) -> torch.Tensor:  # (b, h, L, d) -> (b * L, h, 1, d)
             return t.transpose(1, 2).reshape(b * length, t.shape[1], 1, t.shape[-1])
 
-        out = self._static_decode(as_rows(q), as_rows(k), as_rows(v), kc, vc, rows)
+        if not self.kernels.chunk_attention:
+            out = self._static_decode(as_rows(q), as_rows(k), as_rows(v), kc, vc, rows)
+            return out.reshape(b, length, -1)
+        kc[rows.slots, :, rows.starts] = as_rows(k)[:, :, 0].to(kc.dtype)
+        vc[rows.slots, :, rows.starts] = as_rows(v)[:, :, 0].to(vc.dtype)
+        out = self.kernels.ops.chunk_attention.chunk_attention(
+            q.transpose(1, 2), kc, vc, batch.slots, batch.starts, self.scale
+        )
         return out.reshape(b, length, -1)
 
     def _static_decode(self, q, k, v, kc, vc, batch: Batch) -> torch.Tensor:

@@ -1,0 +1,157 @@
+"""The Triton kernels on the CPU, through Triton's own interpreter (TRITON_INTERPRET=1).
+
+The kernels are written for CUDA and their GPU tests run on the device machine only; the
+interpreter runs the same kernel code on CPU tensors, block by block, so what they index,
+mask and accumulate is checked in CI too (not their speed, nor anything GPU-only such as
+programmatic launch). `make venv` installs Triton and the NumPy its interpreter needs
+(before 2.0: it converts one-element arrays to ints) into .venv/triton-interpreter, apart
+from the project's own NumPy. Each case runs in a subprocess with that folder first on the
+path: this file, run as a script with the case's name.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+INTERPRETER = REPO / ".venv" / "triton-interpreter"
+
+
+def _interpreted(case: str, *args: str) -> str:
+    if not (INTERPRETER / "triton").is_dir():
+        pytest.fail(f"Triton's interpreter is not in {INTERPRETER}: run `make venv`.")
+    path = os.pathsep.join([str(INTERPRETER), str(REPO / "runtime"), str(REPO)])
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": path}
+    done = subprocess.run(
+        [sys.executable, __file__, case, *args],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    return done.stdout
+
+
+def test_chunk_attention_equals_causal_attention_over_each_slots_keys():
+    out = _interpreted("chunk_attention")
+    assert out.count("ok") == 4, out
+
+
+def test_a_chunk_graphs_block_attention_equals_its_one_token_rows(tmp_path):
+    out = _interpreted("padded_chunk", str(tmp_path))
+    assert out.count("ok") == 6, out
+
+
+def test_decode_attention_equals_attention_over_each_slots_keys():
+    out = _interpreted("decode_attention")
+    assert out.count("ok") == 2, out
+
+
+# ---- the cases, run in the subprocess ---------------------------------------------------
+def _reference(q, k_pool, v_pool, slots, starts, scale):
+    """Causal attention of q (B, L, H, D), row b's token i at starts[b] + i of slots[b]."""
+    import torch
+    import torch.nn.functional as F
+
+    b, length, heads, _ = q.shape
+    out = torch.empty_like(q)
+    for row in range(b):
+        slot, start = int(slots[row]), int(starts[row])
+        group = heads // k_pool.shape[1]
+        keys = k_pool[slot, :, : start + length].repeat_interleave(group, 0)
+        values = v_pool[slot, :, : start + length].repeat_interleave(group, 0)
+        seen = torch.arange(start + length)[None, :] <= (start + torch.arange(length))[:, None]
+        out[row] = F.scaled_dot_product_attention(
+            q[row].transpose(0, 1), keys, values, attn_mask=seen, scale=scale
+        ).transpose(0, 1)
+    return out
+
+
+def case_chunk_attention() -> None:
+    import torch
+
+    from granite_runtime.kernels.triton.chunk_attention import chunk_attention
+
+    torch.manual_seed(0)
+    # heads / KV heads / head dim / chunk: groups of 4 (h-micro), 3 (h-tiny, padded to 4),
+    # 1 and 8; a head dim under its block; chunks that end inside a query block
+    for heads, kv, dim, length in [(8, 2, 64, 37), (12, 4, 48, 20), (4, 4, 32, 70), (16, 2, 16, 9)]:
+        k_pool, v_pool = torch.randn(3, kv, 160, dim), torch.randn(3, kv, 160, dim)
+        q = torch.randn(2, heads, length, dim).transpose(1, 2)  # strided, as Attention has it
+        slots, starts = torch.tensor([2, 0]), torch.tensor([0, 81])
+        got = chunk_attention(q, k_pool, v_pool, slots, starts, 0.3)
+        want = _reference(q, k_pool, v_pool, slots, starts, 0.3)
+        error = (got - want).abs().max().item()
+        assert error < 1e-5, (heads, kv, dim, length, error)
+        print("ok", heads, kv, dim, length, error)
+
+
+def _padded_chunk(model, block: bool, real: int):
+    """Logits and cache after a 19-token prompt in slot 2, then a chunk of 64 tokens padded
+    (`real` of them real) as a chunk graph runs it, eagerly; `block`: the block kernel."""
+    import dataclasses
+
+    import torch
+
+    from granite_runtime.engine.batch import Batch
+    from granite_runtime.engine.cache import HybridCache
+    from granite_runtime.kernels import select
+
+    select.apply(model, dataclasses.replace(model.kernels, chunk_attention=block))
+    ids = torch.Generator().manual_seed(1)
+    cache = HybridCache(model.config, 4, 160, torch.float32, "cpu")
+    with torch.no_grad():
+        model(torch.randint(0, 1000, (1, 19), generator=ids), Batch.make([2], [0], "cpu"), cache)
+        tokens = torch.randint(0, 1000, (1, 64), generator=ids)
+        batch = Batch.padded(torch.tensor([2]), torch.tensor([19]), torch.tensor([real]))
+        return model(tokens, batch, cache), cache
+
+
+def case_padded_chunk(root: str) -> None:
+    """A chunk graph's forward with the block kernel and with the one-token rows: the same
+    logits, keys, values and state, for every real length."""
+    import torch
+
+    from granite_ops_kit.demo.checkpoint import write_demo_model
+    from granite_runtime.model.loader import load_model
+
+    for name in ("tiny-hybrid", "tiny-dense"):
+        model = load_model(write_demo_model(Path(root) / name, name).path, "float32", "cpu")
+        for real in (1, 37, 64):
+            (rows, a), (block, b) = (
+                _padded_chunk(model, False, real),
+                _padded_chunk(model, True, real),
+            )
+            assert ((rows - block).norm() / rows.norm()).item() < 1e-5, (name, real)
+            end = 19 + real  # what the padding writes past the prompt is overwritten later
+            for pool in ("k", "v"):
+                kept, got = getattr(a, pool)[..., :end, :], getattr(b, pool)[..., :end, :]
+                assert torch.allclose(kept, got, atol=1e-5), (name, real, pool)
+            for pool in ("ssm", "conv"):  # the Mamba layers after the attention layer
+                assert torch.allclose(getattr(a, pool), getattr(b, pool), atol=1e-5), (name, pool)
+            assert a.k.numel() and not torch.equal(a.k, torch.zeros_like(a.k))
+            print("ok", name, real)
+
+
+def case_decode_attention() -> None:
+    import torch
+
+    from granite_runtime.kernels.triton.decode import decode_attention
+
+    torch.manual_seed(0)
+    for heads, kv, dim in [(8, 2, 64), (12, 4, 48)]:
+        k_pool, v_pool = torch.randn(3, kv, 96, dim), torch.randn(3, kv, 96, dim)
+        q = torch.randn(4, heads, dim)
+        slots, starts = torch.tensor([0, 2, 1, 2]), torch.tensor([5, 40, 95, 0])
+        got = decode_attention(q, k_pool, v_pool, slots, starts, 0.125)
+        want = _reference(q[:, None], k_pool, v_pool, slots, starts, 0.125)[:, 0]
+        error = (got - want).abs().max().item()
+        assert error < 1e-5, (heads, kv, dim, error)
+        print("ok", heads, kv, dim, error)
+
+
+if __name__ == "__main__":
+    globals()[f"case_{sys.argv[1]}"](*sys.argv[2:])
