@@ -5,6 +5,9 @@ PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# Triton's interpreter runs the CUDA kernels on CPU tensors in the tests; it needs NumPy < 2,
+# so both live in a folder of their own (tests/test_runtime_triton_interpreted.py)
+INTERP := $(VENV)/triton-interpreter
 # torch is pinned: 2.13.0 is the CPU wheel on this workplace's disk; an unpinned torch
 # pulls a multi-GB CUDA build (REFERENCE.md section 6).
 TORCH  := torch==2.13.0
@@ -19,14 +22,15 @@ $(STAMP): pyproject.toml scripts/install-system-packages.sh
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH)
 	$(BIN)/pip install --quiet -e '.[runtime,plot,dev]'
-	# Triton's interpreter runs the CUDA kernels on CPU tensors in tests; it needs NumPy < 2,
-	# kept in a folder of its own (tests/test_runtime_triton_interpreted.py)
-	$(BIN)/pip install --quiet --no-deps --target $(VENV)/triton-interpreter triton==3.5.0 'numpy<2'
 	$(BIN)/python scripts/get_helm.py
 	# checkov pins versions that clash with gkit's own (cyclonedx, packaging): its own venv
 	$(PYTHON) -m venv .venv-checkov
 	.venv-checkov/bin/pip install --quiet checkov
 	touch $(STAMP)
+
+$(INTERP)/.installed: $(STAMP)
+	$(BIN)/pip install --quiet --no-deps --upgrade --target $(INTERP) triton==3.5.0 'numpy<2'
+	touch $@
 
 system-packages:
 	bash scripts/install-system-packages.sh
@@ -34,7 +38,7 @@ system-packages:
 demo: venv
 	$(BIN)/gkit demo --output demo-out
 
-test: venv
+test: venv $(INTERP)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 

@@ -3,7 +3,7 @@
 The kernels are written for CUDA and their GPU tests run on the device machine only; the
 interpreter runs the same kernel code on CPU tensors, block by block, so what they index,
 mask and accumulate is checked in CI too (not their speed, nor anything GPU-only such as
-programmatic launch). `make venv` installs Triton and the NumPy its interpreter needs
+programmatic launch). `make test` installs Triton and the NumPy its interpreter needs
 (before 2.0: it converts one-element arrays to ints) into .venv/triton-interpreter, apart
 from the project's own NumPy. Each case runs in a subprocess with that folder first on the
 path: this file, run as a script with the case's name.
@@ -24,7 +24,7 @@ INTERPRETER = REPO / ".venv" / "triton-interpreter"
 
 def _interpreted(case: str, *args: str) -> str:
     if not (INTERPRETER / "triton").is_dir():
-        pytest.fail(f"Triton's interpreter is not in {INTERPRETER}: run `make venv`.")
+        pytest.fail(f"Triton's interpreter is not in {INTERPRETER}: `make test` installs it.")
     path = os.pathsep.join([str(INTERPRETER), str(REPO / "runtime"), str(REPO)])
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": path}
     done = subprocess.run(
