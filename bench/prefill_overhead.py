@@ -76,6 +76,11 @@ def by_start(model, length: int, starts: list[int]) -> None:
                     f"attention {attn:.2f} ms of its {total:.2f} ms on the device"
                 )
             print("; ".join(line), flush=True)
+        # where the rest of a replay goes: the kernels of the first start's, by device time
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            graphs["blocks"](tokens, 0, starts[0])
+            torch.cuda.synchronize()
+        print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=15))
 
 
 def main() -> None:
