@@ -50,6 +50,16 @@ def test_decode_attention_equals_attention_over_each_slots_keys():
     assert out.count("ok") == 2, out
 
 
+def test_the_mamba_state_update_equals_the_pytorch_step():
+    out = _interpreted("ssd_step")
+    assert out.count("ok") == 4, out
+
+
+def test_the_conv_window_update_equals_the_causal_conv():
+    out = _interpreted("conv_update")
+    assert out.count("ok") == 2, out
+
+
 # ---- the cases, run in the subprocess ---------------------------------------------------
 def _reference(q, k_pool, v_pool, slots, starts, scale):
     """Causal attention of q (B, L, H, D), row b's token i at starts[b] + i of slots[b]."""
@@ -151,6 +161,58 @@ def case_decode_attention() -> None:
         error = (got - want).abs().max().item()
         assert error < 1e-5, (heads, kv, dim, error)
         print("ok", heads, kv, dim, error)
+
+
+def case_ssd_step() -> None:
+    """The decode graphs' state update: scattered slots, groups > 1, sizes that are not
+    powers of 2, dt as is and raw (softplus(dt + bias), clamped, in the kernel); slots no
+    row holds stay as they were."""
+    import torch
+    import torch.nn.functional as F
+
+    from granite_runtime.kernels.triton.decode import ssd_step
+    from granite_runtime.layers import ssd
+
+    gen = torch.Generator().manual_seed(0)
+    for h, g, p, n in [(12, 3, 20, 48), (8, 1, 16, 32)]:
+        for raw in (False, True):
+            x, bm, cm = (torch.randn(*s, generator=gen) for s in ((3, h, p), (3, g, n), (3, g, n)))
+            dt, bias = torch.randn(3, h, generator=gen), torch.randn(h, generator=gen)
+            a, d = -torch.rand(h, generator=gen) - 0.1, torch.randn(h, generator=gen)
+            pool, slots = torch.randn(6, h, p, n, generator=gen), torch.tensor([4, 0, 2])
+            limit = (0.01, 0.5)
+            step_dt = F.softplus(dt + bias).clamp(*limit) if raw else dt.abs() * 0.1
+            expected = pool.clone()
+            y_ref, expected[slots] = ssd.step(x, step_dt, a, bm, cm, d, pool[slots].clone())
+            got = pool.clone()
+            extra = {"dt_bias": bias, "dt_limit": limit} if raw else {}
+            y = ssd_step(x, dt if raw else step_dt, a, bm, cm, d, got, slots, **extra)
+            error = max((y - y_ref).abs().max().item(), (got - expected).abs().max().item())
+            assert error < 1e-5, (h, g, p, n, raw, error)
+            assert torch.equal(got[[1, 3, 5]], pool[[1, 3, 5]])
+            print("ok", h, g, p, n, raw, error)
+
+
+def case_conv_update() -> None:
+    """The decode graphs' conv step: silu(conv over the window and the new column), the
+    window shifted in place at each row's slot, other slots untouched."""
+    import torch
+
+    from granite_runtime.kernels.triton.decode import conv_update
+
+    gen = torch.Generator().manual_seed(1)
+    for c in (768, 1000):  # a multiple of the block and not
+        x, weight = torch.randn(3, c, generator=gen), torch.randn(c, 4, generator=gen)
+        bias, pool = torch.randn(c, generator=gen), torch.randn(5, c, 3, generator=gen)
+        slots = torch.tensor([3, 0, 4])
+        full = torch.cat([pool[slots], x[:, :, None]], dim=-1)
+        expected = torch.nn.functional.silu((full * weight).sum(-1) + bias)
+        got = pool.clone()
+        out = conv_update(x, got, weight, bias, slots)
+        error = (out - expected).abs().max().item()
+        assert error < 1e-5, (c, error)
+        assert torch.equal(got[slots], full[:, :, 1:]) and torch.equal(got[[1, 2]], pool[[1, 2]])
+        print("ok", c, error)
 
 
 if __name__ == "__main__":
