@@ -60,6 +60,16 @@ def test_the_conv_window_update_equals_the_causal_conv():
     assert out.count("ok") == 2, out
 
 
+def test_the_chunked_scan_equals_the_pytorch_scan():
+    out = _interpreted("chunked_scan")
+    assert out.count("ok") == 3, out
+
+
+def test_the_fused_prefill_kernels_equal_the_pytorch_ops():
+    out = _interpreted("fused")
+    assert out.count("ok") == 4, out
+
+
 # ---- the cases, run in the subprocess ---------------------------------------------------
 def _reference(q, k_pool, v_pool, slots, starts, scale):
     """Causal attention of q (B, L, H, D), row b's token i at starts[b] + i of slots[b]."""
@@ -213,6 +223,79 @@ def case_conv_update() -> None:
         assert error < 1e-5, (c, error)
         assert torch.equal(got[slots], full[:, :, 1:]) and torch.equal(got[[1, 2]], pool[[1, 2]])
         print("ok", c, error)
+
+
+def _rel(a, b) -> float:
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+def case_chunked_scan() -> None:
+    """Prefill's SSD scan: x, B and C strided views of one tensor as the conv leaves them,
+    a partial last chunk, groups > 1, sizes that are not powers of 2; a starting state
+    updated in place where the pool row lies."""
+    import torch
+
+    from granite_runtime.kernels.triton.scan import chunked_scan
+    from granite_runtime.layers import ssd
+
+    gen = torch.Generator().manual_seed(2)
+    for h, g, p, n, length, chunk, with_state in [
+        (12, 3, 20, 48, 75, 32, False), (12, 3, 20, 48, 75, 32, True), (4, 2, 16, 32, 5, 64, True)
+    ]:  # fmt: skip
+        xbc = torch.randn(2, length, h * p + 2 * g * n, generator=gen)
+        x = xbc[..., : h * p].view(2, length, h, p)
+        bm = xbc[..., h * p : h * p + g * n].view(2, length, g, n)
+        cm = xbc[..., h * p + g * n :].view(2, length, g, n)
+        dt = torch.nn.functional.softplus(torch.randn(2, length, h, generator=gen) - 2)
+        a, d = -torch.exp(torch.randn(h, generator=gen) * 0.5), torch.randn(h, generator=gen)
+        state = torch.randn(2, h, p, n, generator=gen) if with_state else None
+        y_ref, final_ref = ssd.chunked_scan(x, dt, a, bm, cm, d, chunk, state)
+        pool = state.clone() if with_state else None
+        y, final = chunked_scan(x, dt, a, bm, cm, d, chunk, pool, final=pool)
+        error = max(_rel(y, y_ref), _rel(final, final_ref))
+        assert error < 2e-5, (h, g, p, n, length, chunk, with_state, error)
+        assert not with_state or final.data_ptr() == pool.data_ptr()
+        print("ok", h, g, p, n, length, chunk, with_state, error)
+
+
+def case_fused() -> None:
+    """Residual add + RMSNorm, the gated RMSNorm of 2 groups, SiLU * up, and the prefill
+    conv reading its window from the pool (which it leaves as it was), on strided inputs."""
+    import torch
+    import torch.nn.functional as F
+
+    from granite_runtime.kernels.triton import fused
+    from granite_runtime.layers.norm import RMSNorm
+
+    gen = torch.Generator().manual_seed(3)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=gen)
+
+    x, delta, norm = rand(3, 5, 1000), rand(3, 5, 1000), RMSNorm(1000, 1e-5)
+    norm.weight.data = rand(1000)
+    total, normed = fused.add_rms_norm(x, delta, 0.25, norm.weight, 1e-5)
+    want = torch.add(x, delta, alpha=0.25)
+    assert max(_rel(total, want), _rel(normed, norm(want))) < 1e-6
+    print("ok add_rms_norm")
+    proj, gated = rand(7, 2 * 768 + 9), RMSNorm(768, 1e-6, groups=2)
+    z, y = proj[:, :768], proj[:, 768 : 2 * 768] * 3
+    gated.weight.data = rand(768)
+    assert _rel(fused.gated_rms_norm(y, z, gated.weight, 1e-6, 2), gated(y, gate=z)) < 1e-6
+    print("ok gated_rms_norm")
+    gate_up = rand(4, 2, 2 * 1100)
+    gate, up = gate_up.chunk(2, dim=-1)
+    assert _rel(fused.silu_mul(gate_up), F.silu(gate) * up) < 1e-6
+    print("ok silu_mul")
+    xbc = rand(2, 37, 311)[..., 5:305]  # 300 channels, strided as the split leaves them
+    weight, bias, pool = rand(300, 4), rand(300), rand(5, 300, 3)
+    slots = torch.tensor([3, 1])
+    full = torch.cat([pool[slots], xbc.transpose(1, 2)], dim=-1)
+    want = F.silu(F.conv1d(full, weight[:, None], bias, groups=300)).transpose(1, 2)
+    before = pool.clone()
+    assert _rel(fused.conv_prefill(xbc, pool, weight, bias, slots), want) < 1e-6
+    assert torch.equal(pool, before)
+    print("ok conv_prefill")
 
 
 if __name__ == "__main__":
