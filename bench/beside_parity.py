@@ -75,10 +75,13 @@ def main() -> None:
     runs = {}
     for how in ("inside", "beside", "beside_synced", "eager", "beside_again"):
         if how == "beside_synced":
-            PrefillStream.enqueue = lambda self, seq: (
-                enqueue(self, seq),
-                self.stream.synchronize(),
-            )
+
+            def synced(self, seqs):  # every prompt done before the step goes on
+                taken = enqueue(self, seqs)
+                self.stream.synchronize()
+                return taken
+
+            PrefillStream.enqueue = synced
         else:
             PrefillStream.enqueue = enqueue
         runs[how] = run(path, how)

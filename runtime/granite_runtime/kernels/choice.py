@@ -29,8 +29,9 @@ class KernelChoice:
     # MoE steps of many tokens through torch._grouped_mm (static shapes, graph-safe)
     grouped_mm: bool = False
     # a chunk graph's attention as query blocks over the pool (kernels/triton/
-    # chunk_attention.py) instead of one-token rows through the decode kernel; off until
-    # measured on a GPU (GKIT_FLASH_CHUNKS=1 turns it on)
+    # chunk_attention.py) instead of one-token rows through the decode kernel, whose reads
+    # grow with the chunk's start (bench/NOTES.md: 1.07x the rows' rate at start 0, 2.6x
+    # at 30,720 on an H100); GKIT_FLASH_CHUNKS=0 keeps the rows
     chunk_attention: bool = False
     launch: LaunchOptions = DEFAULT
 

@@ -3,7 +3,7 @@
 `resolve` is called once, when the model is loaded (model/loader.py): it asks what this
 device, this torch and the environment offer (a C compiler, Triton, torch._grouped_mm on
 Hopper, GKIT_TRITON=0 and GKIT_PDL=0 to turn Triton or programmatic launch off,
-GKIT_FLASH_CHUNKS=1 to turn the chunk graphs' block attention on) and never again.
+GKIT_FLASH_CHUNKS=0 to keep the chunk graphs attending as one-token rows) and never again.
 `apply` swaps decode-sized linears in and gives every layer the choice."""
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def resolve(
             fused_linear=world == 1,
             fused_attention=world == 1,
             grouped_mm=grouped,
-            chunk_attention=os.environ.get("GKIT_FLASH_CHUNKS", "0") == "1",
+            chunk_attention=os.environ.get("GKIT_FLASH_CHUNKS", "1") != "0",
             launch=LaunchOptions(pdl=os.environ.get("GKIT_PDL", "1") != "0"),
         )
     elif device.type == "cpu":
