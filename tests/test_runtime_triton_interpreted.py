@@ -35,39 +35,22 @@ def _interpreted(case: str, *args: str) -> str:
     return done.stdout
 
 
-def test_chunk_attention_equals_causal_attention_over_each_slots_keys():
-    out = _interpreted("chunk_attention")
-    assert out.count("ok") == 4, out
+# case -> how many checks it prints "ok" for (each case's docstring says what it checks)
+CASES = {
+    "chunk_attention": 4,  # the chunk graphs' block attention against SDPA
+    "padded_chunk": 6,  # a padded chunk, block attention against one-token rows
+    "decode_attention": 2,
+    "ssd_step": 4,  # the decode graphs' Mamba state update
+    "conv_update": 2,  # the decode graphs' conv window
+    "chunked_scan": 3,  # prefill's SSD scan
+    "fused": 4,  # the fused norms, gates and prefill conv
+}
 
 
-def test_a_chunk_graphs_block_attention_equals_its_one_token_rows(tmp_path):
-    out = _interpreted("padded_chunk", str(tmp_path))
-    assert out.count("ok") == 6, out
-
-
-def test_decode_attention_equals_attention_over_each_slots_keys():
-    out = _interpreted("decode_attention")
-    assert out.count("ok") == 2, out
-
-
-def test_the_mamba_state_update_equals_the_pytorch_step():
-    out = _interpreted("ssd_step")
-    assert out.count("ok") == 4, out
-
-
-def test_the_conv_window_update_equals_the_causal_conv():
-    out = _interpreted("conv_update")
-    assert out.count("ok") == 2, out
-
-
-def test_the_chunked_scan_equals_the_pytorch_scan():
-    out = _interpreted("chunked_scan")
-    assert out.count("ok") == 3, out
-
-
-def test_the_fused_prefill_kernels_equal_the_pytorch_ops():
-    out = _interpreted("fused")
-    assert out.count("ok") == 4, out
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_the_kernel_equals_its_pytorch_reference(case, tmp_path):
+    out = _interpreted(case, str(tmp_path))
+    assert out.count("ok") == CASES[case], out
 
 
 # ---- the cases, run in the subprocess ---------------------------------------------------
@@ -90,7 +73,7 @@ def _reference(q, k_pool, v_pool, slots, starts, scale):
     return out
 
 
-def case_chunk_attention() -> None:
+def case_chunk_attention(_scratch: str) -> None:
     import torch
 
     from granite_runtime.kernels.triton.chunk_attention import chunk_attention
@@ -156,7 +139,7 @@ def case_padded_chunk(root: str) -> None:
             print("ok", name, real)
 
 
-def case_decode_attention() -> None:
+def case_decode_attention(_scratch: str) -> None:
     import torch
 
     from granite_runtime.kernels.triton.decode import decode_attention
@@ -173,7 +156,7 @@ def case_decode_attention() -> None:
         print("ok", heads, kv, dim, error)
 
 
-def case_ssd_step() -> None:
+def case_ssd_step(_scratch: str) -> None:
     """The decode graphs' state update: scattered slots, groups > 1, sizes that are not
     powers of 2, dt as is and raw (softplus(dt + bias), clamped, in the kernel); slots no
     row holds stay as they were."""
@@ -203,7 +186,7 @@ def case_ssd_step() -> None:
             print("ok", h, g, p, n, raw, error)
 
 
-def case_conv_update() -> None:
+def case_conv_update(_scratch: str) -> None:
     """The decode graphs' conv step: silu(conv over the window and the new column), the
     window shifted in place at each row's slot, other slots untouched."""
     import torch
@@ -229,7 +212,7 @@ def _rel(a, b) -> float:
     return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
-def case_chunked_scan() -> None:
+def case_chunked_scan(_scratch: str) -> None:
     """Prefill's SSD scan: x, B and C strided views of one tensor as the conv leaves them,
     a partial last chunk, groups > 1, sizes that are not powers of 2; a starting state
     updated in place where the pool row lies."""
@@ -258,7 +241,7 @@ def case_chunked_scan() -> None:
         print("ok", h, g, p, n, length, chunk, with_state, error)
 
 
-def case_fused() -> None:
+def case_fused(_scratch: str) -> None:
     """Residual add + RMSNorm, the gated RMSNorm of 2 groups, SiLU * up, and the prefill
     conv reading its window from the pool (which it leaves as it was), on strided inputs."""
     import torch
