@@ -7,7 +7,7 @@
 #   3. the other runtime gpu tests, now that engines prefill beside by default
 #   4. prefill_overlap at 1,024 and 2,048 tokens (the decode step beside chunks, again)
 #   bash bench/beside_round.sh OUT_DIR   (about 480 s on an H100; the chunk graphs' block
-#   attention has its own round: bench/chunk_attention_round.sh)
+#   attention has its own round: bench/prefill_round.sh)
 set -uo pipefail
 out=$1
 nvidia-smi --query-gpu=name --format=csv,noheader | tee "$out/card.txt"

@@ -10,7 +10,9 @@ kernels take. By default a chunk graph attends as one-token rows through the dec
 (layers/attention.py `_padded_chunk`): each row reads its slot's keys up to itself, so a
 chunk's attention reads grow with its start. With `KernelChoice.chunk_attention`
 (GKIT_FLASH_CHUNKS=1) it attends as query blocks, each reading a key block once, as the
-eager chunk's flash attention does.
+eager chunk's flash attention does. A third graph attends as blocks but moves the conv
+window as the runtime did up to round 20 (`joined_window_after`: the whole chunk copied
+onto the window, then gathered), the peer of `Batch.window_after`'s gathers.
 
 Run on the device: python bench/prefill_overhead.py --model granite-4.0-h-micro --length 448
   python bench/prefill_overhead.py --length 2048 --starts 0,2048,8192,30720
@@ -51,6 +53,27 @@ def device_ms(call) -> tuple[float, float]:
     return total, sum(e.self_device_time_total for e in attention) / 1e3
 
 
+def joined_window_after(self, past: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The padded case of `Batch.window_after` up to round 20, kept as this bench's peer."""
+    full = torch.cat([past.to(x.dtype), x.transpose(1, 2)], dim=-1)
+    ends = self.lengths[:, None] + torch.arange(past.shape[-1], device=x.device)
+    return full.gather(-1, ends[:, None, :].expand(-1, full.shape[1], -1))
+
+
+def capture(model, cache, length: int, block: bool, window_after=None) -> GraphedChunks:
+    """A chunk graph of `length`, attending as blocks or rows (baked in at capture), with
+    `window_after` in place of Batch's while it is captured."""
+    select.apply(model, dataclasses.replace(model.kernels, chunk_attention=block))
+    kept = Batch.window_after
+    Batch.window_after = window_after or kept
+    try:
+        graphs = GraphedChunks(model, cache)
+        graphs.capture([length])
+    finally:
+        Batch.window_after = kept
+    return graphs
+
+
 def by_start(model, length: int, starts: list[int]) -> None:
     """The chunk at each start: its graph's replay, attending as one-token rows and as
     query blocks (kernels/triton/chunk_attention.py), against the eager chunk."""
@@ -58,11 +81,11 @@ def by_start(model, length: int, starts: list[int]) -> None:
     tokens = torch.randint(100, 1000, (1, length), device="cuda")
     with torch.inference_mode():
         model(tokens, Batch.make([0], [0], "cuda"), cache)  # Triton compiles and tunes here
-        graphs = {}
-        for way, block in (("rows", False), ("blocks", True)):  # baked in at capture
-            select.apply(model, dataclasses.replace(model.kernels, chunk_attention=block))
-            graphs[way] = GraphedChunks(model, cache)
-            graphs[way].capture([length])
+        graphs = {
+            "rows": capture(model, cache, length, False),
+            "blocks, joined window": capture(model, cache, length, True, joined_window_after),
+            "blocks": capture(model, cache, length, True),
+        }
         for start in starts:
             eager = lambda s=start: model(tokens, Batch.make([0], [s], "cuda"), cache)  # noqa: E731
             e_total, e_attn = device_ms(eager)
@@ -80,7 +103,10 @@ def by_start(model, length: int, starts: list[int]) -> None:
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             graphs["blocks"](tokens, 0, starts[0])
             torch.cuda.synchronize()
-        print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=15))
+        averages = prof.key_averages()
+        print(
+            averages.table(sort_by="self_cuda_time_total", row_limit=40, max_name_column_width=70)
+        )
 
 
 def main() -> None:

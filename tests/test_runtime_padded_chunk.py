@@ -62,6 +62,18 @@ def test_the_next_conv_window_counts_only_real_tokens():
     assert one.window_after(past, x).tolist() == [[[1.0, 2.0, 10.0], [4.0, 5.0, 20.0]]]
 
 
+def test_the_next_conv_window_of_rows_of_different_lengths_in_a_strided_chunk():
+    past = torch.randn(3, 5, 3)  # (B, C, W)
+    wide = torch.randn(3, 6, 9)
+    x = wide[..., 2:7]  # (B, L, C), strided as the conv input is a view of in_proj's output
+    lengths = [6, 2, 1]
+    padded = Batch.padded(torch.tensor([0, 1, 2]), torch.zeros(3), torch.tensor(lengths))
+    got = padded.window_after(past, x)
+    for row, n in enumerate(lengths):
+        joined = torch.cat([past[row], x[row, :n].T], dim=-1)  # (C, W + n)
+        assert torch.equal(got[row], joined[:, -3:]), row
+
+
 def test_chunk_lengths_keep_padding_under_a_third_of_a_graph():
     assert chunk_graphs.chunk_lengths(64, 512) == [64, 96, 128, 192, 256, 384, 512]
     assert chunk_graphs.chunk_lengths(64, 300) == [64, 96, 128, 192, 256, 300]
