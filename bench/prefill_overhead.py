@@ -12,7 +12,8 @@ chunk's attention reads grow with its start. With `KernelChoice.chunk_attention`
 (GKIT_FLASH_CHUNKS=1) it attends as query blocks, each reading a key block once, as the
 eager chunk's flash attention does. A third graph attends as blocks but moves the conv
 window as the runtime did up to round 20 (`joined_window_after`: the whole chunk copied
-onto the window, then gathered), the peer of `Batch.window_after`'s gathers.
+onto the window, then gathered), the peer of `Batch.window_after`'s gathers; a fourth
+writes the scan's output in bf16 (`bf16_scan_output`), which the runtime does not.
 
 Run on the device: python bench/prefill_overhead.py --model granite-4.0-h-micro --length 448
   python bench/prefill_overhead.py --length 2048 --starts 0,2048,8192,30720
@@ -36,8 +37,10 @@ from granite_runtime.engine.batch import Batch  # noqa: E402
 from granite_runtime.engine.cache import HybridCache  # noqa: E402
 from granite_runtime.engine.chunk_graphs import GraphedChunks  # noqa: E402
 from granite_runtime.kernels import select  # noqa: E402
+from granite_runtime.kernels.triton import scan  # noqa: E402
 from granite_runtime.model.loader import load_model  # noqa: E402
 
+_chunked_scan = scan.chunked_scan
 # names of the attention kernels: the Triton decode kernel's, flash's, cuDNN's SDPA, fmha
 ATTENTION_KERNELS = ("attention", "flash", "sdpa", "fmha")
 
@@ -60,17 +63,25 @@ def joined_window_after(self, past: torch.Tensor, x: torch.Tensor) -> torch.Tens
     return full.gather(-1, ends[:, None, :].expand(-1, full.shape[1], -1))
 
 
-def capture(model, cache, length: int, block: bool, window_after=None) -> GraphedChunks:
+def bf16_scan_output(*args, **kwargs):
+    """The chunked scan writing y in bf16, as mamba_ssm's does (the runtime keeps fp32 for
+    the gated norm, as transformers' PyTorch path does): what halving that traffic gives."""
+    return _chunked_scan(*args, **kwargs, out_dtype=torch.bfloat16)
+
+
+def capture(model, cache, length: int, block: bool, swaps=()) -> GraphedChunks:
     """A chunk graph of `length`, attending as blocks or rows (baked in at capture), with
-    `window_after` in place of Batch's while it is captured."""
+    each (owner, name, value) of `swaps` in place while it is captured."""
     select.apply(model, dataclasses.replace(model.kernels, chunk_attention=block))
-    kept = Batch.window_after
-    Batch.window_after = window_after or kept
+    kept = [(owner, name, getattr(owner, name)) for owner, name, _ in swaps]
+    for owner, name, value in swaps:
+        setattr(owner, name, value)
     try:
         graphs = GraphedChunks(model, cache)
         graphs.capture([length])
     finally:
-        Batch.window_after = kept
+        for owner, name, value in kept:
+            setattr(owner, name, value)
     return graphs
 
 
@@ -83,8 +94,13 @@ def by_start(model, length: int, starts: list[int]) -> None:
         model(tokens, Batch.make([0], [0], "cuda"), cache)  # Triton compiles and tunes here
         graphs = {
             "rows": capture(model, cache, length, False),
-            "blocks, joined window": capture(model, cache, length, True, joined_window_after),
+            "blocks, joined window": capture(
+                model, cache, length, True, [(Batch, "window_after", joined_window_after)]
+            ),
             "blocks": capture(model, cache, length, True),
+            "blocks, bf16 scan output": capture(
+                model, cache, length, True, [(scan, "chunked_scan", bf16_scan_output)]
+            ),
         }
         for start in starts:
             eager = lambda s=start: model(tokens, Batch.make([0], [s], "cuda"), cache)  # noqa: E731
