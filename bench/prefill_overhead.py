@@ -5,15 +5,17 @@ Eager: host-side ops (self CPU time) against device time, and how many kernels i
 the packed-step round).
 
 `--starts`: the same chunk at each of these positions in its sequence, eagerly and through
-its chunk graph (as the server runs it) both ways, each with the device time its attention
-kernels take. By default a chunk graph attends as one-token rows through the decode kernel
-(layers/attention.py `_padded_chunk`): each row reads its slot's keys up to itself, so a
-chunk's attention reads grow with its start. With `KernelChoice.chunk_attention`
-(GKIT_FLASH_CHUNKS=1) it attends as query blocks, each reading a key block once, as the
-eager chunk's flash attention does. A third graph attends as blocks but moves the conv
-window as the runtime did up to round 20 (`joined_window_after`: the whole chunk copied
-onto the window, then gathered), the peer of `Batch.window_after`'s gathers; a fourth
-writes the scan's output in bf16 (`bf16_scan_output`), which the runtime does not.
+its chunk graph (as the server runs it) several ways, each with the device time its
+attention kernels take:
+- rows: attention as one-token rows through the decode kernel (`GKIT_FLASH_CHUNKS=0`), so
+  a chunk's attention reads grow with its start;
+- blocks as in round 20: query blocks (kernels/triton/chunk_attention.py), the conv window
+  moved by copying the whole chunk onto it, then gathering (`joined_window_after`), and
+  the scan's dt laid out by PyTorch ops (`pytorch_chunk_dt`): the peers of
+  `Batch.window_after`'s gathers and `scan.chunk_dt`'s kernel;
+- blocks with only the window joined, then blocks as the runtime runs them;
+- blocks with the scan's output written in bf16 (`bf16_scan_output`), which the runtime
+  does not do.
 
 Run on the device: python bench/prefill_overhead.py --model granite-4.0-h-micro --length 448
   python bench/prefill_overhead.py --length 2048 --starts 0,2048,8192,30720
@@ -30,6 +32,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent / "runtime"), str(HERE.parent)]
 
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 from common import checkpoint, timed  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
@@ -63,6 +66,20 @@ def joined_window_after(self, past: torch.Tensor, x: torch.Tensor) -> torch.Tens
     return full.gather(-1, ends[:, None, :].expand(-1, full.shape[1], -1))
 
 
+def pytorch_chunk_dt(dt, A, chunk, dt_bias=None, dt_limit=(0.0, float("inf")), lengths=None):
+    """`scan.chunk_dt` as the PyTorch ops the runtime ran up to round 20 (softplus, clamp,
+    the padding zeroed, padded to whole chunks, the cumulative sum): its peer here."""
+    b, length, h = dt.shape
+    dt = dt.float()
+    if dt_bias is not None:
+        dt = F.softplus(dt + dt_bias).clamp(*dt_limit)
+    if lengths is not None:
+        dt = dt * (torch.arange(length, device=dt.device) < lengths[:, None])[..., None]
+    dt = F.pad(dt, (0, 0, 0, (-length) % chunk)).view(b, -1, chunk, h).permute(0, 3, 1, 2)
+    cum = (dt * A.float().view(1, h, 1, 1)).cumsum(-1)
+    return dt.contiguous(), cum.contiguous()
+
+
 def bf16_scan_output(*args, **kwargs):
     """The chunked scan writing y in bf16, as mamba_ssm's does (the runtime keeps fp32 for
     the gated norm, as transformers' PyTorch path does): what halving that traffic gives."""
@@ -92,11 +109,13 @@ def by_start(model, length: int, starts: list[int]) -> None:
     tokens = torch.randint(100, 1000, (1, length), device="cuda")
     with torch.inference_mode():
         model(tokens, Batch.make([0], [0], "cuda"), cache)  # Triton compiles and tunes here
+        joined = (Batch, "window_after", joined_window_after)
         graphs = {
             "rows": capture(model, cache, length, False),
-            "blocks, joined window": capture(
-                model, cache, length, True, [(Batch, "window_after", joined_window_after)]
+            "blocks as in round 20": capture(
+                model, cache, length, True, [joined, (scan, "chunk_dt", pytorch_chunk_dt)]
             ),
+            "blocks, joined window": capture(model, cache, length, True, [joined]),
             "blocks": capture(model, cache, length, True),
             "blocks, bf16 scan output": capture(
                 model, cache, length, True, [(scan, "chunked_scan", bf16_scan_output)]

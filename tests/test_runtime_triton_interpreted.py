@@ -42,7 +42,7 @@ CASES = {
     "decode_attention": 2,
     "ssd_step": 4,  # the decode graphs' Mamba state update
     "conv_update": 2,  # the decode graphs' conv window
-    "chunked_scan": 3,  # prefill's SSD scan
+    "chunked_scan": 5,  # prefill's SSD scan, dt as is and raw
     "fused": 4,  # the fused norms, gates and prefill conv
 }
 
@@ -215,7 +215,7 @@ def _rel(a, b) -> float:
 def case_chunked_scan(_scratch: str) -> None:
     """Prefill's SSD scan: x, B and C strided views of one tensor as the conv leaves them,
     a partial last chunk, groups > 1, sizes that are not powers of 2; a starting state
-    updated in place where the pool row lies."""
+    updated in place where the pool row lies; dt raw (softplus, clamp) and padded rows."""
     import torch
 
     from granite_runtime.kernels.triton.scan import chunked_scan
@@ -239,6 +239,28 @@ def case_chunked_scan(_scratch: str) -> None:
         assert error < 2e-5, (h, g, p, n, length, chunk, with_state, error)
         assert not with_state or final.data_ptr() == pool.data_ptr()
         print("ok", h, g, p, n, length, chunk, with_state, error)
+    # dt raw from in_proj (a strided view), softplus(dt + bias) clamped inside the kernel,
+    # and a padded chunk's rows, whose tokens past their lengths must leave no trace
+    for limit, lengths in [((0.0, float("inf")), None), ((0.05, 0.4), [75, 31])]:
+        h, g, p, n, length, chunk = 12, 3, 20, 48, 75, 32
+        xbc = torch.randn(2, length, h * p + 2 * g * n + h, generator=gen)
+        x = xbc[..., : h * p].view(2, length, h, p)
+        bm = xbc[..., h * p : h * p + g * n].view(2, length, g, n)
+        cm = xbc[..., h * p + g * n : h * p + 2 * g * n].view(2, length, g, n)
+        raw, bias = xbc[..., -h:] - 2, torch.randn(h, generator=gen)
+        a, d = -torch.exp(torch.randn(h, generator=gen) * 0.5), torch.randn(h, generator=gen)
+        dt = torch.nn.functional.softplus(raw + bias).clamp(*limit)
+        if lengths is not None:
+            dt = dt * (torch.arange(length)[None, :] < torch.tensor(lengths)[:, None])[..., None]
+        state = torch.randn(2, h, p, n, generator=gen)
+        y_ref, final_ref = ssd.chunked_scan(x, dt, a, bm, cm, d, chunk, state)
+        marks = None if lengths is None else torch.tensor(lengths)
+        y, final = chunked_scan(
+            x, raw, a, bm, cm, d, chunk, state.clone(), dt_bias=bias, dt_limit=limit, lengths=marks
+        )
+        error = max(_rel(y, y_ref), _rel(final, final_ref))
+        assert error < 2e-5, (limit, lengths, error)
+        print("ok raw dt", limit, lengths, error)
 
 
 def case_fused(_scratch: str) -> None:

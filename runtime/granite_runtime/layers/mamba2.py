@@ -145,7 +145,7 @@ class Mamba2(nn.Module):
                 dt_bias=dt_bias, dt_limit=self.dt_limit, launch=self.kernels.launch,
             )  # fmt: skip
         else:
-            y = self._scan(xs, batch.drop_padding(self._dt(dt)), Bm, Cm, batch, cache)
+            y = self._scan(xs, dt, Bm, Cm, batch, cache)
         return y.reshape(b, length, self.inner)
 
     def _dt(self, dt: torch.Tensor) -> torch.Tensor:
@@ -156,17 +156,21 @@ class Mamba2(nn.Module):
 
     def _scan(self, xs, dt, Bm, Cm, batch: Batch, cache: HybridCache) -> torch.Tensor:
         """y (fp32) of the SSD over xs (B, L, H, P) from each row's state in the pool,
-        which is left holding the state after the last token."""
-        A, D, _, _ = self._constants()
+        which is left holding the state after the last token. dt: in_proj's, raw."""
+        A, D, dt_bias, _ = self._constants()
         index = cache.mamba_index[self.layer]
         rows = batch.rows
         held = cache.ssm[index, rows]  # a view when the rows' slots are consecutive
         in_place = isinstance(rows, slice) and held.dtype == torch.float32
-        if xs.shape[1] > 1 and self.kernels.triton_scan:
+        triton_scan = xs.shape[1] > 1 and self.kernels.triton_scan
+        if not triton_scan:  # the Triton scan applies softplus and drops padding itself
+            dt = batch.drop_padding(self._dt(dt))
+        if triton_scan:
             y, state = self.kernels.ops.scan.chunked_scan(
                 xs, dt, A, Bm, Cm, D, self.chunk,
                 held if in_place else held.float(),
                 final=held if in_place else None,  # then the final state lands in the pool
+                dt_bias=dt_bias, dt_limit=self.dt_limit, lengths=batch.lengths,
             )  # fmt: skip
         elif xs.shape[1] == 1:
             y, state = ssd.step(xs[:, 0], dt[:, 0], A, Bm[:, 0], Cm[:, 0], D, held, in_place)

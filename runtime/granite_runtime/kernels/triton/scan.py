@@ -13,7 +13,8 @@ those are gigabytes per layer, written and read back by a dozen PyTorch ops. Her
    the causal, decay-weighted mixing inside the chunk (C.B computed once per chunk and
    group beforehand, as it is shared by the group's heads).
 
-cum is the cumulative sum of dt*A within each chunk, computed with PyTorch (a few MB).
+Before them, `chunk_dt` lays out dt (softplus applied, padding zeroed) and the cumulative
+sum of dt*A within each chunk, in one small kernel.
 Products run on tensor cores in the model's dtype with fp32 accumulation, as mamba_ssm's
 kernels do; fp32 inputs use exact (IEEE) products so the result matches the reference to
 ~1e-5. Grid axis 0 walks the programs that share one chunk's B and C, so those stay in L2.
@@ -178,14 +179,50 @@ def _chunk_products(Cm: torch.Tensor, Bm: torch.Tensor, chunk: int) -> torch.Ten
     return torch.matmul(per_chunk(Cm), per_chunk(Bm).transpose(-1, -2)).contiguous()
 
 
-def _chunk_cumsum(dt: torch.Tensor, A: torch.Tensor, chunk: int) -> tuple[torch.Tensor, ...]:
-    """dt and the within-chunk cumulative sum of dt*A, both (B, H, C, Q) fp32, zero-padded:
-    a padded step adds nothing to the state and decays nothing."""
+@triton.jit
+def _chunk_dt_kernel(
+    dt_ptr, a_ptr, bias_ptr, lengths_ptr, dts_ptr, cum_ptr, L, C, s_b, s_l, dt_min, dt_max,
+    Q: tl.constexpr, SOFTPLUS: tl.constexpr, LENGTHS: tl.constexpr,
+):  # fmt: skip
+    chunk, head, batch = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    heads = tl.num_programs(1)
+    q = tl.arange(0, Q)
+    t = chunk * Q + q
+    real = t < L
+    if LENGTHS:  # a padded chunk: the row's tokens past its length are padding
+        real = real & (t < tl.load(lengths_ptr + batch))
+    dt = tl.load(dt_ptr + batch * s_b + t * s_l + head, mask=real, other=0.0).to(tl.float32)
+    if SOFTPLUS:  # dt straight from in_proj: softplus(dt + dt_bias), clamped, as layers.py
+        dt = dt + tl.load(bias_ptr + head).to(tl.float32)
+        dt = tl.where(dt > 20.0, dt, tl.log(1.0 + tl.exp(dt)))  # F.softplus, threshold 20
+        dt = tl.minimum(tl.maximum(dt, dt_min), dt_max)
+    dt = tl.where(real, dt, 0.0)  # a zero step neither decays the state nor adds to it
+    row = ((batch * heads + head) * C + chunk) * Q
+    tl.store(dts_ptr + row + q, dt)
+    tl.store(cum_ptr + row + q, tl.cumsum(dt * tl.load(a_ptr + head).to(tl.float32), axis=0))
+
+
+def chunk_dt(
+    dt: torch.Tensor, A: torch.Tensor, chunk: int, dt_bias=None,
+    dt_limit: tuple[float, float] = (0.0, float("inf")), lengths: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """dt and the within-chunk cumulative sum of dt*A, both (B, H, C, Q) fp32, zero past
+    the end and past each row's `lengths` (a padded chunk): a zero step adds nothing to the
+    state and decays nothing. With `dt_bias`, dt (B, L, H) is in_proj's raw output (a view)
+    and softplus(dt + dt_bias) clamped to `dt_limit` is applied here: one kernel where the
+    PyTorch ops it replaces launch about ten, each a few microseconds in a chunk graph."""
     b, length, h = dt.shape
-    pad = (-length) % chunk
-    dt = F.pad(dt.float(), (0, 0, 0, pad)).view(b, -1, chunk, h).permute(0, 3, 1, 2)
-    cum = (dt * A.float().view(1, h, 1, 1)).cumsum(-1)
-    return dt.contiguous(), cum.contiguous()
+    chunks = triton.cdiv(length, chunk)
+    dts = torch.empty(b, h, chunks, chunk, dtype=torch.float32, device=dt.device)
+    cum = torch.empty_like(dts)
+    assert dt.stride(-1) == 1 and chunk == triton.next_power_of_2(chunk)
+    _chunk_dt_kernel[(chunks, h, b)](
+        dt, A, dt_bias if dt_bias is not None else A, lengths if lengths is not None else A,
+        dts, cum, length, chunks, dt.stride(0), dt.stride(1),
+        float(dt_limit[0]), float(dt_limit[1]),
+        Q=chunk, SOFTPLUS=dt_bias is not None, LENGTHS=lengths is not None,
+    )  # fmt: skip
+    return dts, cum
 
 
 def _last_dim_dense(*tensors: torch.Tensor) -> list[torch.Tensor]:
@@ -203,17 +240,22 @@ def chunked_scan(
     state: torch.Tensor | None = None,
     final: torch.Tensor | None = None,
     out_dtype: torch.dtype = torch.float32,
+    dt_bias: torch.Tensor | None = None,
+    dt_limit: tuple[float, float] = (0.0, float("inf")),
+    lengths: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """y (B, L, H, P) in `out_dtype` and the final state (B, H, P, N) fp32, as
     `ssd.chunked_scan`.
 
     x (B, L, H, P) and Bm/Cm (B, L, G, N) may be strided views (of the conv output) with a
-    dense last dimension; dt (B, L, H) after softplus. The final state is written into
-    `final` when given (it may be `state` itself: a pool row updated in place)."""
+    dense last dimension; dt (B, L, H) after softplus, or raw with `dt_bias` and
+    `dt_limit`, and with `lengths` a padded chunk's (`chunk_dt`). The final state is
+    written into `final` when given (it may be `state` itself: a pool row updated in
+    place)."""
     b, length, h, p = x.shape
     g, n = Bm.shape[2], Bm.shape[3]
     x, Bm, Cm = _last_dim_dense(x, Bm, Cm)
-    dts, cum = _chunk_cumsum(dt, A, chunk)
+    dts, cum = chunk_dt(dt, A, chunk, dt_bias, dt_limit, lengths)
     chunks = cum.shape[2]
     states = torch.empty(b, chunks, h, p, n, dtype=torch.float32, device=x.device)
     if final is None:
