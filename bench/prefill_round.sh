@@ -3,9 +3,9 @@
 # ones before it come back if a later one runs out:
 #   1. the chunk-graph gpu tests (graphs against eager chunks, shared replays included, the
 #      block attention kernel against SDPA at h-micro's shape)
-#   2. a 2,048-token chunk graph at starts 0 and 8,192: rows, blocks with the conv window
-#      moved as up to round 20, and blocks (the runtime), against the eager chunk; the
-#      replay's kernels by device time (prefill_overhead.py)
+#   2. a 2,048-token chunk graph at starts 0 and 8,192, the ways prefill_overhead.py's
+#      module docstring lists (rows; blocks as in round 20; the runtime's; ...), against the
+#      eager chunk, and the runtime's replay's kernels by device time
 #   3. h-micro served, 64 x 2048/128 and the ITL probe, at chunk 2,048, 1,536 and 1,024
 #      (TTFT p99 and the probe pull against each other: round 18), a server each
 #   bash bench/prefill_round.sh OUT_DIR   (about 520 s on an H100)
@@ -15,7 +15,7 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$out/card.
 timeout 110 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_runtime_chunk_graphs.py \
   > "$out/gpu_tests_chunk_graphs.txt" 2>&1
 tail -3 "$out/gpu_tests_chunk_graphs.txt"
-timeout 80 python3 bench/prefill_overhead.py --length 2048 --starts 0,8192 2>&1 \
+timeout 100 python3 bench/prefill_overhead.py --length 2048 --starts 0,8192 2>&1 \
   | grep -v Warning | tee "$out/prefill_overhead-starts.txt" | grep "^start"
 for chunk in 2048 1536 1024; do
   timeout 105 python3 bench/serve_bench.py --models granite-4.0-h-micro --rows 64x2048/128 \
