@@ -2,7 +2,8 @@
 # One device call for prompt prefill through the chunk graphs, each stage bounded so the
 # ones before it come back if a later one runs out:
 #   1. the chunk-graph gpu tests (graphs against eager chunks, shared replays included, the
-#      block attention kernel against SDPA at h-micro's shape)
+#      block attention kernel against SDPA at h-micro's shape), and prompts and the
+#      chunked scan against the CPU reference
 #   2. a 2,048-token chunk graph at starts 0 and 8,192, the ways prefill_overhead.py's
 #      module docstring lists (rows; blocks as in round 20; the runtime's; ...), against the
 #      eager chunk, and the runtime's replay's kernels by device time
@@ -12,7 +13,10 @@
 set -uo pipefail
 out=$1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$out/card.txt"
-timeout 110 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_runtime_chunk_graphs.py \
+timeout 130 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_runtime_chunk_graphs.py \
+  "tests/test_runtime_gpu.py::test_cuda_fp32_matches_cpu_reference" \
+  "tests/test_runtime_gpu.py::test_prompt_in_chunks_matches_the_cpu_reference" \
+  "tests/test_runtime_gpu.py::test_triton_chunked_scan_matches_the_reference" \
   > "$out/gpu_tests_chunk_graphs.txt" 2>&1
 tail -3 "$out/gpu_tests_chunk_graphs.txt"
 timeout 100 python3 bench/prefill_overhead.py --length 2048 --starts 0,8192 2>&1 \
