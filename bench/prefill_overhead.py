@@ -12,7 +12,7 @@ attention kernels take:
 - blocks as in round 20: query blocks (kernels/triton/chunk_attention.py), the conv window
   moved by copying the whole chunk onto it, then gathering (`joined_window_after`), and
   the scan's dt laid out by PyTorch ops (`pytorch_chunk_dt`): the peers of
-  `Batch.window_after`'s gathers and `scan.chunk_dt`'s kernel;
+  `fused.conv_window_after` and `scan.chunk_dt`, a kernel each;
 - blocks with only the window joined, then blocks as the runtime runs them;
 - blocks with the scan's output written in bf16 (`bf16_scan_output`), which the runtime
   does not do.
@@ -40,7 +40,7 @@ from granite_runtime.engine.batch import Batch  # noqa: E402
 from granite_runtime.engine.cache import HybridCache  # noqa: E402
 from granite_runtime.engine.chunk_graphs import GraphedChunks  # noqa: E402
 from granite_runtime.kernels import select  # noqa: E402
-from granite_runtime.kernels.triton import scan  # noqa: E402
+from granite_runtime.kernels.triton import fused, scan  # noqa: E402
 from granite_runtime.model.loader import load_model  # noqa: E402
 
 _chunked_scan = scan.chunked_scan
@@ -59,11 +59,15 @@ def device_ms(call) -> tuple[float, float]:
     return total, sum(e.self_device_time_total for e in attention) / 1e3
 
 
-def joined_window_after(self, past: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """The padded case of `Batch.window_after` up to round 20, kept as this bench's peer."""
+def joined_window_after(x, conv_pool, slots, lengths=None) -> None:
+    """`fused.conv_window_after` as the PyTorch ops the runtime ran up to round 20 (the
+    rows' windows gathered, the whole chunk copied onto them, the new windows gathered from
+    that and scattered back): its peer here."""
+    past = conv_pool[slots]
     full = torch.cat([past.to(x.dtype), x.transpose(1, 2)], dim=-1)
-    ends = self.lengths[:, None] + torch.arange(past.shape[-1], device=x.device)
-    return full.gather(-1, ends[:, None, :].expand(-1, full.shape[1], -1))
+    ends = lengths[:, None] + torch.arange(past.shape[-1], device=x.device)
+    window = full.gather(-1, ends[:, None, :].expand(-1, full.shape[1], -1))
+    conv_pool[slots] = window.to(conv_pool.dtype)
 
 
 def pytorch_chunk_dt(dt, A, chunk, dt_bias=None, dt_limit=(0.0, float("inf")), lengths=None):
@@ -109,7 +113,7 @@ def by_start(model, length: int, starts: list[int]) -> None:
     tokens = torch.randint(100, 1000, (1, length), device="cuda")
     with torch.inference_mode():
         model(tokens, Batch.make([0], [0], "cuda"), cache)  # Triton compiles and tunes here
-        joined = (Batch, "window_after", joined_window_after)
+        joined = (fused, "conv_window_after", joined_window_after)
         graphs = {
             "rows": capture(model, cache, length, False),
             "blocks as in round 20": capture(

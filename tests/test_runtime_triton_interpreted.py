@@ -43,7 +43,7 @@ CASES = {
     "ssd_step": 4,  # the decode graphs' Mamba state update
     "conv_update": 2,  # the decode graphs' conv window
     "chunked_scan": 5,  # prefill's SSD scan, dt as is and raw
-    "fused": 4,  # the fused norms, gates and prefill conv
+    "fused": 5,  # the fused norms, gates, prefill conv and its window
 }
 
 
@@ -265,7 +265,8 @@ def case_chunked_scan(_scratch: str) -> None:
 
 def case_fused(_scratch: str) -> None:
     """Residual add + RMSNorm, the gated RMSNorm of 2 groups, SiLU * up, and the prefill
-    conv reading its window from the pool (which it leaves as it was), on strided inputs."""
+    conv reading its window from the pool (which it leaves as it was), then moving that
+    window, on strided inputs."""
     import torch
     import torch.nn.functional as F
 
@@ -301,6 +302,22 @@ def case_fused(_scratch: str) -> None:
     assert _rel(fused.conv_prefill(xbc, pool, weight, bias, slots), want) < 1e-6
     assert torch.equal(pool, before)
     print("ok conv_prefill")
+    from granite_runtime.engine.batch import Batch
+
+    # then the window moved past the chunk, in place: whole rows, and a padded chunk's
+    # rows of 37, 2 and 1 real tokens (the last two still partly in the old window)
+    for lengths in (None, [37, 2], [1, 37]):
+        pool = before.clone()
+        if lengths is None:
+            want = Batch.make(slots.tolist(), [0, 0], "cpu").window_after(pool[slots], xbc)
+        else:
+            marks = torch.tensor(lengths)
+            want = Batch.padded(slots, torch.zeros(2), marks).window_after(pool[slots], xbc)
+        fused.conv_window_after(xbc, pool, slots, None if lengths is None else marks)
+        assert torch.equal(pool[slots], want), lengths
+        others = [s for s in range(5) if s not in slots.tolist()]
+        assert torch.equal(pool[others], before[others]), lengths
+    print("ok conv_window_after")
 
 
 if __name__ == "__main__":

@@ -67,22 +67,23 @@ class Mamba2(nn.Module):
                 batch.slots, launch=k.launch,
             )  # fmt: skip
             return out.unsqueeze(1)
-        rows = batch.rows
-        past = cache.conv[index, rows]  # (B, C, K-1); a view when slots are consecutive
         weight = self._constants()[3]  # (C, K)
-        if k.triton:  # one pass over the chunk, the window read from the pool
+        if k.triton:  # one pass over the chunk, the window read from the pool, then moved
             pool, bias = cache.conv[index], self.conv1d.bias
             out = k.ops.fused.conv_prefill(xbc, pool, weight, bias, batch.slots)
+            k.ops.fused.conv_window_after(xbc, pool, batch.slots, batch.lengths)  # same stream
+            return out
+        rows = batch.rows
+        past = cache.conv[index, rows]  # (B, C, K-1); a view when slots are consecutive
+        full = torch.cat([past.to(xbc.dtype), xbc.transpose(1, 2)], dim=-1)  # (B, C, K-1+L)
+        if xbc.shape[1] == 1:
+            out = (full * weight).sum(-1, keepdim=True)
+            if self.conv1d.bias is not None:
+                out = out + self.conv1d.bias[:, None]
         else:
-            full = torch.cat([past.to(xbc.dtype), xbc.transpose(1, 2)], dim=-1)  # (B, C, K-1+L)
-            if xbc.shape[1] == 1:
-                out = (full * weight).sum(-1, keepdim=True)
-                if self.conv1d.bias is not None:
-                    out = out + self.conv1d.bias[:, None]
-            else:
-                out = F.conv1d(full, self.conv1d.weight, self.conv1d.bias, groups=self.conv_dim)
-            out = F.silu(out).transpose(1, 2)  # (B, L, C)
-        # after the convolution has read the old window (same stream)
+            out = F.conv1d(full, self.conv1d.weight, self.conv1d.bias, groups=self.conv_dim)
+        out = F.silu(out).transpose(1, 2)  # (B, L, C)
+        # after the convolution has read the old window
         cache.conv[index, rows] = batch.window_after(past, xbc).to(cache.conv.dtype)
         return out
 

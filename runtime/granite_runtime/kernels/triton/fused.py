@@ -12,7 +12,8 @@ model dtype exactly where PyTorch rounds them, so bf16 results agree to the last
 - `gated_rms_norm`: Mamba's output gate (y * silu(z)) and its (grouped) RMSNorm;
 - `silu_mul`: SwiGLU's silu(gate) * up;
 - `conv_prefill`: Mamba's causal depthwise conv + SiLU over a prompt chunk, continuing the
-  window held in the conv pool (the one-token case is decode.conv_update).
+  window held in the conv pool (the one-token case is decode.conv_update);
+- `conv_window_after`: then the window moved past the chunk, in the pool.
 """
 
 from __future__ import annotations
@@ -204,3 +205,40 @@ def conv_prefill(x, conv_pool, weight, bias, slots) -> torch.Tensor:
         HAS_BIAS=bias is not None, K=k,
     )  # fmt: skip
     return out
+
+
+@triton.jit
+def _conv_window_kernel(
+    x_ptr, pool_ptr, slots_ptr, lengths_ptr, L, Cn, sx_b, sx_l, s_slot, s_chan,
+    W: tl.constexpr, LENGTHS: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    cb, batch = tl.program_id(0), tl.program_id(1)
+    c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = c < Cn
+    slot = tl.load(slots_ptr + batch)
+    n = tl.load(lengths_ptr + batch) if LENGTHS else L
+    window = pool_ptr + slot * s_slot + c * s_chan
+    # Entry i of the new window is input n - W + i: from x, or while that is < 0 from the
+    # old window's entry n + i >= i, which writing entries 0..i-1 has left as it was.
+    for i in tl.static_range(W):
+        src = n - W + i
+        from_x = tl.load(x_ptr + batch * sx_b + src * sx_l + c, mask=c_ok & (src >= 0), other=0.0)
+        from_pool = tl.load(window + W + src, mask=c_ok & (src < 0), other=0.0)
+        value = tl.where(src >= 0, from_x.to(tl.float32), from_pool.to(tl.float32))
+        tl.store(window + i, value.to(pool_ptr.dtype.element_ty), mask=c_ok)
+
+
+def conv_window_after(x, conv_pool, slots, lengths=None) -> None:
+    """Move each row's conv window in conv_pool (S, C, W) at `slots` past chunk x (B, L, C),
+    a view with a dense last dimension, in place: its last W inputs, counting only the row's
+    first lengths[b] tokens where given (a padded chunk), as `Batch.window_after`. One
+    kernel where the PyTorch ops launch about ten; run it after conv_prefill has read the
+    old window (same stream)."""
+    b, length, channels = x.shape
+    assert x.stride(-1) == 1 and conv_pool.stride(-1) == 1
+    block = min(1024, triton.next_power_of_2(channels))
+    _conv_window_kernel[(triton.cdiv(channels, block), b)](
+        x, conv_pool, slots, lengths if lengths is not None else slots, length, channels,
+        x.stride(0), x.stride(1), conv_pool.stride(0), conv_pool.stride(1),
+        W=conv_pool.shape[-1], LENGTHS=lengths is not None, BLOCK_C=block, num_warps=4,
+    )  # fmt: skip
