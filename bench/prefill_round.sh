@@ -15,6 +15,7 @@ out=$1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$out/card.txt"
 timeout 130 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_runtime_chunk_graphs.py \
   "tests/test_runtime_gpu.py::test_cuda_fp32_matches_cpu_reference" \
+  "tests/test_runtime_gpu.py::test_cuda_bf16_is_within_bf16_tolerance" \
   "tests/test_runtime_gpu.py::test_prompt_in_chunks_matches_the_cpu_reference" \
   "tests/test_runtime_gpu.py::test_triton_chunked_scan_matches_the_reference" \
   > "$out/gpu_tests_chunk_graphs.txt" 2>&1

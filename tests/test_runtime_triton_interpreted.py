@@ -42,7 +42,7 @@ CASES = {
     "decode_attention": 2,
     "ssd_step": 4,  # the decode graphs' Mamba state update
     "conv_update": 2,  # the decode graphs' conv window
-    "chunked_scan": 5,  # prefill's SSD scan, dt as is and raw
+    "chunked_scan": 7,  # prefill's SSD scan, dt as is and raw, states in a pool
     "fused": 5,  # the fused norms, gates, prefill conv and its window
 }
 
@@ -215,7 +215,8 @@ def _rel(a, b) -> float:
 def case_chunked_scan(_scratch: str) -> None:
     """Prefill's SSD scan: x, B and C strided views of one tensor as the conv leaves them,
     a partial last chunk, groups > 1, sizes that are not powers of 2; a starting state
-    updated in place where the pool row lies; dt raw (softplus, clamp) and padded rows."""
+    updated in place where the pool row lies; dt raw (softplus, clamp) and padded rows;
+    states read and written at slots of a pool."""
     import torch
 
     from granite_runtime.kernels.triton.scan import chunked_scan
@@ -261,6 +262,18 @@ def case_chunked_scan(_scratch: str) -> None:
         error = max(_rel(y, y_ref), _rel(final, final_ref))
         assert error < 2e-5, (limit, lengths, error)
         print("ok raw dt", limit, lengths, error)
+        # the states read and written in place at slots 3 and 0 of a pool, fp32 and fp16
+        for dtype, tol in ((torch.float32, 2e-5), (torch.float16, 1e-3)):
+            pool = torch.randn(5, h, p, n, generator=gen).to(dtype)
+            pool[[3, 0]] = state.to(dtype)
+            kept = pool.clone()
+            y, _ = chunked_scan(
+                x, raw, a, bm, cm, d, chunk, pool, final=pool, slots=torch.tensor([3, 0]),
+                dt_bias=bias, dt_limit=limit, lengths=marks,
+            )  # fmt: skip
+            assert _rel(y, y_ref) < tol and _rel(pool[[3, 0]].float(), final_ref) < tol, dtype
+            assert torch.equal(pool[[1, 2, 4]], kept[[1, 2, 4]]), dtype
+        print("ok slots", limit, lengths)
 
 
 def case_fused(_scratch: str) -> None:

@@ -160,20 +160,19 @@ class Mamba2(nn.Module):
         which is left holding the state after the last token. dt: in_proj's, raw."""
         A, D, dt_bias, _ = self._constants()
         index = cache.mamba_index[self.layer]
+        if xs.shape[1] > 1 and self.kernels.triton_scan:
+            # the states read and written in the pool at the rows' slots; softplus, clamp
+            # and padding applied inside
+            pool = cache.ssm[index]
+            return self.kernels.ops.scan.chunked_scan(
+                xs, dt, A, Bm, Cm, D, self.chunk, pool, final=pool, slots=batch.slots,
+                dt_bias=dt_bias, dt_limit=self.dt_limit, lengths=batch.lengths,
+            )[0]  # fmt: skip
+        dt = batch.drop_padding(self._dt(dt))
         rows = batch.rows
         held = cache.ssm[index, rows]  # a view when the rows' slots are consecutive
         in_place = isinstance(rows, slice) and held.dtype == torch.float32
-        triton_scan = xs.shape[1] > 1 and self.kernels.triton_scan
-        if not triton_scan:  # the Triton scan applies softplus and drops padding itself
-            dt = batch.drop_padding(self._dt(dt))
-        if triton_scan:
-            y, state = self.kernels.ops.scan.chunked_scan(
-                xs, dt, A, Bm, Cm, D, self.chunk,
-                held if in_place else held.float(),
-                final=held if in_place else None,  # then the final state lands in the pool
-                dt_bias=dt_bias, dt_limit=self.dt_limit, lengths=batch.lengths,
-            )  # fmt: skip
-        elif xs.shape[1] == 1:
+        if xs.shape[1] == 1:
             y, state = ssd.step(xs[:, 0], dt[:, 0], A, Bm[:, 0], Cm[:, 0], D, held, in_place)
         else:
             y, state = ssd.chunked_scan(xs, dt, A, Bm, Cm, D, self.chunk, held)

@@ -68,16 +68,18 @@ def _chunk_state_kernel(
 
 @triton.jit
 def _state_passing_kernel(
-    states_ptr, entering_ptr, cum_ptr, init_ptr, final_ptr, Q, C,
+    states_ptr, entering_ptr, cum_ptr, init_ptr, final_ptr, slots_ptr, Q, C,
     si_b, si_h, sf_b, sf_h,
-    PN: tl.constexpr, N: tl.constexpr, HAS_INIT: tl.constexpr, BLOCK: tl.constexpr,
+    PN: tl.constexpr, N: tl.constexpr, HAS_INIT: tl.constexpr, SLOTS: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):  # fmt: skip
     block, head, batch = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     heads = tl.num_programs(1)
     k = block * BLOCK + tl.arange(0, BLOCK)  # flat (p, n) index; the pool rows are (P, N)
     ok = k < PN
+    row = tl.load(slots_ptr + batch) if SLOTS else batch  # of init and final
     if HAS_INIT:
-        carry = tl.load(init_ptr + batch * si_b + head * si_h + k, mask=ok, other=0.0)
+        carry = tl.load(init_ptr + row * si_b + head * si_h + k, mask=ok, other=0.0)
         carry = carry.to(tl.float32)
     else:
         carry = tl.zeros((BLOCK,), tl.float32)
@@ -94,7 +96,9 @@ def _state_passing_kernel(
         carry = carry * decay + own
         own = following
         offset += stride
-    tl.store(final_ptr + batch * sf_b + head * sf_h + k, carry, mask=ok)
+    tl.store(
+        final_ptr + row * sf_b + head * sf_h + k, carry.to(final_ptr.dtype.element_ty), mask=ok
+    )
 
 
 # (BLOCK_M, BLOCK_S, warps, stages) tried per (Q, P, N); the scan only writes y, so
@@ -243,6 +247,7 @@ def chunked_scan(
     dt_bias: torch.Tensor | None = None,
     dt_limit: tuple[float, float] = (0.0, float("inf")),
     lengths: torch.Tensor | None = None,
+    slots: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """y (B, L, H, P) in `out_dtype` and the final state (B, H, P, N) fp32, as
     `ssd.chunked_scan`.
@@ -251,7 +256,8 @@ def chunked_scan(
     dense last dimension; dt (B, L, H) after softplus, or raw with `dt_bias` and
     `dt_limit`, and with `lengths` a padded chunk's (`chunk_dt`). The final state is
     written into `final` when given (it may be `state` itself: a pool row updated in
-    place)."""
+    place). With `slots`, `state` and `final` are pools (S, H, P, N), of any dtype, and
+    row b's states are their rows slots[b]: read and written in place, no gather."""
     b, length, h, p = x.shape
     g, n = Bm.shape[2], Bm.shape[3]
     x, Bm, Cm = _last_dim_dense(x, Bm, Cm)
@@ -260,7 +266,8 @@ def chunked_scan(
     states = torch.empty(b, chunks, h, p, n, dtype=torch.float32, device=x.device)
     if final is None:
         final = torch.empty(b, h, p, n, dtype=torch.float32, device=x.device)
-    assert final.dtype == torch.float32 and final.stride(-1) == 1 and final.stride(-2) == n
+    assert slots is not None or final.dtype == torch.float32
+    assert final.stride(-1) == 1 and final.stride(-2) == n
     precision = "ieee" if x.dtype == torch.float32 else "tf32"
     block_p, block_n = max(16, triton.next_power_of_2(p)), max(16, triton.next_power_of_2(n))
     _chunk_state_kernel[(h, chunks, b)](
@@ -276,9 +283,10 @@ def chunked_scan(
     block = 256
     entering = torch.empty_like(states, dtype=x.dtype)
     _state_passing_kernel[(triton.cdiv(p * n, block), h, b)](
-        states, entering, cum, init, final, chunk, chunks,
+        states, entering, cum, init, final, slots if slots is not None else cum, chunk, chunks,
         init.stride(0), init.stride(1), final.stride(0), final.stride(1),
-        PN=p * n, N=n, HAS_INIT=state is not None, BLOCK=block, num_warps=2,
+        PN=p * n, N=n, HAS_INIT=state is not None, SLOTS=slots is not None, BLOCK=block,
+        num_warps=2,
     )  # fmt: skip
     y = torch.empty(b, length, h, p, dtype=out_dtype, device=x.device)
     cb = _chunk_products(Cm, Bm, chunk)
