@@ -7,7 +7,7 @@
 #   2. a 2,048-token chunk graph at starts 0 and 8,192, the ways prefill_overhead.py's
 #      module docstring lists (rows; blocks as in round 20; the runtime's; ...), against the
 #      eager chunk, and the runtime's replay's kernels by device time
-#   3. h-micro served, 64 x 2048/128 and the ITL probe, at chunk 2,048, 1,536 and 1,024
+#   3. h-micro served, 64 x 2048/128 and the ITL probe, at chunk 1,536, 2,048 and 1,024
 #      (TTFT p99 and the probe pull against each other: round 18), a server each
 #   bash bench/prefill_round.sh OUT_DIR   (about 520 s on an H100)
 set -uo pipefail
@@ -22,7 +22,7 @@ timeout 130 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_runtime_c
 tail -3 "$out/gpu_tests_chunk_graphs.txt"
 timeout 100 python3 bench/prefill_overhead.py --length 2048 --starts 0,8192 2>&1 \
   | grep -v Warning | tee "$out/prefill_overhead-starts.txt" | grep "^start"
-for chunk in 2048 1536 1024; do
+for chunk in 1536 2048 1024; do
   timeout 105 python3 bench/serve_bench.py --models granite-4.0-h-micro --rows 64x2048/128 \
     --itl-under-prefill 64 --prefill-chunks $chunk --prefill-beside 1 \
     --logs "$out" --json "$out/serve_bench-chunk-$chunk.json" 2>&1 | grep -v "^INFO" | tail -5
