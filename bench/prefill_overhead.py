@@ -11,8 +11,9 @@ attention kernels take:
   a chunk's attention reads grow with its start;
 - blocks as in round 20: query blocks (kernels/triton/chunk_attention.py), the conv window
   moved by copying the whole chunk onto it, then gathering (`joined_window_after`), and
-  the scan's dt laid out by PyTorch ops (`pytorch_chunk_dt`): the peers of
-  `fused.conv_window_after` and `scan.chunk_dt`, a kernel each;
+  the scan's dt and C.B laid out by PyTorch ops (`pytorch_chunk_dt`,
+  `pytorch_chunk_products`): the peers of `fused.conv_window_after`, `scan.chunk_dt` and
+  `scan._chunk_products`, a kernel each (the states now read at the pool's slots in all);
 - blocks with only the window joined, then blocks as the runtime runs them;
 - blocks with the scan's output written in bf16 (`bf16_scan_output`), which the runtime
   does not do.
@@ -84,6 +85,18 @@ def pytorch_chunk_dt(dt, A, chunk, dt_bias=None, dt_limit=(0.0, float("inf")), l
     return dt.contiguous(), cum.contiguous()
 
 
+def pytorch_chunk_products(Cm, Bm, chunk):
+    """`scan._chunk_products` as the PyTorch ops of round 20 (casts, padding, an fp32
+    product): its peer here."""
+    b, length, g, n = Cm.shape
+
+    def per_chunk(t):
+        pad = (0, 0, 0, 0, 0, (-length) % chunk)
+        return F.pad(t.float(), pad).view(b, -1, chunk, g, n).transpose(2, 3)
+
+    return torch.matmul(per_chunk(Cm), per_chunk(Bm).transpose(-1, -2)).contiguous()
+
+
 def bf16_scan_output(*args, **kwargs):
     """The chunked scan writing y in bf16, as mamba_ssm's does (the runtime keeps fp32 for
     the gated norm, as transformers' PyTorch path does): what halving that traffic gives."""
@@ -114,11 +127,13 @@ def by_start(model, length: int, starts: list[int]) -> None:
     with torch.inference_mode():
         model(tokens, Batch.make([0], [0], "cuda"), cache)  # Triton compiles and tunes here
         joined = (fused, "conv_window_after", joined_window_after)
+        pytorch_scan = [
+            (scan, "chunk_dt", pytorch_chunk_dt),
+            (scan, "_chunk_products", pytorch_chunk_products),
+        ]
         graphs = {
             "rows": capture(model, cache, length, False),
-            "blocks as in round 20": capture(
-                model, cache, length, True, [joined, (scan, "chunk_dt", pytorch_chunk_dt)]
-            ),
+            "blocks as in round 20": capture(model, cache, length, True, [joined, *pytorch_scan]),
             "blocks, joined window": capture(model, cache, length, True, [joined]),
             "blocks": capture(model, cache, length, True),
             "blocks, bf16 scan output": capture(

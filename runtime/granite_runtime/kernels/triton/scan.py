@@ -23,7 +23,6 @@ kernels do; fp32 inputs use exact (IEEE) products so the result matches the refe
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
 
@@ -171,16 +170,52 @@ def _chunk_scan_kernel(
     tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & (p[None, :] < P))
 
 
+@triton.jit
+def _chunk_products_kernel(
+    c_ptr, b_ptr, cb_ptr, L, Q, C,
+    sc_b, sc_l, sc_g, sb_b, sb_l, sb_g,
+    N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_N: tl.constexpr,
+    PRECISION: tl.constexpr,
+):  # fmt: skip
+    tile, chunk_group, batch = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    groups = tl.num_programs(1) // C
+    chunk, group = chunk_group // groups, chunk_group % groups
+    across = tl.cdiv(Q, BLOCK_S)
+    m = (tile // across) * BLOCK_M + tl.arange(0, BLOCK_M)
+    s = (tile % across) * BLOCK_S + tl.arange(0, BLOCK_S)
+    n = tl.arange(0, BLOCK_N)
+    tm, ts = chunk * Q + m, chunk * Q + s
+    cm = tl.load(
+        c_ptr + batch * sc_b + group * sc_g + tm[:, None] * sc_l + n[None, :],
+        mask=((m < Q) & (tm < L))[:, None] & (n[None, :] < N),
+        other=0.0,
+    )  # (M, N); past the end zero, as the padded steps
+    bt = tl.load(
+        b_ptr + batch * sb_b + group * sb_g + ts[None, :] * sb_l + n[:, None],
+        mask=((s < Q) & (ts < L))[None, :] & (n[:, None] < N),
+        other=0.0,
+    )  # (N, S)
+    acc = tl.dot(cm, bt, input_precision=PRECISION)  # products of the inputs, exact in fp32
+    out = cb_ptr + (((batch * C + chunk) * groups + group) * Q + m[:, None]) * Q + s[None, :]
+    tl.store(out, acc, mask=(m < Q)[:, None] & (s < Q)[None, :])
+
+
 def _chunk_products(Cm: torch.Tensor, Bm: torch.Tensor, chunk: int) -> torch.Tensor:
     """C.B within each chunk, (B, chunks, G, Q, Q) fp32: shared by the heads of a group, so
-    computed once here (a few GFLOP) instead of once per head inside the scan."""
+    computed once here (a few GFLOP) instead of once per head inside the scan; one kernel
+    where PyTorch's casts, padding and fp32 product were five. Cm, Bm (B, L, G, N) views
+    with a dense last dimension."""
     b, length, g, n = Cm.shape
-    pad = (-length) % chunk
-
-    def per_chunk(t):
-        return F.pad(t.float(), (0, 0, 0, 0, 0, pad)).view(b, -1, chunk, g, n).transpose(2, 3)
-
-    return torch.matmul(per_chunk(Cm), per_chunk(Bm).transpose(-1, -2)).contiguous()
+    chunks = triton.cdiv(length, chunk)
+    cb = torch.empty(b, chunks, g, chunk, chunk, dtype=torch.float32, device=Cm.device)
+    block = min(64, triton.next_power_of_2(chunk))
+    _chunk_products_kernel[(triton.cdiv(chunk, block) ** 2, chunks * g, b)](
+        Cm, Bm, cb, length, chunk, chunks,
+        Cm.stride(0), Cm.stride(1), Cm.stride(2), Bm.stride(0), Bm.stride(1), Bm.stride(2),
+        N=n, BLOCK_M=block, BLOCK_S=block, BLOCK_N=max(16, triton.next_power_of_2(n)),
+        PRECISION="ieee" if Cm.dtype == torch.float32 else "tf32", num_warps=4,
+    )  # fmt: skip
+    return cb
 
 
 @triton.jit
