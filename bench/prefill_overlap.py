@@ -9,7 +9,11 @@ most of its rate, moving chunks off the decode step's stream is worth building.
 `--sm-carveouts` captures the chunk graphs again for each count of SMs their GEMMs leave
 free (carved_chunk_graphs), to see whether the decode step's slowdown beside them is
 Hopper's persistent GEMMs holding every SM (on an H100, 32 SMs left free cut it only from
-2.15x to 2.05x: bench/NOTES.md round 19).
+2.15x to 2.05x: bench/NOTES.md round 19). `--green-sms` runs the chunks instead on the
+stream of a green context holding that many SMs (torch.cuda.green_contexts), so the rest
+stay free for the decode step, Triton kernels included; 0 keeps the whole GPU. Once
+prefill's small kernels were fused (round 21) a served stream's ITL beside chunks rose to
+2.9-6.1x its idle value: this is the partition to measure against that.
 
 Run on the device: python bench/prefill_overlap.py --model granite-4.0-h-micro
 """
@@ -80,6 +84,16 @@ def carved_chunk_graphs(model, cache, lengths, carveout: int) -> GraphedChunks:
     return chunked
 
 
+def chunk_stream(green_sms: int, whole: torch.cuda.Stream) -> torch.cuda.Stream:
+    """The stream the chunks run on: `whole` (low priority, every SM), or with `green_sms`
+    the stream of a green context holding that many SMs."""
+    if not green_sms:
+        return whole
+    from torch.cuda.green_contexts import GreenContext
+
+    return GreenContext.create(num_sms=green_sms).Stream()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="granite-4.0-h-micro")
@@ -90,6 +104,9 @@ def main() -> None:
     ap.add_argument("--ahead", type=int, default=4, help="chunks queued at a time")
     ap.add_argument(
         "--sm-carveouts", default="0", help="SMs the chunks' GEMMs leave free, e.g. 0,16,32"
+    )
+    ap.add_argument(
+        "--green-sms", default="0", help="SMs of the chunks' green context (0: all), e.g. 0,100"
     )
     args = ap.parse_args()
     model = load_model(checkpoint(args.model, Path(args.root)), "bfloat16", "cuda")
@@ -117,8 +134,14 @@ def main() -> None:
                     f"chunk {n}, {carveout} SMs left free: alone {alone_chunk * 1e3:.2f} ms "
                     f"({n / alone_chunk:,.0f} tok/s)"
                 )
-                for b in batches:
-                    overlap_row(decoder, chunk, alone_chunk, n, b, fast, slow, args)
+                for green in [int(g) for g in args.green_sms.split(",")]:
+                    stream = chunk_stream(green, slow)
+                    if green:  # the chunk alone on its share of the SMs
+                        with torch.cuda.stream(stream):
+                            print(f" in a green context of {green} SMs: chunk alone "
+                                  f"{timed(chunk, 10) * 1e3:.2f} ms", flush=True)  # fmt: skip
+                    for b in batches:
+                        overlap_row(decoder, chunk, alone_chunk, n, b, fast, stream, args)
             del chunked
             torch.cuda.empty_cache()
 
