@@ -242,8 +242,8 @@ def case_chunked_scan(_scratch: str) -> None:
         print("ok", h, g, p, n, length, chunk, with_state, error)
     # dt raw from in_proj (a strided view), softplus(dt + bias) clamped inside the kernel,
     # and a padded chunk's rows, whose tokens past their lengths must leave no trace
-    for limit, lengths in [((0.0, float("inf")), None), ((0.05, 0.4), [75, 31])]:
-        h, g, p, n, length, chunk = 12, 3, 20, 48, 75, 32
+    for limit, lengths, chunk in [((0.0, float("inf")), None, 32), ((0.05, 0.4), [75, 31], 24)]:
+        h, g, p, n, length = 12, 3, 20, 48, 75  # chunk 24: not a power of 2
         xbc = torch.randn(2, length, h * p + 2 * g * n + h, generator=gen)
         x = xbc[..., : h * p].view(2, length, h, p)
         bm = xbc[..., h * p : h * p + g * n].view(2, length, g, n)

@@ -69,16 +69,10 @@ class Batch:
         width = past.shape[-1]
         if self.lengths is None:
             return torch.cat([past.to(x.dtype), x.transpose(1, 2)[..., -width:]], -1)[..., -width:]
-        # Position i of the row's past + chunk is past[i] for i < W, else x[i - W]: the W
-        # positions ending at the row's length are gathered from each, not from a copy of
-        # the whole chunk joined to the window (that copy took ~9% of a chunk graph).
+        # the PyTorch path's; on CUDA, kernels/triton/fused.py conv_window_after moves it
+        full = torch.cat([past.to(x.dtype), x.transpose(1, 2)], dim=-1)
         ends = self.lengths[:, None] + torch.arange(width, device=x.device)  # (B, W)
-        channels = x.shape[-1]
-        from_x = x.gather(1, (ends - width).clamp(min=0)[..., None].expand(-1, -1, channels))
-        from_past = past.gather(-1, ends.clamp(max=width - 1)[:, None, :].expand(-1, channels, -1))
-        return torch.where(
-            (ends < width)[:, None, :], from_past.to(x.dtype), from_x.transpose(1, 2)
-        )
+        return full.gather(-1, ends[:, None, :].expand(-1, full.shape[1], -1))
 
     def last_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """(rows, 1, ...): each row's last position of x (B, L, ...) or (1, T, ...) packed."""

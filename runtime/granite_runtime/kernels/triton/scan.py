@@ -220,14 +220,14 @@ def _chunk_products(Cm: torch.Tensor, Bm: torch.Tensor, chunk: int) -> torch.Ten
 
 @triton.jit
 def _chunk_dt_kernel(
-    dt_ptr, a_ptr, bias_ptr, lengths_ptr, dts_ptr, cum_ptr, L, C, s_b, s_l, dt_min, dt_max,
-    Q: tl.constexpr, SOFTPLUS: tl.constexpr, LENGTHS: tl.constexpr,
+    dt_ptr, a_ptr, bias_ptr, lengths_ptr, dts_ptr, cum_ptr, L, C, Q, s_b, s_l, dt_min, dt_max,
+    BLOCK_Q: tl.constexpr, SOFTPLUS: tl.constexpr, LENGTHS: tl.constexpr,
 ):  # fmt: skip
     chunk, head, batch = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     heads = tl.num_programs(1)
-    q = tl.arange(0, Q)
+    q = tl.arange(0, BLOCK_Q)
     t = chunk * Q + q
-    real = t < L
+    real = (q < Q) & (t < L)
     if LENGTHS:  # a padded chunk: the row's tokens past its length are padding
         real = real & (t < tl.load(lengths_ptr + batch))
     dt = tl.load(dt_ptr + batch * s_b + t * s_l + head, mask=real, other=0.0).to(tl.float32)
@@ -237,8 +237,9 @@ def _chunk_dt_kernel(
         dt = tl.minimum(tl.maximum(dt, dt_min), dt_max)
     dt = tl.where(real, dt, 0.0)  # a zero step neither decays the state nor adds to it
     row = ((batch * heads + head) * C + chunk) * Q
-    tl.store(dts_ptr + row + q, dt)
-    tl.store(cum_ptr + row + q, tl.cumsum(dt * tl.load(a_ptr + head).to(tl.float32), axis=0))
+    tl.store(dts_ptr + row + q, dt, mask=q < Q)
+    cum = tl.cumsum(dt * tl.load(a_ptr + head).to(tl.float32), axis=0)  # past Q: zeros added
+    tl.store(cum_ptr + row + q, cum, mask=q < Q)
 
 
 def chunk_dt(
@@ -254,12 +255,13 @@ def chunk_dt(
     chunks = triton.cdiv(length, chunk)
     dts = torch.empty(b, h, chunks, chunk, dtype=torch.float32, device=dt.device)
     cum = torch.empty_like(dts)
-    assert dt.stride(-1) == 1 and chunk == triton.next_power_of_2(chunk)
+    assert dt.stride(-1) == 1
     _chunk_dt_kernel[(chunks, h, b)](
         dt, A, dt_bias if dt_bias is not None else A, lengths if lengths is not None else A,
-        dts, cum, length, chunks, dt.stride(0), dt.stride(1),
+        dts, cum, length, chunks, chunk, dt.stride(0), dt.stride(1),
         float(dt_limit[0]), float(dt_limit[1]),
-        Q=chunk, SOFTPLUS=dt_bias is not None, LENGTHS=lengths is not None,
+        BLOCK_Q=triton.next_power_of_2(chunk), SOFTPLUS=dt_bias is not None,
+        LENGTHS=lengths is not None,
     )  # fmt: skip
     return dts, cum
 
