@@ -32,8 +32,8 @@ import torch  # noqa: E402
 
 from granite_runtime.engine import engine  # noqa: E402
 from granite_runtime.engine.chunk_graphs import chunk_lengths, row_counts  # noqa: E402
+from granite_runtime.engine.prefill_share import QUEUED_CHUNKS  # noqa: E402
 from granite_runtime.engine.prefill_stream import (  # noqa: E402
-    QUEUED_CHUNKS,
     share_replays,
     within_room,
 )

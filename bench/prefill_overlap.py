@@ -34,13 +34,14 @@ from common import checkpoint, pct, timed  # noqa: E402
 from granite_runtime.engine.cache import HybridCache  # noqa: E402
 from granite_runtime.engine.chunk_graphs import GraphedChunks  # noqa: E402
 from granite_runtime.engine.graphs import GraphedDecoder  # noqa: E402
+from granite_runtime.engine.prefill_share import gemms_leaving_free, prefill_stream  # noqa: E402
 from granite_runtime.model.loader import load_model  # noqa: E402
 
 
 def together(decode, chunk, fast, slow, chunks: int, ahead: int):
     """Step decode on `fast` while `chunks` chunk replays run on `slow`, at most `ahead` of
     them queued at a time and topped up before every step, as the engine's prefill stream
-    does (engine/prefill_stream.py QUEUED_CHUNKS). Returns the decode steps' latencies, the
+    does (engine/prefill_share.py QUEUED_CHUNKS). Returns the decode steps' latencies, the
     wall time until the last chunk ends, and the host time spent queueing chunks (a launch
     queue that fills blocks the host there, and every decode step waits behind it)."""
     torch.cuda.synchronize()
@@ -65,33 +66,14 @@ def together(decode, chunk, fast, slow, chunks: int, ahead: int):
 
 
 def carved_chunk_graphs(model, cache, lengths, carveout: int) -> GraphedChunks:
-    """Chunk graphs whose matrix products leave `carveout` SMs free. Hopper's cuBLAS GEMMs are
-    persistent (one block per SM, each running many tiles): a stream priority cannot move a
-    decode kernel ahead of blocks that never end, so it waits for the whole GEMM. The SM
-    count target is read when a product is launched, so graphs captured under it keep it
-    (pytorch/pytorch#147966 for cuBLASLt; cuBLAS only from #183330, so the products go
-    through cuBLASLt while a carveout is set)."""
-    blas = torch.backends.cuda.preferred_blas_library()
-    torch._C._set_sm_carveout_experimental(carveout or None)
-    if carveout:
-        torch.backends.cuda.preferred_blas_library("cublaslt")
-    try:
+    """Chunk graphs whose matrix products leave `carveout` SMs free, as the engine captures
+    them with GKIT_PREFILL_FREE_SMS. Hopper's cuBLAS GEMMs are persistent (one block per
+    SM, each running many tiles): a stream priority cannot move a decode kernel ahead of
+    blocks that never end, so it waits for the whole GEMM."""
+    with gemms_leaving_free(carveout):
         chunked = GraphedChunks(model, cache, beside_decode=True)  # it runs beside decode
         chunked.capture(lengths)
-    finally:
-        torch._C._set_sm_carveout_experimental(None)
-        torch.backends.cuda.preferred_blas_library(blas)
     return chunked
-
-
-def chunk_stream(green_sms: int, whole: torch.cuda.Stream) -> torch.cuda.Stream:
-    """The stream the chunks run on: `whole` (low priority, every SM), or with `green_sms`
-    the stream of a green context holding that many SMs."""
-    if not green_sms:
-        return whole
-    from torch.cuda.green_contexts import GreenContext
-
-    return GreenContext.create(num_sms=green_sms).Stream()
 
 
 def main() -> None:
@@ -135,7 +117,10 @@ def main() -> None:
                     f"({n / alone_chunk:,.0f} tok/s)"
                 )
                 for green in [int(g) for g in args.green_sms.split(",")]:
-                    stream = chunk_stream(green, slow)
+                    # the engine's prefill stream with GKIT_PREFILL_GREEN_SMS=green
+                    stream, _context = (
+                        (slow, None) if not green else prefill_stream(torch.device("cuda"), green)
+                    )
                     if green:  # the chunk alone on its share of the SMs
                         with torch.cuda.stream(stream):
                             print(f" in a green context of {green} SMs: chunk alone "

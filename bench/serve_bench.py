@@ -58,12 +58,15 @@ STALL_S = 60
 def start_server(
     path: Path, port: int, slots: int, length: int, log: Path, prefill_chunk: int = 512,
     beside: bool = False, fake: tuple[float, float, float] | None = None,
+    extra_env: dict[str, str] | None = None,
 ):  # fmt: skip
     """`gkit serve`'s server, or with `fake` (step ms, prompts' slowdown of a step beside
-    them or 0 for inside, prefill tok/s) the same server over bench/fake_gpu.py's GPU."""
+    them or 0 for inside, prefill tok/s) the same server over bench/fake_gpu.py's GPU;
+    `extra_env` on top of this process's environment (a GKIT_PREFILL_* knob, say)."""
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([*sys.path[:3], os.environ.get("PYTHONPATH", "")]),
+        **(extra_env or {}),
     }
     where = [str(path), str(port), str(slots), str(length)]
     if fake:
@@ -330,18 +333,26 @@ def server_overhead(args) -> None:
         args.json.write_text(json.dumps(report, indent=2))
 
 
+def parse_env(spec: str) -> dict[str, str]:
+    """`--server-envs` item: '' (nothing added) or NAME=VALUE joined by '+'."""
+    return dict(part.split("=", 1) for part in spec.split("+") if part)
+
+
 def serve_rows(
-    args, name: str, path: Path, rows, chunk: int, beside: bool, report: dict
+    args, key: str, path: Path, rows, chunk: int, beside: bool, env: str, report: dict
 ) -> list[dict]:
     """Every row against one server (`prefill_chunk=chunk`, prompts beside the decode steps
-    or inside them), then the ITL-under-prefill probe; the server is stopped before the
-    engine's own ceiling is measured."""
+    or inside them, `env` added to its environment), then the ITL-under-prefill probe; the
+    server is stopped before the engine's own ceiling is measured."""
     where = "beside" if beside else "inside"
-    log = (args.logs or Path("/tmp")) / f"{name}-{chunk}-{where}.log"
-    proc, up = start_server(path, args.port, args.slots, args.max_model_len, log, chunk, beside)
+    log = (args.logs or Path("/tmp")) / f"{key}.log"
+    proc, up = start_server(
+        path, args.port, args.slots, args.max_model_len, log, chunk, beside,
+        extra_env=parse_env(env),
+    )  # fmt: skip
     print(
-        f"{name}: server up in {up:.0f} s ({args.slots} slots, chunk {chunk}, prompts {where} "
-        "the decode steps)",
+        f"{key}: server up in {up:.0f} s ({args.slots} slots, chunk {chunk}, prompts {where} "
+        f"the decode steps{', ' + env if env else ''})",
         flush=True,
     )
     served = []
@@ -365,7 +376,7 @@ def serve_rows(
         for others_out in (1, 16) if args.itl_under_prefill else ():
             others = args.itl_under_prefill - 1
             u = itl_under_prefill(args.port, others, 2048, others_out)
-            report[f"{name}_itl_under_prefill_{others_out}_chunk_{chunk}_{where}"] = u
+            report[f"{key}_itl_under_prefill_{others_out}"] = u
             print(f"  one client while {others} prefill 2048 (out {others_out}): {u}", flush=True)
     finally:
         proc.terminate()
@@ -391,6 +402,12 @@ def main() -> None:
         default="0",
         help="comma-separated 0/1: a server with prompts inside the decode steps (0) or "
         "beside them on a stream of their own (1)",
+    )
+    ap.add_argument(
+        "--server-envs",
+        default="",
+        help="comma-separated: a server for each, its environment plus NAME=VALUE (several "
+        "joined by '+'; empty: nothing added), e.g. ',GKIT_PREFILL_GREEN_SMS=100'",
     )
     ap.add_argument("--port", type=int, default=18123)
     ap.add_argument("--json", type=Path, default=None)
@@ -437,17 +454,28 @@ def main() -> None:
         path = checkpoint(name, Path(args.root))
         word_tokenizer(path)
         chunks = [int(c) for c in args.prefill_chunks.split(",")]
-        variants = [(c, b == "1") for c in chunks for b in args.prefill_beside.split(",")]
-        for chunk, beside in variants:
-            served = serve_rows(args, name, path, rows, chunk, beside, report)
+        variants = [
+            (c, b == "1", e)
+            for c in chunks
+            for b in args.prefill_beside.split(",")
+            for e in args.server_envs.split(",")
+        ]
+        served_keys = []
+        for chunk, beside, env in variants:
             where = "beside" if beside else "inside"
             key = name if len(variants) == 1 else f"{name}_prefill_chunk_{chunk}_{where}"
-            report[key] = served
+            key += f"_{env}" if env else ""
+            try:
+                report[key] = serve_rows(args, key, path, rows, chunk, beside, env, report)
+                served_keys.append(key)
+            except RuntimeError as failed:  # a server that did not start: the next may
+                print(f"{key}: {str(failed)[-1500:]}", flush=True)
+                report[f"{key}_failed"] = str(failed)[-1500:]
             if args.json:  # kept so far, should a later server not come back
                 args.json.write_text(json.dumps(report, indent=2))
         ceilings = engine_step_tok_s(path, sorted({min(c, args.slots) for c, _, _ in rows}))
         prompts = prompt_seconds(path, sorted({n for _, n, _ in rows}), max(chunks))
-        for key in [k for k in report if k == name or k.startswith(f"{name}_prefill_chunk")]:
+        for key in served_keys:
             for r in report[key]:
                 ceiling = ceilings[min(r["clients"], args.slots)]
                 r["engine_step_tok_s"], r["engine_graphed"] = ceiling["tok_s"], ceiling["graphed"]

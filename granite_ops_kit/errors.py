@@ -85,7 +85,7 @@ class ModelFormatError(CheckFailed):
 def runtime_errors():
     """Translate the runtime's exceptions into gkit's error hierarchy."""
     try:
-        from granite_runtime.spec.errors import ModelLoadError, RequestError
+        from granite_runtime.spec.errors import ModelLoadError, RequestError, SettingError
     except ImportError as missing:
         raise UsageError(
             f"the runtime is not installed ({missing.name} is missing); install "
@@ -97,3 +97,5 @@ def runtime_errors():
         raise ModelFormatError(str(bad)) from None
     except RequestError as bad:
         raise UsageError(bad.message) from None
+    except SettingError as bad:
+        raise UsageError(str(bad)) from None

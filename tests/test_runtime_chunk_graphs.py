@@ -255,3 +255,47 @@ def test_short_prompts_arriving_together_share_replays_beside(hybrid_without_exp
         outputs.append([s.output_ids for s in seqs])
     assert outputs[0] == outputs[1]
     assert all(len(o) == 12 for o in outputs[0])
+
+
+@pytest.mark.parametrize(
+    "knob",
+    ["GKIT_PREFILL_FREE_SMS=16", "GKIT_PREFILL_GREEN_SMS=half", "GKIT_PREFILL_QUEUED_CHUNKS=1"],
+)
+def test_prompts_beside_on_a_share_of_the_gpu_generate_the_same(
+    knob, hybrid_without_experts, monkeypatch
+):
+    """Each way of sharing the GPU with the decode steps (engine/prefill_share.py): prompts
+    of several chunks arriving while a stream decodes generate what they do with prompts
+    inside the steps, and the carve-out does not outlive the chunk graphs' capture."""
+    name, value = knob.split("=")
+    if value == "half":
+        from torch.cuda import green_contexts
+
+        if not green_contexts.SUPPORTED:
+            pytest.skip("this PyTorch was built without green contexts")
+        value = str(torch.cuda.get_device_properties().multi_processor_count // 2)
+    codec = TextCodec.from_dir(hybrid_without_experts)
+    params = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)
+    prompts = [[5, 6, 7], list(range(9, 309)), list(range(20, 220))]
+    outputs = []
+    for how in ("beside", "inside"):
+        with monkeypatch.context() as env:
+            env.setenv(name, value)
+            engine = _engine(
+                hybrid_without_experts, codec, how, max_num_seqs=4, max_model_len=512,
+                prefill_chunk=128,
+            )  # fmt: skip
+        assert torch._C._get_sm_carveout_experimental() is None
+        if how == "beside" and name == "GKIT_PREFILL_GREEN_SMS":
+            assert engine.prefill._context is not None
+        if how == "beside" and name == "GKIT_PREFILL_QUEUED_CHUNKS":
+            assert engine.prefill.limit == 128
+        first = engine.submit(prompts[0], params)
+        for _ in range(3):
+            engine.step()
+        later = [engine.submit(p, params) for p in prompts[1:]]
+        while engine.has_work():
+            engine.step()
+        outputs.append([s.output_ids for s in (first, *later)])
+    assert outputs[0] == outputs[1]
+    assert all(len(o) == 24 for o in outputs[0])

@@ -27,12 +27,8 @@ from collections import deque
 import torch
 
 from granite_runtime.engine.chunk_graphs import GraphedChunks
+from granite_runtime.engine.prefill_share import PrefillShare, prefill_stream
 from granite_runtime.engine.sequence import Sequence
-
-# Prompt tokens queued ahead on the prefill stream: enough to keep it busy between two
-# looks (a step is a few ms; 4 chunks of 2,048 are ~120 ms of h-micro prefill), few enough
-# that CUDA's launch queue never fills and blocks the host.
-QUEUED_CHUNKS = 4
 
 
 def share_replays(seqs: list[Sequence], rows_for) -> list[list[Sequence]]:
@@ -68,12 +64,17 @@ def within_room(seqs: list[Sequence], queued: int, limit: int) -> list[Sequence]
 
 
 class PrefillStream:
-    def __init__(self, graphs: GraphedChunks, prefill_chunk: int, device: torch.device):
-        low, high = torch.cuda.Stream.priority_range()
-        self.stream = torch.cuda.Stream(device, priority=low)
+    def __init__(
+        self, graphs: GraphedChunks, prefill_chunk: int, device: torch.device,
+        share: PrefillShare = PrefillShare(),
+    ):  # fmt: skip
+        """`share`: the prefill stream's green context, if any, and how many chunks it
+        queues ahead (engine/prefill_share.py)."""
+        _, high = torch.cuda.Stream.priority_range()
+        self.stream, self._context = prefill_stream(device, share.green_sms)
         self.decode = torch.cuda.Stream(device, priority=high)  # the engine's steps run here
         self.graphs, self.chunk = graphs, prefill_chunk
-        self.limit = QUEUED_CHUNKS * prefill_chunk
+        self.limit = share.queued_chunks * prefill_chunk
         self.in_flight: deque[tuple[list[Sequence], torch.Tensor, torch.cuda.Event]] = deque()
         self.queued = 0
         self._fits: dict[int, bool] = {}  # prompt length -> every chunk has a graph

@@ -12,6 +12,7 @@ import torch
 from granite_runtime.engine import chunk_graphs, graphs
 from granite_runtime.engine.batch import Batch
 from granite_runtime.engine.cache import HybridCache
+from granite_runtime.engine.prefill_share import gemms_leaving_free, share_from_env
 from granite_runtime.engine.prefill_stream import PrefillStream
 from granite_runtime.engine.scheduler import MIN_PREFILL_TOKENS
 
@@ -49,7 +50,7 @@ def capture_graphs(
     """Decode graphs for every batch size, then chunk graphs for every padded chunk length
     up to `largest`; with `beside`, the chunk graphs get a memory pool and a capture stream
     of their own (they run at the same time as decode graphs) and a PrefillStream to run
-    on."""
+    on, sharing the GPU as GKIT_PREFILL_* say (engine/prefill_share.py)."""
     sizes = graphs.graph_sizes(max_num_seqs)
     decoder = graphs.GraphedDecoder(model, cache, sizes[0], pad_slot=pad_slot)
     decoder.capture(sizes)
@@ -61,6 +62,12 @@ def capture_graphs(
     # each replay their own graph (Engine._graphed). GKIT_SHARED_PROMPTS=0 keeps one prompt
     # a replay, to measure what sharing gives.
     shared = beside and os.environ.get("GKIT_SHARED_PROMPTS", "1") != "0"
-    chunks.capture(lengths, chunk_graphs.row_counts(lengths, largest) if shared else None)
     device = model.model.embed_tokens.weight.device
-    return Prepared(decoder, chunks, PrefillStream(chunks, largest, device) if beside else None)
+    if not beside:
+        chunks.capture(lengths, None)
+        return Prepared(decoder, chunks)
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    share = share_from_env(os.environ, sms)
+    with gemms_leaving_free(share.free_sms):
+        chunks.capture(lengths, chunk_graphs.row_counts(lengths, largest) if shared else None)
+    return Prepared(decoder, chunks, PrefillStream(chunks, largest, device, share))
