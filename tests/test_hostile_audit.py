@@ -101,6 +101,54 @@ def test_an_edited_column_fails_verify_naming_the_record(
     assert f"record 3: its '{column}' column says '{value}'" in message
 
 
+def _with_field(text: str, field: str) -> str:
+    """The stored record with one more top-level field, written as raw JSON text."""
+    return "{" + field + ", " + text[1:]
+
+
+# What an attacker can put in a record's JSON column (TEXT on both backends), and what
+# `gkit` must then say about record 3 instead of a traceback.
+HOSTILE_RECORDS = {
+    "not JSON": (lambda t: "{not json", "it is not valid JSON"),
+    "a list": (lambda t: "[1, 2]", "it is not a JSON object"),
+    "100,000 deep": (lambda t: "[" * 100_000 + "]" * 100_000, "nested deeper than 32 levels"),
+    "NaN": (lambda t: _with_field(t, '"x": NaN'), "a number that is not finite"),
+    "1e999": (lambda t: _with_field(t, '"x": 1e999'), "a number that is not finite"),
+    "5,000 digits": (lambda t: _with_field(t, '"x": ' + "9" * 5000), "a number too long"),
+    "hash a number": (lambda t: t.replace('"hash": "', '"hash": 5, "was": "'), "'hash' is"),
+    "no subject": (lambda t: t.replace('"subject": {', '"object": {'), "subject has no name"),
+}
+
+
+@pytest.mark.parametrize("command", [["verify"], ["log"], ["export", "--output", "e.zip"]])
+@pytest.mark.parametrize("attack", list(HOSTILE_RECORDS))
+def test_a_record_that_gkit_did_not_write_is_one_sentence(honest, audit_url, attack, command):
+    edit, says = HOSTILE_RECORDS[attack]
+    text = next(r for _, r in honest.rows() if r["seq"] == 3)
+    _sql(honest, "UPDATE audit_records SET record = ? WHERE seq = 3", edit(json.dumps(text)))
+    result = run_gkit("audit", *command, "--audit-db", audit_url)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "record 3 is not what gkit writes" in result.stderr and says in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("leaves", "says"),
+    [
+        ("zz" * 96, "its leaves are not one SHA-256 hex digest per record"),
+        ("11" * 32 * 2 + "1" * 63, "its leaves are not one SHA-256 hex digest per record"),
+        ("11" * 32 * 2, "its leaves are not one SHA-256 hex digest per record"),  # 2 for 3
+    ],
+    ids=["not-hex", "a-digit-short", "a-leaf-short"],
+)
+def test_a_malformed_pruning_summary_is_one_sentence(honest, audit_url, leaves, says):
+    _sql(honest, "INSERT INTO audit_pruned VALUES (?, ?, ?, ?)", 3, leaves, "note", "key")
+    result = run_gkit("audit", "verify", "--audit-db", audit_url)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "the summary of pruned records 1..3 is not what gkit writes" in result.stderr
+    assert says in result.stderr
+
+
 def test_audit_log_filters_read_the_record_not_the_column(honest, audit_url):
     _sql(honest, "UPDATE audit_records SET outcome = 'success' WHERE seq = 4")  # was failure
     result = run_gkit("audit", "log", "--outcome", "failure", "--audit-db", audit_url, "--json")
@@ -375,3 +423,108 @@ def test_a_locked_store_stops_serve_before_it_loads(locked_store, tiny_hybrid):
     r = run_gkit("serve", str(tiny_hybrid), "--port", "1", env={"GKIT_AUDIT_LOCK_TIMEOUT": "1"})
     assert r.returncode == 1 and "is locked by another writer" in r.stderr
     assert "serving" not in r.stderr
+
+
+def _rewrite_history(audit_url: str) -> None:
+    """What an attacker without the key can do: delete every record (checkpoints included)
+    and write a history of their own, each hash recomputed, so the chain itself is sound."""
+    store = open_store(audit_url)
+    _sql(store, "DELETE FROM audit_records")
+    for i in range(8):
+        store.append(_event(i, "success"))  # the failures are gone
+    store.close()
+
+
+def _count(audit_url: str) -> int:
+    store = open_store(audit_url)
+    try:
+        return store.count()
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("command", [["checkpoint"], ["export", "--output", "e.zip"]])
+def test_a_rewritten_history_is_never_signed(honest, audit_url, tmp_path, command):
+    """The honest key signed records 1..6; a rewritten log that no longer extends that
+    tree gets no signature from it: not a checkpoint, not an evidence export."""
+    honest.close()
+    _rewrite_history(audit_url)
+    before = _count(audit_url)
+    key = ["--key", str(tmp_path / "honest.pem")]
+    result = run_gkit("audit", *command, *key, "--audit-db", audit_url, cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "no longer extends the tree of 6 records" in result.stderr
+    assert "nothing was signed" in result.stderr
+    assert _count(audit_url) == before and not (tmp_path / "e.zip").exists()
+
+
+def test_a_rewritten_history_is_never_summarised_by_pruning(honest, audit_url, tmp_path):
+    from datetime import UTC, datetime, timedelta
+
+    from granite_ops_kit.audit.service import prune
+    from granite_ops_kit.errors import AuditChainBroken
+
+    honest.close()
+    _rewrite_history(audit_url)
+    store = open_store(audit_url)
+    later = datetime.now(UTC) + timedelta(days=4000)
+    with pytest.raises(AuditChainBroken, match="no longer extends the tree of 6 records"):
+        prune(store, 1095, tmp_path / "honest.pem", now=later)
+    assert store.count() == 8 and store.anchor() is None
+
+
+def test_an_edited_record_is_never_signed(honest, audit_url, tmp_path):
+    text = next(r for _, r in honest.rows() if r["seq"] == 4)
+    edited = json.dumps({**text, "outcome": "success"})  # was a failure; hash not redone
+    _sql(honest, "UPDATE audit_records SET record = ? WHERE seq = 4", edited)
+    key = ["--key", str(tmp_path / "honest.pem")]
+    result = run_gkit("audit", "checkpoint", *key, "--audit-db", audit_url)
+    assert result.returncode == 1, result.stderr
+    assert "record 4: its contents do not match its hash" in result.stderr
+    assert "nothing was signed" in result.stderr and _count(audit_url) == 8
+
+
+def test_another_hosts_checkpoints_do_not_stop_this_hosts_signer(honest, audit_url, tmp_path):
+    """Hosts sharing a store each sign with their own key: a signer checks what its own key
+    signed, and leaves the others' signatures to an auditor who pins their keys."""
+    sign_checkpoint(honest, tmp_path / "other.pem", "gkit-audit/other")
+    record = sign_checkpoint(honest, tmp_path / "honest.pem", "gkit-audit/honest")
+    assert record["details"]["size"] == 9
+    pins = [_pin(tmp_path, tmp_path / f"{n}.pem", f"gkit-audit/{n}") for n in ("honest", "other")]
+    result = _verify(audit_url, *pins)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert json.loads(result.stdout)["checkpoints"] == 3
+
+
+def test_a_checkpoint_after_pruning_covers_the_pruned_records(audit_url, tmp_path):
+    """A checkpoint signs the whole log's tree, the pruned records' leaves (from their
+    signed summary) included, as verify counts it."""
+    from datetime import datetime, timedelta
+
+    from granite_ops_kit.audit.service import prune
+
+    store = _fill(audit_url, 5)
+    last = list(store.records())[-1]["time"]
+    later = datetime.fromisoformat(last.replace("Z", "+00:00")) + timedelta(days=1096)
+    assert prune(store, 1095, tmp_path / "k.pem", now=later)["last_seq"] == 5
+    store.append(_event(9))
+    record = sign_checkpoint(store, tmp_path / "k.pem", "gkit-audit/k")
+    assert record["details"]["size"] == 7  # records 1..5 pruned, the pruning record, one more
+    result = _verify(audit_url, _pin(tmp_path, tmp_path / "k.pem", None))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_checkpoint_note_with_a_second_signature_line_is_read_by_its_first(
+    honest, audit_url, tmp_path
+):
+    """C2SP notes may carry several signature lines; the one for the pinned key is the first
+    gkit writes. A line added after it (here one that is not base64 at all) changes nothing."""
+    from granite_ops_kit.audit.records import Event, Subject
+    from granite_ops_kit.audit.verify import CHECKPOINT_EVENT
+
+    signed = next(r for r in honest.records() if r["event"] == CHECKPOINT_EVENT)
+    details = {**signed["details"], "note": signed["details"]["note"] + "\u2014 other —\n"}
+    honest.append(Event(CHECKPOINT_EVENT, Subject("gkit-audit/honest"), "success", details=details))
+    result = _verify(audit_url, _pin(tmp_path, tmp_path / "honest.pem", None))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert json.loads(result.stdout)["checkpoints"] == 2

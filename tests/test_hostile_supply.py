@@ -371,12 +371,18 @@ def _deep_object(sig: Path) -> None:
     sig.write_text('{"a":' * 100_000 + "1" + "}" * 100_000)
 
 
+def _long_number(sig: Path) -> None:
+    # json.loads refuses integers of more than 4,300 digits with a ValueError of its own
+    sig.write_text('{"mediaType": ' + "9" * 5000 + "}")
+
+
 HOSTILE_SIGNATURES = {
     "link to /dev/zero": _dev_zero,
     "FIFO": _fifo,
     "directory": _directory,
     "100,000-deep array": _deep,
     "100,000-deep object": _deep_object,
+    "5,000-digit number": _long_number,
 }
 
 

@@ -216,9 +216,19 @@ def _post(server, path: str, data: bytes) -> tuple[int, dict]:
         return e.code, json.loads(e.read())
 
 
-def test_malformed_json_is_400(server):
-    status, body = _post(server, "/v1/completions", b'{"prompt": "x",')
+@pytest.mark.parametrize(
+    ("data", "says"),
+    [
+        (b'{"prompt": "x",', "is not valid JSON"),
+        (b"[" * 200_000 + b"]" * 200_000, "nested too deeply"),  # the parser's recursion
+        (b'{"prompt": "x", "n": ' + b"9" * 5000 + b"}", "integer string conversion"),
+    ],
+    ids=["truncated", "deep", "long-number"],
+)
+def test_malformed_json_is_400(server, data, says):
+    status, body = _post(server, "/v1/completions", data)
     assert status == 400 and body["error"]["code"] == "invalid_json"
+    assert says in body["error"]["message"]
 
 
 def test_unknown_route_is_404_in_openai_shape(server):

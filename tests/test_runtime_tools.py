@@ -43,9 +43,16 @@ def test_plain_text_is_content_only():
     assert parse_tool_calls("no tools here") == ("no tools here", [])
 
 
-def test_invalid_json_in_a_block_stays_content():
-    content, calls = parse_tool_calls("<tool_call>{not json}</tool_call>")
-    assert calls == [] and content == "<tool_call>{not json}</tool_call>"
+@pytest.mark.parametrize(
+    "block",
+    ["{not json}", '{"name": "f", "arguments": {"x": ' + "9" * 5000 + "}}", "[" * 100_000],
+    ids=["not-json", "long-number", "deep"],
+)
+def test_invalid_json_in_a_block_stays_content(block):
+    """What the model writes is not trusted: a block that is not JSON, or JSON Python will
+    not read (a number past its digit limit, nesting past its recursion limit), stays text."""
+    content, calls = parse_tool_calls(f"<tool_call>{block}</tool_call>")
+    assert calls == [] and content == f"<tool_call>{block}</tool_call>"
 
 
 def test_unterminated_block_with_whole_json_is_a_call():

@@ -33,6 +33,7 @@ class Note:
     key_name: str
     signature: bytes  # 64 bytes, without the key id
     body: str
+    key_id: bytes = b""  # the 4 bytes before the signature
 
 
 def key_id(name: str, public: Ed25519PublicKey) -> bytes:
@@ -117,22 +118,32 @@ def parse_note(note: str) -> Note | None:
         return None
     if dash != EM_DASH or len(raw) != 68:
         return None
-    return Note(lines[0], size, lines[2], name, raw[4:], body + "\n")
+    return Note(lines[0], size, lines[2], name, raw[4:], body + "\n", raw[:4])
 
 
-def verify_note(note: str, public_key_pem: str) -> bool:
+def _claimed(note: str, public_key_pem: str) -> tuple[Note, Ed25519PublicKey] | None:
+    """The parsed note and the Ed25519 key, where the note's signature line names that key
+    (its key id under the note's key name); None otherwise."""
     parsed = parse_note(note)
-    if parsed is None:
-        return False
     try:
         public = serialization.load_pem_public_key(public_key_pem.encode())
     except ValueError:
+        return None
+    if parsed is None or not isinstance(public, Ed25519PublicKey):
+        return None
+    return (parsed, public) if parsed.key_id == key_id(parsed.key_name, public) else None
+
+
+def signed_by(note: str, public_key_pem: str) -> bool:
+    """Whether the note claims this key's signature: a claim for `verify_note`, not proof."""
+    return _claimed(note, public_key_pem) is not None
+
+
+def verify_note(note: str, public_key_pem: str) -> bool:
+    claimed = _claimed(note, public_key_pem)
+    if claimed is None:
         return False
-    if not isinstance(public, Ed25519PublicKey):
-        return False
-    blob = base64.b64decode(note.partition("\n\n")[2].strip().split(" ")[2])
-    if blob[:4] != key_id(parsed.key_name, public):
-        return False
+    parsed, public = claimed
     try:
         public.verify(parsed.signature, parsed.body.encode())
     except InvalidSignature:

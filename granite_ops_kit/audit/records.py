@@ -10,6 +10,7 @@ from __future__ import annotations
 import getpass
 import hashlib
 import json
+import math
 import socket
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -142,3 +143,54 @@ def seal(event: Event, seq: int, prev_hash: str) -> dict:
     record = body(event, seq, prev_hash, now())
     record["hash"] = record_hash(record)
     return record
+
+
+# What every record gkit writes holds, by type: what readers (log, export, the gate) index.
+TEXT_FIELDS = ("schema", "time", "prev_hash", "hash", "event", "outcome", "reason", "actor")
+TEXT_FIELDS += ("host", "tool_version")
+OPTIONAL_TEXT_FIELDS = ("policy_id", "policy_hash")
+MAX_RECORD_DEPTH = 32  # records nest 5 deep (details of an approval): 32 is generous
+
+
+def _finite(value) -> bool:
+    """No NaN or infinity anywhere (json accepts them; RFC 8785 cannot hash them)."""
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, float) and not math.isfinite(node):
+            return False
+        if isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return True
+
+
+def shape_problem(record) -> str | None:
+    """Why a stored record is not one gkit writes (a JSON object whose fields have the types
+    `body` gives them), or None. Checked before anything reads its fields, so an edited
+    store is a sentence naming the record, never a crash."""
+    if not isinstance(record, dict):
+        return "it is not a JSON object"
+    if not isinstance(record.get("seq"), int) or isinstance(record.get("seq"), bool):
+        return "its seq is not a whole number"
+    for name in TEXT_FIELDS:
+        if not isinstance(record.get(name), str):
+            return f"its '{name}' is not text"
+    for name in OPTIONAL_TEXT_FIELDS:
+        if not isinstance(record.get(name), str | None):
+            return f"its '{name}' is not text"
+    subject = record.get("subject")
+    if not isinstance(subject, dict) or not isinstance(subject.get("name"), str):
+        return "its subject has no name"
+    if not all(isinstance(subject.get(k), str | None) for k in ("revision", "digest")):
+        return "its subject's revision or digest is not text"
+    for name in ("details", "evidence"):
+        if not isinstance(record.get(name), dict):
+            return f"its '{name}' is not a JSON object"
+    controls = record.get("controls")
+    if not isinstance(controls, list) or not all(isinstance(c, str) for c in controls):
+        return "its controls are not a list of text"
+    if not _finite(record):
+        return "it holds a number that is not finite"
+    return None

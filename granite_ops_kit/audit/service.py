@@ -8,8 +8,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from granite_ops_kit.audit import checkpoint, merkle, records
-from granite_ops_kit.audit.store import AuditStore, Query, column_problem, open_store
-from granite_ops_kit.audit.verify import ANY_NAME, CHECKPOINT_EVENT, Verdict, verify
+from granite_ops_kit.audit.signer import Signer
+from granite_ops_kit.audit.store import AuditStore, Query, open_store
+from granite_ops_kit.audit.verify import ANY_NAME, CHECKPOINT_EVENT, verify_store
 from granite_ops_kit.errors import UsageError
 
 
@@ -40,11 +41,12 @@ def ensure_recordable(url: str | None = None) -> None:
 def sign_checkpoint(
     store: AuditStore, key_path: Path | None = None, origin: str | None = None
 ) -> dict:
-    """Sign the Merkle root of every record so far and append it as a chained record."""
-    key_path = key_path or default_key_path()
-    key = checkpoint.load_or_create_key(key_path)
+    """Sign the Merkle root of the whole log so far (pruned records included, through their
+    signed summary) and append it as a chained record, once the log has passed the signer's
+    checks (audit/signer.py)."""
     origin = origin or f"gkit-audit/{socket.gethostname()}"
-    leaves = [bytes.fromhex(r["hash"]) for r in store.records()]
+    signer = Signer.for_store(store, key_path or default_key_path(), origin, create=True)
+    key, leaves = signer.key, signer.leaves
     note = checkpoint.sign(origin, leaves, key, origin)
     root = base64.b64encode(merkle.root(leaves)).decode()
     event = records.Event(
@@ -60,7 +62,9 @@ def sign_checkpoint(
             "public_key": checkpoint.public_pem(key),
         },
     )
-    return store.append(event)
+    record = store.append(event)
+    signer.signed(store, len(leaves))
+    return record
 
 
 def _named_key(path: Path) -> dict[str, str]:
@@ -95,26 +99,7 @@ def pinned_keys(paths: list[Path]) -> tuple[dict[str, str], str]:
     return {}, ""
 
 
-def verify_store(
-    store: AuditStore, public_keys: dict[str, str] | None = None, min_size: int = 0
-) -> Verdict:
-    """The chain and checkpoints, and every indexed column against its hashed record."""
-    rows = list(store.rows())
-    verdict = verify([r for _, r in rows], public_keys, min_size, store.anchor())
-    if not verdict.ok:
-        return verdict  # the chain names what happened (edited, removed, reordered)
-    for columns, record in rows:
-        problem = column_problem(columns, record)
-        if problem:
-            return Verdict(ok=False, problem=problem, bad_seq=columns[0])
-    return verdict
-
-
 DEFAULT_RETENTION_DAYS = 3 * 365
-
-
-def _leaves(hexes: str) -> list[bytes]:
-    return [bytes.fromhex(hexes[i : i + 64]) for i in range(0, len(hexes), 64)]
 
 
 def prune(
@@ -133,18 +118,19 @@ def prune(
     due = list(store.records(Query(until=cutoff)))
     if not due:
         return None
-    anchor = store.anchor()
-    hexes = (anchor["leaves"] if anchor else "") + "".join(r["hash"] for r in due)
-    leaves = _leaves(hexes)
-    key = checkpoint.load_or_create_key(key_path or default_key_path())
     origin = f"gkit-audit/{socket.gethostname()}"
+    signer = Signer.for_store(store, key_path or default_key_path(), origin, create=True)
+    # records 1..last_seq go, so the summary holds every one of them, whatever their times
+    # (hosts sharing a store may disagree on the clock)
+    leaves = signer.leaves[: due[-1]["seq"]]
     summary = {
         "last_seq": due[-1]["seq"],
-        "leaves": hexes,
-        "note": checkpoint.sign(origin, leaves, key, origin),
-        "public_key": checkpoint.public_pem(key),
+        "leaves": "".join(leaf.hex() for leaf in leaves),
+        "note": checkpoint.sign(origin, leaves, signer.key, origin),
+        "public_key": checkpoint.public_pem(signer.key),
     }
     removed = store.prune(summary)
+    signer.signed(store, len(leaves))
     root = base64.b64encode(merkle.root(leaves)).decode()
     store.append(
         records.Event(

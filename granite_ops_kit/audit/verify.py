@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from granite_ops_kit.audit import checkpoint, merkle, records
 from granite_ops_kit.audit.records import GENESIS
+from granite_ops_kit.audit.store import AuditStore, column_problem
 
 CHECKPOINT_EVENT = "audit.checkpointed"
 
@@ -61,54 +62,64 @@ def _check_record(record: dict, expected_seq: int, prev: str) -> str | None:
     return None
 
 
-def _check_checkpoint(record: dict, leaves: list[bytes], public_keys: dict) -> str | None:
-    details = record.get("details", {})
-    size, note = details.get("size"), details.get("note", "")
-    if not isinstance(size, int) or size > len(leaves):
-        return f"record {record['seq']}: checkpoint covers {size} records, the log has fewer"
+def _size_and_note(record: dict) -> tuple[int | None, str]:
+    """A checkpoint record's tree size and signed note, None and "" where they are not a
+    whole number and text (a record rewritten with its hash recomputed can hold anything)."""
+    details = record.get("details")
+    details = details if isinstance(details, dict) else {}
+    size, note = details.get("size"), details.get("note")
+    size = size if isinstance(size, int) and not isinstance(size, bool) and size >= 0 else None
+    return size, note if isinstance(note, str) else ""
+
+
+def _signature(what: str, note: str, name: str, public_keys: dict, others_ok: bool):
+    """(problem, checked) for a signed note under key `name`. With `others_ok`, a note that
+    the key pinned for its name did not sign (no key pinned, or another key id: another
+    host's signer) is left unchecked; without it, an unpinned name is a problem."""
+    key = pinned_key(name, public_keys)
+    if key is None or (others_ok and not checkpoint.signed_by(note, key)):
+        return (None if others_ok else _unpinned(what, name, public_keys)), False
+    if not checkpoint.verify_note(note, key):
+        return f"{what}'s signature does not verify with the key pinned for '{name}'", True
+    return None, True
+
+
+def _check_checkpoint(
+    record: dict, leaves: list[bytes], public_keys: dict, others_ok: bool = False
+) -> tuple[str | None, bool]:
+    """(problem, whether its signature was checked)."""
+    size, note = _size_and_note(record)
+    if size is None or size > len(leaves):
+        return f"record {record['seq']}: checkpoint covers {size} records, the log has fewer", False
     expected = base64.b64encode(merkle.root(leaves[:size])).decode()
     parsed = checkpoint.parse_note(note)
     if parsed is None or parsed.size != size or parsed.root_b64 != expected:
         return (
             f"record {record['seq']}: checkpoint root does not match records 1..{size} "
             "(a record covered by the checkpoint was changed, or the checkpoint was)"
-        )
+        ), False
     if not public_keys:
-        return None  # counted as unchecked by the caller
-    key = pinned_key(parsed.key_name, public_keys)
-    if key is None:
-        return _unpinned(f"record {record['seq']}: the checkpoint", parsed.key_name, public_keys)
-    if not checkpoint.verify_note(note, key):
-        return (
-            f"record {record['seq']}: the checkpoint signature does not verify with the key "
-            f"pinned for '{parsed.key_name}'"
-        )
-    return None
+        return None, False
+    what = f"record {record['seq']}: the checkpoint"
+    return _signature(what, note, parsed.key_name, public_keys, others_ok)
 
 
-def _check_anchor(anchor: dict, public_keys: dict) -> str | None:
-    """The signed summary of pruned records: its leaves must give the signed root."""
+def _check_anchor(anchor: dict, public_keys: dict, others_ok: bool = False) -> str | None:
+    """The signed summary of pruned records: its leaves must give the signed root, and it
+    is never taken on trust (it stands in for deleted records) but by `others_ok`."""
     hexes = anchor["leaves"]
     leaves = [bytes.fromhex(hexes[i : i + 64]) for i in range(0, len(hexes), 64)]
     note = checkpoint.parse_note(anchor["note"])
     expected = base64.b64encode(merkle.root(leaves)).decode()
+    what = f"the summary of pruned records 1..{anchor['last_seq']}"
     if (
         note is None
         or note.size != anchor["last_seq"]
         or len(leaves) != note.size
         or note.root_b64 != expected
     ):
-        return (
-            f"the summary of pruned records 1..{anchor['last_seq']} does not match its "
-            "signed checkpoint"
-        )
-    what = f"the summary of pruned records 1..{anchor['last_seq']}"
-    key = pinned_key(note.key_name, public_keys)
-    if key is None:  # a summary stands in for deleted records: it is never taken on trust
-        return _unpinned(what, note.key_name, public_keys)
-    if not checkpoint.verify_note(anchor["note"], key):
-        return f"{what}: the signature does not verify with the key pinned for '{note.key_name}'"
-    return None
+        return f"{what} does not match its signed checkpoint"
+    return _signature(what, anchor["note"], note.key_name, public_keys, others_ok)[0]
 
 
 def verify(
@@ -116,17 +127,21 @@ def verify(
     public_keys: dict[str, str] | None = None,
     min_size: int = 0,
     anchor: dict | None = None,
+    others_ok: bool = False,
 ) -> Verdict:
     """Walk the log in order. `public_keys` (key name -> PEM, "*" for any name) pins the
     checkpoint signers: a checkpoint verifies only against a pinned key, and with no pins its
     signature is left unchecked and counted (never checked against the key it carries);
     `min_size` is the tree size of the newest checkpoint the auditor already holds, which
     catches records removed from the end of the log; `anchor` is the signed summary of
-    records removed by retention, from which the remaining chain continues."""
+    records removed by retention, from which the remaining chain continues; `others_ok`
+    leaves notes the pinned keys did not sign (other hosts' checkpoints and summaries)
+    unchecked, counted, instead of failing, as a signer checking only what it signed itself
+    does (audit/signer.py)."""
     public_keys = public_keys or {}
     verdict, leaves, prev, start = Verdict(ok=True), [], GENESIS, 1
     if anchor:
-        problem = _check_anchor(anchor, public_keys)
+        problem = _check_anchor(anchor, public_keys, others_ok)
         if problem:
             return Verdict(ok=False, problem=problem, bad_seq=anchor["last_seq"])
         hexes = anchor["leaves"]
@@ -137,9 +152,9 @@ def verify(
     for expected, record in enumerate(log, start=start):
         problem = _check_record(record, expected, prev)
         if problem is None and record.get("event") == CHECKPOINT_EVENT:
-            problem = _check_checkpoint(record, leaves, public_keys)
+            problem, checked = _check_checkpoint(record, leaves, public_keys, others_ok)
             verdict.checkpoints += 1
-            verdict.unchecked_signatures += not public_keys
+            verdict.unchecked_signatures += not checked
         if problem:
             verdict.ok, verdict.problem, verdict.bad_seq = False, problem, record.get("seq")
             return verdict
@@ -154,4 +169,22 @@ def verify(
             f"{min_size}: records {verdict.records + 1}..{min_size} were removed"
         )
         verdict.bad_seq = verdict.records + 1
+    return verdict
+
+
+def verify_store(
+    store: AuditStore,
+    public_keys: dict[str, str] | None = None,
+    min_size: int = 0,
+    others_ok: bool = False,
+) -> Verdict:
+    """The chain and checkpoints, and every indexed column against its hashed record."""
+    rows = list(store.rows())
+    verdict = verify([r for _, r in rows], public_keys, min_size, store.anchor(), others_ok)
+    if not verdict.ok:
+        return verdict  # the chain names what happened (edited, removed, reordered)
+    for columns, record in rows:
+        problem = column_problem(columns, record)
+        if problem:
+            return Verdict(ok=False, problem=problem, bad_seq=columns[0])
     return verdict

@@ -201,10 +201,13 @@ def export(
     with _store(audit_db, create=False) as store:
         all_rows = list(store.records())
         rows = [r for r in all_rows if matches(r, query)]
-        signing = _export_signing(key, origin) if fmt == "evidence" else None
+        signer = _export_signer(store, key, origin) if fmt == "evidence" else None
+        signing = (signer.key, signer.name) if signer else None
         pins = pinned_keys(list(public_key or [])) if fmt == "html" else None
         status = chain_status(store, *pins) if pins else None
         path = exporter.export(rows, all_rows, fmt, output_path, signing=signing, status=status)
+        if signer:
+            signer.signed(store, rows[-1]["seq"])
         digest = "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
         store.append(
             Event(
@@ -223,13 +226,15 @@ def export(
     )
 
 
-def _export_signing(key: Path | None, origin: str | None) -> tuple:
+def _export_signer(store, key: Path | None, origin: str | None):
+    """The key an evidence export is signed with, once the log passed its checks."""
     import socket
 
-    from granite_ops_kit.audit.checkpoint import load_key
     from granite_ops_kit.audit.service import default_key_path
+    from granite_ops_kit.audit.signer import Signer
 
-    return load_key(key or default_key_path()), origin or f"gkit-audit/{socket.gethostname()}"
+    name = origin or f"gkit-audit/{socket.gethostname()}"
+    return Signer.for_store(store, key or default_key_path(), name)
 
 
 def approve(

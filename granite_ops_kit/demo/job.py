@@ -14,11 +14,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from granite_ops_kit.audit.events import StoreRecorder
+from granite_ops_kit.audit.signer import signed_trees_path
 from granite_ops_kit.demo.checkpoint import DemoModel, write_demo_model
 
 if TYPE_CHECKING:
     from granite_ops_kit.deploy.results import DeployResult
 
+AUDIT_KEY = "audit-signing-key.pem"
 QUESTION = "What does a platform team check before it serves a model?"
 PLAN = {"gpu": "h100-80gb", "gpus": 2, "context": 4096, "concurrency": 8}
 
@@ -38,7 +40,9 @@ def run_demo(root: Path, write_model: Callable[..., DemoModel] = write_demo_mode
     from granite_ops_kit.errors import runtime_errors
 
     root.mkdir(parents=True, exist_ok=True)
-    (root / "audit.db").unlink(missing_ok=True)  # each run is its own story
+    # each run is its own story: a new log, which the demo's key has signed nothing of
+    (root / "audit.db").unlink(missing_ok=True)
+    signed_trees_path(root / AUDIT_KEY).unlink(missing_ok=True)
     recorder = StoreRecorder(f"sqlite:///{root / 'audit.db'}")
     model = write_model(root / "model", preset="tiny-hybrid", seed=0, force=True)
     private, public = demo_key(root)
@@ -126,7 +130,7 @@ def _audit(root: Path) -> dict:
     from granite_ops_kit.audit.store import open_store
 
     store = open_store(f"sqlite:///{root / 'audit.db'}")
-    key_path = root / "audit-signing-key.pem"
+    key_path = root / AUDIT_KEY
     try:
         sign_checkpoint(store, key_path, "gkit-demo")
         rows = list(store.records())

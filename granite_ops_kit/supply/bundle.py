@@ -91,6 +91,10 @@ def _load_json(path: Path, follow_links: bool) -> dict:
         raise VerificationFailed(
             f"{path} {where}: invalid JSON at byte {e.pos} of {len(text)} ({e.msg})."
         ) from None
+    except ValueError:  # an integer past Python's digit limit: no bundle holds one
+        raise VerificationFailed(
+            f"{path} holds a number too long to read; not a Sigstore bundle."
+        ) from None
     if doc is None or bounded_read.too_deep(doc, bounded_read.MAX_JSON_DEPTH):
         raise VerificationFailed(
             f"{path} is nested deeper than {bounded_read.MAX_JSON_DEPTH} levels; not a "

@@ -15,6 +15,7 @@ from granite_ops_kit.audit.store.sql import (
     ROW_SQL,
     SCHEMA_SQL,
     append_at_head,
+    parse_anchor,
     parse_rows,
 )
 from granite_ops_kit.errors import UsageError
@@ -55,7 +56,7 @@ class PostgresStore:
     def rows(self) -> Iterator[tuple[tuple, dict]]:
         with self.db.transaction():
             rows = self.db.execute(ROW_SQL).fetchall()
-        yield from parse_rows(rows)
+        yield from parse_rows(self.url, rows)
 
     def records(self, query: Query = Query()) -> Iterator[dict]:
         return (r for _, r in self.rows() if matches(r, query))
@@ -81,7 +82,7 @@ class PostgresStore:
                 f"SELECT {', '.join(PRUNED_COLUMNS)} FROM audit_pruned "
                 "ORDER BY last_seq DESC LIMIT 1"
             ).fetchone()
-        return dict(zip(PRUNED_COLUMNS, row, strict=True)) if row else None
+        return parse_anchor(self.url, row)
 
     def close(self) -> None:
         self.db.close()

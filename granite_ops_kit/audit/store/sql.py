@@ -8,7 +8,8 @@ import os
 from collections.abc import Iterator
 
 from granite_ops_kit.audit import records
-from granite_ops_kit.errors import UsageError
+from granite_ops_kit.errors import AuditChainBroken, UsageError
+from granite_runtime.spec import bounded_read
 
 # The indexed columns, in table order; each is a copy of a field of the hashed record.
 COLUMNS = ("seq", "time", "event", "subject", "outcome", "prev_hash", "hash")
@@ -42,9 +43,52 @@ def column_problem(columns: tuple, record: dict) -> str | None:
     return None
 
 
-def parse_rows(rows) -> Iterator[tuple[tuple, dict]]:
+def _edited(store: str, what: str, why: str) -> AuditChainBroken:
+    return AuditChainBroken(
+        f"{store}: {what} is not what gkit writes ({why}); the store was edited outside gkit."
+    )
+
+
+def parse_record(store: str, seq, text) -> dict:
+    """The hashed record stored as `text` beside its columns: a JSON object of the shape
+    gkit writes (records.shape_problem), or one sentence naming the record. The column and
+    the record are the attacker's to write: neither a blob, nor nesting that would exhaust
+    the parser, nor a record missing a field its readers index gets further than this."""
+    what = f"record {seq}"
+    if not isinstance(text, str):
+        raise _edited(store, what, "it is not text")
+    try:
+        record = bounded_read.parse_json(text.encode(), "it", max_depth=records.MAX_RECORD_DEPTH)
+    except bounded_read.UnsafeInput as bad:  # "it is nested deeper...", "it: not valid JSON..."
+        raise _edited(store, what, str(bad).rstrip(".").replace("it: not", "it is not")) from None
+    problem = records.shape_problem(record)
+    if problem:
+        raise _edited(store, what, problem)
+    return record
+
+
+def parse_rows(store: str, rows) -> Iterator[tuple[tuple, dict]]:
     for *columns, text in rows:
-        yield tuple(columns), json.loads(text)
+        yield tuple(columns), parse_record(store, columns[0], text)
+
+
+def parse_anchor(store: str, row) -> dict | None:
+    """The newest signed summary of pruned records, checked for shape the same way: its
+    leaves are the hex of 32-byte hashes, one per pruned record."""
+    if row is None:
+        return None
+    anchor = dict(zip(PRUNED_COLUMNS, row, strict=True))
+    what = f"the summary of pruned records 1..{anchor['last_seq']}"
+    if not all(isinstance(anchor[c], str) for c in ("leaves", "note", "public_key")):
+        raise _edited(store, what, "a column of it is not text")
+    leaves = anchor["leaves"]
+    if (
+        anchor["last_seq"] < 1
+        or len(leaves) != 64 * anchor["last_seq"]
+        or any(c not in "0123456789abcdef" for c in leaves)
+    ):
+        raise _edited(store, what, "its leaves are not one SHA-256 hex digest per record")
+    return anchor
 
 
 SCHEMA_SQL = """

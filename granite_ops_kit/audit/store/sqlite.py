@@ -15,6 +15,7 @@ from granite_ops_kit.audit.store.sql import (
     SCHEMA_SQL,
     append_at_head,
     lock_timeout,
+    parse_anchor,
     parse_rows,
 )
 from granite_ops_kit.errors import CheckFailed
@@ -72,7 +73,7 @@ class SQLiteStore:
 
     def rows(self) -> Iterator[tuple[tuple, dict]]:
         """Every record with the columns stored beside it, for `audit verify` to compare."""
-        yield from parse_rows(self.db.execute(ROW_SQL))
+        yield from parse_rows(self.url, self.db.execute(ROW_SQL))
 
     def records(self, query: Query = Query()) -> Iterator[dict]:
         return (r for _, r in self.rows() if matches(r, query))
@@ -100,7 +101,7 @@ class SQLiteStore:
         row = self.db.execute(
             f"SELECT {', '.join(PRUNED_COLUMNS)} FROM audit_pruned ORDER BY last_seq DESC LIMIT 1"
         ).fetchone()
-        return dict(zip(PRUNED_COLUMNS, row, strict=True)) if row else None
+        return parse_anchor(self.url, row)
 
     def close(self) -> None:
         self.db.close()

@@ -127,10 +127,9 @@ async def _body(service: Service, request: Request) -> dict:
     _check_auth(service, request)
     try:
         body = json.loads(await _read_bounded(request))
-    except (json.JSONDecodeError, UnicodeDecodeError) as bad:
-        raise RequestError(
-            f"the request body is not valid JSON ({bad}).", code="invalid_json"
-        ) from None
+    except (ValueError, RecursionError) as bad:  # ValueError: JSON, UTF-8 or a long number
+        why = "nested too deeply" if isinstance(bad, RecursionError) else f"not valid JSON ({bad})"
+        raise RequestError(f"the request body is {why}.", code="invalid_json") from None
     if not isinstance(body, dict):
         raise RequestError("the request body must be a JSON object.", code="invalid_json")
     model = body.get("model")

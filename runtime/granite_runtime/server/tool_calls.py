@@ -17,7 +17,7 @@ OPEN, CLOSE = "<tool_call>", "</tool_call>"
 def _call(block: str) -> dict | None:
     try:
         data = json.loads(block)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # not JSON, a number past the digit limit, too deep
         return None
     if not isinstance(data, dict) or not isinstance(data.get("name"), str):
         return None

@@ -101,6 +101,8 @@ def parse_json(data: bytes, label: str, *, max_depth: int = MAX_JSON_DEPTH):
         raise UnsafeInput(
             f"{label}: not valid JSON ({e.msg}, line {e.lineno} column {e.colno})."
         ) from None
+    except ValueError:  # an integer past Python's digit limit (sys.get_int_max_str_digits)
+        raise UnsafeInput(f"{label} holds a number too long to read.") from None
     if too_deep(doc, max_depth):
         raise UnsafeInput(f"{label} is nested deeper than {max_depth} levels.")
     return doc
