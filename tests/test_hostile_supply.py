@@ -23,6 +23,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from granite_ops_kit.policy import engine
 from tests import pki
 from tests.conftest import REPO, run_gkit
 
@@ -463,6 +464,30 @@ def test_hostile_trust_files_are_refused(model, keys, what):
         args += ["--public-key", str(keys["signer"].public)]
     rc, out, seconds, _ = bounded_run(*args)
     assert rc == 2 and "FIFO" in out and seconds < 2.0, out
+
+
+@pytest.mark.parametrize(
+    ("rego", "says"),
+    [
+        ("/dev/zero", "Rego module /dev/zero is a device, not a regular file"),
+        (5, "'rego' must be the path of a Rego module"),
+        ("missing.rego", "missing.rego does not exist"),
+        ("binary.rego", "binary.rego is not UTF-8 text"),
+    ],
+    ids=["dev-zero", "a-number", "missing", "binary"],
+)
+def test_a_policy_naming_a_hostile_rego_module_is_refused(model, keys, tmp_path, rego, says):
+    """A policy file names its Rego module: read bounded, as the policy itself is (a link
+    to /dev/zero never reaches memory), and what is hashed is what ran."""
+    ref_sign(model, keys["signer"])
+    (tmp_path / "binary.rego").write_bytes(b"\xff\xfe" * 64)
+    policy = json.loads((Path(engine.policies_dir()) / "default.json").read_text())
+    path = tmp_path / "policy.json"
+    path.write_text(json.dumps({**policy, "rego": rego}))
+    args = ["verify", str(model), "--policy", str(path), "--public-key", str(keys["signer"].public)]
+    rc, out, seconds, rss_mb = bounded_run(*args)
+    assert rc == 2 and says in out and "Traceback" not in out, out
+    assert seconds < 2.0 and rss_mb < 200, (seconds, rss_mb)
 
 
 # --- 3. path rules ----------------------------------------------------------------------

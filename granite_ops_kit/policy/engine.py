@@ -37,6 +37,7 @@ class Policy:
     data: dict
     rego_path: Path
     sha256: str  # of the JSON and the Rego text together: what the audit record cites
+    rego: str  # the module's text, as read (and hashed) once
 
     @property
     def accept_signing_time_validity(self) -> bool:
@@ -77,17 +78,35 @@ def load(name_or_file: str) -> Policy:
                 f"no policy named '{name_or_file}'; shipped policies: "
                 f"{', '.join(available())} (or pass a JSON file)."
             )
+    raw = _read(path, "policy file")
     try:
-        data = bounded_read.read_json_object(path, MAX_POLICY_BYTES, what="policy file")
+        data = bounded_read.parse_json(raw, f"policy file {path}")
     except bounded_read.UnsafeInput as e:
         raise UsageError(e.message) from None
+    if not isinstance(data, dict):
+        raise UsageError(f"policy file {path} is not a JSON object.")
     missing = [k for k in REQUIRED_KEYS if k not in data]
     if missing:
         raise UsageError(f"policy file {path} lacks {', '.join(missing)}.")
     _normalise(data, path)
+    if not isinstance(data.get("rego") or "", str):
+        raise UsageError(f"policy file {path}: 'rego' must be the path of a Rego module.")
     rego = (path.parent / data["rego"]) if data.get("rego") else policies_dir() / "verify.rego"
-    text = path.read_bytes() + b"\n" + rego.read_bytes()
-    return Policy(data["id"], path, data, rego, hashlib.sha256(text).hexdigest())
+    module = _read(rego, "Rego module")
+    try:
+        text = module.decode()
+    except UnicodeDecodeError:
+        raise UsageError(f"Rego module {rego} is not UTF-8 text.") from None
+    # the bytes parsed are the bytes hashed: the record cites the policy that ran
+    digest = hashlib.sha256(raw + b"\n" + module).hexdigest()
+    return Policy(data["id"], path, data, rego, digest, text)
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return bounded_read.read_bytes(path, MAX_POLICY_BYTES, what=what)
+    except bounded_read.UnsafeInput as e:
+        raise UsageError(e.message) from None
 
 
 def fingerprint(value: str) -> str:
@@ -121,7 +140,7 @@ def evaluate(policy: Policy, facts: dict) -> Decision:
     from regopy import Interpreter
 
     interp = Interpreter()
-    interp.add_module("gkit_verify", policy.rego_path.read_text())
+    interp.add_module("gkit_verify", policy.rego)
     interp.add_data_json(json.dumps({"policy": policy.data}))
     interp.set_input_term(json.dumps(facts))
     out = interp.query("d := data.gkit.verify.decision")
