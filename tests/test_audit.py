@@ -343,3 +343,29 @@ def test_a_crash_mid_write_loses_nothing_committed(audit_url):
     assert store.count() >= committed >= 200
     verdict = verify_store(store)
     assert verdict.ok and verdict.records == store.count()
+
+
+@pytest.mark.parametrize("edit", ["subject", "digest", "trust", "signature", "key"])
+def test_a_trust_attestation_binds_the_path_the_digest_and_the_inputs(tmp_path, edit):
+    from granite_ops_kit.audit import attestation
+
+    key = checkpoint.load_or_create_key(tmp_path / "host.pem")
+    trust = {"public_keys": [{"fingerprint": "ab" * 32, "pem": "PEM"}], "identities": []}
+    claim = attestation.attest(key, "/models/m", "sha256:" + "1" * 64, trust)
+    record = {
+        "subject": {"name": "/models/m", "digest": "sha256:" + "1" * 64},
+        "details": {"trust": trust, "trust_attestation": claim},
+    }
+    pem = checkpoint.public_pem(key)
+    assert attestation.attested(record, pem)
+    if edit == "subject":
+        record["subject"]["name"] = "/models/other"
+    elif edit == "digest":
+        record["subject"]["digest"] = "sha256:" + "2" * 64
+    elif edit == "trust":
+        record["details"]["trust"] = {**trust, "identities": ["attacker@example.com"]}
+    elif edit == "signature":
+        claim["signature"] = "not base64!"
+    else:
+        pem = checkpoint.public_pem(checkpoint.load_or_create_key(tmp_path / "other.pem"))
+    assert not attestation.attested(record, pem)

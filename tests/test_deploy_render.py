@@ -26,7 +26,9 @@ def verified_model(tmp_path_factory):
     key = pki.new_key()
     priv, pub = pki.write_key(key, d / "k.pem"), pki.write_public(key, d / "k.pub")
     audit = f"sqlite:///{d / 'audit.db'}"
-    env = {"GKIT_AUDIT_DB": audit}
+    # one host for the module: its audit key signs the trust inputs verify records, and
+    # every deploy here reads them with that key
+    env = {"GKIT_AUDIT_DB": audit, "XDG_DATA_HOME": str(d / "data")}
     assert run_gkit("sign", str(model), "--key", str(priv), env=env).returncode == 0
     assert run_gkit("verify", str(model), "--public-key", str(pub), env=env).returncode == 0
     return model, pub, env

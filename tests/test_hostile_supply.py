@@ -23,6 +23,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from granite_ops_kit.audit import events
 from granite_ops_kit.policy import engine
 from tests import pki
 from tests.conftest import REPO, run_gkit
@@ -294,6 +295,41 @@ def test_deploy_checks_with_the_recorded_key_not_the_attackers(signed, keys, tmp
     ref_sign(signed, keys["attacker"])
     message = deploy(signed, tmp_path)[1]["error"]["message"]
     assert "signed by a different key" in message and keys["attacker"].fingerprint in message
+
+
+def _forge_verification(model: Path, key: Key, audit_db: Path, copy_attestation: bool) -> None:
+    """What an attacker who can write the audit store appends (no key needed: the store
+    computes the chain's hashes): a passing verification of the tampered model whose trust
+    inputs name the attacker's own key, bare or with the honest record's attestation."""
+    from granite_ops_kit.audit.store import open_store
+    from granite_ops_kit.supply.trust import TrustInputs
+    from granite_ops_kit.supply.verify import VerifyRequest, verify
+
+    inputs = TrustInputs.from_files(public_key=key.public)
+    result = verify(VerifyRequest(model_path=model, trust=inputs))
+    store = open_store(f"sqlite:///{audit_db}")
+    try:
+        honest = [r for r in store.records() if r["event"] == "artifact.verified"][-1]
+        claim = honest["details"]["trust_attestation"] if copy_attestation else None
+        store.append(events.verified(result, attestation=claim))
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("copy_attestation", [False, True], ids=["bare", "honest-attestation"])
+def test_a_verification_forged_into_the_audit_store_is_not_trusted(
+    signed, keys, tmp_path, _private_audit_log, copy_attestation
+):
+    """The attacker re-signs tampered weights and appends a 'verified' record that pins
+    their key: the gate takes recorded trust inputs only under this host's audit key's
+    signature over them, which the attacker cannot make (nor reuse from another record)."""
+    (signed / "model.safetensors").write_bytes(b"\0" * 1024)
+    ref_sign(signed, keys["attacker"])
+    _forge_verification(signed, keys["attacker"], _private_audit_log, copy_attestation)
+    rc, out, text = deploy(signed, tmp_path)
+    assert rc == 1, text
+    assert "not signed by this host's audit key" in out["error"]["message"]
+    assert not (tmp_path / "out").exists()
 
 
 def test_verification_record_keeps_the_trust_inputs(signed, keys, _private_audit_log):

@@ -75,7 +75,8 @@ def signer_name(signer: dict) -> str:
     return f"key {signer['key_fingerprint'][:16]}"
 
 
-def verified(result, revision: str | None = None) -> records.Event:
+def verified(result, revision: str | None = None, attestation: dict | None = None) -> records.Event:
+    """`attestation`: this host's signature on the trust inputs (audit/attestation.py)."""
     return event(
         "artifact.verified",
         result.model_path,
@@ -93,6 +94,7 @@ def verified(result, revision: str | None = None) -> records.Event:
             "predicate_type": result.predicate_type,
             "subject_digest": result.subject_digest,
             "trust": result.trust,
+            **({"trust_attestation": attestation} if attestation else {}),
             "model": result.model,
             "resources": result.resources,
         },

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from granite_ops_kit.audit import attestation
 from granite_ops_kit.errors import GkitError, PolicyDenied, UsageError
 from granite_ops_kit.supply.trust import TrustInputs
 
@@ -75,6 +76,14 @@ def _pinned_inputs(given: TrustInputs | None, records: list[dict], model: Path) 
         raise PolicyDenied(
             f"audit record {last.get('seq')} (the last verification of {model}) holds no "
             "trust inputs (made by an older gkit): verify the model again."
+        )
+    host_key, key_path = attestation.host_public_key()
+    if host_key is None or not attestation.attested(last, host_key):
+        raise PolicyDenied(
+            f"audit record {last.get('seq')} (the last verification of {model}) is not signed "
+            f"by this host's audit key ({key_path}): whoever can write the audit store could "
+            "have written its trust inputs. Pass them here (--public-key, --certificate-chain, "
+            "or --identity and --issuer)."
         )
     return TrustInputs.from_record(trust, f"the trust inputs of audit record {last.get('seq')}")
 

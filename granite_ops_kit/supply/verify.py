@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
-from granite_ops_kit.audit import events
+from granite_ops_kit.audit import attestation, events, records
 from granite_ops_kit.errors import GkitError, PolicyDenied, UsageError, VerificationFailed
 from granite_ops_kit.policy import engine
 from granite_ops_kit.supply import bundle as bundle_io
@@ -164,7 +164,10 @@ def verify(
     if req.supplier:
         result.model["supplier"] = req.supplier
     if recorder is not None:
-        recorder.record(events.verified(result, req.revision))
+        claim = attestation.attest_with_host_key(
+            result.model_path, result.manifest_digest, records.scrub(result.trust)
+        )  # fmt: skip
+        recorder.record(events.verified(result, req.revision, claim))
     return result
 
 
