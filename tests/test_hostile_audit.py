@@ -528,3 +528,27 @@ def test_a_checkpoint_note_with_a_second_signature_line_is_read_by_its_first(
     result = _verify(audit_url, _pin(tmp_path, tmp_path / "honest.pem", None))
     assert result.returncode == 0, result.stdout + result.stderr
     assert json.loads(result.stdout)["checkpoints"] == 2
+
+
+def test_pruning_summarises_every_record_it_removes_whatever_their_times(
+    audit_url, tmp_path, monkeypatch
+):
+    """Hosts sharing a store may disagree on the clock: record 3 here is stamped later than
+    record 4. Pruning removes records 1..4 (the newest one past the retention) and its
+    summary holds all four leaves, so the rest of the chain still verifies."""
+    from datetime import UTC, datetime
+
+    from granite_ops_kit.audit import records
+    from granite_ops_kit.audit.service import prune
+
+    stamps = iter(["2020-01-01T00:00:01.000000Z", "2020-01-01T00:00:02.000000Z",
+                   "2030-01-01T00:00:00.000000Z", "2020-01-01T00:00:04.000000Z",
+                   "2030-01-01T00:00:05.000000Z"])  # fmt: skip
+    monkeypatch.setattr(records, "now", lambda: next(stamps))
+    store = _fill(audit_url, 5)
+    monkeypatch.undo()
+    summary = prune(store, 1095, tmp_path / "k.pem", now=datetime(2024, 1, 1, tzinfo=UTC))
+    assert summary["last_seq"] == 4 and len(summary["leaves"]) == 4 * 64
+    assert next(r["seq"] for r in store.records()) == 5
+    result = _verify(audit_url, _pin(tmp_path, tmp_path / "k.pem", None))
+    assert result.returncode == 0, result.stdout + result.stderr
