@@ -10,7 +10,6 @@ from __future__ import annotations
 import getpass
 import hashlib
 import json
-import math
 import socket
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -149,27 +148,15 @@ def seal(event: Event, seq: int, prev_hash: str) -> dict:
 TEXT_FIELDS = ("schema", "time", "prev_hash", "hash", "event", "outcome", "reason", "actor")
 TEXT_FIELDS += ("host", "tool_version")
 OPTIONAL_TEXT_FIELDS = ("policy_id", "policy_hash")
+TEXT_OR_NONE = (str, type(None))
 MAX_RECORD_DEPTH = 32  # records nest 5 deep (details of an approval): 32 is generous
-
-
-def _finite(value) -> bool:
-    """No NaN or infinity anywhere (json accepts them; RFC 8785 cannot hash them)."""
-    stack = [value]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, float) and not math.isfinite(node):
-            return False
-        if isinstance(node, dict):
-            stack.extend(node.values())
-        elif isinstance(node, list):
-            stack.extend(node)
-    return True
 
 
 def shape_problem(record) -> str | None:
     """Why a stored record is not one gkit writes (a JSON object whose fields have the types
     `body` gives them), or None. Checked before anything reads its fields, so an edited
-    store is a sentence naming the record, never a crash."""
+    store is a sentence naming the record, never a crash (non-finite numbers and nesting
+    are refused while it is parsed: store/sql.parse_record)."""
     if not isinstance(record, dict):
         return "it is not a JSON object"
     if not isinstance(record.get("seq"), int) or isinstance(record.get("seq"), bool):
@@ -178,12 +165,15 @@ def shape_problem(record) -> str | None:
         if not isinstance(record.get(name), str):
             return f"its '{name}' is not text"
     for name in OPTIONAL_TEXT_FIELDS:
-        if not isinstance(record.get(name), str | None):
+        if not isinstance(record.get(name), TEXT_OR_NONE):
             return f"its '{name}' is not text"
     subject = record.get("subject")
     if not isinstance(subject, dict) or not isinstance(subject.get("name"), str):
         return "its subject has no name"
-    if not all(isinstance(subject.get(k), str | None) for k in ("revision", "digest")):
+    if not (
+        isinstance(subject.get("revision"), TEXT_OR_NONE)
+        and isinstance(subject.get("digest"), TEXT_OR_NONE)
+    ):
         return "its subject's revision or digest is not text"
     for name in ("details", "evidence"):
         if not isinstance(record.get(name), dict):
@@ -191,6 +181,4 @@ def shape_problem(record) -> str | None:
     controls = record.get("controls")
     if not isinstance(controls, list) or not all(isinstance(c, str) for c in controls):
         return "its controls are not a list of text"
-    if not _finite(record):
-        return "it holds a number that is not finite"
     return None
