@@ -244,6 +244,36 @@ def test_cyclonedx_ml_bom_is_strictly_valid(log, tmp_path):
     assert JsonStrictValidator(SchemaVersion.V1_6).validate_str(json.dumps(bom)) is not None
 
 
+@pytest.mark.parametrize(
+    "details",
+    [
+        {"resources": ["not an object"]},
+        {"resources": [{"name": "x", "algorithm": "sha256"}]},  # no digest
+        {"resources": [{"name": "x", "algorithm": "sha256", "digest": "zz"}]},
+        {"model": "not an object"},
+        {"model": {"name": ["a"], "supplier": 5, "license": {"x": 1}}},
+        {"architecture": 7},
+    ],
+    ids=["resource-text", "no-digest", "bad-digest", "model-text", "model-fields", "arch"],
+)
+def test_an_appended_verification_with_odd_details_leaves_the_bom_valid(log, tmp_path, details):
+    """Whoever can write the store can append a 'verified' record holding anything in its
+    details: the BOM takes only what has the shape gkit writes, and still validates."""
+    from cyclonedx.schema import SchemaVersion
+    from cyclonedx.validation.json import JsonStrictValidator
+
+    store = open_store(log)
+    digest = "sha256:" + "ab" * 32
+    odd = Event("artifact.verified", Subject("/odd", digest=digest), "success", details=details)
+    store.append(odd)
+    store.close()
+    _export(log, "cyclonedx", tmp_path / "bom.json")
+    text = (tmp_path / "bom.json").read_text()
+    assert JsonStrictValidator(SchemaVersion.V1_6).validate_str(text) is None
+    odd = next(c for c in json.loads(text)["components"] if c["hashes"][0]["content"] == "ab" * 32)
+    assert odd["name"] == "odd" and odd.get("components", []) == []
+
+
 def test_html_report_renders_in_headless_chromium(log, tmp_path):
     import shutil
 

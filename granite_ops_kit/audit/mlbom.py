@@ -7,6 +7,7 @@ cyclonedx-python-lib builds the BOM and validates it, but has no model for `mode
 from __future__ import annotations
 
 import json
+import re
 
 from granite_ops_kit.errors import CheckFailed
 
@@ -22,6 +23,25 @@ def _verified_models(rows: list[dict]) -> list[dict]:
     return list(latest.values())
 
 
+def _text(value) -> str | None:
+    """A field of a record's details as text, or None: the details are whatever the record
+    holds (a record appended by hand can hold anything), and the BOM takes only text."""
+    return value if isinstance(value, str) and value else None
+
+
+def _resources(details: dict) -> list[dict]:
+    """The signed files the record lists, those with a name, an algorithm and a hex digest."""
+    listed = details.get("resources")
+    return [
+        f
+        for f in (listed if isinstance(listed, list) else [])
+        if isinstance(f, dict)
+        and _text(f.get("name"))
+        and _text(f.get("algorithm"))
+        and re.fullmatch(r"[0-9a-f]{32,128}", str(f.get("digest")))
+    ]
+
+
 def _component(r: dict):
     from cyclonedx.model import HashAlgorithm, HashType, Property
     from cyclonedx.model.component import Component, ComponentType
@@ -29,7 +49,8 @@ def _component(r: dict):
     from cyclonedx.model.license import DisjunctiveLicense
 
     digest = r["subject"].get("digest") or ""
-    model = r["details"].get("model") or {}
+    model = r["details"].get("model")
+    model = {k: _text(v) for k, v in model.items()} if isinstance(model, dict) else {}
     hashes = []
     if digest.startswith("sha256:") and len(digest) == 71:
         hashes = [HashType(alg=HashAlgorithm.SHA_256, content=digest[7:])]
@@ -54,7 +75,7 @@ def _component(r: dict):
         licenses=[DisjunctiveLicense(name=license_id)] if license_id else [],
         hashes=hashes,
         properties=props,
-        components=[_file(r["seq"], f) for f in r["details"].get("resources") or []],
+        components=[_file(r["seq"], f) for f in _resources(r["details"])],
     )
 
 
@@ -83,7 +104,8 @@ def _model_card(r: dict) -> dict:
         "modelParameters": {
             "task": "text-generation",
             "architectureFamily": "granite-4.0",
-            "modelArchitecture": r["details"].get("architecture", "GraniteMoeHybridForCausalLM"),
+            "modelArchitecture": _text(r["details"].get("architecture"))
+            or "GraniteMoeHybridForCausalLM",
         },
         "considerations": {
             "useCases": ["served by granite-ops-kit after signature and policy verification"],
