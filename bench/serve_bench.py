@@ -23,6 +23,7 @@ import json
 import multiprocessing
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -345,7 +346,8 @@ def serve_rows(
     or inside them, `env` added to its environment), then the ITL-under-prefill probe; the
     server is stopped before the engine's own ceiling is measured."""
     where = "beside" if beside else "inside"
-    log = (args.logs or Path("/tmp")) / f"{key}.log"
+    # a plain file name: the device machine brings back no file with '=' or '+' in it
+    log = (args.logs or Path("/tmp")) / (re.sub(r"[^A-Za-z0-9._-]", "-", key) + ".log")
     proc, up = start_server(
         path, args.port, args.slots, args.max_model_len, log, chunk, beside,
         extra_env=parse_env(env),
