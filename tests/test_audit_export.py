@@ -274,6 +274,34 @@ def test_an_appended_verification_with_odd_details_leaves_the_bom_valid(log, tmp
     assert odd["name"] == "odd" and odd.get("components", []) == []
 
 
+def test_csv_cells_that_start_like_a_formula_stay_text(log, tmp_path):
+    """Anyone who can write the store can put a formula in a field; the auditor's
+    spreadsheet must show it as text."""
+    store = open_store(log)
+    formula = Event("artifact.verified", Subject("=cmd|'/c calc'!A0"), "success", reason="@SUM(1)")
+    store.append(formula)
+    store.close()
+    _export(log, "csv", tmp_path / "a.csv")
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "a.csv").read_text())))
+    last = next(r for r in rows if r["reason"].endswith("SUM(1)"))
+    assert last["subject"] == "'=cmd|'/c calc'!A0" and last["reason"] == "'@SUM(1)"
+    assert last["event"] == "artifact.verified"  # other cells as they were
+
+
+def test_html_report_escapes_every_field_a_record_holds(log, tmp_path):
+    """A record written straight into the store can hold markup in any text field, its hash
+    included (verify names it as edited; the report must still not run it)."""
+    store = open_store(log)
+    record = next(r for _, r in store.rows() if r["seq"] == 2)
+    script = "<script>alert(1)</script>"
+    hostile = {**record, "hash": script, "reason": script, "actor": script, "host": script}
+    store.db.execute("UPDATE audit_records SET record = ? WHERE seq = 2", (json.dumps(hostile),))
+    store.close()
+    _export(log, "html", tmp_path / "report.html")
+    page = (tmp_path / "report.html").read_text()
+    assert "<script>" not in page and page.count("&lt;script&gt;") >= 4
+
+
 def test_html_report_renders_in_headless_chromium(log, tmp_path):
     import shutil
 

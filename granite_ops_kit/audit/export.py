@@ -64,6 +64,16 @@ def to_jsonl(rows: list[dict]) -> bytes:
     )
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(value):
+    """A CSV cell a spreadsheet shows as text: a field starting like a formula (a reason
+    reading '=HYPERLINK(...)', written into the store by anyone) gets a leading quote, as
+    OWASP advises against CSV injection."""
+    return f"'{value}" if isinstance(value, str) and value.startswith(FORMULA_STARTS) else value
+
+
 def to_csv(rows: list[dict]) -> bytes:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
@@ -71,23 +81,26 @@ def to_csv(rows: list[dict]) -> bytes:
     for r in rows:
         s = r["subject"]
         writer.writerow(
-            [
-                r["seq"],
-                r["time"],
-                r["event"],
-                s["name"],
-                s.get("revision") or "",
-                s.get("digest") or "",
-                r["outcome"],
-                r["reason"],
-                r["actor"],
-                r["host"],
-                r["tool_version"],
-                r.get("policy_id") or "",
-                " ".join(r["controls"]),
-                r["hash"],
-                r["prev_hash"],
-            ]
+            map(
+                _cell,
+                [
+                    r["seq"],
+                    r["time"],
+                    r["event"],
+                    s["name"],
+                    s.get("revision") or "",
+                    s.get("digest") or "",
+                    r["outcome"],
+                    r["reason"],
+                    r["actor"],
+                    r["host"],
+                    r["tool_version"],
+                    r.get("policy_id") or "",
+                    " ".join(r["controls"]),
+                    r["hash"],
+                    r["prev_hash"],
+                ],
+            )
         )
     return buffer.getvalue().encode()
 
@@ -134,7 +147,7 @@ def to_html(rows: list[dict], title: str, status: dict | None = None) -> bytes:
         f"<td><code>{esc(r['subject'].get('digest') or '')}</code></td>"
         f"<td>{esc(r['outcome'])}</td><td>{esc(r['actor'])}@{esc(r['host'])}</td>"
         f"<td>{esc(r['reason'])}</td><td>{esc(' '.join(r['controls']))}</td>"
-        f"<td><code>{r['hash'][:16]}</code></td></tr>"
+        f"<td><code>{esc(r['hash'][:16])}</code></td></tr>"
         for r in rows
     )
     page = (
