@@ -552,3 +552,17 @@ def test_pruning_summarises_every_record_it_removes_whatever_their_times(
     assert next(r["seq"] for r in store.records()) == 5
     result = _verify(audit_url, _pin(tmp_path, tmp_path / "k.pem", None))
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_one_key_signs_two_stores_named_alike_in_two_folders(tmp_path):
+    """`sqlite:///audit.db` is another store in each folder: what the key signed for one
+    never stands against the other."""
+    key = ["--key", str(tmp_path / "k.pem")]
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        _fill(f"sqlite:///{tmp_path / folder / 'audit.db'}", 3 if folder == "a" else 5).close()
+        result = run_gkit("audit", "checkpoint", *key, "--audit-db", "sqlite:///audit.db",
+                          cwd=tmp_path / folder)  # fmt: skip
+        assert result.returncode == 0, result.stderr
+    trees = json.loads((tmp_path / "k.pem.signed.json").read_text())
+    assert {k.rsplit("/", 2)[-2]: v["size"] for k, v in trees.items()} == {"a": 3, "b": 5}

@@ -51,6 +51,14 @@ def _signed_trees(key_path: Path) -> dict:
     return doc
 
 
+def store_id(store: AuditStore) -> str:
+    """What the signed trees are kept under: the store's URL, a SQLite path made absolute
+    (`sqlite:///audit.db` names another store in every folder)."""
+    if store.url.startswith("sqlite:///"):
+        return "sqlite:///" + str(Path(store.url.removeprefix("sqlite:///")).resolve())
+    return store.url
+
+
 def log_leaves(store: AuditStore) -> list[bytes]:
     """The Merkle leaves of the whole log: the pruned records' (from the signed summary),
     then every record's hash."""
@@ -72,7 +80,7 @@ def check_before_signing(
             details=verdict.to_json(),
         )
     leaves = log_leaves(store)
-    last = _signed_trees(key_path).get(store.url)
+    last = _signed_trees(key_path).get(store_id(store))
     if isinstance(last, dict):
         size, root = last.get("size"), last.get("root")
         if not isinstance(size, int) or size > len(leaves) or _root(leaves[:size]) != root:
@@ -93,10 +101,10 @@ def remember_signed(store: AuditStore, key_path: Path, leaves: list[bytes]) -> N
     """Keep the size and root just signed for this store beside the key (mode 0600, written
     whole), unless a larger tree was signed before (an export of an earlier range)."""
     trees = _signed_trees(key_path)
-    last = trees.get(store.url)
+    last = trees.get(store_id(store))
     if isinstance(last, dict) and isinstance(last.get("size"), int) and last["size"] > len(leaves):
         return
-    trees[store.url] = {"size": len(leaves), "root": _root(leaves)}
+    trees[store_id(store)] = {"size": len(leaves), "root": _root(leaves)}
     path = signed_trees_path(key_path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
