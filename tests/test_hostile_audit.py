@@ -566,3 +566,19 @@ def test_one_key_signs_two_stores_named_alike_in_two_folders(tmp_path):
         assert result.returncode == 0, result.stderr
     trees = json.loads((tmp_path / "k.pem.signed.json").read_text())
     assert {k.rsplit("/", 2)[-2]: v["size"] for k, v in trees.items()} == {"a": 3, "b": 5}
+
+
+def test_an_encrypted_signing_key_is_one_sentence(audit_url, tmp_path):
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    pem = Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"passphrase"),
+    )
+    (tmp_path / "enc.pem").write_bytes(pem)
+    _fill(audit_url, 2).close()
+    key = ["--key", str(tmp_path / "enc.pem")]
+    result = run_gkit("audit", "checkpoint", *key, "--audit-db", audit_url)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "the audit signing key must not be encrypted" in result.stderr

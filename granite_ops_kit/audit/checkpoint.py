@@ -48,6 +48,8 @@ def load_or_create_key(path: Path) -> Ed25519PrivateKey:
             key = serialization.load_pem_private_key(path.read_bytes(), password=None)
         except ValueError as bad:
             raise UsageError(f"{path}: not a PEM private key ({bad}).") from None
+        except TypeError:  # encrypted: nothing here could ask for its passphrase
+            raise UsageError(f"{path}: the audit signing key must not be encrypted.") from None
         if not isinstance(key, Ed25519PrivateKey):
             raise UsageError(f"{path}: the audit signing key must be Ed25519.")
         return key
