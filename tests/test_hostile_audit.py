@@ -28,7 +28,8 @@ def _pin(tmp_path, key_path, name: str | None) -> str:
 
 
 def _verify(url: str, *pins: str):
-    args = [arg for pin in pins for arg in ("--public-key", pin)]
+    """audit verify pinning each PEM path given; other arguments pass through as they are."""
+    args = [a for pin in pins for a in (("--public-key", pin) if pin.endswith(".pem") else (pin,))]
     return run_gkit("audit", "verify", "--audit-db", url, *args, "--json")
 
 
@@ -582,3 +583,32 @@ def test_an_encrypted_signing_key_is_one_sentence(audit_url, tmp_path):
     result = run_gkit("audit", "checkpoint", *key, "--audit-db", audit_url)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert "the audit signing key must not be encrypted" in result.stderr
+
+
+def test_a_checkpoint_the_auditor_holds_catches_a_rewritten_history(honest, audit_url, tmp_path):
+    """The rewriter drops the checkpoints inside the log; the auditor kept the note of an
+    earlier one (as an evidence export hands it over): verify --checkpoint names the
+    rewrite, where the chain alone still verifies."""
+    from granite_ops_kit.audit.verify import CHECKPOINT_EVENT
+
+    held = tmp_path / "note.txt"
+    note = next(r for r in honest.records() if r["event"] == CHECKPOINT_EVENT)["details"]["note"]
+    held.write_text(note)
+    pin = _pin(tmp_path, tmp_path / "honest.pem", None)
+    args = ("--checkpoint", str(held))
+    assert _verify(audit_url, pin, *args).returncode == 0  # the honest log extends it
+    honest.close()
+    _rewrite_history(audit_url)
+    assert _verify(audit_url, pin).returncode == 0  # the chain alone cannot tell
+    message = _message(_verify(audit_url, pin, *args))
+    assert "records 1..6 no longer give the root of the checkpoint you hold" in message
+    forged = tmp_path / "forged.txt"
+    forged.write_text(note.replace("\n6\n", "\n5\n", 1))  # the size edited: its signature fails
+    message = _message(_verify(audit_url, pin, "--checkpoint", str(forged)))
+    assert "signature does not verify" in message
+
+
+def test_a_held_checkpoint_that_is_not_a_note_is_a_usage_error(honest, audit_url, tmp_path):
+    (tmp_path / "junk.txt").write_text("not a note")
+    result = _verify(audit_url, "--checkpoint", str(tmp_path / "junk.txt"))
+    assert result.returncode == 2 and "is not a signed checkpoint note" in result.stdout

@@ -83,6 +83,22 @@ def _named_key(path: Path) -> dict[str, str]:
     return {first[1:].strip() if first.startswith("#") else ANY_NAME: text}
 
 
+def held_notes(paths: list[Path]) -> tuple[str, ...]:
+    """The checkpoint notes an auditor holds, read bounded; each must parse as one."""
+    from granite_runtime.spec import bounded_read
+
+    notes = []
+    for path in paths:
+        try:
+            text = bounded_read.read_bytes(path, 1 << 16, what="checkpoint").decode()
+        except (bounded_read.UnsafeInput, UnicodeDecodeError) as bad:
+            raise UsageError(getattr(bad, "message", f"{path} is not a checkpoint note.")) from None
+        if checkpoint.parse_note(text) is None:
+            raise UsageError(f"{path} is not a signed checkpoint note (C2SP).")
+        notes.append(text)
+    return tuple(notes)
+
+
 def pinned_keys(paths: list[Path]) -> tuple[dict[str, str], str]:
     """The checkpoint keys to trust: the files given, else this host's own signing key (kept
     outside the store, so the store cannot vouch for itself). Returns the keys and a phrase

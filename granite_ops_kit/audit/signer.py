@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from granite_ops_kit.audit import checkpoint, merkle
 from granite_ops_kit.audit.store import AuditStore
-from granite_ops_kit.audit.verify import ANY_NAME, verify_store
+from granite_ops_kit.audit.verify import ANY_NAME, log_leaves, verify_store
 from granite_ops_kit.errors import AuditChainBroken
 
 MAX_SIGNED_BYTES = 1 << 20
@@ -57,14 +57,6 @@ def store_id(store: AuditStore) -> str:
     if store.url.startswith("sqlite:///"):
         return "sqlite:///" + str(Path(store.url.removeprefix("sqlite:///")).resolve())
     return store.url
-
-
-def log_leaves(store: AuditStore) -> list[bytes]:
-    """The Merkle leaves of the whole log: the pruned records' (from the signed summary),
-    then every record's hash."""
-    anchor = store.anchor()
-    hexes = (anchor["leaves"] if anchor else "") + "".join(r["hash"] for r in store.records())
-    return [bytes.fromhex(hexes[i : i + 64]) for i in range(0, len(hexes), 64)]
 
 
 def check_before_signing(

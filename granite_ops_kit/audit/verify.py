@@ -172,13 +172,42 @@ def verify(
     return verdict
 
 
+def log_leaves(store: AuditStore) -> list[bytes]:
+    """The Merkle leaves of the whole log: the pruned records' (from the signed summary),
+    then every record's hash."""
+    anchor = store.anchor()
+    hexes = (anchor["leaves"] if anchor else "") + "".join(r["hash"] for r in store.records())
+    return [bytes.fromhex(hexes[i : i + 64]) for i in range(0, len(hexes), 64)]
+
+
+def held_problem(leaves: list[bytes], note: str, public_keys: dict) -> str | None:
+    """Why the log does not extend a checkpoint the auditor holds (a note from an earlier
+    export or record), or None. A rewriter can drop the checkpoints inside the log; not the
+    one kept outside it. Its signature is checked where a key is pinned."""
+    parsed = checkpoint.parse_note(note)
+    if parsed is None:
+        return "the checkpoint you hold is not a signed note"
+    what = f"the checkpoint you hold (records 1..{parsed.size}, key name '{parsed.key_name}')"
+    if public_keys:
+        problem, _ = _signature(what, note, parsed.key_name, public_keys, False)
+        if problem:
+            return problem
+    if parsed.size > len(leaves):
+        return f"the log has {len(leaves)} records, fewer than {what} covers: records were removed"
+    if base64.b64encode(merkle.root(leaves[: parsed.size])).decode() != parsed.root_b64:
+        return f"records 1..{parsed.size} no longer give the root of {what}: they were rewritten"
+    return None
+
+
 def verify_store(
     store: AuditStore,
     public_keys: dict[str, str] | None = None,
     min_size: int = 0,
     others_ok: bool = False,
+    held: tuple[str, ...] = (),
 ) -> Verdict:
-    """The chain and checkpoints, and every indexed column against its hashed record."""
+    """The chain and checkpoints, every indexed column against its hashed record, and that
+    the log extends each checkpoint note in `held` (held_problem)."""
     rows = list(store.rows())
     verdict = verify([r for _, r in rows], public_keys, min_size, store.anchor(), others_ok)
     if not verdict.ok:
@@ -187,4 +216,9 @@ def verify_store(
         problem = column_problem(columns, record)
         if problem:
             return Verdict(ok=False, problem=problem, bad_seq=columns[0])
+    leaves = log_leaves(store) if held else []
+    for note in held:
+        problem = held_problem(leaves, note, public_keys or {})
+        if problem:
+            return Verdict(ok=False, problem=problem, records=verdict.records)
     return verdict

@@ -100,17 +100,31 @@ def verify(
         help="Size of the newest checkpoint you already hold: "
         "catches records removed from the end.",
     ),
+    held: list[Path] = typer.Option(
+        None,
+        "--checkpoint",
+        help="A signed checkpoint note you hold (checkpoint/note.txt of an earlier evidence "
+        "export; repeatable): the log must still extend it, which catches a rewritten history.",
+    ),
     audit_db: str = DB_OPTION,
     json_: bool = JSON_OPTION,
 ) -> None:
     """Check every record's hash and link and every checkpoint; exit 1 naming the first
-    bad record."""
-    from granite_ops_kit.audit.service import pinned_keys, verify_store
+    bad record.
+
+    Examples:
+
+      gkit audit verify --public-key signer.pem
+
+      gkit audit verify --public-key signer.pem --checkpoint before/checkpoint/note.txt
+    """
+    from granite_ops_kit.audit.service import held_notes, pinned_keys, verify_store
 
     output.use_json(json_)
     keys, pinned_from = pinned_keys(list(public_key or []))
+    notes = held_notes(list(held or []))
     with _store(audit_db, create=False) as store:
-        verdict = verify_store(store, keys, min_size)
+        verdict = verify_store(store, keys, min_size, held=notes)
     if not verdict.ok:
         raise AuditChainBroken(f"{store.url}: {verdict.problem}.", details=verdict.to_json())
     signatures = (
