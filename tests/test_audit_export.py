@@ -458,3 +458,20 @@ def test_cyclonedx_names_a_verified_model_with_supplier_licence_and_files(tmp_pa
     import hashlib
 
     assert files["config.json"] == hashlib.sha256((model / "config.json").read_bytes()).hexdigest()
+    # this host's audit key signed the verification's trust inputs; a record appended by
+    # hand, the same in every other field, is marked as not attested
+    props = {p["name"]: p["value"] for p in component["properties"]}
+    assert props["gkit:verification:attested"].startswith("yes (key sha256 ")
+    store = open_store(db)
+    record = next(r for r in store.records() if r["event"] == "artifact.verified")
+    details = {k: v for k, v in record["details"].items() if k != "trust_attestation"}
+    subject = Subject(record["subject"]["name"] + "-copy", digest="sha256:" + "cd" * 32)
+    store.append(Event("artifact.verified", subject, "success", details=details))
+    store.close()
+    _export(db, "cyclonedx", tmp_path / "bom2.json")
+    components = json.loads((tmp_path / "bom2.json").read_text())["components"]
+    said = {
+        c["version"]: {p["name"]: p["value"] for p in c["properties"]}["gkit:verification:attested"]
+        for c in components
+    }
+    assert said[digest].startswith("yes") and said["sha256:" + "cd" * 32].startswith("no")

@@ -21,7 +21,7 @@ from collections import Counter
 from importlib import resources
 from pathlib import Path
 
-from granite_ops_kit.audit import mlbom
+from granite_ops_kit.audit import attestation, mlbom
 from granite_ops_kit.audit import records as rec
 from granite_ops_kit.errors import UsageError
 
@@ -207,7 +207,7 @@ def to_evidence(rows: list[dict], all_rows: list[dict], key, origin: str) -> byt
         f"{r['seq']}\t{r['prev_hash']}\t{r['hash']}\n" for r in rows
     ).encode()
     files["records.jsonl"] = to_jsonl(rows)
-    files["ml-bom.cdx.json"] = mlbom.ml_bom(rows).encode()
+    files["ml-bom.cdx.json"] = mlbom.ml_bom(rows, checkpoint.public_pem(key)).encode()
     files["checkpoint/leaves.bin"] = b"".join(bytes.fromhex(r["hash"]) for r in all_rows[:size])
     files["checkpoint/public-key.pem"] = checkpoint.public_pem(key).encode()
     files["verify.sh"] = (
@@ -247,7 +247,7 @@ def export(
         "jsonl": lambda: to_jsonl(rows),
         "csv": lambda: to_csv(rows),
         "html": lambda: to_html(rows, title, status),
-        "cyclonedx": lambda: mlbom.ml_bom(rows).encode(),
+        "cyclonedx": lambda: mlbom.ml_bom(rows, attestation.host_public_key()[0]).encode(),
         "evidence": lambda: to_evidence(rows, all_rows, *_required(signing)),
     }[fmt]()
     _atomic_write(output, data)

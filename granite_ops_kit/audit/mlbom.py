@@ -42,7 +42,21 @@ def _resources(details: dict) -> list[dict]:
     ]
 
 
-def _component(r: dict):
+def _attested(r: dict, key_pem: str | None) -> list:
+    """Whether the key that signs this export also signed the verification's trust inputs
+    (audit/attestation.py): a record appended to the store by hand says no."""
+    from cyclonedx.model import Property
+
+    from granite_ops_kit.audit import attestation, checkpoint
+
+    if key_pem is None:
+        return []
+    fp = checkpoint.fingerprint(key_pem)
+    said = "yes" if attestation.attested(r, key_pem) else "no"
+    return [Property(name="gkit:verification:attested", value=f"{said} (key sha256 {fp})")]
+
+
+def _component(r: dict, key_pem: str | None = None):
     from cyclonedx.model import HashAlgorithm, HashType, Property
     from cyclonedx.model.component import Component, ComponentType
     from cyclonedx.model.contact import OrganizationalEntity
@@ -65,6 +79,7 @@ def _component(r: dict):
     ]
     if r.get("policy_id"):
         props.append(Property(name="gkit:policy", value=r["policy_id"]))
+    props += _attested(r, key_pem)
     license_id = model.get("license")
     return Component(
         name=model.get("name") or r["subject"]["name"].rsplit("/", 1)[-1],
@@ -114,15 +129,16 @@ def _model_card(r: dict) -> dict:
     }
 
 
-def ml_bom(rows: list[dict]) -> str:
-    """The BOM as JSON text, validated strictly against CycloneDX 1.6."""
+def ml_bom(rows: list[dict], key_pem: str | None = None) -> str:
+    """The BOM as JSON text, validated strictly against CycloneDX 1.6; with `key_pem` (the
+    export's signer), each model says whether that key attested its verification."""
     from cyclonedx.model.bom import Bom
     from cyclonedx.output.json import JsonV1Dot6
     from cyclonedx.schema import SchemaVersion
     from cyclonedx.validation.json import JsonStrictValidator
 
     models = _verified_models(rows)
-    bom = Bom(components=[_component(r) for r in models])
+    bom = Bom(components=[_component(r, key_pem) for r in models])
     data = json.loads(JsonV1Dot6(bom).output_as_string())
     cards = {f"model-{r['seq']}": _model_card(r) for r in models}
     for component in data.get("components", []):
