@@ -288,6 +288,26 @@ def test_csv_cells_that_start_like_a_formula_stay_text(log, tmp_path):
     assert last["event"] == "artifact.verified"  # other cells as they were
 
 
+def test_html_report_says_which_verifications_this_hosts_key_attested(log, tmp_path):
+    from granite_ops_kit.audit import attestation
+    from granite_ops_kit.audit.service import default_key_path
+
+    key = checkpoint.load_or_create_key(default_key_path())  # this host's, as verify makes
+    trust = {"public_keys": [{"fingerprint": "ab" * 32, "pem": "PEM"}]}
+    digest = "sha256:" + "ef" * 32
+    claim = attestation.attest(key, "/attested", digest, trust)
+    store = open_store(log)
+    details = {"trust": trust, "trust_attestation": claim}
+    store.append(Event("artifact.verified", Subject("/attested", digest=digest), "success",
+                       reason="checked", details=details))  # fmt: skip
+    store.close()
+    _export(log, "html", tmp_path / "report.html")
+    page = (tmp_path / "report.html").read_text()
+    assert page.count("checked (trust inputs attested by this host&#x27;s audit key)") == 1
+    # the fixture's verifications were appended without one, as by hand
+    assert page.count("(trust inputs NOT attested by this host&#x27;s audit key)") == 6
+
+
 def test_html_report_escapes_every_field_a_record_holds(log, tmp_path):
     """A record written straight into the store can hold markup in any text field, its hash
     included (verify names it as edited; the report must still not run it)."""

@@ -125,8 +125,21 @@ def _status_html(status: dict | None) -> str:
     return f'<p class="status {css}">{html.escape(status["text"])}</p>'
 
 
-def to_html(rows: list[dict], title: str, status: dict | None = None) -> bytes:
-    """One self-contained page for people: the chain's status first, controls by title."""
+def _attestation_note(r: dict, key_pem: str | None) -> str:
+    """After a verification's reason: whether `key_pem` signed its trust inputs (a record
+    appended to the store by hand is not)."""
+    if key_pem is None or r["event"] != mlbom.VERIFIED or r["outcome"] != "success":
+        return ""
+    if attestation.attested(r, key_pem):
+        return " (trust inputs attested by this host's audit key)"
+    return " (trust inputs NOT attested by this host's audit key)"
+
+
+def to_html(
+    rows: list[dict], title: str, status: dict | None = None, key_pem: str | None = None
+) -> bytes:
+    """One self-contained page for people: the chain's status first, controls by title;
+    with `key_pem`, each verification says whether that key attested it."""
     template = resources.files("granite_ops_kit.audit").joinpath("report.html").read_text()
     events = Counter(r["event"] for r in rows)
     controls = Counter(c for r in rows for c in r["controls"])
@@ -146,7 +159,8 @@ def to_html(rows: list[dict], title: str, status: dict | None = None) -> bytes:
         f"<td>{esc(r['event'])}</td><td>{esc(r['subject']['name'])}</td>"
         f"<td><code>{esc(r['subject'].get('digest') or '')}</code></td>"
         f"<td>{esc(r['outcome'])}</td><td>{esc(r['actor'])}@{esc(r['host'])}</td>"
-        f"<td>{esc(r['reason'])}</td><td>{esc(' '.join(r['controls']))}</td>"
+        f"<td>{esc(r['reason'] + _attestation_note(r, key_pem))}</td>"
+        f"<td>{esc(' '.join(r['controls']))}</td>"
         f"<td><code>{esc(r['hash'][:16])}</code></td></tr>"
         for r in rows
     )
@@ -246,7 +260,7 @@ def export(
     data = {
         "jsonl": lambda: to_jsonl(rows),
         "csv": lambda: to_csv(rows),
-        "html": lambda: to_html(rows, title, status),
+        "html": lambda: to_html(rows, title, status, attestation.host_public_key()[0]),
         "cyclonedx": lambda: mlbom.ml_bom(rows, attestation.host_public_key()[0]).encode(),
         "evidence": lambda: to_evidence(rows, all_rows, *_required(signing)),
     }[fmt]()
