@@ -268,13 +268,19 @@ def test_prompts_beside_on_a_share_of_the_gpu_generate_the_same(
     of several chunks arriving while a stream decodes generate what they do with prompts
     inside the steps, and the carve-out does not outlive the chunk graphs' capture."""
     name, value = knob.split("=")
+    codec = TextCodec.from_dir(hybrid_without_experts)
     if value == "half":
         from torch.cuda import green_contexts
 
-        if not green_contexts.SUPPORTED:
-            pytest.skip("this PyTorch was built without green contexts")
+        from granite_runtime.spec.errors import SettingError
+
         value = str(torch.cuda.get_device_properties().multi_processor_count // 2)
-    codec = TextCodec.from_dir(hybrid_without_experts)
+        if not green_contexts.SUPPORTED:  # the knob is then refused at start-up, by name
+            monkeypatch.setenv(name, value)
+            with pytest.raises(SettingError, match="GKIT_PREFILL_GREEN_SMS is set, but"):
+                _engine(hybrid_without_experts, codec, "beside", max_num_seqs=4,
+                        max_model_len=512, prefill_chunk=128)  # fmt: skip
+            return
     params = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)
     prompts = [[5, 6, 7], list(range(9, 309)), list(range(20, 220))]
     outputs = []
